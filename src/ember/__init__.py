@@ -1,0 +1,56 @@
+"""Ember: a distributed computing runtime that runs Ray programs unchanged.
+
+    import ember as ray
+
+    @ray.remote
+    def square(x):
+        return x * x
+
+    print(ray.get([square.remote(i) for i in range(4)]))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ember import exceptions
+from ember._private.ids import JobID, NodeID, TaskID, WorkerID
+from ember._private.object_ref import ObjectRef
+from ember.api.cluster_info import available_resources, cluster_resources, nodes
+from ember.api.init import init, is_initialized, shutdown
+from ember.api.objects import cancel, get, put, wait
+from ember.api.remote_function import RemoteFunction
+from ember.runtime_context import get_runtime_context
+
+__version__ = "0.1.0"
+
+
+def remote(*args: Any, **kwargs: Any) -> Any:
+    """Turn a function into a task (``@ember.remote`` or ``@ember.remote(num_cpus=2, ...)``)."""
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError(
+            "The @ember.remote decorator must be applied either with no arguments and no "
+            "parentheses, for example '@ember.remote', or with keyword arguments only, "
+            "for example '@ember.remote(num_returns=2, num_cpus=1)'."
+        )
+    return lambda target: _make_remote(target, kwargs)
+
+
+def _make_remote(target: Any, options: dict[str, Any]) -> Any:
+    if isinstance(target, type):
+        raise NotImplementedError(
+            f"@remote on a class ({target.__name__}) makes an actor; actors are not supported by this build yet."
+        )
+    if not callable(target):
+        raise TypeError(f"@remote expects a function or a class, got {type(target).__name__}.")
+    return RemoteFunction(target, options)
+
+
+__all__ = [
+    "JobID", "NodeID", "ObjectRef", "RemoteFunction", "TaskID", "WorkerID",
+    "available_resources", "cancel", "cluster_resources", "exceptions", "get",
+    "get_runtime_context", "init", "is_initialized", "nodes", "put", "remote",
+    "shutdown", "wait",
+]

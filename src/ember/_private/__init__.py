@@ -1,0 +1,1 @@
+"""Lower layers shared by every process role: ids, config, serialization, sessions."""

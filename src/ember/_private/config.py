@@ -1,0 +1,106 @@
+"""Every tunable number of Ember, in one place.
+
+Each field can be overridden by an environment variable ``EMBER_<field>``
+(for example ``EMBER_heartbeat_period_s=0.5``), which daemons and workers
+inherit from the process that started them. Timeouts live here and nowhere
+else, so that tests can shorten them and users can find them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+
+@dataclasses.dataclass
+class Config:
+    # --- objects -----------------------------------------------------------
+    #: Values whose serialized size is below this travel inline in messages.
+    max_direct_call_object_size: int = 100 * 1024
+    #: Default object store capacity as a fraction of system memory.
+    object_store_memory_fraction: float = 0.3
+    #: Alignment of out-of-band buffers inside an object file.
+    object_buffer_alignment: int = 64
+
+    # --- transport ---------------------------------------------------------
+    #: Largest frame a daemon accepts once a peer has authenticated.
+    max_frame_bytes: int = 512 * 1024 * 1024
+    #: Largest frame accepted before authentication (the hello).
+    max_hello_bytes: int = 4096
+    #: Seconds a peer has to authenticate after connecting.
+    handshake_timeout_s: float = 5.0
+    #: Seconds to keep retrying a connection to a daemon that is starting.
+    connect_timeout_s: float = 10.0
+    #: Default timeout of an RPC call that has no explicit one.
+    rpc_timeout_s: float = 30.0
+
+    # --- scheduling --------------------------------------------------------
+    #: Tasks pushed to one leased worker before its first reply comes back.
+    max_tasks_in_flight_per_worker: int = 4
+    #: Lease requests one scheduling class may have outstanding at once.
+    max_pending_lease_requests: int = 8
+    #: Seconds an idle lease is kept before it is returned to the node.
+    idle_lease_timeout_s: float = 0.1
+    #: Seconds between warnings about a task no node can ever run.
+    infeasible_warning_period_s: float = 10.0
+    #: If > 0, ``get`` on an infeasible task's result fails after this long.
+    infeasible_timeout_s: float = 0.0
+    #: Default retries of a task whose worker died.
+    task_max_retries: int = 3
+
+    # --- workers -----------------------------------------------------------
+    #: Workers the node daemon starts ahead of demand (default: num_cpus).
+    num_prestart_workers: int = -1
+    #: Most worker processes one node runs at once (default: 4 x num_cpus + 8).
+    max_workers: int = -1
+    #: Seconds a worker has to register with its node daemon after starting.
+    worker_register_timeout_s: float = 30.0
+    #: Idle workers beyond the prestart count exit after this many seconds.
+    idle_worker_kill_s: float = 10.0
+
+    # --- health ------------------------------------------------------------
+    heartbeat_period_s: float = 1.0
+    #: Seconds between resource reports a node sends when nothing changes.
+    resource_report_period_s: float = 0.2
+    #: Seconds between reads of worker log files.
+    log_poll_period_s: float = 0.05
+    #: Seconds to wait for a process to exit after SIGTERM before SIGKILL.
+    process_stop_timeout_s: float = 3.0
+    #: Seconds a daemon started by ``ember.init`` waits between checks
+    #: that its parent is still alive.
+    parent_check_period_s: float = 0.5
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Config:
+        environ = os.environ if environ is None else environ  # type: ignore[assignment]
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get("EMBER_" + field.name)  # type: ignore[union-attr]
+            if raw is None:
+                continue
+            kind = type(field.default)
+            try:
+                values[field.name] = kind(raw)
+            except ValueError as exc:
+                raise ValueError(
+                    f"EMBER_{field.name}={raw!r} is not a valid {kind.__name__}"
+                ) from exc
+        return cls(**values)
+
+
+_config: Config | None = None
+
+
+def config() -> Config:
+    """The process-wide configuration, read from the environment once."""
+    global _config
+    if _config is None:
+        _config = Config.from_env()
+    return _config
+
+
+def reset_config() -> None:
+    """Forget the cached config so the next ``config()`` re-reads the environment."""
+    global _config
+    _config = None

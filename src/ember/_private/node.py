@@ -1,0 +1,207 @@
+"""Starting the daemons of a node: the control service and/or a node daemon.
+
+Used by ``ember.init()`` (daemons tied to the driver, ended with it) and by
+``ember start`` (detached daemons recorded in the session's pid files).
+Listening sockets are bound here and handed to the daemons, so their ports
+are known before they run and clients can connect at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any
+
+from ember._private import ids, session
+from ember._private.config import config
+from ember._private.processes import spawn, stop_pid
+
+
+def total_memory_bytes() -> int:
+    mem = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                raw = f.read().strip()
+            if raw != "max" and int(raw) < mem:
+                mem = int(raw)
+        except (OSError, ValueError):
+            continue
+    return mem
+
+
+def default_object_store_memory() -> int:
+    want = int(total_memory_bytes() * config().object_store_memory_fraction)
+    try:
+        st = os.statvfs(session.shm_root())
+        shm = st.f_bavail * st.f_frsize
+        want = min(want, int(shm * 0.9))
+    except OSError:
+        pass
+    return max(want, 64 * 1024 * 1024)
+
+
+def node_resources(
+    num_cpus: float | None,
+    num_gpus: float | None,
+    resources: dict[str, float] | None,
+    object_store_memory: int,
+    node_ip: str,
+    is_head: bool,
+) -> dict[str, float]:
+    for name in ("CPU", "GPU"):
+        if resources and name in resources:
+            raise ValueError(f"Use num_{name.lower()}s= instead of resources={{'{name}': ...}}.")
+    cpus = float(os.cpu_count() or 1) if num_cpus is None else float(num_cpus)
+    if cpus < 0 or (num_gpus or 0) < 0:
+        raise ValueError("num_cpus and num_gpus must not be negative")
+    out: dict[str, float] = {"CPU": cpus}
+    if num_gpus:
+        out["GPU"] = float(num_gpus)
+    out["memory"] = float(int(total_memory_bytes() * 0.7))
+    out["object_store_memory"] = float(object_store_memory)
+    out[f"node:{node_ip}"] = 1.0
+    if is_head:
+        out["node:__internal_head__"] = 1.0
+    for name, value in (resources or {}).items():
+        if not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"resource {name!r} must be a non-negative number, got {value!r}")
+        out[str(name)] = float(value)
+    return out
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}. Is another cluster running there?") from exc
+    sock.listen(512)
+    sock.set_inheritable(True)
+    return sock
+
+
+@dataclass
+class NodeProcesses:
+    """The daemons this process started, and where their state lives."""
+
+    session_dir: str
+    token: str
+    node_ip: str
+    gcs_address: str = ""
+    raylet_address: str = ""
+    store_dir: str = ""
+    node_id: bytes = b""
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def stop(self) -> None:
+        """End the node daemon first (it ends its workers), then the control service."""
+        timeout = config().process_stop_timeout_s
+        for _name, proc in sorted(self.procs, key=lambda p: p[0] != "raylet"):
+            stop_pid(proc.pid, timeout, proc)
+        self.procs.clear()
+        if self.store_dir:
+            shutil.rmtree(self.store_dir, ignore_errors=True)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "gcs_address": self.gcs_address,
+            "raylet_address": self.raylet_address,
+            "session_dir": self.session_dir,
+            "node_ip": self.node_ip,
+            "node_id": self.node_id.hex(),
+            "store_dir": self.store_dir,
+        }
+
+
+def start_head(
+    *,
+    node_ip: str = "127.0.0.1",
+    port: int = 0,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    object_store_memory: int | None = None,
+    detach: bool = False,
+    parent_pid: int | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> NodeProcesses:
+    """Start a control service and one node daemon in a new session."""
+    session_dir = session.create_session_dir()
+    token = session.create_token(session_dir)
+    nodes = NodeProcesses(session_dir, token, node_ip)
+    gcs_sock = bind_listener(node_ip, port)
+    try:
+        nodes.gcs_address = f"{node_ip}:{gcs_sock.getsockname()[1]}"
+        env = dict(extra_env or {})
+        if parent_pid:
+            env["EMBER_PARENT_PID"] = str(parent_pid)
+        logs = os.path.join(session_dir, "logs")
+        gcs = spawn(
+            ["-m", "ember.gcs", "--session-dir", session_dir, "--listen-fd", str(gcs_sock.fileno())],
+            log_path=os.path.join(logs, "gcs_server.log"), env=env, pass_fds=[gcs_sock.fileno()], detach=detach,
+        )
+        nodes.procs.append(("gcs", gcs))
+        session.write_pid_file(session_dir, "gcs", gcs.pid)
+    finally:
+        gcs_sock.close()
+    try:
+        start_raylet(
+            nodes, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+            object_store_memory=object_store_memory, detach=detach, env=env, is_head=True,
+        )
+    except BaseException:
+        nodes.stop()
+        raise
+    return nodes
+
+
+def start_raylet(
+    nodes: NodeProcesses,
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    object_store_memory: int | None = None,
+    detach: bool = False,
+    env: dict[str, str] | None = None,
+    is_head: bool = False,
+    port: int = 0,
+) -> None:
+    store = int(object_store_memory) if object_store_memory else default_object_store_memory()
+    if store <= 0:
+        raise ValueError("object_store_memory must be positive")
+    all_resources = node_resources(num_cpus, num_gpus, resources, store, nodes.node_ip, is_head)
+    node_id = ids.random_unique_id()
+    nodes.node_id = node_id
+    nodes.store_dir = session.object_store_dir(os.path.basename(nodes.session_dir), node_id.hex())
+    sock = bind_listener(nodes.node_ip, port)
+    try:
+        nodes.raylet_address = f"{nodes.node_ip}:{sock.getsockname()[1]}"
+        args = [
+            "-m", "ember.raylet",
+            "--session-dir", nodes.session_dir,
+            "--gcs-address", nodes.gcs_address,
+            "--node-ip", nodes.node_ip,
+            "--listen-fd", str(sock.fileno()),
+            "--resources", json.dumps(all_resources),
+            "--object-store-memory", str(store),
+            "--store-dir", nodes.store_dir,
+            "--node-id", node_id.hex(),
+        ]
+        if is_head:
+            args.append("--head")
+        proc = spawn(
+            args, log_path=os.path.join(nodes.session_dir, "logs", f"raylet-{node_id.hex()[:12]}.log"),
+            env=env, pass_fds=[sock.fileno()], detach=detach,
+        )
+        nodes.procs.append(("raylet", proc))
+        session.write_pid_file(nodes.session_dir, f"raylet-{node_id.hex()[:12]}", proc.pid)
+    finally:
+        sock.close()

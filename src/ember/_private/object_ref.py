@@ -1,0 +1,99 @@
+"""``ObjectRef``: a handle to a value that may not exist yet.
+
+A ref is its object id plus its owner's address. Creating one adds a local
+reference in this process's core worker and collecting it removes one; that
+is the whole of its bookkeeping. Pickling a ref records it in the active
+serialization context, so the owner learns which refs travel inside values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Generator
+from typing import Any
+
+from ember._private import runtime
+
+#: Refs met while serializing, per thread (see ``serialization.serialize``).
+_serialization_context = threading.local()
+
+
+class ObjectRef:
+    """A reference to a value in the cluster (Ray's ``ray.ObjectRef``)."""
+
+    __slots__ = ("_id", "_owner", "_counted", "__weakref__")
+
+    def __init__(self, object_id: bytes, owner: Any = None, *, _count: bool = True) -> None:
+        self._id = object_id
+        # Owner address: [ip, port, worker_id] of the process that owns the value.
+        self._owner = owner
+        self._counted = False
+        if _count:
+            worker = runtime.core_worker_or_none()
+            if worker is not None:
+                worker.reference_counter.add_local_ref(object_id, owner)
+                self._counted = True
+
+    def __del__(self) -> None:
+        if self._counted:
+            worker = runtime.core_worker_or_none()
+            if worker is not None:
+                worker.reference_counter.remove_local_ref_deferred(self._id)
+
+    # --------------------------------------------------------------- identity
+    def binary(self) -> bytes:
+        return self._id
+
+    def hex(self) -> str:
+        return self._id.hex()
+
+    def task_id(self) -> Any:
+        from ember._private.ids import TaskID, task_id_of
+
+        return TaskID(task_id_of(self._id))
+
+    def owner_address(self) -> Any:
+        return self._owner
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and other._id == self._id
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self._id.hex()})"
+
+    # ---------------------------------------------------------------- pickling
+    def __reduce__(self) -> Any:
+        refs = getattr(_serialization_context, "refs", None)
+        if refs is not None:
+            refs.append(self)
+        return (_rebuild_ref, (self._id, self._owner))
+
+    def __copy__(self) -> ObjectRef:
+        return ObjectRef(self._id, self._owner)
+
+    def __deepcopy__(self, memo: Any) -> ObjectRef:
+        return ObjectRef(self._id, self._owner)
+
+    # ---------------------------------------------------------------- futures
+    def future(self) -> concurrent.futures.Future[Any]:
+        """A ``concurrent.futures.Future`` that resolves to the value."""
+        return runtime.core_worker().get_future(self)
+
+    def as_future(self) -> asyncio.Future[Any]:
+        return asyncio.wrap_future(self.future())
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return asyncio.wrap_future(self.future()).__await__()
+
+
+def _rebuild_ref(object_id: bytes, owner: Any) -> ObjectRef:
+    ref = ObjectRef(object_id, owner)
+    worker = runtime.core_worker_or_none()
+    if worker is not None:
+        worker.reference_counter.on_ref_deserialized(ref)
+    return ref

@@ -1,0 +1,103 @@
+"""Starting and ending the processes Ember owns, always by pid."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+_PR_SET_PDEATHSIG = 1
+
+
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (best effort)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def spawn(
+    args: Sequence[str],
+    *,
+    log_path: str,
+    env: dict[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
+    detach: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start ``python args...`` with stdout and stderr appended to ``log_path``."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    with open(log_path, "ab", buffering=0) as log:
+        return subprocess.Popen(
+            [sys.executable, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            pass_fds=tuple(pass_fds),
+            start_new_session=detach,
+            close_fds=True,
+        )
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def stop_pid(pid: int, timeout: float = 3.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """SIGTERM ``pid``, wait up to ``timeout``, then SIGKILL; reap it if it is our child."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        _reap(pid, proc)
+        return
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while time.monotonic() < deadline:
+        if _reap(pid, proc) or not pid_alive(pid):
+            return
+        time.sleep(delay)  # polling a process exit: there is no event to wait on portably
+        delay = min(delay * 2, 0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if proc is not None:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    else:
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def _reap(pid: int, proc: subprocess.Popen[bytes] | None) -> bool:
+    if proc is not None:
+        return proc.poll() is not None
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == pid
+    except ChildProcessError:
+        return False

@@ -1,0 +1,129 @@
+"""Turning values into bytes and back.
+
+Values are pickled with cloudpickle at protocol 5; buffers that pickle
+offers out-of-band (numpy arrays, ``bytes``-likes wrapped in PickleBuffer)
+are kept apart so that large ones can be written into shared memory without
+an extra copy and read back zero-copy. ObjectRefs met while pickling are
+collected so the owner can count them as nested references.
+
+A ``SerializedObject`` has two wire forms:
+  * inline, ``[flags, pickle_bytes, [buffer_bytes, ...]]`` inside a message;
+  * an object-store file (see ``object_store.file_format``).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import threading
+from collections import ChainMap
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from ember._private.object_ref import ObjectRef, _serialization_context
+
+FLAG_VALUE = 0
+FLAG_ERROR = 1
+
+_custom_reducers: dict[type, Callable[[Any], Any]] = {}
+_lock = threading.Lock()
+
+
+def register_serializer(cls: type, *, serializer: Callable[[Any], Any], deserializer: Callable[[Any], Any]) -> None:
+    """Use ``serializer``/``deserializer`` for instances of ``cls`` in this process.
+
+    The deserializer travels with the value (pickled by value), so the
+    receiving process needs no registration.
+    """
+    if not isinstance(cls, type):
+        raise TypeError(f"register_serializer() expects a class, got {cls!r}")
+    if not callable(serializer) or not callable(deserializer):
+        raise TypeError("serializer and deserializer must be callables")
+
+    def reduce(obj: Any) -> Any:
+        return (deserializer, (serializer(obj),))
+
+    with _lock:
+        _custom_reducers[cls] = reduce
+
+
+def deregister_serializer(cls: type) -> None:
+    with _lock:
+        _custom_reducers.pop(cls, None)
+
+
+class _Pickler(cloudpickle.CloudPickler):
+    def __init__(self, file: Any, buffer_callback: Any) -> None:
+        super().__init__(file, protocol=5, buffer_callback=buffer_callback)
+        if _custom_reducers:
+            self.dispatch_table = ChainMap(_custom_reducers, self.dispatch_table)  # type: ignore[assignment]
+
+
+class SerializedObject:
+    """A pickled value: the pickle stream, its out-of-band buffers and nested refs."""
+
+    __slots__ = ("flags", "data", "buffers", "nested_refs")
+
+    def __init__(self, flags: int, data: bytes, buffers: list[memoryview], nested_refs: list[ObjectRef]) -> None:
+        self.flags = flags
+        self.data = data
+        self.buffers = buffers
+        self.nested_refs = nested_refs
+
+    @property
+    def total_bytes(self) -> int:
+        return len(self.data) + sum(b.nbytes for b in self.buffers)
+
+    def to_inline(self) -> list[Any]:
+        return [self.flags, self.data, [bytes(b) for b in self.buffers]]
+
+
+def serialize(value: Any, flags: int = FLAG_VALUE) -> SerializedObject:
+    """Pickle ``value``; raises the pickler's error (TypeError, PicklingError...) as is."""
+    buffers: list[memoryview] = []
+
+    def on_buffer(buf: pickle.PickleBuffer) -> None:
+        buffers.append(buf.raw())
+
+    previous = getattr(_serialization_context, "refs", None)
+    refs: list[ObjectRef] = []
+    _serialization_context.refs = refs
+    try:
+        stream = io.BytesIO()
+        _Pickler(stream, on_buffer).dump(value)
+        data = stream.getvalue()
+    finally:
+        _serialization_context.refs = previous
+    return SerializedObject(flags, data, buffers, refs)
+
+
+def serialize_error(error: BaseException) -> SerializedObject:
+    """Pickle an exception to be raised by ``get``; never fails."""
+    try:
+        return serialize(error, FLAG_ERROR)
+    except Exception as exc:  # the error itself does not pickle
+        from ember.exceptions import RaySystemError
+
+        fallback = RaySystemError(f"{type(error).__name__}: {error} (the original error could not be pickled: {exc})")
+        return serialize(fallback, FLAG_ERROR)
+
+
+def deserialize(data: bytes | memoryview, buffers: list[Any]) -> Any:
+    return pickle.loads(data, buffers=buffers)
+
+
+def deserialize_inline(inline: list[Any]) -> tuple[int, Any]:
+    """(flags, value) from the inline wire form."""
+    flags, data, buffers = inline
+    return flags, pickle.loads(data, buffers=buffers)
+
+
+def dumps_function(fn: Any) -> bytes:
+    """Pickle a function or class by value (for the function table)."""
+    return cloudpickle.dumps(fn, protocol=5)
+
+
+def loads_function(data: bytes) -> Any:
+    return pickle.loads(data)

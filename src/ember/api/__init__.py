@@ -1,0 +1,1 @@
+"""The public API's implementation; ``ember/__init__.py`` re-exports it."""

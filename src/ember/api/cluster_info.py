@@ -1,0 +1,32 @@
+"""``nodes()``, ``cluster_resources()``, ``available_resources()``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ember._private import runtime
+
+
+def nodes() -> list[dict[str, Any]]:
+    """Every node the cluster has known, alive or dead."""
+    return runtime.core_worker().gcs_call("get_nodes", None)
+
+
+def _sum(field: str) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for node in nodes():
+        if not node["Alive"]:
+            continue
+        for name, value in node[field].items():
+            total[name] = total.get(name, 0.0) + value
+    return {k: v for k, v in total.items() if v > 0}
+
+
+def cluster_resources() -> dict[str, float]:
+    """Total resources of the live nodes."""
+    return _sum("Resources")
+
+
+def available_resources() -> dict[str, float]:
+    """Resources not in use right now (as of the nodes' latest reports)."""
+    return _sum("AvailableResources")

@@ -1,0 +1,224 @@
+"""``ember.init`` / ``ember.shutdown``: start or join a cluster from a driver."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+from typing import Any
+
+from ember._private import runtime, session
+from ember._private.node import NodeProcesses, start_head
+from ember.core.worker import DRIVER, CoreWorker
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.RLock()
+_local_nodes: NodeProcesses | None = None
+_atexit_registered = False
+
+
+class RayContext(dict):  # type: ignore[type-arg]
+    """What ``init`` returns: address information, usable as a context manager."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        super().__init__(info)
+        self.address_info = info
+        self.dashboard_url = info.get("webui_url")
+
+    def __enter__(self) -> RayContext:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        shutdown()
+
+    def disconnect(self) -> None:
+        shutdown()
+
+
+def _resolve_address(address: str | None) -> str | None:
+    if address is None:
+        address = os.environ.get("EMBER_ADDRESS") or os.environ.get("RAY_ADDRESS") or None
+    if address in (None, "", "local"):
+        return None
+    if address == "auto":
+        info = session.read_current_cluster()
+        if info is None:
+            raise ConnectionError(
+                "Could not find a running Ember cluster on this machine (address='auto'). "
+                "Start one with `ember start --head`, or call ember.init() without an address "
+                "to start a local cluster."
+            )
+        return str(info["gcs_address"])
+    if address.startswith("ember://") or address.startswith("ray://"):
+        address = address.split("://", 1)[1]
+    return address
+
+
+def _driver_sys_path() -> list[str]:
+    paths = []
+    main = sys.modules.get("__main__")
+    main_file = getattr(main, "__file__", None)
+    if main_file:
+        paths.append(os.path.dirname(os.path.abspath(main_file)))
+    paths.append(os.getcwd())
+    for entry in sys.path:
+        if entry and os.path.isdir(entry) and "site-packages" not in entry and "lib/python" not in entry:
+            paths.append(os.path.abspath(entry))
+    seen: list[str] = []
+    for p in paths:
+        if p not in seen:
+            seen.append(p)
+    return seen
+
+
+def init(
+    address: str | None = None,
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    object_store_memory: int | None = None,
+    namespace: str | None = None,
+    ignore_reinit_error: bool = False,
+    log_to_driver: bool = True,
+    include_dashboard: bool | None = None,
+    runtime_env: dict[str, Any] | None = None,
+    logging_level: int | str = logging.INFO,
+    _node_ip_address: str | None = None,
+    _token: str | None = None,
+    **kwargs: Any,
+) -> RayContext:
+    """Start a local cluster, or connect to a running one.
+
+    Args:
+        address: None to start a local cluster (or join the one named by
+            ``EMBER_ADDRESS``), ``"auto"`` for the cluster started on this
+            machine by ``ember start``, or ``"HOST:PORT"`` of a control service.
+        num_cpus, num_gpus, resources, object_store_memory: the local node's
+            resources (only when starting a local cluster).
+        namespace: the namespace of this job (default: an anonymous one).
+        ignore_reinit_error: make a second ``init`` a no-op instead of an error.
+        log_to_driver: print workers' output in this terminal.
+    """
+    global _local_nodes, _atexit_registered
+    allowed_ignored = {"dashboard_host", "dashboard_port", "configure_logging", "log_style", "_temp_dir", "_system_config", "local_mode", "job_config", "_enable_object_reconstruction", "_plasma_directory", "_metrics_export_port", "storage", "_memory"}
+    unknown = set(kwargs) - allowed_ignored
+    if unknown:
+        raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    with _lock:
+        if runtime.core_worker_or_none() is not None:
+            if ignore_reinit_error:
+                return RayContext(_context_info())
+            raise RuntimeError(
+                "Maybe you called ember.init twice by accident? This error can be suppressed by "
+                "passing ignore_reinit_error=True, or call ember.shutdown() first."
+            )
+        gcs_address = _resolve_address(address)
+        if gcs_address is not None and any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)):
+            raise ValueError(
+                "When connecting to an existing cluster, num_cpus, num_gpus, resources and "
+                "object_store_memory cannot be given: they are set when the cluster's nodes start."
+            )
+        node_ip = _node_ip_address or "127.0.0.1"
+        if gcs_address is None:
+            nodes = start_head(
+                node_ip=node_ip, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                object_store_memory=object_store_memory, parent_pid=os.getpid(),
+            )
+            _local_nodes = nodes
+            token = nodes.token
+            raylet_address = nodes.raylet_address
+            gcs_address = nodes.gcs_address
+        else:
+            token, raylet_address = _join_existing(gcs_address, _token)
+        worker = CoreWorker(
+            DRIVER, gcs_address=gcs_address, raylet_address=raylet_address, token=token,
+            node_ip=node_ip, namespace=namespace, log_to_driver=log_to_driver,
+            job_config={"sys_path": _driver_sys_path(), "runtime_env": runtime_env or {}},
+        )
+        try:
+            worker.start()
+        except BaseException:
+            worker.shutdown()
+            if _local_nodes is not None:
+                _local_nodes.stop()
+                _local_nodes = None
+            raise
+        runtime.set_core_worker(worker)
+        if not _atexit_registered:
+            atexit.register(shutdown)
+            _atexit_registered = True
+        return RayContext(_context_info())
+
+
+def _join_existing(gcs_address: str, token: str | None) -> tuple[str, str]:
+    """The cluster token and this machine's node daemon address for a running cluster."""
+    import asyncio
+
+    from ember.rpc import connect
+
+    token = token or os.environ.get("EMBER_CLUSTER_TOKEN")
+    if token is None:
+        info = session.read_current_cluster()
+        if info and info.get("gcs_address") == gcs_address:
+            token = session.read_token(info["session_dir"])
+    if token is None:
+        raise ConnectionError(
+            f"No token for the cluster at {gcs_address}. Set EMBER_CLUSTER_TOKEN to the contents "
+            "of the 'token' file in the head's session folder."
+        )
+
+    async def query() -> list[dict[str, Any]]:
+        conn = await connect(gcs_address, token, timeout=5.0)
+        try:
+            return await conn.call("get_nodes", None)
+        finally:
+            conn.close()
+
+    loop = asyncio.new_event_loop()
+    try:
+        nodes = loop.run_until_complete(query())
+    except Exception as exc:
+        raise ConnectionError(f"Could not connect to the Ember cluster at {gcs_address}: {exc}") from exc
+    finally:
+        loop.close()
+    alive = [n for n in nodes if n["Alive"]]
+    if not alive:
+        raise ConnectionError(f"The cluster at {gcs_address} has no live nodes.")
+    local_ips = {"127.0.0.1", "localhost", gcs_address.rsplit(":", 1)[0]}
+    chosen = next((n for n in alive if n["NodeManagerAddress"] in local_ips), alive[0])
+    return token, f"{chosen['NodeManagerAddress']}:{chosen['NodeManagerPort']}"
+
+
+def _context_info() -> dict[str, Any]:
+    worker = runtime.core_worker()
+    return {
+        "node_ip_address": worker.node_ip,
+        "raylet_ip_address": worker.node_ip,
+        "address": worker.gcs_address,
+        "gcs_address": worker.gcs_address,
+        "session_dir": worker.session_dir,
+        "node_id": worker.node_id.hex(),
+        "webui_url": None,
+        "job_id": worker.job_id.hex(),
+    }
+
+
+def shutdown(_exiting_interpreter: bool = False) -> None:
+    """Disconnect this driver and stop every process ``init`` started."""
+    global _local_nodes
+    with _lock:
+        worker = runtime.core_worker_or_none()
+        if worker is not None:
+            runtime.set_core_worker(None)
+            worker.shutdown()
+        if _local_nodes is not None:
+            nodes, _local_nodes = _local_nodes, None
+            nodes.stop()
+
+
+def is_initialized() -> bool:
+    return runtime.core_worker_or_none() is not None

@@ -1,0 +1,87 @@
+"""Validation of ``@remote(...)`` and ``.options(...)`` keywords.
+
+Every option is checked when it is given, with an error that names the
+option, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+TASK_DEFAULTS: dict[str, Any] = {
+    "num_returns": 1,
+    "num_cpus": 1,
+    "num_gpus": 0,
+    "memory": 0,
+    "resources": None,
+    "name": None,
+    "max_retries": 3,
+    "retry_exceptions": False,
+    "scheduling_strategy": None,
+    "runtime_env": None,
+    "placement_group": None,
+    "placement_group_bundle_index": -1,
+    "placement_group_capture_child_tasks": None,
+    "accelerator_type": None,
+    "object_store_memory": None,
+    "_metadata": None,
+    "label_selector": None,
+    "enable_task_events": True,
+}
+
+
+def _number(name: str, value: Any, minimum: float = 0) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < minimum:
+        raise ValueError(f"The option {name}= must be a number >= {minimum:g}, got {value!r}.")
+
+
+def validate_task_options(options: dict[str, Any]) -> dict[str, Any]:
+    for key, value in options.items():
+        if key not in TASK_DEFAULTS:
+            valid = ", ".join(sorted(k for k in TASK_DEFAULTS if not k.startswith("_")))
+            raise ValueError(f"Invalid option keyword {key!r} for remote functions. Valid ones are: {valid}.")
+        if key == "num_returns":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"The option num_returns= must be an integer >= 0, got {value!r}.")
+        elif key in ("num_cpus", "num_gpus", "memory") and value is not None:
+            _number(key, value)
+        elif key == "resources" and value is not None:
+            if not isinstance(value, dict):
+                raise TypeError(f"The option resources= must be a dict, got {type(value).__name__}.")
+            for rname, amount in value.items():
+                if rname in ("CPU", "GPU"):
+                    raise ValueError(f"Use num_{rname.lower()}s= instead of resources={{'{rname}': ...}}.")
+                _number(f"resources[{rname!r}]", amount)
+        elif key == "max_retries":
+            if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+                raise ValueError(f"The option max_retries= must be an integer >= -1 (-1: retry forever), got {value!r}.")
+        elif key == "retry_exceptions":
+            if not isinstance(value, bool):
+                if not isinstance(value, (list, tuple)) or not all(
+                    isinstance(c, type) and issubclass(c, BaseException) for c in value
+                ):
+                    raise TypeError("The option retry_exceptions= must be a bool or a list of exception classes.")
+        elif key == "name" and value is not None and not isinstance(value, str):
+            raise TypeError(f"The option name= must be a string, got {type(value).__name__}.")
+        elif key == "scheduling_strategy" and value is not None:
+            if isinstance(value, str) and value not in ("DEFAULT", "SPREAD"):
+                raise ValueError(f"Unknown scheduling_strategy {value!r}: use 'DEFAULT', 'SPREAD' or a strategy object.")
+    return options
+
+
+def task_resources(options: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    cpus = options.get("num_cpus")
+    if cpus:
+        out["CPU"] = float(cpus)
+    gpus = options.get("num_gpus")
+    if gpus:
+        out["GPU"] = float(gpus)
+    memory = options.get("memory")
+    if memory:
+        out["memory"] = float(memory)
+    for name, amount in (options.get("resources") or {}).items():
+        if amount:
+            out[name] = float(amount)
+    return out

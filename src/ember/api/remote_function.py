@@ -1,0 +1,104 @@
+"""``@ember.remote`` on a function: ``RemoteFunction`` and its ``.options``."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from ember._private import ids, runtime
+from ember._private.object_ref import ObjectRef
+from ember.api.options import TASK_DEFAULTS, task_resources, validate_task_options
+from ember.core.task_state import TaskEntry
+
+
+class RemoteFunction:
+    """A function that runs as a task: call ``.remote(...)`` to submit it."""
+
+    def __init__(self, function: Any, options: dict[str, Any]) -> None:
+        self._function = function
+        self._function_name = getattr(function, "__name__", repr(function))
+        self._default_options = {**TASK_DEFAULTS, **validate_task_options(dict(options))}
+        self._fid: bytes | None = None
+        self._fid_worker: Any = None
+        self._prepared: dict[int, tuple[Any, ...]] = {}
+        functools.update_wrapper(self, function)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Remote functions cannot be called directly. Instead of running "
+            f"'{self._function_name}()', try '{self._function_name}.remote()'."
+        )
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Submit the function as a task; returns ObjectRef(s) to its result(s)."""
+        return self._remote(args, kwargs, self._default_options)
+
+    def options(self, **options: Any) -> _FunctionWithOptions:
+        """A copy of this function with some options changed."""
+        validate_task_options(options)
+        return _FunctionWithOptions(self, {**self._default_options, **options})
+
+    def _export(self, worker: Any) -> bytes:
+        if self._fid is None or self._fid_worker is not worker:
+            self._fid = worker.function_manager.export(self._function, self._function_name)
+            self._fid_worker = worker
+        return self._fid
+
+    def _remote(self, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]) -> Any:
+        worker = runtime.core_worker_or_none()
+        if worker is None:
+            from ember.api.init import init
+
+            init()
+            worker = runtime.core_worker()
+        fid = self._export(worker)
+        name = options.get("name") or self._function_name
+        task_id = ids.new_task_id(worker.current_job_id)
+        num_returns = options["num_returns"]
+        return_ids = [ids.return_object_id(task_id, i + 1) for i in range(num_returns)]
+        wire_args, kw_names, arg_ids = worker.encode_args(args, kwargs, name)
+        resources = task_resources(options)
+        address = worker.address
+        spec = {
+            "tid": task_id,
+            "job": worker.current_job_id,
+            "fid": fid,
+            "name": name,
+            "args": wire_args,
+            "kw": kw_names,
+            "nret": num_returns,
+            "rids": return_ids,
+            "owner": address,
+        }
+        counter = worker.reference_counter
+        for rid in return_ids:
+            counter.add_owned(rid, address)
+        refs = [ObjectRef(rid, address) for rid in return_ids]
+        retry_exceptions = options["retry_exceptions"]
+        entry = TaskEntry(
+            spec, name, return_ids, options["max_retries"],
+            retry_exceptions if retry_exceptions is True or not retry_exceptions else tuple(retry_exceptions),
+            arg_ids, tuple(sorted(resources.items())), resources,
+        )
+        worker.submit_task(entry)
+        if num_returns == 1:
+            return refs[0]
+        if num_returns == 0:
+            return None
+        return refs
+
+
+class _FunctionWithOptions:
+    def __init__(self, function: RemoteFunction, options: dict[str, Any]) -> None:
+        self._function = function
+        self._options = options
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._function._remote(args, kwargs, self._options)
+
+    def options(self, **options: Any) -> _FunctionWithOptions:
+        validate_task_options(options)
+        return _FunctionWithOptions(self._function, {**self._options, **options})
+
+
+__all__ = ["ObjectRef", "RemoteFunction"]

@@ -1,0 +1,1 @@
+"""The core worker: the runtime inside the driver and every worker process."""

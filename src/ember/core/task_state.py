@@ -1,0 +1,69 @@
+"""The life of a task as its owner sees it.
+
+States keep Ray's public names (the state API shows them). Legal moves::
+
+    PENDING_ARGS_AVAIL -> PENDING_NODE_ASSIGNMENT -> SUBMITTED_TO_WORKER -> FINISHED
+            |                     |      ^                  |   |
+            +---------------------+------+-- (retry) -------+   +-> FAILED
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+
+class TaskStatus(enum.Enum):
+    PENDING_ARGS_AVAIL = "PENDING_ARGS_AVAIL"  # waiting for argument values
+    PENDING_NODE_ASSIGNMENT = "PENDING_NODE_ASSIGNMENT"  # queued for a worker lease
+    SUBMITTED_TO_WORKER = "SUBMITTED_TO_WORKER"  # pushed to a leased worker
+    FINISHED = "FINISHED"  # returned values (terminal)
+    FAILED = "FAILED"  # stored an error as its result (terminal)
+
+
+S = TaskStatus
+_TRANSITIONS = {
+    (S.PENDING_ARGS_AVAIL, S.PENDING_NODE_ASSIGNMENT),
+    (S.PENDING_ARGS_AVAIL, S.FAILED),
+    (S.PENDING_NODE_ASSIGNMENT, S.SUBMITTED_TO_WORKER),
+    (S.PENDING_NODE_ASSIGNMENT, S.FAILED),
+    (S.SUBMITTED_TO_WORKER, S.FINISHED),
+    (S.SUBMITTED_TO_WORKER, S.FAILED),
+    (S.SUBMITTED_TO_WORKER, S.PENDING_NODE_ASSIGNMENT),  # retried, or bounced by a blocked worker
+}
+
+
+class TaskEntry:
+    """What the owner keeps about one task until it finishes."""
+
+    __slots__ = (
+        "spec", "name", "return_ids", "retries_left", "retry_exceptions", "arg_ids",
+        "deps_pending", "status", "lease", "cancelled", "force_cancel", "sched_key",
+        "resources", "attempt",
+    )
+
+    def __init__(self, spec: dict[str, Any], name: str, return_ids: list[bytes], retries: int,
+                 retry_exceptions: Any, arg_ids: list[bytes], sched_key: Any, resources: dict[str, float]) -> None:
+        self.spec = spec
+        self.name = name
+        self.return_ids = return_ids
+        self.retries_left = retries
+        self.retry_exceptions = retry_exceptions
+        self.arg_ids = arg_ids
+        self.deps_pending = 0
+        self.status = TaskStatus.PENDING_ARGS_AVAIL
+        self.lease: Any = None
+        self.cancelled = False
+        self.force_cancel = False
+        self.sched_key = sched_key
+        self.resources = resources
+        self.attempt = 0
+
+    def transition(self, new: TaskStatus) -> None:
+        if (self.status, new) not in _TRANSITIONS:
+            raise RuntimeError(f"illegal task transition {self.status.value} -> {new.value} ({self.name})")
+        self.status = new
+
+    @property
+    def done(self) -> bool:
+        return self.status in (TaskStatus.FINISHED, TaskStatus.FAILED)

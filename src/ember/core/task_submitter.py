@@ -1,0 +1,368 @@
+"""Submitting tasks: resolve arguments, lease workers, push, retry.
+
+Runs entirely on the I/O loop. Tasks are grouped by *scheduling class*
+(their resource shape); each class keeps a queue and the worker leases it
+holds. A lease is reused for every queued task of its class (several in
+flight per worker), so the hot path is one message to the worker and one
+reply, with no node-daemon or control-service round trip. Idle leases go
+back to the node daemon after ``idle_lease_timeout_s``, or at once when it
+asks because another request is waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import sys
+from collections import deque
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from ember._private import serialization
+from ember._private.config import config
+from ember.core.memory_store import INLINE, PLASMA, Entry
+from ember.core.task_state import TaskEntry, TaskStatus
+from ember.exceptions import (
+    ConnectionLost,
+    RayError,
+    RemoteError,
+    TaskCancelledError,
+    TaskUnschedulableError,
+    WorkerCrashedError,
+)
+from ember.rpc import Connection
+
+if TYPE_CHECKING:
+    from ember.core.worker import CoreWorker
+
+logger = logging.getLogger(__name__)
+
+ARG_VALUE = 0  # [0, inline]
+ARG_REF = 1  # [1, object_id, owner]           resolved by the owner before pushing
+ARG_PLASMA = 2  # [2, object_id, owner, node_id]  read from the node's object store
+
+
+class LeaseState:
+    __slots__ = ("lease_id", "worker_id", "conn", "in_flight", "idle_timer", "dead", "pid")
+
+    def __init__(self, lease_id: bytes, worker_id: bytes, conn: Connection, pid: int) -> None:
+        self.lease_id = lease_id
+        self.worker_id = worker_id
+        self.conn = conn
+        self.in_flight = 0
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.dead = False
+        self.pid = pid
+
+
+class SchedulingClass:
+    __slots__ = ("key", "resources", "queue", "leases", "pending_requests", "infeasible", "infeasible_timer")
+
+    def __init__(self, key: Any, resources: dict[str, float]) -> None:
+        self.key = key
+        self.resources = resources
+        self.queue: deque[TaskEntry] = deque()
+        self.leases: list[LeaseState] = []
+        self.pending_requests: set[int] = set()
+        self.infeasible = ""
+        self.infeasible_timer: asyncio.TimerHandle | None = None
+
+
+class TaskSubmitter:
+    def __init__(self, worker: CoreWorker) -> None:
+        self.worker = worker
+        self.tasks: dict[bytes, TaskEntry] = {}
+        self.classes: dict[Any, SchedulingClass] = {}
+        self._request_ids = itertools.count(1)
+        self._request_class: dict[int, SchedulingClass] = {}
+        cfg = config()
+        self._depth = max(1, cfg.max_tasks_in_flight_per_worker)
+        self._max_requests = max(1, cfg.max_pending_lease_requests)
+        self._idle_timeout = cfg.idle_lease_timeout_s
+
+    # ================================================================ intake
+    def submit(self, entry: TaskEntry) -> None:
+        """Called on the loop for each new task."""
+        self.tasks[entry.spec["tid"]] = entry
+        args = entry.spec["args"]
+        for index, arg in enumerate(args):
+            if arg[0] == ARG_REF:
+                entry.deps_pending += 1
+                self.worker.resolve_entry(arg[1], arg[2], partial(self._dep_ready, entry, index))
+        if entry.deps_pending == 0:
+            self._enqueue(entry)
+
+    def _dep_ready(self, entry: TaskEntry, index: int, resolved: Entry) -> None:
+        if entry.done or entry.status is not TaskStatus.PENDING_ARGS_AVAIL:
+            return
+        kind, data = resolved
+        arg = entry.spec["args"][index]
+        if kind == INLINE:
+            if data[0] == serialization.FLAG_ERROR:
+                # An argument failed: the task fails with the same error.
+                self._fail(entry, resolved)
+                return
+            entry.spec["args"][index] = [ARG_VALUE, data]
+        else:
+            entry.spec["args"][index] = [ARG_PLASMA, arg[1], arg[2], data[0]]
+        entry.deps_pending -= 1
+        if entry.deps_pending == 0:
+            self._enqueue(entry)
+
+    def _enqueue(self, entry: TaskEntry) -> None:
+        entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT)
+        cls = self.classes.get(entry.sched_key)
+        if cls is None:
+            cls = self.classes[entry.sched_key] = SchedulingClass(entry.sched_key, entry.resources)
+        cls.queue.append(entry)
+        self._dispatch(cls)
+
+    # ============================================================== dispatch
+    def _dispatch(self, cls: SchedulingClass) -> None:
+        queue = cls.queue
+        while queue:
+            lease = None
+            for candidate in cls.leases:
+                if not candidate.dead and candidate.in_flight < self._depth and (
+                    lease is None or candidate.in_flight < lease.in_flight
+                ):
+                    lease = candidate
+            if lease is None:
+                break
+            entry = queue.popleft()
+            if entry.done:
+                continue
+            self._push(entry, lease)
+        wanted = min(len(queue), self._max_requests)
+        while len(cls.pending_requests) < wanted:
+            self._request_lease(cls)
+        if not queue:
+            for lease in cls.leases:
+                if lease.in_flight == 0 and lease.idle_timer is None and not lease.dead:
+                    lease.idle_timer = self.worker.loop.call_later(
+                        self._idle_timeout, self._return_lease, cls, lease
+                    )
+
+    def _push(self, entry: TaskEntry, lease: LeaseState) -> None:
+        if lease.idle_timer is not None:
+            lease.idle_timer.cancel()
+            lease.idle_timer = None
+        entry.transition(TaskStatus.SUBMITTED_TO_WORKER)
+        entry.lease = lease
+        entry.attempt += 1
+        lease.in_flight += 1
+        fut = lease.conn.call_future("push_task", entry.spec)
+        fut.add_done_callback(partial(self._on_reply, entry, lease))
+
+    # ================================================================ leases
+    def _request_lease(self, cls: SchedulingClass) -> None:
+        request_id = next(self._request_ids)
+        cls.pending_requests.add(request_id)
+        self._request_class[request_id] = cls
+        fut = self.worker.raylet.call_future(
+            "request_lease", {"request_id": request_id, "resources": cls.resources}
+        )
+        fut.add_done_callback(partial(self._on_lease_reply, cls, request_id))
+
+    def _on_lease_reply(self, cls: SchedulingClass, request_id: int, fut: asyncio.Future[Any]) -> None:
+        cls.pending_requests.discard(request_id)
+        self._request_class.pop(request_id, None)
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self._fail_class(cls, exc)
+            return
+        grant = fut.result()
+        if grant.get("cancelled"):
+            self._dispatch(cls)
+            return
+        if cls.infeasible_timer is not None:
+            cls.infeasible_timer.cancel()
+            cls.infeasible_timer = None
+        cls.infeasible = ""
+        task = self.worker.loop.create_task(self.worker.connect_to(grant["address"]))
+        task.add_done_callback(partial(self._on_worker_connected, cls, grant))
+
+    def _on_worker_connected(self, cls: SchedulingClass, grant: dict[str, Any], task: asyncio.Task[Connection]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            logger.warning("could not reach leased worker %s: %s", grant["address"], task.exception())
+            self.worker.raylet.notify("return_lease", {"lease_id": grant["lease_id"], "kill": True})
+            self._dispatch(cls)
+            return
+        conn = task.result()
+        lease = LeaseState(grant["lease_id"], grant["worker_id"], conn, grant.get("pid", 0))
+        cls.leases.append(lease)
+        conn.add_close_callback(lambda c: self._lease_lost(cls, lease))
+        self._dispatch(cls)
+
+    def _return_lease(self, cls: SchedulingClass, lease: LeaseState) -> None:
+        lease.idle_timer = None
+        if lease.in_flight or lease.dead or cls.queue:
+            return
+        lease.dead = True
+        cls.leases.remove(lease)
+        self.worker.raylet.notify("return_lease", {"lease_id": lease.lease_id})
+
+    def release_idle_leases(self) -> None:
+        for cls in self.classes.values():
+            for lease in list(cls.leases):
+                if lease.in_flight == 0 and not cls.queue:
+                    if lease.idle_timer is not None:
+                        lease.idle_timer.cancel()
+                    self._return_lease(cls, lease)
+
+    def _lease_lost(self, cls: SchedulingClass, lease: LeaseState) -> None:
+        lease.dead = True
+        if lease in cls.leases:
+            cls.leases.remove(lease)
+        if lease.idle_timer is not None:
+            lease.idle_timer.cancel()
+
+    def on_infeasible(self, request_id: int, message: str) -> None:
+        cls = self._request_class.get(request_id)
+        if cls is None or cls.infeasible:
+            return
+        cls.infeasible = message
+        names = sorted({e.name for e in cls.queue})
+        print(f"WARNING: task(s) {', '.join(names[:3])} cannot be scheduled. {message}", file=sys.stderr, flush=True)
+        timeout = config().infeasible_timeout_s
+        if timeout > 0 and cls.infeasible_timer is None:
+            cls.infeasible_timer = self.worker.loop.call_later(timeout, self._infeasible_expired, cls)
+
+    def _infeasible_expired(self, cls: SchedulingClass) -> None:
+        cls.infeasible_timer = None
+        if not cls.infeasible:
+            return
+        error = TaskUnschedulableError(
+            f"Gave up after {config().infeasible_timeout_s:g}s (EMBER_infeasible_timeout_s): {cls.infeasible}"
+        )
+        while cls.queue:
+            self._fail(cls.queue.popleft(), self._error_entry(error))
+
+    # ================================================================ replies
+    def _on_reply(self, entry: TaskEntry, lease: LeaseState, fut: asyncio.Future[Any]) -> None:
+        lease.in_flight -= 1
+        cls = self.classes[entry.sched_key]
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or exc is not None:
+            self._worker_failed(entry, lease, exc)
+        else:
+            reply = fut.result()
+            status = reply.get("s")
+            if status == "ok":
+                self._finish(entry, reply["r"])
+            elif status == "err":
+                self._task_raised(entry, reply["e"])
+            elif status == "requeue":
+                entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT)
+                entry.attempt -= 1
+                cls.queue.appendleft(entry)
+            elif status == "cancelled":
+                self._fail(entry, self._error_entry(TaskCancelledError(entry.spec["tid"].hex())))
+            else:
+                self._fail(entry, self._error_entry(RayError(f"bad reply from worker: {reply!r}")))
+        self._dispatch(cls)
+
+    def _worker_failed(self, entry: TaskEntry, lease: LeaseState, exc: BaseException | None) -> None:
+        if isinstance(exc, RemoteError):
+            self._fail(entry, self._error_entry(RayError(f"the worker could not run {entry.name}: {exc}")))
+            return
+        if entry.cancelled:
+            self._fail(entry, self._error_entry(TaskCancelledError(entry.spec["tid"].hex())))
+            return
+        detail = f"pid={lease.pid}" if lease.pid else "unknown pid"
+        if entry.retries_left != 0:
+            if entry.retries_left > 0:
+                entry.retries_left -= 1
+            logger.info("worker running %s died (%s); retrying", entry.name, detail)
+            self._requeue(entry)
+            return
+        error = WorkerCrashedError(
+            f"The worker running {entry.name}() ({detail}) died unexpectedly "
+            f"({exc or 'connection lost'}), and the task has no retries left "
+            "(max_retries). Check the worker's log in the session's logs folder for the cause "
+            "(for example an out-of-memory kill or a crash in native code)."
+        )
+        self._fail(entry, self._error_entry(error))
+
+    def _task_raised(self, entry: TaskEntry, error_inline: list[Any]) -> None:
+        if entry.retries_left != 0 and entry.retry_exceptions and not entry.cancelled:
+            retry = entry.retry_exceptions is True
+            if not retry:
+                try:
+                    _, err = serialization.deserialize_inline(error_inline)
+                    cause = getattr(err, "cause", err)
+                    retry = isinstance(cause, tuple(entry.retry_exceptions))
+                except Exception:
+                    retry = False
+            if retry:
+                if entry.retries_left > 0:
+                    entry.retries_left -= 1
+                self._requeue(entry)
+                return
+        self._fail(entry, (INLINE, error_inline))
+
+    def _requeue(self, entry: TaskEntry) -> None:
+        entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT)
+        cls = self.classes[entry.sched_key]
+        cls.queue.append(entry)
+
+    # ============================================================== results
+    def _finish(self, entry: TaskEntry, returns: list[Any]) -> None:
+        entry.transition(TaskStatus.FINISHED)
+        self._complete(entry)
+        worker = self.worker
+        for oid, ret in zip(entry.return_ids, returns):
+            if ret[0] == 0:
+                worker.store_owned_result(oid, (INLINE, ret[1]))
+            else:
+                worker.store_owned_result(oid, (PLASMA, [ret[1], ret[2]]))
+
+    def _fail(self, entry: TaskEntry, error: Entry) -> None:
+        if entry.done:
+            return
+        entry.transition(TaskStatus.FAILED)
+        self._complete(entry)
+        for oid in entry.return_ids:
+            self.worker.store_owned_result(oid, error)
+
+    def _complete(self, entry: TaskEntry) -> None:
+        self.tasks.pop(entry.spec["tid"], None)
+        if entry.arg_ids:
+            self.worker.reference_counter.remove_submitted(entry.arg_ids)
+
+    def _error_entry(self, error: BaseException) -> Entry:
+        return (INLINE, serialization.serialize_error(error).to_inline())
+
+    def _fail_class(self, cls: SchedulingClass, exc: BaseException) -> None:
+        error = exc if isinstance(exc, RayError) else ConnectionLost(f"lost the node daemon: {exc}")
+        while cls.queue:
+            self._fail(cls.queue.popleft(), self._error_entry(error))
+
+    # ================================================================ cancel
+    def cancel(self, task_id: bytes, force: bool) -> bool:
+        entry = self.tasks.get(task_id)
+        if entry is None or entry.done:
+            return False
+        entry.cancelled = True
+        error = self._error_entry(TaskCancelledError(task_id.hex()))
+        if entry.status is TaskStatus.PENDING_ARGS_AVAIL:
+            self._fail(entry, error)
+        elif entry.status is TaskStatus.PENDING_NODE_ASSIGNMENT:
+            cls = self.classes.get(entry.sched_key)
+            if cls is not None and entry in cls.queue:
+                cls.queue.remove(entry)
+            self._fail(entry, error)
+        else:
+            lease: LeaseState = entry.lease
+            if force:
+                entry.force_cancel = True
+                self.worker.raylet.notify("kill_worker", {"worker_id": lease.worker_id})
+            else:
+                lease.conn.notify("cancel_task", {"tid": task_id})
+        return True
+
+    def num_pending(self) -> int:
+        return len(self.tasks)

@@ -1,0 +1,556 @@
+"""The core worker: the runtime inside the driver and every worker process.
+
+It owns the objects this process creates (``put`` values and the returns of
+tasks it submits), keeps their entries in the memory store and their
+reference counts, submits tasks (``TaskSubmitter``), executes tasks in a
+worker (``TaskExecutor``), and answers other processes that ask for the
+objects it owns. All network I/O happens on one event loop in a background
+thread; user code calls in from its own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import os
+import sys
+import threading
+from collections import deque
+from typing import Any
+
+from ember._private import ids, object_file, serialization
+from ember._private.config import config
+from ember._private.object_ref import ObjectRef
+from ember.core.function_manager import FunctionManager
+from ember.core.memory_store import INLINE, PLASMA, Entry, MemoryStore
+from ember.core.reference_counter import ReferenceCounter, RefState
+from ember.core.task_executor import TaskExecutor
+from ember.core.task_state import TaskEntry
+from ember.core.task_submitter import ARG_REF, ARG_VALUE, TaskSubmitter
+from ember.exceptions import (
+    ConnectionLost,
+    GetTimeoutError,
+    ObjectLostError,
+    ObjectStoreFullError,
+    OwnerDiedError,
+    RayTaskError,
+    RemoteError,
+)
+from ember.rpc import Connection, EventLoopThread, connect, start_server
+
+logger = logging.getLogger(__name__)
+
+DRIVER = "driver"
+WORKER = "worker"
+
+
+class CoreWorker:
+    def __init__(
+        self,
+        mode: str,
+        *,
+        gcs_address: str,
+        raylet_address: str,
+        token: str,
+        node_ip: str = "127.0.0.1",
+        worker_id: bytes | None = None,
+        namespace: str | None = None,
+        log_to_driver: bool = True,
+        job_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.mode = mode
+        self.gcs_address = gcs_address
+        self.raylet_address = raylet_address
+        self.token = token
+        self.node_ip = node_ip
+        self.worker_id = worker_id or ids.random_unique_id()
+        self.namespace = namespace
+        self.log_to_driver = log_to_driver
+        self.job_config = job_config or {}
+        self.job_id = b"\0\0\0\0"
+        self.node_id = b""
+        self.store_dir = ""
+        self.session_dir = ""
+        self.address: list[Any] = []
+        self.memory_store = MemoryStore()
+        self.reference_counter = ReferenceCounter(self._on_free, self._wake_drain)
+        self.function_manager = FunctionManager(self)
+        self.submitter = TaskSubmitter(self)
+        self.executor = TaskExecutor(self) if mode == WORKER else None
+        self.io: EventLoopThread | None = None
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.raylet: Connection = None  # type: ignore[assignment]
+        self.gcs: Connection = None  # type: ignore[assignment]
+        self._server: asyncio.AbstractServer | None = None
+        self._peers: dict[tuple[str, int], asyncio.Future[Connection]] = {}
+        self._fetching: set[bytes] = set()
+        self._submit_queue: deque[TaskEntry] = deque()
+        self._submit_scheduled = False
+        self._pending_frees: list[bytes] = []
+        self._task_local = threading.local()
+        self.driver_task_id = b""
+        self.shutting_down = False
+        self._inline_limit = config().max_direct_call_object_size
+        self.on_raylet_lost: Any = None
+
+    # ================================================================ lifecycle
+    def start(self) -> None:
+        self.io = EventLoopThread("ember-io")
+        self.loop = self.io.loop
+        self.io.run(self._connect(), timeout=config().connect_timeout_s + 5)
+
+    async def _connect(self) -> None:
+        self._server = await start_server(self, self.token, self.node_ip, 0, info={"role": self.mode})
+        port = self._server.sockets[0].getsockname()[1]
+        self.address = [self.node_ip, port, self.worker_id]
+        self.raylet = await connect(self.raylet_address, self.token, self, info={"role": self.mode})
+        if self.mode == WORKER:
+            info = await self.raylet.call("register_worker", {"worker_id": self.worker_id, "address": self.address})
+        else:
+            info = await self.raylet.call("register_client", {"client_id": self.worker_id})
+        self.node_id = info["node_id"]
+        self.store_dir = info["store_dir"]
+        self.session_dir = info["session_dir"]
+        self.raylet.add_close_callback(self._raylet_lost)
+        self.gcs = await connect(self.gcs_address, self.token, self, info={"role": self.mode})
+        if self.mode == DRIVER:
+            job = await self.gcs.call("register_job", {
+                "namespace": self.namespace, "pid": os.getpid(), "address": self.address,
+                "entrypoint": " ".join(sys.argv),
+            })
+            self.job_id = job["job_id"]
+            self.namespace = job["namespace"]
+            self.driver_task_id = ids.new_task_id(self.job_id)
+            await self.gcs.call("kv_put", {"ns": "job", "key": self.job_id, "value": json.dumps(self.job_config).encode()})
+            if self.log_to_driver:
+                await self.gcs.call("subscribe", ["logs"])
+
+    def _raylet_lost(self, conn: Connection) -> None:
+        if self.shutting_down:
+            return
+        if self.mode == WORKER:
+            # Our node daemon is gone: nothing can reach us any more.
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(1)
+        logger.error("lost the connection to the node daemon: %s", conn.close_reason)
+        if self.on_raylet_lost is not None:
+            self.on_raylet_lost()
+
+    def shutdown(self) -> None:
+        if self.io is None or self.shutting_down:
+            return
+        self.shutting_down = True
+
+        async def _close() -> None:
+            self.submitter.release_idle_leases()
+            await asyncio.sleep(0)
+            for conn in [self.raylet, self.gcs]:
+                if conn is not None:
+                    conn.close("shutting down")
+            for fut in self._peers.values():
+                if fut.done() and not fut.exception():
+                    fut.result().close("shutting down")
+            if self._server is not None:
+                self._server.close()
+
+        try:
+            self.io.run(_close(), timeout=5)
+        except Exception as exc:  # best effort: the daemons may already be gone
+            logger.debug("error while closing connections: %s", exc)
+        self.io.stop()
+
+    # ================================================================ context
+    def set_task_context(self, spec: dict[str, Any]) -> None:
+        local = self._task_local
+        local.task_id = spec["tid"]
+        local.job_id = spec["job"]
+        local.name = spec["name"]
+
+    def clear_task_context(self) -> None:
+        local = self._task_local
+        local.task_id = None
+        local.name = None
+
+    @property
+    def current_task_id(self) -> bytes | None:
+        return getattr(self._task_local, "task_id", None)
+
+    @property
+    def current_job_id(self) -> bytes:
+        return getattr(self._task_local, "job_id", None) or self.job_id
+
+    def _put_parent_task(self) -> bytes:
+        return self.current_task_id or self.driver_task_id or ids.new_task_id(self.current_job_id)
+
+    # ================================================================ loop helpers
+    def gcs_call(self, method: str, payload: Any, timeout: float | None = -1.0) -> Any:
+        assert self.io is not None
+        return self.io.run(self.gcs.call(method, payload, timeout))
+
+    def raylet_call(self, method: str, payload: Any, timeout: float | None = -1.0) -> Any:
+        assert self.io is not None
+        return self.io.run(self.raylet.call(method, payload, timeout))
+
+    async def connect_to(self, address: list[Any]) -> Connection:
+        """A (cached) connection to another core worker."""
+        key = (address[0], address[1])
+        fut = self._peers.get(key)
+        if fut is not None:
+            if not fut.done():
+                return await asyncio.shield(fut)
+            if fut.exception() is None and not fut.result().closed:
+                return fut.result()
+        fut = self.loop.create_future()
+        self._peers[key] = fut
+        try:
+            conn = await connect(key, self.token, self, info={"role": self.mode}, timeout=5.0)
+        except BaseException as exc:
+            self._peers.pop(key, None)
+            fut.set_exception(exc)
+            fut.exception()
+            raise
+        fut.set_result(conn)
+        return conn
+
+    def _wake_drain(self) -> None:
+        self.loop.call_soon_threadsafe(self.reference_counter.drain)
+
+    # ================================================================ ownership
+    def _on_free(self, object_id: bytes, state: RefState) -> None:
+        entry = self.memory_store.delete(object_id)
+        if state.owned and entry is not None and entry[0] == PLASMA:
+            self._free_plasma(object_id, entry[1][0])
+
+    def _free_plasma(self, object_id: bytes, node_id: bytes) -> None:
+        self._pending_frees.append(object_id)
+        if len(self._pending_frees) == 1:
+            try:
+                self.loop.call_soon_threadsafe(self._flush_frees)
+            except RuntimeError:
+                pass
+
+    def _flush_frees(self) -> None:
+        frees, self._pending_frees = self._pending_frees, []
+        if frees and self.raylet is not None and not self.raylet.closed:
+            self.raylet.notify("free_objects", {"object_ids": frees})
+
+    def store_owned_result(self, object_id: bytes, entry: Entry) -> None:
+        """Record a task result; called on the loop when the reply arrives."""
+        if not self.reference_counter.has_reference(object_id):
+            # Nobody holds a ref any more: drop the value at once.
+            if entry[0] == PLASMA:
+                self._free_plasma(object_id, entry[1][0])
+            return
+        self.memory_store.put(object_id, entry)
+
+    def resolve_entry(self, object_id: bytes, owner: Any, callback: Any) -> None:
+        """Call ``callback(entry)`` on the loop once the object's entry is known here."""
+        store = self.memory_store
+        if store.contains(object_id) or self.reference_counter.is_owned(object_id) or self._owns(owner):
+            store.on_ready(object_id, callback)
+            return
+        store.on_ready(object_id, callback)
+        self._start_fetch(object_id, owner)
+
+    def _owns(self, owner: Any) -> bool:
+        return owner is not None and owner[2] == self.worker_id
+
+    def _start_fetch(self, object_id: bytes, owner: Any) -> None:
+        if object_id in self._fetching or self.memory_store.contains(object_id):
+            return
+        self._fetching.add(object_id)
+        self.loop.create_task(self._fetch(object_id, owner))
+
+    async def _fetch(self, object_id: bytes, owner: Any) -> None:
+        try:
+            if owner is None:
+                raise ObjectLostError(object_id.hex(), f"Object {object_id.hex()} has no known owner.")
+            conn = await self.connect_to(owner)
+            kind, data = await conn.call("get_object", {"object_id": object_id}, timeout=None)
+            entry: Entry = (kind, data)
+        except (ConnectionLost, OSError) as exc:
+            error = OwnerDiedError(
+                object_id.hex(),
+                f"The owner of object {object_id.hex()} (worker {owner[2].hex()[:12]} at {owner[0]}:{owner[1]}) "
+                f"died or is unreachable ({exc}), so the object is lost. Look in the owner's log under "
+                f"{os.path.join(self.session_dir, 'logs')} for why it exited.",
+            )
+            entry = (INLINE, serialization.serialize_error(error).to_inline())
+        except RemoteError as exc:
+            error = ObjectLostError(object_id.hex(), f"Could not get object {object_id.hex()} from its owner: {exc.message}")
+            entry = (INLINE, serialization.serialize_error(error).to_inline())
+        except ObjectLostError as exc:
+            entry = (INLINE, serialization.serialize_error(exc).to_inline())
+        finally:
+            self._fetching.discard(object_id)
+        if self.reference_counter.has_reference(object_id) or self.memory_store._callbacks.get(object_id):
+            self.memory_store.put(object_id, entry)
+
+    async def rpc_get_object(self, conn: Connection, p: dict[str, Any]) -> list[Any]:
+        """A borrower asks for an object we own: answer once it is ready."""
+        object_id = p["object_id"]
+        entry = self.memory_store.get(object_id)
+        if entry is None:
+            if not self.reference_counter.is_owned(object_id):
+                error = ObjectLostError(object_id.hex(), f"Object {object_id.hex()} was freed by its owner or never existed.")
+                return [INLINE, serialization.serialize_error(error).to_inline()]
+            fut: asyncio.Future[Entry] = self.loop.create_future()
+            self.memory_store.on_ready(object_id, lambda e: self.loop.call_soon_threadsafe(_set_once, fut, e))
+            entry = await fut
+        return [entry[0], entry[1]]
+
+    # ================================================================ put / get
+    def serialize_value(self, value: Any, what: str) -> serialization.SerializedObject:
+        try:
+            return serialization.serialize(value)
+        except Exception as exc:
+            raise TypeError(f"Could not serialize {what} of type {type(value).__name__}: {exc}") from exc
+
+    def put(self, value: Any) -> ObjectRef:
+        if isinstance(value, ObjectRef):
+            raise TypeError("Calling put() on an ObjectRef is not allowed; pass the ref itself instead.")
+        obj = self.serialize_value(value, "the value passed to put()")
+        object_id = ids.put_object_id(self._put_parent_task())
+        return self._store_put(object_id, obj)
+
+    def _store_put(self, object_id: bytes, obj: serialization.SerializedObject) -> ObjectRef:
+        self.reference_counter.add_owned(object_id, self.address)
+        if obj.nested_refs:
+            self.reference_counter.mark_escaped([r._id for r in obj.nested_refs])
+        if obj.total_bytes < self._inline_limit:
+            self.memory_store.put(object_id, (INLINE, obj.to_inline()))
+        else:
+            size = self.write_plasma(object_id, obj, self.worker_id)
+            self.memory_store.put(object_id, (PLASMA, [self.node_id, size]))
+        return ObjectRef(object_id, self.address)
+
+    def write_plasma(self, object_id: bytes, obj: serialization.SerializedObject, owner_id: bytes) -> int:
+        """Write ``obj`` into this node's object store; returns the file size."""
+        size = object_file.file_size(obj)
+        try:
+            self.raylet_call("create_object", {"object_id": object_id, "size": size, "owner": owner_id})
+        except RemoteError as exc:
+            if exc.code == "ObjectStoreFullError":
+                raise ObjectStoreFullError(exc.message) from None
+            raise
+        path = os.path.join(self.store_dir, object_id.hex())
+        try:
+            object_file.write_object(path, obj)
+        except FileExistsError:
+            pass  # a retried task wrote this return before
+        except OSError as exc:
+            self.loop.call_soon_threadsafe(self.raylet.notify, "free_objects", {"object_ids": [object_id]})
+            raise ObjectStoreFullError(
+                f"Could not write an object of {size} bytes to {self.store_dir}: {exc}. "
+                "The shared-memory file system may be smaller than the configured store."
+            ) from exc
+        self.loop.call_soon_threadsafe(self.raylet.notify, "seal_object", {"object_id": object_id})
+        return size
+
+    def encode_return(self, object_id: bytes, value: Any, owner: list[Any]) -> list[Any]:
+        """A task's return value in reply form: inline, or written to the object store."""
+        if isinstance(value, ObjectRef):
+            # Returning a ref: the caller gets the ref's value (Ray semantics: a ref to a ref).
+            pass
+        obj = self.serialize_value(value, "the return value")
+        if obj.nested_refs:
+            self.reference_counter.mark_escaped([r._id for r in obj.nested_refs])
+        if obj.total_bytes < self._inline_limit:
+            return [0, obj.to_inline()]
+        size = self.write_plasma(object_id, obj, owner[2])
+        return [1, self.node_id, size]
+
+    def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
+        entries = self._wait_entries(refs, len(refs), timeout, fetch=True)
+        return [self._value_of(ref._id, entry) for ref, entry in zip(refs, entries)]
+
+    def _wait_entries(self, refs: list[ObjectRef], num: int, timeout: float | None, fetch: bool) -> list[Entry | None]:
+        store = self.memory_store
+        missing = [r for r in refs if not store.contains(r._id)]
+        if missing:
+            for ref in missing:
+                if not self._owns(ref._owner) and not self.reference_counter.is_owned(ref._id):
+                    self.loop.call_soon_threadsafe(self._start_fetch, ref._id, ref._owner)
+            wanted = {r._id for r in refs}
+            need = min(num, len(wanted))
+            blocked = False
+            if self.executor is not None and self.current_task_id is not None:
+                blocked = True
+                self.executor.bounce_queued()
+                self.loop.call_soon_threadsafe(self.raylet.notify, "notify_blocked", None)
+            try:
+                ready = store.wait(wanted, need, timeout)
+            finally:
+                if blocked:
+                    self.loop.call_soon_threadsafe(self.raylet.notify, "notify_unblocked", None)
+            if len(ready) < need:
+                raise GetTimeoutError(
+                    f"Get timed out: {need - len(ready)} of {need} object(s) not ready after {timeout}s."
+                )
+        return [store.get(r._id) for r in refs]
+
+    def _value_of(self, object_id: bytes, entry: Entry | None) -> Any:
+        if entry is None:
+            raise ObjectLostError(object_id.hex(), f"Object {object_id.hex()} was freed while being read.")
+        kind, data = entry
+        if kind == INLINE:
+            flags, value = serialization.deserialize_inline(data)
+        else:
+            flags, value = self._read_plasma(object_id, data[0])
+        if flags == serialization.FLAG_ERROR:
+            if isinstance(value, RayTaskError):
+                raise value.as_instanceof_cause()
+            raise value
+        return value
+
+    def read_plasma_value(self, object_id: bytes, node_id: bytes, raise_errors: bool = True) -> Any:
+        flags, value = self._read_plasma(object_id, node_id)
+        if flags == serialization.FLAG_ERROR and raise_errors:
+            raise value
+        return value
+
+    def _read_plasma(self, object_id: bytes, node_id: bytes) -> tuple[int, Any]:
+        if node_id != self.node_id:
+            raise ObjectLostError(
+                object_id.hex(),
+                f"Object {object_id.hex()} lives on node {node_id.hex()[:12]}, and this node "
+                "cannot fetch objects from other nodes.",
+            )
+        path = os.path.join(self.store_dir, object_id.hex())
+        try:
+            return object_file.read_object(path)
+        except FileNotFoundError:
+            raise ObjectLostError(
+                object_id.hex(),
+                f"Object {object_id.hex()} is no longer in the object store of node {node_id.hex()[:12]} "
+                "(it was freed or its node's store was cleared).",
+            ) from None
+
+    def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None, fetch_local: bool) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        store = self.memory_store
+        try:
+            self._wait_entries(refs, num_returns, timeout, fetch=fetch_local)
+        except GetTimeoutError:
+            pass
+        ready: list[ObjectRef] = []
+        not_ready: list[ObjectRef] = []
+        for ref in refs:
+            if len(ready) < num_returns and store.contains(ref._id):
+                ready.append(ref)
+            else:
+                not_ready.append(ref)
+        return ready, not_ready
+
+    def get_future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def on_entry(entry: Entry) -> None:
+            if future.done():
+                return
+            try:
+                future.set_result(self._value_of(ref._id, entry))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        def register() -> None:
+            self.resolve_entry(ref._id, ref._owner, on_entry)
+            # keep the ref alive until it resolves
+            future.add_done_callback(lambda f, r=ref: None)
+
+        self.loop.call_soon_threadsafe(register)
+        return future
+
+    # ================================================================ tasks
+    def submit_task(self, entry: TaskEntry) -> None:
+        """Hand a task to the loop; many submissions share one wake-up."""
+        self._submit_queue.append(entry)
+        if not self._submit_scheduled:
+            self._submit_scheduled = True
+            self.loop.call_soon_threadsafe(self._drain_submissions)
+
+    def _drain_submissions(self) -> None:
+        self._submit_scheduled = False
+        queue = self._submit_queue
+        submit = self.submitter.submit
+        while queue:
+            submit(queue.popleft())
+
+    def cancel(self, ref: ObjectRef, force: bool) -> None:
+        task_id = ids.task_id_of(ref._id)
+        self.loop.call_soon_threadsafe(self.submitter.cancel, task_id, force)
+
+    def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any], fname: str) -> tuple[list[Any], list[str], list[bytes]]:
+        """Task arguments in wire form, plus the ids of refs the task depends on."""
+        wire: list[Any] = []
+        ref_ids: list[bytes] = []
+        names = list(kwargs)
+        values = list(args) + [kwargs[k] for k in names]
+        for position, value in enumerate(values):
+            if isinstance(value, ObjectRef):
+                wire.append([ARG_REF, value._id, value._owner])
+                ref_ids.append(value._id)
+                continue
+            what = (
+                f"argument {position} of {fname}()" if position < len(args)
+                else f"keyword argument {names[position - len(args)]!r} of {fname}()"
+            )
+            obj = self.serialize_value(value, what)
+            if obj.nested_refs:
+                self.reference_counter.mark_escaped([r._id for r in obj.nested_refs])
+            if obj.total_bytes < self._inline_limit:
+                wire.append([ARG_VALUE, obj.to_inline()])
+            else:
+                ref = self._store_put(ids.put_object_id(self._put_parent_task()), obj)
+                wire.append([ARG_REF, ref._id, ref._owner])
+                ref_ids.append(ref._id)
+        if ref_ids:
+            owners = {r[1]: r[2] for r in wire if r[0] == ARG_REF}
+            self.reference_counter.add_submitted(ref_ids, owners.__getitem__)
+        return wire, names, ref_ids
+
+    # ================================================================ RPC handlers
+    def rpc_push_task(self, conn: Connection, spec: dict[str, Any]) -> Any:
+        if self.executor is None:
+            raise ValueError("this process does not execute tasks")
+        return self.executor.push(conn, spec)
+
+    def rpc_cancel_task(self, conn: Connection, p: dict[str, Any]) -> None:
+        if self.executor is not None:
+            self.executor.cancel(p["tid"])
+
+    def rpc_infeasible(self, conn: Connection, p: dict[str, Any]) -> None:
+        self.submitter.on_infeasible(p["request_id"], p["message"])
+
+    def rpc_release_idle_leases(self, conn: Connection, p: Any) -> None:
+        self.submitter.release_idle_leases()
+
+    def rpc_pub(self, conn: Connection, message: list[Any]) -> None:
+        channel, data = message
+        if channel == "logs":
+            self._print_logs(data)
+
+    def _print_logs(self, record: dict[str, Any]) -> None:
+        job = record.get("job", "")
+        if job and job != self.job_id.hex():
+            return
+        fn = record.get("fn") or ""
+        prefix = f"({fn} pid={record['pid']}) " if fn else f"(pid={record['pid']}) "
+        out = sys.stderr if record.get("err") else sys.stdout
+        try:
+            out.write("".join(prefix + line + "\n" for line in record["lines"]))
+            out.flush()
+        except (OSError, ValueError):
+            pass
+
+    def rpc_ping(self, conn: Connection, p: Any) -> str:
+        return "pong"
+
+
+def _set_once(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)

@@ -1,0 +1,42 @@
+"""Entry point of a worker process (started by the node daemon)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+
+def main() -> None:
+    from ember._private import runtime
+    from ember._private.processes import set_parent_death_signal
+    from ember.core.worker import WORKER, CoreWorker
+
+    set_parent_death_signal()
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, os.environ.get("EMBER_LOG_LEVEL", "WARNING").upper(), logging.WARNING),
+        format=f"%(asctime)s %(levelname)s worker pid={os.getpid()} %(name)s: %(message)s",
+    )
+    env = os.environ
+    worker = CoreWorker(
+        WORKER,
+        gcs_address=env["EMBER_GCS_ADDRESS"],
+        raylet_address=env["EMBER_RAYLET_ADDRESS"],
+        token=env.pop("EMBER_TOKEN"),
+        node_ip=env.get("EMBER_NODE_IP", "127.0.0.1"),
+        worker_id=bytes.fromhex(env["EMBER_WORKER_ID"]),
+    )
+    runtime.set_core_worker(worker)
+    try:
+        worker.start()
+    except Exception as exc:
+        print(f"worker failed to start: {exc}", file=sys.stderr, flush=True)
+        os._exit(1)
+    assert worker.executor is not None
+    worker.executor.run_forever()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

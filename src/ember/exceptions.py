@@ -1,0 +1,281 @@
+"""Every error Ember raises, in one tree (Ray's public names are kept because
+user code catches them by name)::
+
+    RayError                              root of everything Ember raises
+    ├── RayTaskError                      a task raised; also an instance of the cause
+    ├── RayActorError                     an actor could not run a call
+    │   └── ActorDiedError                ... because it is dead for good
+    │   └── ActorUnavailableError         ... because it is restarting / unreachable
+    ├── WorkerCrashedError                the worker running a task died
+    ├── TaskCancelledError                ember.cancel() ended the task
+    ├── GetTimeoutError                   get(timeout=) expired (also a TimeoutError)
+    ├── ObjectLostError                   a value is gone
+    │   ├── OwnerDiedError                ... because its owner died
+    │   ├── ObjectFreedError              ... because it was freed
+    │   └── ObjectReconstructionFailedError
+    ├── ObjectStoreFullError              no room in the shared-memory store
+    ├── OutOfMemoryError                  the memory monitor killed the task
+    ├── NodeDiedError                     a node went away
+    ├── TaskUnschedulableError            no node can ever run the task
+    ├── ActorUnschedulableError           no node can ever host the actor
+    ├── RuntimeEnvSetupError              a runtime_env could not be built
+    └── RaySystemError                    Ember itself failed
+        └── RpcError                      internal: transport and protocol errors
+            ├── ConnectionLost            the peer went away
+            ├── AuthenticationError       bad or missing cluster token
+            └── FrameError                a malformed or oversized frame
+
+Lower-layer errors are translated to these in exactly one place per layer,
+with ``raise ... from exc`` so the original cause is kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RayError(Exception):
+    """The root of every error Ember raises."""
+
+    def __reduce__(self) -> Any:
+        return (type(self), self.args, self.__dict__ or None)
+
+
+EmberError = RayError
+
+
+class RaySystemError(RayError):
+    """Ember itself failed (not the user's code)."""
+
+
+class RpcError(RaySystemError):
+    """Internal: a transport or protocol failure."""
+
+
+class ConnectionLost(RpcError):
+    """The peer closed the connection or could not be reached."""
+
+
+class AuthenticationError(RpcError):
+    """The peer did not present this cluster's token."""
+
+
+class FrameError(RpcError):
+    """A frame was malformed, or larger than the configured limit."""
+
+
+class RemoteError(RpcError):
+    """The peer answered a call with an error (code + human message)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class RayTaskError(RayError):
+    """A task (or actor method) raised an exception.
+
+    ``get`` raises an instance of a class that derives from both this and the
+    original exception's class, so ``except ValueError`` still catches a
+    ``ValueError`` raised remotely.
+    """
+
+    def __init__(
+        self,
+        function_name: str,
+        traceback_str: str,
+        cause: BaseException | None,
+        pid: int | None = None,
+        ip: str | None = None,
+        node_id: str | None = None,
+    ) -> None:
+        self.function_name = function_name
+        self.traceback_str = traceback_str
+        self.cause = cause
+        self.pid = pid
+        self.ip = ip
+        self.node_id = node_id
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        where = f"{self.function_name}() (pid={self.pid}, ip={self.ip}"
+        if self.node_id:
+            where += f", node={self.node_id[:12]}"
+        where += ")"
+        cause_name = type(self.cause).__name__ if self.cause is not None else "Exception"
+        return f"{cause_name} raised in {where}\n{self.traceback_str.rstrip()}"
+
+    def __str__(self) -> str:
+        return self._message()
+
+    def __reduce__(self) -> Any:
+        return (
+            _rebuild_task_error,
+            (self.function_name, self.traceback_str, self.cause, self.pid, self.ip, self.node_id),
+        )
+
+    def as_instanceof_cause(self) -> RayTaskError:
+        """This error re-made as an instance of ``RayTaskError`` *and* the cause's class."""
+        cause = self.cause
+        if cause is None or isinstance(cause, RayTaskError):
+            return self
+        cause_cls = type(cause)
+        if not isinstance(cause, Exception):
+            return self
+        try:
+            cls = _dual_class(cause_cls)
+            err = cls.__new__(cls)
+            RayTaskError.__init__(
+                err, self.function_name, self.traceback_str, cause, self.pid, self.ip, self.node_id
+            )
+            # Let attribute access of the cause work (e.g. err.errno, err.response).
+            for key, value in getattr(cause, "__dict__", {}).items():
+                err.__dict__.setdefault(key, value)
+            err.args = (self._message(),)
+            return err
+        except TypeError:  # e.g. a cause class with an incompatible layout
+            return self
+
+
+_dual_classes: dict[type, type] = {}
+
+
+def _dual_class(cause_cls: type) -> type:
+    cls = _dual_classes.get(cause_cls)
+    if cls is None:
+        name = f"RayTaskError({cause_cls.__name__})"
+
+        def _str(self: RayTaskError) -> str:
+            return RayTaskError._message(self)
+
+        cls = type(name, (RayTaskError, cause_cls), {"__str__": _str, "__module__": __name__})
+        _dual_classes[cause_cls] = cls
+    return cls
+
+
+def _rebuild_task_error(*args: Any) -> RayTaskError:
+    return RayTaskError(*args)
+
+
+class RayActorError(RayError):
+    """An actor could not run a method call (it died or is unreachable)."""
+
+    def __init__(self, message: str = "The actor died unexpectedly before finishing this task.", actor_id: str | None = None) -> None:
+        super().__init__(message)
+        self.actor_id = actor_id
+        self.error_msg = message
+
+
+class ActorDiedError(RayActorError):
+    """The actor is dead for good; the message says why."""
+
+
+class ActorUnavailableError(RayActorError):
+    """The actor is temporarily unreachable (for example restarting)."""
+
+
+class WorkerCrashedError(RayError):
+    """The worker process running the task died before it finished."""
+
+    def __init__(self, message: str = "The worker died unexpectedly while executing this task.") -> None:
+        super().__init__(message)
+
+
+class TaskCancelledError(RayError):
+    """The task was cancelled with ``ember.cancel``."""
+
+    def __init__(self, task_id: str | None = None, message: str | None = None) -> None:
+        self.task_id = task_id
+        super().__init__(message or f"Task {task_id} was cancelled.")
+
+
+class GetTimeoutError(RayError, TimeoutError):
+    """``get`` or ``wait`` ran out of time; also a built-in ``TimeoutError``."""
+
+
+class ObjectLostError(RayError):
+    """The value behind an ObjectRef is gone and cannot be recovered."""
+
+    def __init__(self, object_ref_hex: str = "", message: str | None = None) -> None:
+        self.object_ref_hex = object_ref_hex
+        super().__init__(message or f"Object {object_ref_hex} is lost and cannot be recovered.")
+
+
+class OwnerDiedError(ObjectLostError):
+    """The process that owned the value died, so nobody can tell where it is."""
+
+
+class ObjectFreedError(ObjectLostError):
+    """The value was freed explicitly."""
+
+
+class ObjectReconstructionFailedError(ObjectLostError):
+    """The value was lost and re-running its task failed or was not allowed."""
+
+
+class ObjectReconstructionFailedMaxAttemptsExceededError(ObjectReconstructionFailedError):
+    pass
+
+
+class ObjectReconstructionFailedLineageEvictedError(ObjectReconstructionFailedError):
+    pass
+
+
+class ObjectFetchTimedOutError(ObjectLostError):
+    pass
+
+
+class ObjectStoreFullError(RayError):
+    """The shared-memory object store has no room for a value."""
+
+
+class OutOfMemoryError(RayError):
+    """The node ran low on memory and the memory monitor ended the task."""
+
+
+class NodeDiedError(RayError):
+    """The node that ran a task or held a value died."""
+
+
+class TaskUnschedulableError(RayError):
+    """No node in the cluster can ever satisfy the task's requirements."""
+
+
+class ActorUnschedulableError(RayError):
+    """No node in the cluster can ever host the actor."""
+
+
+class RuntimeEnvSetupError(RayError):
+    """A runtime environment could not be set up."""
+
+
+class LocalRayletDiedError(RaySystemError):
+    """This process lost its connection to its node daemon."""
+
+
+class PendingCallsLimitExceeded(RayError):
+    pass
+
+
+class AsyncioActorExit(RayError):
+    pass
+
+
+class CrossLanguageError(RayError):
+    pass
+
+
+class ObjectRefStreamEndOfStreamError(RayError):
+    pass
+
+
+class ReferenceCountingAssertionError(ObjectLostError):
+    pass
+
+
+class PlasmaObjectNotAvailable(RayError):
+    pass
+
+
+__all__ = [name for name, value in globals().items() if isinstance(value, type) and issubclass(value, BaseException)]

@@ -1,0 +1,1 @@
+"""The control service (GCS): cluster metadata, KV store, pub/sub, node health."""

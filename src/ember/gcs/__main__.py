@@ -1,0 +1,5 @@
+"""``python -m ember.gcs``: run the control service."""
+
+from ember.gcs.main import main
+
+main()

@@ -1,0 +1,43 @@
+"""Entry point of the control service process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+
+from ember._private import session
+from ember._private.daemon import run_daemon, setup_logging
+from ember.gcs.server import GcsServer
+from ember.rpc import start_server
+
+logger = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ember-gcs")
+    parser.add_argument("--session-dir", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--listen-fd", type=int, default=-1, help="an already bound listening socket")
+    args = parser.parse_args(argv)
+    setup_logging("gcs")
+    token = session.read_token(args.session_dir)
+
+    async def serve(stop: asyncio.Event) -> None:
+        gcs = GcsServer(args.session_dir)
+        sock = None
+        if args.listen_fd >= 0:
+            sock = socket.socket(fileno=args.listen_fd)
+        server = await start_server(gcs, token, args.host, args.port, sock=sock, info={"role": "gcs"})
+        gcs.start()
+        logger.info("control service listening on %s", server.sockets[0].getsockname())
+        await stop.wait()
+        server.close()
+        await gcs.stop()
+        logger.info("control service stopped")
+
+    run_daemon(serve)
+    os._exit(0)

@@ -1,0 +1,196 @@
+"""The control service: one per cluster, never on the task or object path.
+
+It owns the node table (who is in the cluster, their resources and load),
+the job table, a namespaced key-value store (exported functions) and
+pub/sub channels (``logs``, ``nodes``, ``errors``). A node is alive while
+its connection is open and its heartbeats arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+from ember._private import ids
+from ember._private.config import config
+from ember.gcs.storage import InMemoryStorage
+from ember.rpc import Connection
+
+logger = logging.getLogger(__name__)
+
+
+class NodeEntry:
+    def __init__(self, info: dict[str, Any], conn: Connection) -> None:
+        self.info = info
+        self.conn = conn
+        self.alive = True
+        self.available: dict[str, float] = dict(info["resources"])
+        self.store_used = 0
+        self.store_objects = 0
+        self.last_heartbeat = time.monotonic()
+        self.death_reason = ""
+
+    def to_public(self) -> dict[str, Any]:
+        info = self.info
+        return {
+            "NodeID": info["node_id"].hex(),
+            "Alive": self.alive,
+            "NodeManagerAddress": info["address"][0],
+            "NodeManagerPort": info["address"][1],
+            "ObjectManagerPort": info["address"][1],
+            "NodeManagerHostname": info.get("hostname", ""),
+            "Resources": dict(info["resources"]) if self.alive else {},
+            "AvailableResources": dict(self.available) if self.alive else {},
+            "ObjectStoreCapacity": info.get("store_capacity", 0),
+            "ObjectStoreUsed": self.store_used,
+            "ObjectStoreObjects": self.store_objects,
+            "ObjectStoreDir": info.get("store_dir", ""),
+            "IsHead": bool(info.get("is_head")),
+            "DeathReason": self.death_reason,
+            "alive": self.alive,
+        }
+
+
+class GcsServer:
+    def __init__(self, session_dir: str) -> None:
+        self.session_dir = session_dir
+        self.cluster_id = os.urandom(8).hex()
+        self.storage = InMemoryStorage()
+        self.nodes: dict[bytes, NodeEntry] = {}
+        self.jobs: dict[bytes, dict[str, Any]] = {}
+        self._next_job = 1
+        self.subscribers: dict[str, set[Connection]] = {}
+        self._health_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
+
+    async def stop(self) -> None:
+        if self._health_task:
+            self._health_task.cancel()
+            try:
+                await self._health_task
+            except asyncio.CancelledError:
+                pass
+
+    # -------------------------------------------------------------- pub/sub
+    def publish(self, channel: str, data: Any) -> None:
+        for conn in list(self.subscribers.get(channel, ())):
+            conn.notify("pub", [channel, data])
+
+    def rpc_subscribe(self, conn: Connection, channels: list[str]) -> bool:
+        for channel in channels:
+            self.subscribers.setdefault(channel, set()).add(conn)
+        conn.add_close_callback(self._drop_subscriber)
+        return True
+
+    def _drop_subscriber(self, conn: Connection) -> None:
+        for subs in self.subscribers.values():
+            subs.discard(conn)
+
+    def rpc_publish(self, conn: Connection, payload: list[Any]) -> None:
+        channel, data = payload
+        self.publish(str(channel), data)
+
+    # ---------------------------------------------------------------- nodes
+    def rpc_register_node(self, conn: Connection, info: dict[str, Any]) -> dict[str, Any]:
+        node_id = info["node_id"]
+        entry = NodeEntry(info, conn)
+        self.nodes[node_id] = entry
+        conn.state["node_id"] = node_id
+        conn.add_close_callback(lambda c: self._node_disconnected(node_id, c))
+        logger.info("node %s joined at %s", node_id.hex()[:12], info["address"])
+        self.publish("nodes", entry.to_public())
+        return {"cluster_id": self.cluster_id}
+
+    def _node_disconnected(self, node_id: bytes, conn: Connection) -> None:
+        entry = self.nodes.get(node_id)
+        if entry is not None and entry.conn is conn and entry.alive:
+            self._mark_node_dead(entry, "its node daemon disconnected")
+
+    def _mark_node_dead(self, entry: NodeEntry, reason: str) -> None:
+        entry.alive = False
+        entry.death_reason = reason
+        logger.warning("node %s is dead: %s", entry.info["node_id"].hex()[:12], reason)
+        self.publish("nodes", entry.to_public())
+
+    def rpc_report(self, conn: Connection, report: dict[str, Any]) -> None:
+        entry = self.nodes.get(report["node_id"])
+        if entry is None or not entry.alive:
+            return
+        entry.available = report["available"]
+        entry.store_used = report.get("store_used", 0)
+        entry.store_objects = report.get("store_objects", 0)
+        entry.last_heartbeat = time.monotonic()
+
+    def rpc_get_nodes(self, conn: Connection, payload: Any) -> list[dict[str, Any]]:
+        return [entry.to_public() for entry in self.nodes.values()]
+
+    def rpc_get_node_addresses(self, conn: Connection, payload: Any) -> list[list[Any]]:
+        return [
+            [nid, e.info["address"], e.info["resources"], e.available]
+            for nid, e in self.nodes.items()
+            if e.alive
+        ]
+
+    async def _health_loop(self) -> None:
+        cfg = config()
+        timeout = max(cfg.heartbeat_period_s * 10, 5.0)
+        while True:
+            await asyncio.sleep(cfg.heartbeat_period_s)
+            now = time.monotonic()
+            for entry in list(self.nodes.values()):
+                if entry.alive and now - entry.last_heartbeat > timeout:
+                    self._mark_node_dead(entry, f"no heartbeat for {timeout:.0f}s")
+                    entry.conn.close("missed heartbeats")
+
+    # ----------------------------------------------------------------- jobs
+    def rpc_register_job(self, conn: Connection, info: dict[str, Any]) -> dict[str, Any]:
+        job_id = ids.job_id_from_int(self._next_job)
+        self._next_job += 1
+        entry = {
+            "job_id": job_id,
+            "namespace": info.get("namespace") or f"anonymous-{job_id.hex()}",
+            "driver_pid": info.get("pid"),
+            "driver_address": info.get("address"),
+            "start_time": time.time(),
+            "end_time": None,
+            "status": "RUNNING",
+            "entrypoint": info.get("entrypoint", ""),
+        }
+        self.jobs[job_id] = entry
+        conn.add_close_callback(lambda c: self._job_finished(job_id))
+        return {"job_id": job_id, "namespace": entry["namespace"], "cluster_id": self.cluster_id}
+
+    def _job_finished(self, job_id: bytes) -> None:
+        entry = self.jobs.get(job_id)
+        if entry is not None and entry["status"] == "RUNNING":
+            entry["status"] = "SUCCEEDED"
+            entry["end_time"] = time.time()
+            self.publish("jobs", {"job_id": job_id, "status": entry["status"]})
+
+    def rpc_get_jobs(self, conn: Connection, payload: Any) -> list[dict[str, Any]]:
+        return list(self.jobs.values())
+
+    # ------------------------------------------------------------------- KV
+    def rpc_kv_put(self, conn: Connection, p: dict[str, Any]) -> bool:
+        return self.storage.put("kv:" + p.get("ns", ""), p["key"], p["value"], p.get("overwrite", True))
+
+    def rpc_kv_get(self, conn: Connection, p: dict[str, Any]) -> bytes | None:
+        return self.storage.get("kv:" + p.get("ns", ""), p["key"])
+
+    def rpc_kv_del(self, conn: Connection, p: dict[str, Any]) -> bool:
+        return self.storage.delete("kv:" + p.get("ns", ""), p["key"])
+
+    def rpc_kv_keys(self, conn: Connection, p: dict[str, Any]) -> list[bytes]:
+        return self.storage.keys("kv:" + p.get("ns", ""), p.get("prefix", b""))
+
+    # --------------------------------------------------------------- status
+    def rpc_cluster_info(self, conn: Connection, payload: Any) -> dict[str, Any]:
+        return {"cluster_id": self.cluster_id, "session_dir": self.session_dir, "pid": os.getpid()}
+
+    def rpc_ping(self, conn: Connection, payload: Any) -> str:
+        return "pong"

@@ -1,0 +1,1 @@
+"""The node daemon (raylet): resources, worker leases, the object store, logs."""

@@ -1,0 +1,57 @@
+"""Entry point of the node daemon process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+
+from ember._private import session
+from ember._private.daemon import run_daemon, setup_logging
+from ember.raylet.server import Raylet, RayletOptions
+
+logger = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ember-raylet")
+    parser.add_argument("--session-dir", required=True)
+    parser.add_argument("--gcs-address", required=True)
+    parser.add_argument("--node-ip", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--listen-fd", type=int, default=-1)
+    parser.add_argument("--resources", required=True, help="JSON of all node resources")
+    parser.add_argument("--object-store-memory", type=int, required=True)
+    parser.add_argument("--store-dir", required=True)
+    parser.add_argument("--node-id", default="")
+    parser.add_argument("--head", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging("raylet")
+    token = session.read_token(args.session_dir)
+    opts = RayletOptions(
+        session_dir=args.session_dir,
+        gcs_address=args.gcs_address,
+        node_ip=args.node_ip,
+        port=args.port,
+        listen_fd=args.listen_fd,
+        resources=json.loads(args.resources),
+        store_capacity=args.object_store_memory,
+        store_dir=args.store_dir,
+        node_id=bytes.fromhex(args.node_id) if args.node_id else None,
+        is_head=args.head,
+    )
+
+    async def serve(stop: asyncio.Event) -> None:
+        raylet = Raylet(opts, token)
+        raylet.stop_event = stop
+        try:
+            await raylet.start()
+            await stop.wait()
+        finally:
+            await raylet.stop()
+            logger.info("node daemon stopped")
+
+    run_daemon(serve)
+    os._exit(0)

@@ -1,0 +1,403 @@
+"""The node daemon: one per node.
+
+It holds the node's resources and grants worker leases, runs the worker
+pool, accounts for the shared-memory object store, tails worker logs, and
+reports its load to the control service. It never runs user code and never
+unpickles anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections import deque
+from typing import Any
+
+from ember._private import ids
+from ember._private.config import config
+from ember.exceptions import ObjectStoreFullError
+from ember.raylet import resources as res
+from ember.raylet.leases import Lease, LeaseRequest
+from ember.raylet.log_monitor import LogMonitor
+from ember.raylet.object_store import ObjectStore
+from ember.raylet.worker_pool import WorkerHandle, WorkerPool, WorkerState
+from ember.rpc import Connection, connect, start_server
+
+logger = logging.getLogger(__name__)
+
+
+class RayletOptions:
+    def __init__(self, **kw: Any) -> None:
+        self.session_dir: str = kw["session_dir"]
+        self.gcs_address: str = kw["gcs_address"]
+        self.node_ip: str = kw.get("node_ip") or "127.0.0.1"
+        self.port: int = kw.get("port") or 0
+        self.listen_fd: int = kw.get("listen_fd", -1)
+        self.resources: dict[str, float] = kw["resources"]
+        self.store_capacity: int = kw["store_capacity"]
+        self.store_dir: str = kw["store_dir"]
+        self.node_id: bytes = kw.get("node_id") or ids.random_unique_id()
+        self.is_head: bool = kw.get("is_head", False)
+
+
+class Raylet:
+    def __init__(self, opts: RayletOptions, token: str) -> None:
+        self.opts = opts
+        self.token = token
+        self.node_id = opts.node_id
+        self.total: res.Resources = res.to_fixed(opts.resources)
+        self.available: res.Resources = dict(self.total)
+        self.store = ObjectStore(opts.store_dir, opts.store_capacity)
+        cfg = config()
+        num_cpus = int(opts.resources.get("CPU", 0))
+        self.prestart = num_cpus if cfg.num_prestart_workers < 0 else cfg.num_prestart_workers
+        max_workers = cfg.max_workers if cfg.max_workers > 0 else 4 * max(num_cpus, 1) + 8
+        self.logs_dir = os.path.join(opts.session_dir, "logs")
+        self.pool = WorkerPool(self.logs_dir, {}, max_workers, self._schedule)
+        self.pending: deque[LeaseRequest] = deque()
+        self.leases: dict[bytes, Lease] = {}
+        self.clients: dict[bytes, Connection] = {}
+        self.gcs: Connection | None = None
+        self.address: list[Any] = []
+        self.log_monitor = LogMonitor(self._publish_logs)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: asyncio.AbstractServer | None = None
+        self._dirty = True
+
+    # ================================================================ start/stop
+    async def start(self) -> None:
+        opts = self.opts
+        sock = socket.socket(fileno=opts.listen_fd) if opts.listen_fd >= 0 else None
+        self._server = await start_server(
+            self, self.token, opts.node_ip, opts.port, sock=sock,
+            info={"role": "raylet", "node_id": self.node_id}, on_close=self._on_disconnect,
+        )
+        port = self._server.sockets[0].getsockname()[1]
+        self.address = [opts.node_ip, port]
+        self.pool.env = {
+            "EMBER_RAYLET_ADDRESS": f"{opts.node_ip}:{port}",
+            "EMBER_GCS_ADDRESS": opts.gcs_address,
+            "EMBER_NODE_ID": self.node_id.hex(),
+            "EMBER_NODE_IP": opts.node_ip,
+            "EMBER_SESSION_DIR": opts.session_dir,
+            "EMBER_STORE_DIR": opts.store_dir,
+            "EMBER_TOKEN": self.token,
+        }
+        for _ in range(self.prestart):
+            self._start_worker()
+        self.gcs = await connect(opts.gcs_address, self.token, self, info={"role": "raylet"})
+        self.gcs.add_close_callback(self._gcs_lost)
+        await self.gcs.call("register_node", self.node_info())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._report_loop()), loop.create_task(self._log_loop()), loop.create_task(self._reap_loop())]
+        logger.info("node daemon %s listening on %s:%d", self.node_id.hex()[:12], opts.node_ip, port)
+
+    def node_info(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "address": self.address,
+            "resources": res.to_float(self.total),
+            "store_capacity": self.store.capacity,
+            "store_dir": self.store.directory,
+            "hostname": socket.gethostname(),
+            "is_head": self.opts.is_head,
+            "pid": os.getpid(),
+        }
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if self._server is not None:
+            self._server.close()
+        self.pool.stop_all(config().process_stop_timeout_s)
+        self.log_monitor.poll()
+        self.store.destroy()
+        if self.gcs is not None:
+            self.gcs.close("node daemon stopping")
+
+    def _gcs_lost(self, conn: Connection) -> None:
+        logger.error("lost the connection to the control service (%s); stopping", conn.close_reason)
+        self.stop_event.set()
+
+    stop_event: asyncio.Event
+
+    # ================================================================ loops
+    async def _report_loop(self) -> None:
+        period = config().resource_report_period_s
+        while True:
+            if self.gcs is not None and not self.gcs.closed:
+                stats = self.store.stats()
+                self.gcs.notify("report", {
+                    "node_id": self.node_id,
+                    "available": res.to_float({k: max(v, 0) for k, v in self.available.items()}),
+                    "store_used": stats["used"],
+                    "store_objects": stats["objects"],
+                    "num_workers": len(self.pool.alive()),
+                })
+            await asyncio.sleep(period)
+
+    async def _log_loop(self) -> None:
+        period = config().log_poll_period_s
+        while True:
+            self.log_monitor.poll()
+            await asyncio.sleep(period)
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            before = len(self.pool.workers)
+            self.pool.reap()
+            self._kill_surplus_idle()
+            if len(self.pool.workers) != before:
+                self._schedule()
+
+    def _publish_logs(self, record: dict[str, Any]) -> None:
+        if self.gcs is not None and not self.gcs.closed:
+            self.gcs.notify("publish", ["logs", record])
+
+    # ================================================================ connections
+    def _on_disconnect(self, conn: Connection) -> None:
+        worker: WorkerHandle | None = conn.state.get("worker")
+        if worker is not None:
+            self._worker_died(worker)
+        client_id = conn.state.get("client_id")
+        if client_id is not None:
+            self.clients.pop(client_id, None)
+            freed = self.store.free_owned_by(client_id)
+            if freed:
+                logger.info("freed %d objects of departed owner %s", freed, client_id.hex()[:12])
+        # Lease requests and leases of a departed holder.
+        for req in [r for r in self.pending if r.conn is conn]:
+            self.pending.remove(req)
+            if not req.future.done():
+                req.future.cancel()
+        for lease in [l for l in self.leases.values() if l.holder is conn]:
+            # The holder may have left tasks running: the worker cannot be trusted.
+            self.pool.kill(lease.worker)
+            self._release_lease(lease)
+        self._schedule()
+
+    def _worker_died(self, worker: WorkerHandle) -> None:
+        if worker.state is WorkerState.DEAD:
+            return
+        lease = self.leases.get(worker.lease_id) if worker.lease_id else None
+        self.pool.mark_dead(worker)
+        if lease is not None:
+            self._release_lease(lease)
+        self.store.free_owned_by(worker.worker_id, unsealed_only=True)
+        self.log_monitor.remove(worker.out_path)
+        self.log_monitor.remove(worker.err_path)
+        logger.info("worker %s (pid %d) died: %s", worker.worker_id.hex()[:12], worker.pid, worker.exit_detail)
+        # Keep the prestarted pool at its size.
+        if len(self.pool.alive()) < self.prestart:
+            self._start_worker()
+        self._schedule()
+
+    def _start_worker(self) -> WorkerHandle:
+        handle = self.pool.start_worker()
+        self.log_monitor.add(handle.out_path, handle.pid, False)
+        self.log_monitor.add(handle.err_path, handle.pid, True)
+        return handle
+
+    def _kill_surplus_idle(self) -> None:
+        timeout = config().idle_worker_kill_s
+        now = time.monotonic()
+        idle = [w for w in self.pool.alive() if w.state is WorkerState.IDLE]
+        surplus = len(self.pool.alive()) - self.prestart
+        for worker in sorted(idle, key=lambda w: w.idle_since):
+            if surplus <= 0:
+                break
+            if now - worker.idle_since > timeout:
+                self.pool.kill(worker)
+                surplus -= 1
+
+    # ================================================================ RPC: workers
+    def rpc_register_worker(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any]:
+        handle = self.pool.register(conn, p["worker_id"], p["address"])
+        if handle is None:
+            raise ValueError("unknown worker id; this worker was not started by this node daemon")
+        conn.state["worker"] = handle
+        conn.state["client_id"] = p["worker_id"]
+        self.clients[p["worker_id"]] = conn
+        self._schedule()
+        return self._client_info()
+
+    def rpc_register_client(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any]:
+        conn.state["client_id"] = p["client_id"]
+        self.clients[p["client_id"]] = conn
+        return self._client_info()
+
+    def _client_info(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "store_dir": self.store.directory,
+            "session_dir": self.opts.session_dir,
+            "gcs_address": self.opts.gcs_address,
+            "node_ip": self.opts.node_ip,
+            "resources": res.to_float(self.total),
+        }
+
+    # ================================================================ RPC: leases
+    def rpc_request_lease(self, conn: Connection, p: dict[str, Any]) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        try:
+            request = res.to_fixed(p.get("resources") or {})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"bad resource request: {exc}") from exc
+        req = LeaseRequest(p.get("request_id"), conn, request, fut, p)
+        self.pending.append(req)
+        self._schedule()
+        return fut
+
+    def rpc_cancel_lease_request(self, conn: Connection, p: dict[str, Any]) -> None:
+        for req in list(self.pending):
+            if req.conn is conn and req.request_id == p["request_id"]:
+                self.pending.remove(req)
+                if not req.future.done():
+                    req.future.set_result({"cancelled": True})
+
+    def rpc_return_lease(self, conn: Connection, p: dict[str, Any]) -> None:
+        lease = self.leases.get(p["lease_id"])
+        if lease is None or lease.holder is not conn:
+            return
+        if p.get("kill"):
+            self.pool.kill(lease.worker)
+        self._release_lease(lease)
+        if lease.worker.state is WorkerState.LEASED:
+            self.pool.push_idle(lease.worker)
+        self._schedule()
+
+    def _release_lease(self, lease: Lease) -> None:
+        if self.leases.pop(lease.lease_id, None) is None:
+            return
+        give_back = dict(lease.resources)
+        if lease.blocked:
+            give_back.pop("CPU", None)  # already given back while blocked
+        res.add(self.available, give_back)
+
+    def rpc_notify_blocked(self, conn: Connection, p: Any) -> None:
+        lease = self._lease_of(conn)
+        if lease is not None and not lease.blocked:
+            lease.blocked = True
+            res.add(self.available, lease.cpu)
+            self._schedule()
+
+    def rpc_notify_unblocked(self, conn: Connection, p: Any) -> None:
+        lease = self._lease_of(conn)
+        if lease is not None and lease.blocked:
+            lease.blocked = False
+            res.subtract(self.available, lease.cpu)
+
+    def _lease_of(self, conn: Connection) -> Lease | None:
+        worker: WorkerHandle | None = conn.state.get("worker")
+        if worker is None or worker.lease_id is None:
+            return None
+        return self.leases.get(worker.lease_id)
+
+    def _schedule(self) -> None:
+        """Grant every pending request that fits, in arrival order."""
+        if not self.pending:
+            return
+        waiting_for_worker = 0
+        still_pending: deque[LeaseRequest] = deque()
+        blocked_on_resources = False
+        while self.pending:
+            req = self.pending.popleft()
+            if req.future.done():
+                continue
+            if not res.fits(req.resources, self.total):
+                self._warn_infeasible(req)
+                still_pending.append(req)
+                continue
+            if not res.fits(req.resources, self.available):
+                blocked_on_resources = True
+                still_pending.append(req)
+                continue
+            worker = self.pool.pop_idle()
+            if worker is None:
+                waiting_for_worker += 1
+                still_pending.append(req)
+                continue
+            self._grant(req, worker)
+        self.pending = still_pending
+        starting = self.pool.num_starting()
+        while waiting_for_worker > starting and self.pool.can_start():
+            self._start_worker()
+            starting += 1
+        if blocked_on_resources:
+            for holder in {id(l.holder): l.holder for l in self.leases.values()}.values():
+                holder.notify("release_idle_leases", None)
+
+    def _grant(self, req: LeaseRequest, worker: WorkerHandle) -> None:
+        lease_id = ids.random_unique_id()
+        worker.transition(WorkerState.LEASED)
+        worker.lease_id = lease_id
+        res.subtract(self.available, req.resources)
+        self.leases[lease_id] = Lease(lease_id, worker, req.resources, req.conn)
+        req.future.set_result({
+            "lease_id": lease_id,
+            "worker_id": worker.worker_id,
+            "address": worker.address,
+            "node_id": self.node_id,
+            "pid": worker.pid,
+        })
+
+    def _warn_infeasible(self, req: LeaseRequest) -> None:
+        if req.warned_infeasible:
+            return
+        req.warned_infeasible = True
+        shape = res.describe(req.resources)
+        message = (
+            f"No node in this cluster can ever satisfy the resource request {shape}: "
+            f"the only node has {res.describe(self.total)}. The task will wait until a node "
+            "that can run it joins. Lower the request (num_cpus=, num_gpus=, resources=), or "
+            "start a node with enough resources."
+        )
+        req.conn.notify("infeasible", {"request_id": req.request_id, "message": message})
+
+    # ================================================================ RPC: objects
+    def rpc_create_object(self, conn: Connection, p: dict[str, Any]) -> bool:
+        try:
+            self.store.reserve(p["object_id"], int(p["size"]), p["owner"])
+        except ObjectStoreFullError as exc:
+            exc.expected = True  # type: ignore[attr-defined]
+            raise
+        return True
+
+    def rpc_seal_object(self, conn: Connection, p: dict[str, Any]) -> None:
+        self.store.seal(p["object_id"])
+
+    def rpc_free_objects(self, conn: Connection, p: dict[str, Any]) -> None:
+        for oid in p["object_ids"]:
+            self.store.free(oid)
+
+    def rpc_store_stats(self, conn: Connection, p: Any) -> dict[str, int]:
+        return self.store.stats()
+
+    # ================================================================ RPC: misc
+    def rpc_kill_worker(self, conn: Connection, p: dict[str, Any]) -> bool:
+        worker = self.pool.workers.get(p["worker_id"])
+        if worker is None:
+            return False
+        self.pool.kill(worker)
+        return True
+
+    def rpc_get_info(self, conn: Connection, p: Any) -> dict[str, Any]:
+        info = self._client_info()
+        info["available"] = res.to_float(self.available)
+        info["store"] = self.store.stats()
+        info["workers"] = [
+            {"worker_id": w.worker_id, "pid": w.pid, "state": w.state.value} for w in self.pool.alive()
+        ]
+        return info
+
+    def rpc_ping(self, conn: Connection, p: Any) -> str:
+        return "pong"

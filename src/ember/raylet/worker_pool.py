@@ -1,0 +1,180 @@
+"""Worker processes of one node: starting, registering, idling, dying.
+
+State machine of a worker (transitions in ``_TRANSITIONS``)::
+
+    STARTING --register--> IDLE --lease--> LEASED --return--> IDLE
+        \\                     \\               \\
+         +------------------------+---------------+--> DEAD
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ember._private import ids
+from ember.rpc import Connection
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerState(enum.Enum):
+    STARTING = "STARTING"  # process spawned, not yet registered
+    IDLE = "IDLE"  # registered, waiting for a lease
+    LEASED = "LEASED"  # granted to a lease holder
+    DEAD = "DEAD"  # exited or killed; never leaves this state
+
+
+_TRANSITIONS = {
+    (WorkerState.STARTING, WorkerState.IDLE),
+    (WorkerState.STARTING, WorkerState.DEAD),
+    (WorkerState.IDLE, WorkerState.LEASED),
+    (WorkerState.IDLE, WorkerState.DEAD),
+    (WorkerState.LEASED, WorkerState.IDLE),
+    (WorkerState.LEASED, WorkerState.DEAD),
+}
+
+
+class WorkerHandle:
+    def __init__(self, worker_id: bytes, proc: subprocess.Popen[bytes], out_path: str, err_path: str) -> None:
+        self.worker_id = worker_id
+        self.proc = proc
+        self.pid = proc.pid
+        self.out_path = out_path
+        self.err_path = err_path
+        self.conn: Connection | None = None
+        self.address: list[Any] | None = None
+        self.state = WorkerState.STARTING
+        self.lease_id: bytes | None = None
+        self.started_at = time.monotonic()
+        self.idle_since = time.monotonic()
+        self.exit_detail = ""
+
+    def transition(self, new: WorkerState) -> None:
+        if (self.state, new) not in _TRANSITIONS:
+            raise RuntimeError(f"illegal worker transition {self.state.value} -> {new.value}")
+        self.state = new
+        if new is WorkerState.IDLE:
+            self.idle_since = time.monotonic()
+
+
+class WorkerPool:
+    def __init__(self, logs_dir: str, env: dict[str, str], max_workers: int, on_change: Callable[[], None]) -> None:
+        self.logs_dir = logs_dir
+        self.env = env
+        self.max_workers = max_workers
+        self.on_change = on_change
+        self.workers: dict[bytes, WorkerHandle] = {}
+        self.idle: list[WorkerHandle] = []
+
+    # ------------------------------------------------------------- counting
+    def alive(self) -> list[WorkerHandle]:
+        return [w for w in self.workers.values() if w.state is not WorkerState.DEAD]
+
+    def num_starting(self) -> int:
+        return sum(1 for w in self.workers.values() if w.state is WorkerState.STARTING)
+
+    def can_start(self) -> bool:
+        return len(self.alive()) < self.max_workers
+
+    # -------------------------------------------------------------- starting
+    def start_worker(self) -> WorkerHandle:
+        worker_id = ids.random_unique_id()
+        name = worker_id.hex()[:16]
+        out_path = os.path.join(self.logs_dir, f"worker-{name}.out")
+        err_path = os.path.join(self.logs_dir, f"worker-{name}.err")
+        env = dict(os.environ)
+        env.update(self.env)
+        env["EMBER_WORKER_ID"] = worker_id.hex()
+        env["PYTHONUNBUFFERED"] = "1"
+        with open(out_path, "ab", buffering=0) as out, open(err_path, "ab", buffering=0) as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ember.core.worker_main"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=env,
+                close_fds=True,
+            )
+        handle = WorkerHandle(worker_id, proc, out_path, err_path)
+        self.workers[worker_id] = handle
+        return handle
+
+    def register(self, conn: Connection, worker_id: bytes, address: list[Any]) -> WorkerHandle | None:
+        handle = self.workers.get(worker_id)
+        if handle is None or handle.state is not WorkerState.STARTING:
+            return None
+        handle.conn = conn
+        handle.address = address
+        handle.transition(WorkerState.IDLE)
+        self.idle.append(handle)
+        return handle
+
+    # --------------------------------------------------------------- leasing
+    def pop_idle(self) -> WorkerHandle | None:
+        while self.idle:
+            handle = self.idle.pop()
+            if handle.state is WorkerState.IDLE:
+                return handle
+        return None
+
+    def push_idle(self, handle: WorkerHandle) -> None:
+        if handle.state is WorkerState.LEASED:
+            handle.transition(WorkerState.IDLE)
+            handle.lease_id = None
+            self.idle.append(handle)
+
+    # ----------------------------------------------------------------- death
+    def mark_dead(self, handle: WorkerHandle) -> None:
+        if handle.state is WorkerState.DEAD:
+            return
+        handle.transition(WorkerState.DEAD)
+        if handle in self.idle:
+            self.idle.remove(handle)
+        code = handle.proc.poll()
+        handle.exit_detail = f"exit code {code}" if code is not None else "connection closed"
+
+    def kill(self, handle: WorkerHandle) -> None:
+        if handle.proc.poll() is None:
+            try:
+                handle.proc.kill()
+            except ProcessLookupError:
+                pass
+
+    def reap(self) -> None:
+        """Forget dead workers whose processes have exited."""
+        for wid, handle in list(self.workers.items()):
+            if handle.state is WorkerState.DEAD and handle.proc.poll() is not None:
+                del self.workers[wid]
+            elif handle.state is WorkerState.DEAD and time.monotonic() - handle.started_at > 0:
+                # It dropped its connection but lingers: make sure it ends.
+                self.kill(handle)
+            elif handle.state is WorkerState.STARTING and handle.proc.poll() is not None:
+                logger.error(
+                    "worker %s (pid %d) exited with code %s before registering; see %s",
+                    wid.hex()[:12], handle.pid, handle.proc.returncode, handle.err_path,
+                )
+                handle.transition(WorkerState.DEAD)
+                del self.workers[wid]
+
+    def stop_all(self, timeout: float) -> None:
+        for handle in self.workers.values():
+            if handle.proc.poll() is None:
+                try:
+                    handle.proc.terminate()
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout
+        for handle in self.workers.values():
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                handle.proc.wait(remaining)
+            except subprocess.TimeoutExpired:
+                handle.proc.kill()
+                handle.proc.wait()

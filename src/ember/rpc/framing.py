@@ -1,0 +1,87 @@
+"""Frames: a 4-byte big-endian length, then a msgpack body.
+
+Message bodies are msgpack arrays whose first element is the kind:
+
+  [REQUEST, msg_id, method, payload]
+  [REPLY,   msg_id, payload]
+  [ERROR,   msg_id, code, message]
+  [NOTIFY,  method, payload]          one-way, no reply
+
+The first frame on every connection is the hello, ``[HELLO_MAGIC, token,
+peer_info]``, answered with ``["OK", info]`` or ``["DENIED", reason]``.
+
+``FrameDecoder`` checks a frame's declared length against the limit before
+it buffers the frame, so a peer cannot make us allocate more than the limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from ember.exceptions import FrameError
+
+REQUEST = 0
+REPLY = 1
+ERROR = 2
+NOTIFY = 3
+
+HELLO_MAGIC = "EMBER/1"
+_HEADER = 4
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__} in an RPC message")
+
+
+_packer_default = _default
+
+
+def encode(message: Any) -> bytes:
+    """One frame (header + body) for ``message``."""
+    body = msgpack.packb(message, use_bin_type=True, default=_packer_default)
+    return len(body).to_bytes(_HEADER, "big") + body
+
+
+def decode_body(body: bytes | bytearray | memoryview) -> Any:
+    try:
+        return msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise FrameError(f"undecodable frame body ({type(exc).__name__}: {exc})") from exc
+
+
+class FrameDecoder:
+    """Splits a byte stream into frame bodies, enforcing a size limit."""
+
+    __slots__ = ("_buf", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self._buf = bytearray()
+        self.limit = limit
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add received bytes; return every complete frame body (possibly none)."""
+        buf = self._buf
+        buf += data
+        frames: list[bytes] = []
+        offset = 0
+        end = len(buf)
+        while end - offset >= _HEADER:
+            size = int.from_bytes(buf[offset : offset + _HEADER], "big")
+            if size > self.limit:
+                raise FrameError(f"frame of {size} bytes exceeds the limit of {self.limit} bytes")
+            if end - offset - _HEADER < size:
+                break
+            start = offset + _HEADER
+            frames.append(bytes(buf[start : start + size]))
+            offset = start + size
+        if offset:
+            del buf[:offset]
+        return frames
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
