@@ -65,7 +65,7 @@ class Raylet:
         self.log_monitor = LogMonitor(self._publish_logs)
         self._tasks: list[asyncio.Task[None]] = []
         self._server: asyncio.AbstractServer | None = None
-        self._dirty = True
+        self.stopping = False
 
     # ================================================================ start/stop
     async def start(self) -> None:
@@ -108,6 +108,7 @@ class Raylet:
         }
 
     async def stop(self) -> None:
+        self.stopping = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -197,7 +198,7 @@ class Raylet:
         self.log_monitor.remove(worker.err_path)
         logger.info("worker %s (pid %d) died: %s", worker.worker_id.hex()[:12], worker.pid, worker.exit_detail)
         # Keep the prestarted pool at its size.
-        if len(self.pool.alive()) < self.prestart:
+        if not self.stopping and len(self.pool.alive()) < self.prestart:
             self._start_worker()
         self._schedule()
 
@@ -329,7 +330,7 @@ class Raylet:
             self._grant(req, worker)
         self.pending = still_pending
         starting = self.pool.num_starting()
-        while waiting_for_worker > starting and self.pool.can_start():
+        while waiting_for_worker > starting and self.pool.can_start() and not self.stopping:
             self._start_worker()
             starting += 1
         if blocked_on_resources:

@@ -1,0 +1,220 @@
+"""The ``ember`` command: start, stop and inspect clusters; run benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from ember._private import session
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _started_file() -> str:
+    return os.path.join(session.temp_root(), "ember_started.json")
+
+
+def _load_started() -> list[dict[str, Any]]:
+    try:
+        with open(_started_file()) as f:
+            data = json.load(f)
+        return data if isinstance(data, list) else []
+    except (OSError, ValueError):
+        return []
+
+
+def _save_started(entries: list[dict[str, Any]]) -> None:
+    os.makedirs(session.temp_root(), exist_ok=True)
+    tmp = _started_file() + f".{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(entries, f)
+    os.replace(tmp, _started_file())
+
+
+@click.group()
+def main() -> None:
+    """Ember: run Ray programs on every core of this machine or across a cluster."""
+
+
+@main.command()
+@click.option("--head", is_flag=True, help="Start the head node (control service + node daemon).")
+@click.option("--address", default=None, help="HOST:PORT of a head's control service to join.")
+@click.option("--port", default=6379, show_default=True, type=int, help="Control service port (head only).")
+@click.option("--num-cpus", type=float, default=None, help="CPUs of this node (default: all cores).")
+@click.option("--num-gpus", type=float, default=None, help="GPUs of this node.")
+@click.option("--resources", default=None, help='Custom resources as JSON, e.g. \'{"disk": 4}\'.')
+@click.option("--object-store-memory", type=int, default=None, help="Object store capacity in bytes.")
+@click.option("--node-ip-address", default="127.0.0.1", show_default=True, help="Address daemons listen on.")
+@click.option("--token", default=None, help="Cluster token when joining (default: EMBER_CLUSTER_TOKEN or this machine's head).")
+def start(head: bool, address: str | None, port: int, num_cpus: float | None, num_gpus: float | None,
+          resources: str | None, object_store_memory: int | None, node_ip_address: str, token: str | None) -> None:
+    """Start Ember daemons on this machine."""
+    from ember._private import node
+    from ember._private.cluster_client import wait_for_nodes
+
+    if head == bool(address):
+        raise click.UsageError("Give exactly one of --head or --address HOST:PORT.")
+    try:
+        custom = json.loads(resources) if resources else None
+        if custom is not None and not isinstance(custom, dict):
+            raise ValueError("must be a JSON object")
+    except ValueError as exc:
+        raise click.BadParameter(f"--resources is not a JSON object: {exc}") from exc
+    try:
+        if head:
+            nodes = node.start_head(
+                node_ip=node_ip_address, port=port, num_cpus=num_cpus, num_gpus=num_gpus,
+                resources=custom, object_store_memory=object_store_memory, detach=True,
+            )
+            try:
+                wait_for_nodes(nodes.gcs_address, nodes.token, 1)
+            except TimeoutError as exc:
+                nodes.stop()
+                raise click.ClickException(f"the head did not come up: {exc}; see {nodes.session_dir}/logs") from exc
+            session.write_current_cluster({"gcs_address": nodes.gcs_address, "session_dir": nodes.session_dir})
+        else:
+            assert address is not None
+            token = token or os.environ.get("EMBER_CLUSTER_TOKEN")
+            info = session.read_current_cluster()
+            if token is None and info and info.get("gcs_address") == address:
+                token = session.read_token(info["session_dir"])
+            if token is None:
+                raise click.ClickException("no cluster token: pass --token or set EMBER_CLUSTER_TOKEN")
+            session_dir = session.create_session_dir()
+            with open(os.path.join(session_dir, "token"), "w") as f:
+                os.chmod(f.name, 0o600)
+                f.write(token)
+            nodes = node.NodeProcesses(session_dir, token, node_ip_address, gcs_address=address)
+            before = 0
+            try:
+                from ember._private.cluster_client import gcs_request
+
+                before = len([n for n in gcs_request(address, token, "get_nodes") if n["Alive"]])
+            except Exception as exc:
+                raise click.ClickException(f"cannot reach the control service at {address}: {exc}") from exc
+            node.start_raylet(nodes, num_cpus=num_cpus, num_gpus=num_gpus, resources=custom,
+                              object_store_memory=object_store_memory, detach=True)
+            wait_for_nodes(address, token, before + 1)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    entries = _load_started()
+    entries.append({
+        "session_dir": nodes.session_dir,
+        "pids": {name: proc.pid for name, proc in nodes.procs},
+        "store_dir": nodes.store_dir,
+        "head": head,
+    })
+    _save_started(entries)
+    if head:
+        click.echo(
+            f"Ember head started at {nodes.gcs_address}.\n"
+            f"  Connect a driver:  ember.init(address=\"auto\")  or  EMBER_ADDRESS={nodes.gcs_address}\n"
+            f"  Add a node:        ember start --address {nodes.gcs_address}\n"
+            f"  Status:            ember status\n"
+            f"  Stop:              ember stop\n"
+            f"  Logs:              {nodes.session_dir}/logs"
+        )
+    else:
+        click.echo(f"Ember node started and joined {address}. Stop it with `ember stop`.")
+
+
+@main.command()
+@click.option("--force", is_flag=True, help="SIGKILL instead of a graceful stop.")
+def stop(force: bool) -> None:
+    """Stop every Ember daemon started on this machine by `ember start`."""
+    import shutil
+    import signal
+
+    from ember._private.processes import pid_alive, stop_pid
+
+    entries = _load_started()
+    stopped = 0
+    # Node daemons first (they end their workers), then control services.
+    for entry in entries:
+        for name, pid in sorted(entry["pids"].items(), key=lambda kv: kv[0] == "gcs"):
+            if pid_alive(pid):
+                if force:
+                    os.kill(pid, signal.SIGKILL)
+                else:
+                    stop_pid(pid, 5.0)
+                stopped += 1
+        if entry.get("store_dir"):
+            shutil.rmtree(entry["store_dir"], ignore_errors=True)
+        session.remove_current_cluster(entry["session_dir"])
+    _save_started([])
+    click.echo(f"Stopped {stopped} Ember process(es)." if stopped else "No running Ember processes were found.")
+
+
+@main.command()
+@click.option("--address", default=None, help="HOST:PORT of the control service (default: this machine's head).")
+def status(address: str | None) -> None:
+    """Show the cluster's nodes, resource use and object store use."""
+    from ember._private.cluster_client import gcs_request
+
+    info = session.read_current_cluster()
+    address = address or os.environ.get("EMBER_ADDRESS") or (info or {}).get("gcs_address")
+    if not address:
+        raise click.ClickException("No running cluster found. Start one with `ember start --head`.")
+    token = os.environ.get("EMBER_CLUSTER_TOKEN")
+    if token is None and info and info.get("gcs_address") == address:
+        token = session.read_token(info["session_dir"])
+    if token is None:
+        raise click.ClickException("no cluster token: set EMBER_CLUSTER_TOKEN")
+    try:
+        nodes = gcs_request(address, token, "get_nodes")
+    except Exception as exc:
+        raise click.ClickException(f"cannot reach the cluster at {address}: {exc}") from exc
+    alive = [n for n in nodes if n["Alive"]]
+    dead = [n for n in nodes if not n["Alive"]]
+    click.echo(f"======== Cluster status ({address}) ========")
+    click.echo(f"Nodes: {len(alive)} alive, {len(dead)} dead")
+    for n in alive:
+        role = " (head)" if n.get("IsHead") else ""
+        click.echo(f"  {n['NodeID'][:12]}  {n['NodeManagerAddress']}:{n['NodeManagerPort']}{role}")
+    for n in dead:
+        click.echo(f"  {n['NodeID'][:12]}  DEAD: {n.get('DeathReason', '')}")
+    totals: dict[str, float] = {}
+    avail: dict[str, float] = {}
+    for n in alive:
+        for k, v in n["Resources"].items():
+            totals[k] = totals.get(k, 0) + v
+        for k, v in n["AvailableResources"].items():
+            avail[k] = avail.get(k, 0) + v
+    click.echo("Resources (used / total):")
+    for name in sorted(totals):
+        if name.startswith("node:"):
+            continue
+        used = totals[name] - avail.get(name, 0)
+        if name in ("memory", "object_store_memory"):
+            click.echo(f"  {_fmt_bytes(used)} / {_fmt_bytes(totals[name])} {name}")
+        else:
+            click.echo(f"  {used:g} / {totals[name]:g} {name}")
+    store_used = sum(n["ObjectStoreUsed"] for n in alive)
+    store_cap = sum(n["ObjectStoreCapacity"] for n in alive)
+    store_objs = sum(n["ObjectStoreObjects"] for n in alive)
+    pct = 100.0 * store_used / store_cap if store_cap else 0.0
+    click.echo(f"Object store: {_fmt_bytes(store_used)} / {_fmt_bytes(store_cap)} used ({pct:.1f}%), {store_objs} objects")
+
+
+@main.command()
+@click.option("--filter", "name_filter", default=None, help="Only run benchmarks whose name contains this.")
+@click.option("--duration", default=2.0, show_default=True, type=float, help="Seconds per benchmark.")
+def microbenchmark(name_filter: str | None, duration: float) -> None:
+    """Run Ray's core microbenchmarks against a fresh local cluster."""
+    from ember._private.microbenchmark import run_all
+
+    run_all(name_filter=name_filter, duration=duration)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
