@@ -13,6 +13,8 @@ def main() -> None:
     from ember.core.worker import WORKER, CoreWorker
 
     set_parent_death_signal()
+    if os.getppid() != int(os.environ.get("EMBER_RAYLET_PID", os.getppid())):
+        os._exit(1)  # the node daemon died before we could ask to die with it
     logging.basicConfig(
         stream=sys.stderr,
         level=getattr(logging, os.environ.get("EMBER_LOG_LEVEL", "WARNING").upper(), logging.WARNING),

@@ -85,6 +85,7 @@ class Raylet:
             "EMBER_SESSION_DIR": opts.session_dir,
             "EMBER_STORE_DIR": opts.store_dir,
             "EMBER_TOKEN": self.token,
+            "EMBER_RAYLET_PID": str(os.getpid()),
         }
         for _ in range(self.prestart):
             self._start_worker()
