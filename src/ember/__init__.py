@@ -16,6 +16,7 @@ from typing import Any
 from ember import exceptions
 from ember._private.ids import JobID, NodeID, TaskID, WorkerID
 from ember._private.object_ref import ObjectRef
+from ember.api.actor import ActorClass, get_actor, kill, method
 from ember.api.cluster_info import available_resources, cluster_resources, nodes
 from ember.api.init import init, is_initialized, shutdown
 from ember.api.objects import cancel, get, put, wait
@@ -40,9 +41,9 @@ def remote(*args: Any, **kwargs: Any) -> Any:
 
 def _make_remote(target: Any, options: dict[str, Any]) -> Any:
     if isinstance(target, type):
-        raise NotImplementedError(
-            f"@remote on a class ({target.__name__}) makes an actor; actors are not supported by this build yet."
-        )
+        from ember.api.options import validate_actor_options
+
+        return ActorClass(target, validate_actor_options(options))
     if not callable(target):
         raise TypeError(f"@remote expects a function or a class, got {type(target).__name__}.")
     return RemoteFunction(target, options)
@@ -50,7 +51,7 @@ def _make_remote(target: Any, options: dict[str, Any]) -> Any:
 
 __all__ = [
     "JobID", "NodeID", "ObjectRef", "RemoteFunction", "TaskID", "WorkerID",
-    "available_resources", "cancel", "cluster_resources", "exceptions", "get",
+    "ActorClass", "available_resources", "cancel", "get_actor", "kill", "method", "cluster_resources", "exceptions", "get",
     "get_runtime_context", "init", "is_initialized", "nodes", "put", "remote",
     "shutdown", "wait",
 ]

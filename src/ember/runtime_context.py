@@ -25,10 +25,14 @@ class RuntimeContext:
         return task_id.hex() if task_id else None
 
     def get_actor_id(self) -> str | None:
+        actor_id = self._worker.actor_id
+        return actor_id.hex() if actor_id else None
+
+    def get_actor_name(self) -> str | None:
         return None
 
     def get_task_name(self) -> str | None:
-        return getattr(self._worker._task_local, "name", None)
+        return self._worker.current_task_name
 
     @property
     def namespace(self) -> str | None:

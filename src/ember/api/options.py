@@ -85,3 +85,74 @@ def task_resources(options: dict[str, Any]) -> dict[str, float]:
         if amount:
             out[name] = float(amount)
     return out
+
+
+ACTOR_DEFAULTS: dict[str, Any] = {
+    "name": None,
+    "namespace": None,
+    "lifetime": None,
+    "get_if_exists": False,
+    "num_cpus": None,
+    "num_gpus": 0,
+    "memory": 0,
+    "resources": None,
+    "max_restarts": 0,
+    "max_task_retries": 0,
+    "max_concurrency": None,
+    "concurrency_groups": None,
+    "scheduling_strategy": None,
+    "runtime_env": None,
+    "placement_group": None,
+    "placement_group_bundle_index": -1,
+    "placement_group_capture_child_tasks": None,
+    "max_pending_calls": -1,
+    "accelerator_type": None,
+    "object_store_memory": None,
+    "enable_task_events": True,
+    "label_selector": None,
+    "_metadata": None,
+}
+
+
+def validate_actor_options(options: dict[str, Any]) -> dict[str, Any]:
+    for key, value in options.items():
+        if key not in ACTOR_DEFAULTS:
+            valid = ", ".join(sorted(k for k in ACTOR_DEFAULTS if not k.startswith("_")))
+            raise ValueError(f"Invalid option keyword {key!r} for actors. Valid ones are: {valid}.")
+        if key in ("num_cpus", "num_gpus", "memory") and value is not None:
+            _number(key, value)
+        elif key == "resources" and value is not None:
+            validate_task_options({"resources": value})
+        elif key in ("max_restarts", "max_task_retries"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+                raise ValueError(f"The option {key}= must be an integer >= -1 (-1: without limit), got {value!r}.")
+        elif key == "max_concurrency" and value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"The option max_concurrency= must be an integer >= 1, got {value!r}.")
+        elif key == "concurrency_groups" and value is not None:
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1 for k, v in value.items()
+            ):
+                raise ValueError("The option concurrency_groups= must map group names to integers >= 1.")
+        elif key == "lifetime" and value not in (None, "detached", "non_detached"):
+            raise ValueError(f"The option lifetime= must be 'detached', 'non_detached' or None, got {value!r}.")
+        elif key in ("name", "namespace") and value is not None:
+            if not isinstance(value, str) or (key == "name" and not value):
+                raise TypeError(f"The option {key}= must be a non-empty string, got {value!r}.")
+        elif key == "get_if_exists" and not isinstance(value, bool):
+            raise TypeError("The option get_if_exists= must be a bool.")
+    if options.get("get_if_exists") and not options.get("name"):
+        raise ValueError("get_if_exists=True needs name= as well.")
+    return options
+
+
+def actor_resources(options: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """(resources to place the actor, resources it holds while alive), following Ray's defaults:
+    an actor needs 1 CPU to be placed but holds none unless ``num_cpus`` is given."""
+    hold = task_resources({**options, "num_cpus": options.get("num_cpus") or 0})
+    place = dict(hold)
+    if options.get("num_cpus") is None:
+        place["CPU"] = 1.0
+    elif options["num_cpus"]:
+        place["CPU"] = hold["CPU"] = float(options["num_cpus"])
+    return place, hold

@@ -1,10 +1,15 @@
-"""Executing tasks in a worker process.
+"""Executing tasks and actor calls in a worker process.
 
-Pushed tasks arrive on the I/O loop and wait in a queue; the process's main
-thread takes them one at a time, runs the user's function and hands the
-reply back to the loop. When the running task blocks in ``get``, queued
-tasks are bounced back to their submitters (``requeue``) so that nothing
-waits behind a task that may be waiting for them.
+Pushed work arrives on the I/O loop and waits in a queue; the process's main
+thread takes it. A plain worker runs tasks one at a time. Once a worker
+hosts an actor (``create_actor``), it runs the actor's calls: in order on
+the main thread for a synchronous actor, on thread pools for a threaded one
+(``max_concurrency > 1`` or concurrency groups), or as coroutines on an
+event loop in the main thread for an async actor.
+
+When a running *task* blocks in ``get``, queued tasks are bounced back to
+their submitters (``requeue``) so that nothing waits behind a task that may
+be waiting for them. Actor calls are never bounced: their order matters.
 """
 
 from __future__ import annotations
@@ -24,40 +29,57 @@ from ember.exceptions import RayTaskError
 from ember.rpc import Connection
 
 if TYPE_CHECKING:
+    from ember.core.actor_runtime import ActorRuntime
     from ember.core.worker import CoreWorker
 
 MARKER = ":ember_task:"
 
+TASK = 0
+CREATE_ACTOR = 1
+ACTOR_CALL = 2
 
-class _Cancelled(BaseException):
-    """Raised inside a running task by ``ember.cancel``; not an Exception so user code rarely swallows it."""
+
+class Cancelled(BaseException):
+    """Raised inside a running task by ``ember.cancel``; not an Exception, so user code rarely swallows it."""
+
+
+class ActorExit(BaseException):
+    """Raised by ``exit_actor()``: end this actor once the current call has replied."""
+
+
+Item = tuple[int, dict[str, Any], "asyncio.Future[Any]"]
 
 
 class TaskExecutor:
     def __init__(self, worker: CoreWorker) -> None:
         self.worker = worker
-        self._queue: deque[tuple[dict[str, Any], asyncio.Future[Any]]] = deque()
+        self._queue: deque[Item] = deque()
         self._cond = threading.Condition(threading.Lock())
         self.running: dict[str, Any] | None = None
         self._cancel_target: bytes | None = None
         self._last_marker: tuple[str, str] | None = None
         self._stopped = False
+        self.actor: ActorRuntime | None = None
 
     # ================================================================ I/O loop side
-    def push(self, conn: Connection, spec: dict[str, Any]) -> asyncio.Future[Any]:
+    def push(self, kind: int, spec: dict[str, Any]) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = self.worker.loop.create_future()
+        actor = self.actor
+        if kind == ACTOR_CALL and actor is not None and actor.accepts_direct_calls:
+            actor.submit(spec, fut)
+            return fut
         with self._cond:
-            self._queue.append((spec, fut))
+            self._queue.append((kind, spec, fut))
             self._cond.notify()
         return fut
 
     def cancel(self, task_id: bytes) -> None:
         with self._cond:
             for item in list(self._queue):
-                if item[0]["tid"] == task_id:
+                if item[1]["tid"] == task_id:
                     self._queue.remove(item)
-                    if not item[1].done():
-                        item[1].set_result({"s": "cancelled"})
+                    if not item[2].done():
+                        item[2].set_result({"s": "cancelled"})
                     return
             running = self.running
             if running is not None and running["tid"] == task_id:
@@ -67,20 +89,53 @@ class TaskExecutor:
     # ================================================================ main thread side
     def run_forever(self) -> None:
         signal.signal(signal.SIGINT, self._on_sigint)
-        loop = self.worker.loop
         while True:
-            with self._cond:
-                while not self._queue:
-                    if self._stopped:
-                        return
-                    self._cond.wait()
-                spec, fut = self._queue.popleft()
-                self.running = spec
-            reply = self.execute(spec)
-            with self._cond:
-                self.running = None
-                self._cancel_target = None
-            loop.call_soon_threadsafe(_resolve, fut, reply)
+            item = self._next()
+            if item is None:
+                return
+            kind, spec, fut = item
+            if kind == TASK:
+                with self._cond:
+                    self.running = spec
+                reply = self.execute(spec)
+                with self._cond:
+                    self.running = None
+                    self._cancel_target = None
+                self.reply(fut, reply)
+            elif kind == CREATE_ACTOR:
+                from ember.core.actor_runtime import ActorRuntime
+
+                runtime = ActorRuntime(self, spec)
+                reply = runtime.construct()
+                if reply["s"] == "ok":
+                    self.actor = runtime
+                self.reply(fut, reply)
+                if reply["s"] == "ok":
+                    # The actor now owns the main thread and drains the queue its own way.
+                    runtime.run(self._take_queued)
+                    return
+            else:
+                self.reply(fut, {"s": "err", "e": _not_an_actor_error()})
+
+    def _next(self) -> Item | None:
+        with self._cond:
+            while not self._queue:
+                if self._stopped:
+                    return None
+                self._cond.wait()
+            return self._queue.popleft()
+
+    def _take_queued(self, block: bool) -> Item | None:
+        """For actor runtimes: the next queued item (waiting for one if ``block``)."""
+        with self._cond:
+            while not self._queue:
+                if not block or self._stopped:
+                    return None
+                self._cond.wait()
+            return self._queue.popleft()
+
+    def reply(self, fut: asyncio.Future[Any], reply: dict[str, Any]) -> None:
+        self.worker.loop.call_soon_threadsafe(_resolve, fut, reply)
 
     def stop(self) -> None:
         with self._cond:
@@ -89,20 +144,23 @@ class TaskExecutor:
 
     def bounce_queued(self) -> None:
         """The running task is about to block: give queued tasks back to their submitters."""
+        if self.actor is not None:
+            return
         with self._cond:
-            items = list(self._queue)
-            self._queue.clear()
-        loop = self.worker.loop
-        for _, fut in items:
-            loop.call_soon_threadsafe(_resolve, fut, {"s": "requeue"})
+            items = [item for item in self._queue if item[0] == TASK]
+            for item in items:
+                self._queue.remove(item)
+        for _, _, fut in items:
+            self.reply(fut, {"s": "requeue"})
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         running = self.running
         if running is not None and self._cancel_target == running["tid"]:
             self._cancel_target = None
-            raise _Cancelled()
+            raise Cancelled()
 
-    def _mark(self, job_hex: str, name: str) -> None:
+    def mark(self, job_hex: str, name: str) -> None:
+        """Tell the log monitor which job and function the following output belongs to."""
         key = (job_hex, name)
         if key != self._last_marker:
             self._last_marker = key
@@ -112,47 +170,57 @@ class TaskExecutor:
             sys.stderr.write(line)
             sys.stderr.flush()
 
+    # ================================================================ running one task
     def execute(self, spec: dict[str, Any]) -> dict[str, Any]:
         worker = self.worker
         name = spec["name"]
         try:
             fn = worker.function_manager.load(spec["fid"], spec["job"])
             worker.set_task_context(spec)
-            self._mark(spec["job"].hex(), name)
-            args = [self._decode_arg(a) for a in spec["args"]]
-            kw_names = spec.get("kw") or ()
-            if kw_names:
-                split = len(args) - len(kw_names)
-                kwargs = dict(zip(kw_names, args[split:]))
-                args = args[:split]
-            else:
-                kwargs = {}
+            self.mark(spec["job"].hex(), name)
+            args, kwargs = self.decode_args(spec)
             result = fn(*args, **kwargs)
-            values = _split_returns(result, spec["nret"], name)
-            owner = spec["owner"]
-            returns = [worker.encode_return(oid, value, owner) for oid, value in zip(spec["rids"], values)]
-            return {"s": "ok", "r": returns}
-        except _Cancelled:
-            return {"s": "cancelled"}
-        except KeyboardInterrupt:
+            return self.encode_result(spec, result)
+        except (Cancelled, KeyboardInterrupt):
             return {"s": "cancelled"}
         except Exception as exc:
-            tb = exc.__traceback__
-            # Drop this frame so the traceback starts in user code.
-            if tb is not None and tb.tb_frame.f_code is TaskExecutor.execute.__code__:
-                tb = tb.tb_next
-            text = "".join(traceback.format_exception(type(exc), exc, tb))
-            error = RayTaskError(name, text, exc, os.getpid(), worker.node_ip, worker.node_id.hex())
-            return {"s": "err", "e": serialization.serialize_error(error).to_inline()}
+            return self.error_reply(name, exc)
         finally:
             worker.clear_task_context()
             sys.stdout.flush()
             sys.stderr.flush()
 
+    def decode_args(self, spec: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        args = [self._decode_arg(a) for a in spec["args"]]
+        kw_names = spec.get("kw") or ()
+        if not kw_names:
+            return args, {}
+        split = len(args) - len(kw_names)
+        return args[:split], dict(zip(kw_names, args[split:]))
+
+    def encode_result(self, spec: dict[str, Any], result: Any) -> dict[str, Any]:
+        values = _split_returns(result, spec["nret"], spec["name"])
+        owner = spec["owner"]
+        encode = self.worker.encode_return
+        return {"s": "ok", "r": [encode(oid, value, owner) for oid, value in zip(spec["rids"], values)]}
+
+    def error_reply(self, name: str, exc: BaseException) -> dict[str, Any]:
+        tb = exc.__traceback__
+        # Drop Ember's own frames so the traceback starts in user code.
+        while tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("ember.core"):
+            tb = tb.tb_next
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+        worker = self.worker
+        error = RayTaskError(name, text, exc, os.getpid(), worker.node_ip, worker.node_id.hex())
+        return {"s": "err", "e": serialization.serialize_error(error).to_inline()}
+
     def _decode_arg(self, arg: list[Any]) -> Any:
         kind = arg[0]
         if kind == ARG_VALUE:
-            return serialization.deserialize_inline(arg[1])[1]
+            flags, value = serialization.deserialize_inline(arg[1])
+            if flags == serialization.FLAG_ERROR:
+                raise value
+            return value
         if kind == ARG_PLASMA:
             return self.worker.read_plasma_value(arg[1], arg[3], raise_errors=True)
         if kind == ARG_REF:
@@ -160,6 +228,13 @@ class TaskExecutor:
 
             return self.worker.get([ObjectRef(arg[1], arg[2])], None)[0]
         raise ValueError(f"unknown argument kind {kind!r}")
+
+
+def _not_an_actor_error() -> list[Any]:
+    from ember.exceptions import RaySystemError
+
+    err = RaySystemError("this worker does not host an actor (it may have been restarted)")
+    return serialization.serialize_error(err).to_inline()
 
 
 def _resolve(fut: asyncio.Future[Any], reply: dict[str, Any]) -> None:

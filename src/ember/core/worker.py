@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import json
 import logging
 import os
@@ -23,10 +24,11 @@ from typing import Any
 from ember._private import ids, object_file, serialization
 from ember._private.config import config
 from ember._private.object_ref import ObjectRef
+from ember.core.actor_submitter import ActorCall, ActorSubmitter
 from ember.core.function_manager import FunctionManager
 from ember.core.memory_store import INLINE, PLASMA, Entry, MemoryStore
 from ember.core.reference_counter import ReferenceCounter, RefState
-from ember.core.task_executor import TaskExecutor
+from ember.core.task_executor import ACTOR_CALL, CREATE_ACTOR, TASK, TaskExecutor
 from ember.core.task_state import TaskEntry
 from ember.core.task_submitter import ARG_REF, ARG_VALUE, TaskSubmitter
 from ember.exceptions import (
@@ -44,6 +46,11 @@ logger = logging.getLogger(__name__)
 
 DRIVER = "driver"
 WORKER = "worker"
+
+#: (task id, job id, task name) of the task running in this thread / coroutine.
+_task_context: contextvars.ContextVar[tuple[bytes, bytes, str] | None] = contextvars.ContextVar(
+    "ember_task_context", default=None
+)
 
 
 class CoreWorker:
@@ -78,6 +85,9 @@ class CoreWorker:
         self.reference_counter = ReferenceCounter(self._on_free, self._wake_drain)
         self.function_manager = FunctionManager(self)
         self.submitter = TaskSubmitter(self)
+        self.actor_submitter = ActorSubmitter(self)
+        self.actor_id: bytes | None = None
+        self._auto_destroy_actors: set[bytes] = set()
         self.executor = TaskExecutor(self) if mode == WORKER else None
         self.io: EventLoopThread | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -89,7 +99,6 @@ class CoreWorker:
         self._submit_queue: deque[TaskEntry] = deque()
         self._submit_scheduled = False
         self._pending_frees: list[bytes] = []
-        self._task_local = threading.local()
         self.driver_task_id = b""
         self.shutting_down = False
         self._inline_limit = config().max_direct_call_object_size
@@ -166,23 +175,25 @@ class CoreWorker:
 
     # ================================================================ context
     def set_task_context(self, spec: dict[str, Any]) -> None:
-        local = self._task_local
-        local.task_id = spec["tid"]
-        local.job_id = spec["job"]
-        local.name = spec["name"]
+        _task_context.set((spec["tid"], spec["job"], spec["name"]))
 
     def clear_task_context(self) -> None:
-        local = self._task_local
-        local.task_id = None
-        local.name = None
+        _task_context.set(None)
 
     @property
     def current_task_id(self) -> bytes | None:
-        return getattr(self._task_local, "task_id", None)
+        ctx = _task_context.get()
+        return ctx[0] if ctx else None
 
     @property
     def current_job_id(self) -> bytes:
-        return getattr(self._task_local, "job_id", None) or self.job_id
+        ctx = _task_context.get()
+        return ctx[1] if ctx else self.job_id
+
+    @property
+    def current_task_name(self) -> str | None:
+        ctx = _task_context.get()
+        return ctx[2] if ctx else None
 
     def _put_parent_task(self) -> bytes:
         return self.current_task_id or self.driver_task_id or ids.new_task_id(self.current_job_id)
@@ -221,7 +232,22 @@ class CoreWorker:
         self.loop.call_soon_threadsafe(self.reference_counter.drain)
 
     # ================================================================ ownership
+    def register_owned_actor(self, actor_id: bytes, auto_destroy: bool) -> None:
+        self.reference_counter.add_owned(actor_id, self.address)
+        if auto_destroy:
+            self._auto_destroy_actors.add(actor_id)
+
     def _on_free(self, object_id: bytes, state: RefState) -> None:
+        if len(object_id) == ids.UNIQUE_ID_LEN:  # an actor handle count
+            if state.owned and object_id in self._auto_destroy_actors:
+                self._auto_destroy_actors.discard(object_id)
+                payload = {"actor_id": object_id, "no_restart": True,
+                           "cause": "all references to it were deleted"}
+                try:
+                    self.loop.call_soon_threadsafe(self._notify_gcs, "kill_actor", payload)
+                except RuntimeError:
+                    pass
+            return
         entry = self.memory_store.delete(object_id)
         if state.owned and entry is not None and entry[0] == PLASMA:
             self._free_plasma(object_id, entry[1][0])
@@ -477,8 +503,39 @@ class CoreWorker:
         self._submit_scheduled = False
         queue = self._submit_queue
         submit = self.submitter.submit
+        submit_actor = self.actor_submitter.submit
         while queue:
-            submit(queue.popleft())
+            item = queue.popleft()
+            if type(item) is ActorCall:
+                submit_actor(item)
+            else:
+                submit(item)
+
+    def _notify_gcs(self, method: str, payload: Any) -> None:
+        if self.gcs is not None and not self.gcs.closed:
+            self.gcs.notify(method, payload)
+
+    def submit_actor_call(
+        self, actor_id: bytes, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+        num_returns: int, group: str | None, name: str, max_task_retries: int,
+    ) -> list[ObjectRef]:
+        task_id = ids.new_task_id(self.current_job_id)
+        return_ids = [ids.return_object_id(task_id, i + 1) for i in range(num_returns)]
+        wire_args, kw_names, arg_ids = self.encode_args(args, kwargs, name)
+        address = self.address
+        spec = {
+            "tid": task_id, "job": self.current_job_id, "aid": actor_id, "m": method,
+            "args": wire_args, "kw": kw_names, "nret": num_returns, "rids": return_ids,
+            "owner": address, "name": name,
+        }
+        if group:
+            spec["cg"] = group
+        counter = self.reference_counter
+        for rid in return_ids:
+            counter.add_owned(rid, address)
+        refs = [ObjectRef(rid, address) for rid in return_ids]
+        self.submit_task(ActorCall(spec, return_ids, max_task_retries, arg_ids))  # type: ignore[arg-type]
+        return refs
 
     def cancel(self, ref: ObjectRef, force: bool) -> None:
         task_id = ids.task_id_of(ref._id)
@@ -517,7 +574,17 @@ class CoreWorker:
     def rpc_push_task(self, conn: Connection, spec: dict[str, Any]) -> Any:
         if self.executor is None:
             raise ValueError("this process does not execute tasks")
-        return self.executor.push(conn, spec)
+        return self.executor.push(TASK, spec)
+
+    def rpc_create_actor(self, conn: Connection, spec: dict[str, Any]) -> Any:
+        if self.executor is None or self.executor.actor is not None:
+            raise ValueError("this process cannot host an actor")
+        return self.executor.push(CREATE_ACTOR, spec)
+
+    def rpc_push_actor_task(self, conn: Connection, spec: dict[str, Any]) -> Any:
+        if self.executor is None:
+            raise ValueError("this process does not host an actor")
+        return self.executor.push(ACTOR_CALL, spec)
 
     def rpc_cancel_task(self, conn: Connection, p: dict[str, Any]) -> None:
         if self.executor is not None:

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     token = session.read_token(args.session_dir)
 
     async def serve(stop: asyncio.Event) -> None:
-        gcs = GcsServer(args.session_dir)
+        gcs = GcsServer(args.session_dir, token)
         sock = None
         if args.listen_fd >= 0:
             sock = socket.socket(fileno=args.listen_fd)

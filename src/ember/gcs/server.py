@@ -16,6 +16,7 @@ from typing import Any
 
 from ember._private import ids
 from ember._private.config import config
+from ember.gcs.actor_manager import ActorManager
 from ember.gcs.storage import InMemoryStorage
 from ember.rpc import Connection
 
@@ -55,8 +56,9 @@ class NodeEntry:
 
 
 class GcsServer:
-    def __init__(self, session_dir: str) -> None:
+    def __init__(self, session_dir: str, token: str) -> None:
         self.session_dir = session_dir
+        self.token = token
         self.cluster_id = os.urandom(8).hex()
         self.storage = InMemoryStorage()
         self.nodes: dict[bytes, NodeEntry] = {}
@@ -64,6 +66,7 @@ class GcsServer:
         self._next_job = 1
         self.subscribers: dict[str, set[Connection]] = {}
         self._health_task: asyncio.Task[None] | None = None
+        self.actor_manager = ActorManager(self)
 
     def start(self) -> None:
         self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
@@ -171,9 +174,41 @@ class GcsServer:
             entry["status"] = "SUCCEEDED"
             entry["end_time"] = time.time()
             self.publish("jobs", {"job_id": job_id, "status": entry["status"]})
+            self.actor_manager.on_job_finished(job_id)
 
     def rpc_get_jobs(self, conn: Connection, payload: Any) -> list[dict[str, Any]]:
         return list(self.jobs.values())
+
+    # --------------------------------------------------------------- actors
+    def rpc_register_actor(self, conn: Connection, spec: dict[str, Any]) -> dict[str, Any]:
+        return self.actor_manager.register(spec)
+
+    def rpc_get_named_actor(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any] | None:
+        return self.actor_manager.get_named(p["name"], p.get("namespace") or "")
+
+    async def rpc_wait_actor(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any]:
+        return await self.actor_manager.wait(p["actor_id"], p.get("after", 0))
+
+    def rpc_kill_actor(self, conn: Connection, p: dict[str, Any]) -> bool:
+        cause = p.get("cause") or "it was killed with ember.kill()"
+        return self.actor_manager.kill(p["actor_id"], bool(p.get("no_restart", True)), cause)
+
+    def rpc_worker_died(self, conn: Connection, p: dict[str, Any]) -> None:
+        self.actor_manager.on_worker_died(p["worker_id"], p.get("detail", ""))
+
+    def rpc_infeasible(self, conn: Connection, p: dict[str, Any]) -> None:
+        logger.warning("an actor cannot be placed: %s", p.get("message"))
+
+    def rpc_list_actors(self, conn: Connection, p: Any) -> list[dict[str, Any]]:
+        return [entry.public() for entry in self.actor_manager.actors.values()]
+
+    def rpc_list_named_actors(self, conn: Connection, p: dict[str, Any]) -> list[dict[str, str]]:
+        all_ns = p.get("all_namespaces")
+        return [
+            {"name": name, "namespace": ns}
+            for (ns, name) in self.actor_manager.named
+            if all_ns or ns == p.get("namespace")
+        ]
 
     # ------------------------------------------------------------------- KV
     def rpc_kv_put(self, conn: Connection, p: dict[str, Any]) -> bool:

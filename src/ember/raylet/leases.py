@@ -18,12 +18,13 @@ from ember.rpc import Connection
 
 
 class LeaseRequest:
-    __slots__ = ("request_id", "conn", "resources", "future", "warned_infeasible", "payload")
+    __slots__ = ("request_id", "conn", "resources", "hold", "future", "warned_infeasible", "payload")
 
     def __init__(self, request_id: Any, conn: Connection, resources: Resources, future: asyncio.Future[Any], payload: dict[str, Any]) -> None:
         self.request_id = request_id
         self.conn = conn
         self.resources = resources
+        self.hold = resources
         self.future = future
         self.warned_infeasible = False
         self.payload = payload

@@ -197,11 +197,29 @@ class Raylet:
         self.store.free_owned_by(worker.worker_id, unsealed_only=True)
         self.log_monitor.remove(worker.out_path)
         self.log_monitor.remove(worker.err_path)
-        logger.info("worker %s (pid %d) died: %s", worker.worker_id.hex()[:12], worker.pid, worker.exit_detail)
+        asyncio.get_running_loop().create_task(self._report_worker_death(worker))
         # Keep the prestarted pool at its size.
         if not self.stopping and len(self.pool.alive()) < self.prestart:
             self._start_worker()
         self._schedule()
+
+    async def _report_worker_death(self, worker: WorkerHandle) -> None:
+        """Tell the control service a worker died, with its exit status once it is known."""
+        for _ in range(100):
+            if worker.proc.poll() is not None:
+                break
+            await asyncio.sleep(0.01)
+        code = worker.proc.poll()
+        if code is None:
+            detail = "it closed its connection to the node daemon"
+        elif code < 0:
+            detail = f"it was killed by signal {-code}"
+        else:
+            detail = f"it exited with code {code}"
+        worker.exit_detail = detail
+        logger.info("worker %s (pid %d) died: %s", worker.worker_id.hex()[:12], worker.pid, detail)
+        if self.gcs is not None and not self.gcs.closed:
+            self.gcs.notify("worker_died", {"worker_id": worker.worker_id, "node_id": self.node_id, "pid": worker.pid, "detail": detail})
 
     def _start_worker(self) -> WorkerHandle:
         handle = self.pool.start_worker()
@@ -255,6 +273,8 @@ class Raylet:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"bad resource request: {exc}") from exc
         req = LeaseRequest(p.get("request_id"), conn, request, fut, p)
+        hold = p.get("hold")
+        req.hold = res.to_fixed(hold) if hold is not None else request
         self.pending.append(req)
         self._schedule()
         return fut
@@ -336,14 +356,18 @@ class Raylet:
             starting += 1
         if blocked_on_resources:
             for holder in {id(l.holder): l.holder for l in self.leases.values()}.values():
-                holder.notify("release_idle_leases", None)
+                if holder is not self.gcs:
+                    holder.notify("release_idle_leases", None)
 
     def _grant(self, req: LeaseRequest, worker: WorkerHandle) -> None:
         lease_id = ids.random_unique_id()
         worker.transition(WorkerState.LEASED)
         worker.lease_id = lease_id
-        res.subtract(self.available, req.resources)
-        self.leases[lease_id] = Lease(lease_id, worker, req.resources, req.conn)
+        res.subtract(self.available, req.hold)
+        self.leases[lease_id] = Lease(lease_id, worker, req.hold, req.conn)
+        # Keep a worker warm so the next lease (often an actor) does not wait for a process start.
+        if not self.pool.idle and not self.pool.num_starting() and self.pool.can_start() and not self.stopping:
+            self._start_worker()
         req.future.set_result({
             "lease_id": lease_id,
             "worker_id": worker.worker_id,

@@ -1,0 +1,208 @@
+"""Running an actor inside its worker process.
+
+Three ways to run calls, chosen from the class when the actor is created:
+
+* ``sync``     — calls run one at a time, in arrival order, on the main thread
+                 (arrival order is submission order per caller: each caller
+                 pushes over one connection, in order);
+* ``threaded`` — ``max_concurrency > 1`` or concurrency groups: each group has
+                 a thread pool of its size;
+* ``async``    — the class has ``async def`` methods: calls are coroutines on an
+                 event loop in the main thread, limited per group by semaphores
+                 (default limit 1000).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ember.core.task_executor import ActorExit, Item
+
+if TYPE_CHECKING:
+    from ember.core.task_executor import TaskExecutor
+
+DEFAULT_GROUP = "_ember_default_group"
+
+
+class ActorRuntime:
+    def __init__(self, executor: TaskExecutor, spec: dict[str, Any]) -> None:
+        self.executor = executor
+        self.worker = executor.worker
+        self.spec = spec
+        self.instance: Any = None
+        self.mode = "sync"
+        self.accepts_direct_calls = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._pools: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
+        self._semaphores: dict[str, asyncio.Semaphore] = {}
+        self._method_groups: dict[str, str] = spec.get("method_groups") or {}
+        self._exiting = False
+
+    # ================================================================ creation
+    def construct(self) -> dict[str, Any]:
+        spec = self.spec
+        worker = self.worker
+        name = f"{spec['class_name']}.__init__"
+        call_spec = {"tid": spec["actor_id"] + b"\0" * 0, "job": spec["job"], "name": name}
+        try:
+            cls = worker.function_manager.load(spec["fid"], spec["job"])
+            worker.actor_id = spec["actor_id"]
+            worker.set_task_context({**call_spec, "tid": _creation_task_id(spec)})
+            self.executor.mark(spec["job"].hex(), spec["class_name"])
+            args, kwargs = self.executor.decode_args(spec)
+            self.instance = cls(*args, **kwargs)
+        except ActorExit:
+            return {"s": "err", "e": self.executor.error_reply(name, RuntimeError("exit_actor() was called in __init__"))["e"]}
+        except Exception as exc:
+            return self.executor.error_reply(name, exc)
+        finally:
+            worker.clear_task_context()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        groups = spec.get("concurrency_groups") or {}
+        max_concurrency = spec.get("max_concurrency")
+        if spec.get("is_async"):
+            self.mode = "async"
+        elif (max_concurrency or 1) > 1 or groups:
+            self.mode = "threaded"
+        self._group_sizes = {DEFAULT_GROUP: max_concurrency or (1000 if self.mode == "async" else 1), **groups}
+        return {"s": "ok"}
+
+    # ================================================================ main thread
+    def run(self, take_queued: Callable[[bool], Item | None]) -> None:
+        if self.mode == "sync":
+            while True:
+                item = take_queued(True)
+                if item is None:
+                    return
+                _, spec, fut = item
+                self.executor.reply(fut, self._invoke(spec))
+        elif self.mode == "threaded":
+            self._pools = {
+                group: concurrent.futures.ThreadPoolExecutor(size, thread_name_prefix=f"ember-actor-{group}")
+                for group, size in self._group_sizes.items()
+            }
+            self._drain(take_queued)
+            self.accepts_direct_calls = True
+            self._drain(take_queued)
+            threading.Event().wait()  # the pools do the work from here on
+        else:
+            from ember.rpc.loop_thread import new_event_loop
+
+            loop = new_event_loop()
+            asyncio.set_event_loop(loop)
+            self.loop = loop
+            self._semaphores = {group: asyncio.Semaphore(size) for group, size in self._group_sizes.items()}
+            self._drain(take_queued)
+            self.accepts_direct_calls = True
+            loop.call_soon(self._drain, take_queued)
+            loop.run_forever()
+
+    def _drain(self, take_queued: Callable[[bool], Item | None]) -> None:
+        while True:
+            item = take_queued(False)
+            if item is None:
+                return
+            self._dispatch(item[1], item[2])
+
+    def submit(self, spec: dict[str, Any], fut: asyncio.Future[Any]) -> None:
+        """From the I/O thread, once ``accepts_direct_calls`` is set."""
+        if self.mode == "async":
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(self._dispatch, spec, fut)
+        else:
+            self._dispatch(spec, fut)
+
+    def _group_of(self, spec: dict[str, Any]) -> str:
+        group = spec.get("cg") or self._method_groups.get(spec["m"]) or DEFAULT_GROUP
+        return group if group in self._group_sizes else DEFAULT_GROUP
+
+    def _dispatch(self, spec: dict[str, Any], fut: asyncio.Future[Any]) -> None:
+        if self.mode == "async":
+            assert self.loop is not None
+            self.loop.create_task(self._invoke_async(spec, fut))
+        else:
+            pool = self._pools[self._group_of(spec)]
+            pool.submit(lambda: self.executor.reply(fut, self._invoke(spec)))
+
+    # ================================================================ one call
+    def _method(self, spec: dict[str, Any]) -> Any:
+        name = spec["m"]
+        if name == "__ray_ready__":
+            return lambda: True
+        if name == "__ray_terminate__":
+            def terminate() -> None:
+                raise ActorExit()
+            return terminate
+        return getattr(self.instance, name)
+
+    def _invoke(self, spec: dict[str, Any]) -> dict[str, Any]:
+        worker = self.worker
+        worker.set_task_context(spec)
+        self.executor.mark(spec["job"].hex(), spec["name"])
+        try:
+            method = self._method(spec)
+            args, kwargs = self.executor.decode_args(spec)
+            result = method(*args, **kwargs)
+            if inspect.isawaitable(result):
+                raise TypeError(f"{spec['name']} returned an awaitable in a synchronous actor")
+            return self.executor.encode_result(spec, result)
+        except ActorExit:
+            self._exit()
+            return {"s": "exit"}
+        except Exception as exc:
+            return self.executor.error_reply(spec["name"], exc)
+        finally:
+            worker.clear_task_context()
+
+    async def _invoke_async(self, spec: dict[str, Any], fut: asyncio.Future[Any]) -> None:
+        semaphore = self._semaphores[self._group_of(spec)]
+        async with semaphore:
+            self.worker.set_task_context(spec)
+            self.executor.mark(spec["job"].hex(), spec["name"])
+            try:
+                method = self._method(spec)
+                args, kwargs = self.executor.decode_args(spec)
+                result = method(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                reply = self.executor.encode_result(spec, result)
+            except ActorExit:
+                self._exit()
+                reply = {"s": "exit"}
+            except Exception as exc:
+                reply = self.executor.error_reply(spec["name"], exc)
+        self.executor.reply(fut, reply)
+
+    # ================================================================ exit
+    def _exit(self) -> None:
+        """exit_actor(): mark the actor dead for good, then end the process after the reply."""
+        if self._exiting:
+            return
+        self._exiting = True
+        worker = self.worker
+
+        async def finish() -> None:
+            try:
+                await worker.gcs.call(
+                    "kill_actor",
+                    {"actor_id": self.spec["actor_id"], "no_restart": True, "cause": "the actor called exit_actor()"},
+                    timeout=5.0,
+                )
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(0)
+
+        worker.loop.call_soon_threadsafe(lambda: worker.loop.create_task(finish()))
+
+
+def _creation_task_id(spec: dict[str, Any]) -> bytes:
+    return spec["actor_id"][:12] + spec["job"]

@@ -1,0 +1,237 @@
+"""Sending actor calls from a caller (driver, worker or another actor).
+
+Runs on the I/O loop. Per actor, a caller keeps its calls in submission
+order: a call is pushed once its ref arguments are resolved *and* every
+earlier call has been pushed, over one connection, so a synchronous actor
+runs one caller's calls in order.
+
+The caller learns where the actor lives (and when it restarts or dies) by
+long-polling the control service's ``wait_actor`` with the last incarnation
+it saw. When the connection to the actor drops, calls in flight are resent
+to the next incarnation while their ``max_task_retries`` allow, and fail
+with ``RayActorError`` otherwise; once the actor is dead every queued and
+later call fails at once with ``ActorDiedError`` saying why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from ember._private import serialization
+from ember.core.memory_store import INLINE, PLASMA, Entry
+from ember.core.task_submitter import ARG_PLASMA, ARG_REF, ARG_VALUE
+from ember.exceptions import ActorDiedError, RayActorError, RayError
+from ember.rpc import Connection
+
+if TYPE_CHECKING:
+    from ember.core.worker import CoreWorker
+
+
+class ActorCall:
+    __slots__ = ("spec", "return_ids", "retries_left", "arg_ids", "deps_pending", "done", "pushed_to", "lost_reason")
+
+    def __init__(self, spec: dict[str, Any], return_ids: list[bytes], retries: int, arg_ids: list[bytes]) -> None:
+        self.spec = spec
+        self.return_ids = return_ids
+        self.retries_left = retries
+        self.arg_ids = arg_ids
+        self.deps_pending = 0
+        self.done = False
+        self.pushed_to = 0
+        #: Set when the connection dropped during this call and no retry is allowed:
+        #: it fails once the control service says whether the actor restarted or died.
+        self.lost_reason = ""
+
+
+class ActorClient:
+    """What one caller knows about one actor."""
+
+    def __init__(self, actor_id: bytes) -> None:
+        self.actor_id = actor_id
+        self.state = "UNKNOWN"  # UNKNOWN | ALIVE | RESTARTING | DEAD
+        self.incarnation = 0
+        self.conn: Connection | None = None
+        self.connecting = False
+        self.polling = False
+        self.queue: deque[ActorCall] = deque()
+        self.in_flight: dict[bytes, ActorCall] = {}
+        self.death_error: BaseException | None = None
+
+
+class ActorSubmitter:
+    def __init__(self, worker: CoreWorker) -> None:
+        self.worker = worker
+        self.clients: dict[bytes, ActorClient] = {}
+
+    def _client(self, actor_id: bytes) -> ActorClient:
+        client = self.clients.get(actor_id)
+        if client is None:
+            client = self.clients[actor_id] = ActorClient(actor_id)
+        return client
+
+    # ================================================================ intake
+    def submit(self, call: ActorCall) -> None:
+        client = self._client(call.spec["aid"])
+        if client.state == "DEAD":
+            self._fail(call, client.death_error or ActorDiedError("The actor is dead."))
+            return
+        client.queue.append(call)
+        for index, arg in enumerate(call.spec["args"]):
+            if arg[0] == ARG_REF:
+                call.deps_pending += 1
+                self.worker.resolve_entry(arg[1], arg[2], partial(self._dep_ready, client, call, index))
+        self._ensure_connected(client)
+        self._flush(client)
+
+    def _dep_ready(self, client: ActorClient, call: ActorCall, index: int, resolved: Entry) -> None:
+        if call.done:
+            return
+        kind, data = resolved
+        arg = call.spec["args"][index]
+        if kind == INLINE:
+            call.spec["args"][index] = [ARG_VALUE, data]
+        else:
+            call.spec["args"][index] = [ARG_PLASMA, arg[1], arg[2], data[0]]
+        call.deps_pending -= 1
+        self._flush(client)
+
+    # ================================================================ connection
+    def _ensure_connected(self, client: ActorClient) -> None:
+        if client.state == "ALIVE" and client.conn is not None and not client.conn.closed:
+            return
+        if not client.polling and client.state != "DEAD":
+            client.polling = True
+            self.worker.loop.create_task(self._poll(client))
+
+    async def _poll(self, client: ActorClient) -> None:
+        try:
+            info = await self.worker.gcs.call(
+                "wait_actor", {"actor_id": client.actor_id, "after": client.incarnation}, timeout=None
+            )
+            if info["state"] == "ALIVE":
+                conn = await self.worker.connect_to(info["address"])
+                client.incarnation = info["incarnation"]
+                client.conn = conn
+                client.state = "ALIVE"
+                conn.add_close_callback(partial(self._connection_lost, client, info["incarnation"]))
+            else:
+                self._mark_dead(client, info)
+        except RayError as exc:
+            if client.state != "ALIVE":
+                self._mark_dead(client, {"death_cause": f"its state could not be read from the control service ({exc})"})
+        finally:
+            client.polling = False
+        self._flush(client)
+        if client.state not in ("ALIVE", "DEAD") and (client.queue or client.in_flight):
+            self._ensure_connected(client)
+
+    def _connection_lost(self, client: ActorClient, incarnation: int, conn: Connection) -> None:
+        if client.conn is not conn:
+            return
+        client.conn = None
+        if client.state == "DEAD":
+            return
+        client.state = "RESTARTING"
+        # Calls in flight go back to the front of the queue: resent if their retries allow;
+        # otherwise failed once we know whether the actor restarted or died (for the message).
+        calls = list(client.in_flight.values())
+        client.in_flight.clear()
+        for call in calls:
+            if call.retries_left != 0:
+                if call.retries_left > 0:
+                    call.retries_left -= 1
+            else:
+                call.lost_reason = conn.close_reason
+        for call in reversed(calls):
+            client.queue.appendleft(call)
+        self._ensure_connected(client)
+
+    def _mark_dead(self, client: ActorClient, info: dict[str, Any]) -> None:
+        client.state = "DEAD"
+        client.conn = None
+        cause = info.get("death_cause") or "unknown cause"
+        creation_error = info.get("creation_error")
+        message = f"The actor {client.actor_id.hex()[:12]} is dead: {cause}."
+        if creation_error:
+            try:
+                _, err = serialization.deserialize_inline(creation_error)
+                message += f"\n{err}"
+            except Exception:  # the error itself could not be rebuilt here
+                pass
+        error = ActorDiedError(message, actor_id=client.actor_id.hex())
+        client.death_error = error
+        for call in list(client.in_flight.values()):
+            self._fail(call, error)
+        client.in_flight.clear()
+        while client.queue:
+            self._fail(client.queue.popleft(), error)
+
+    # ================================================================ pushing
+    def _flush(self, client: ActorClient) -> None:
+        conn = client.conn
+        if client.state != "ALIVE" or conn is None or conn.closed:
+            return
+        queue = client.queue
+        for call in [c for c in queue if c.lost_reason]:
+            queue.remove(call)
+            self._fail(call, RayActorError(
+                f"The actor {client.actor_id.hex()[:12]} died while running {call.spec['name']} "
+                f"({call.lost_reason}) and was restarted, but the call has no retries left "
+                "(max_task_retries), so it was not run again.",
+                actor_id=client.actor_id.hex(),
+            ))
+        while queue and queue[0].deps_pending == 0:
+            call = queue.popleft()
+            if call.done:
+                continue
+            client.in_flight[call.spec["tid"]] = call
+            call.pushed_to = client.incarnation
+            fut = conn.call_future("push_actor_task", call.spec)
+            fut.add_done_callback(partial(self._on_reply, client, call))
+
+    def _on_reply(self, client: ActorClient, call: ActorCall, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled() or fut.exception() is not None or call.done:
+            return  # the connection dropped: _connection_lost decides
+        if client.in_flight.get(call.spec["tid"]) is call:
+            del client.in_flight[call.spec["tid"]]
+        reply = fut.result()
+        status = reply.get("s")
+        if status == "ok":
+            self._finish(call, reply["r"])
+        elif status == "err":
+            self._store(call, (INLINE, reply["e"]))
+        elif status == "exit":
+            self._fail(call, ActorDiedError(
+                f"The actor {client.actor_id.hex()[:12]} exited because it called exit_actor() during this call.",
+                actor_id=client.actor_id.hex(),
+            ))
+        else:
+            self._fail(call, RayActorError(f"unexpected reply from the actor: {reply!r}"))
+
+    # ================================================================ results
+    def _finish(self, call: ActorCall, returns: list[Any]) -> None:
+        call.done = True
+        self._release(call)
+        for oid, ret in zip(call.return_ids, returns):
+            if ret[0] == 0:
+                self.worker.store_owned_result(oid, (INLINE, ret[1]))
+            else:
+                self.worker.store_owned_result(oid, (PLASMA, [ret[1], ret[2]]))
+
+    def _store(self, call: ActorCall, entry: Entry) -> None:
+        call.done = True
+        self._release(call)
+        for oid in call.return_ids:
+            self.worker.store_owned_result(oid, entry)
+
+    def _fail(self, call: ActorCall, error: BaseException) -> None:
+        if call.done:
+            return
+        self._store(call, (INLINE, serialization.serialize_error(error).to_inline()))
+
+    def _release(self, call: ActorCall) -> None:
+        if call.arg_ids:
+            self.worker.reference_counter.remove_submitted(call.arg_ids)

@@ -1,0 +1,282 @@
+"""Actor lifecycles, owned by the control service.
+
+States keep Ray's names; transitions live in ``_TRANSITIONS``::
+
+    PENDING_CREATION --created--> ALIVE --worker died--> RESTARTING --created--> ALIVE
+          |                         |                        |
+          +----- creation failed / killed / out of restarts -+--> DEAD (final)
+
+The manager asks a node daemon for a dedicated worker lease, pushes the
+creation task to the worker, and records the address callers use. Callers
+learn about state changes by long-polling ``wait_actor`` with the last
+incarnation they saw. A node daemon reports every worker death, with the
+exit code, which drives restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ember.rpc import Connection, connect
+
+if TYPE_CHECKING:
+    from ember.gcs.server import GcsServer
+
+logger = logging.getLogger(__name__)
+
+
+class ActorState(enum.Enum):
+    DEPENDENCIES_UNREADY = "DEPENDENCIES_UNREADY"  # (unused: arguments are resolved by the actor's worker)
+    PENDING_CREATION = "PENDING_CREATION"  # waiting for a worker, or running __init__
+    ALIVE = "ALIVE"  # __init__ finished; callers may send calls to ``address``
+    RESTARTING = "RESTARTING"  # its worker died; a new one is being created
+    DEAD = "DEAD"  # final: ``death_cause`` says why
+
+
+A = ActorState
+_TRANSITIONS = {
+    (A.PENDING_CREATION, A.ALIVE),
+    (A.PENDING_CREATION, A.DEAD),
+    (A.PENDING_CREATION, A.RESTARTING),
+    (A.ALIVE, A.RESTARTING),
+    (A.ALIVE, A.DEAD),
+    (A.RESTARTING, A.ALIVE),
+    (A.RESTARTING, A.DEAD),
+    (A.RESTARTING, A.RESTARTING),
+}
+
+
+class ActorEntry:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.actor_id: bytes = spec["actor_id"]
+        self.state = ActorState.PENDING_CREATION
+        self.address: list[Any] | None = None
+        self.worker_id: bytes | None = None
+        self.node_id: bytes | None = None
+        self.lease_id: bytes | None = None
+        self.pid = 0
+        self.incarnation = 0
+        self.num_restarts = 0
+        self.death_cause = ""
+        self.creation_error: list[Any] | None = None  # inline serialized RayTaskError
+        self.waiters: list[asyncio.Future[None]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.get("name") or ""
+
+    @property
+    def namespace(self) -> str:
+        return self.spec.get("namespace") or ""
+
+    def transition(self, new: ActorState) -> None:
+        if (self.state, new) not in _TRANSITIONS:
+            raise RuntimeError(f"illegal actor transition {self.state.value} -> {new.value}")
+        self.state = new
+        waiters, self.waiters = self.waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "actor_id": self.actor_id,
+            "state": self.state.value,
+            "address": self.address,
+            "incarnation": self.incarnation,
+            "death_cause": self.death_cause,
+            "creation_error": self.creation_error,
+            "num_restarts": self.num_restarts,
+            "name": self.name,
+            "namespace": self.namespace,
+            "class_name": self.spec.get("class_name", ""),
+            "pid": self.pid,
+            "node_id": self.node_id,
+            "job_id": self.spec.get("job"),
+            "detached": bool(self.spec.get("detached")),
+            "meta": self.spec.get("meta"),
+        }
+
+
+class ActorManager:
+    def __init__(self, gcs: GcsServer) -> None:
+        self.gcs = gcs
+        self.actors: dict[bytes, ActorEntry] = {}
+        self.named: dict[tuple[str, str], bytes] = {}
+        self.by_worker: dict[bytes, bytes] = {}
+
+    # ================================================================ registration
+    def register(self, spec: dict[str, Any]) -> dict[str, Any]:
+        name = spec.get("name")
+        if name:
+            key = (spec.get("namespace") or "", name)
+            existing_id = self.named.get(key)
+            if existing_id is not None:
+                existing = self.actors[existing_id]
+                if existing.state is not ActorState.DEAD:
+                    if spec.get("get_if_exists"):
+                        return {"actor_id": existing_id, "existing": True, "meta": existing.spec.get("meta")}
+                    raise ValueError(
+                        f"An actor named {name!r} already exists in namespace {key[0]!r}. Use "
+                        "get_if_exists=True to reuse it, or pick another name."
+                    )
+            self.named[key] = spec["actor_id"]
+        entry = ActorEntry(spec)
+        self.actors[entry.actor_id] = entry
+        entry.task = asyncio.get_running_loop().create_task(self._create(entry))
+        return {"actor_id": entry.actor_id, "existing": False}
+
+    def get_named(self, name: str, namespace: str) -> dict[str, Any] | None:
+        actor_id = self.named.get((namespace, name))
+        if actor_id is None:
+            return None
+        entry = self.actors[actor_id]
+        if entry.state is ActorState.DEAD:
+            return None
+        return entry.public()
+
+    # ================================================================ creation
+    def _pick_node(self, entry: ActorEntry) -> Any:
+        from ember.raylet import resources as res
+
+        need = res.to_fixed(entry.spec.get("place") or {})
+        preferred = entry.spec.get("node_id")
+        candidates = [n for n in self.gcs.nodes.values() if n.alive]
+        candidates.sort(key=lambda n: n.info["node_id"] != preferred)
+        for node in candidates:
+            if res.fits(need, res.to_fixed(node.info["resources"])):
+                return node
+        return None
+
+    async def _create(self, entry: ActorEntry) -> None:
+        try:
+            await self._create_once(entry)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.exception("creating actor %s failed", entry.actor_id.hex()[:12])
+            self._mark_dead(entry, f"the control service could not create it: {exc}")
+
+    async def _create_once(self, entry: ActorEntry) -> None:
+        node = self._pick_node(entry)
+        while node is None:
+            if entry.state is ActorState.DEAD:
+                return
+            await asyncio.sleep(0.2)
+            node = self._pick_node(entry)
+        grant = await node.conn.call(
+            "request_lease",
+            {"resources": entry.spec.get("place") or {}, "hold": entry.spec.get("hold") or {}, "request_id": entry.actor_id},
+            timeout=None,
+        )
+        if entry.state is ActorState.DEAD:  # killed while waiting
+            node.conn.notify("return_lease", {"lease_id": grant["lease_id"], "kill": True})
+            return
+        entry.worker_id = grant["worker_id"]
+        entry.node_id = grant["node_id"]
+        entry.lease_id = grant["lease_id"]
+        entry.pid = grant.get("pid", 0)
+        self.by_worker[entry.worker_id] = entry.actor_id
+        conn: Connection = await connect(grant["address"], self.gcs.token, info={"role": "gcs"}, timeout=10.0)
+        try:
+            reply = await conn.call("create_actor", {**entry.spec, "incarnation": entry.incarnation + 1}, timeout=None)
+        finally:
+            conn.close("creation done")
+        if entry.state is ActorState.DEAD:
+            return
+        if reply.get("s") == "ok":
+            entry.address = grant["address"]
+            entry.incarnation += 1
+            entry.transition(ActorState.ALIVE)
+        else:
+            entry.creation_error = reply.get("e")
+            self._mark_dead(entry, "its constructor (__init__) raised an exception", kill=True)
+
+    # ================================================================ death
+    def on_worker_died(self, worker_id: bytes, detail: str) -> None:
+        actor_id = self.by_worker.pop(worker_id, None)
+        if actor_id is not None:
+            entry = self.actors.get(actor_id)
+            if entry is not None and entry.worker_id == worker_id and entry.state is not ActorState.DEAD:
+                self._worker_lost(entry, detail)
+        # Actors owned by the dead worker die with it.
+        for entry in list(self.actors.values()):
+            owner = entry.spec.get("owner")
+            if owner and owner[2] == worker_id and not entry.spec.get("detached") and entry.state is not ActorState.DEAD:
+                self.kill(entry.actor_id, True, "its owner (a worker process) died")
+
+    def _worker_lost(self, entry: ActorEntry, detail: str) -> None:
+        max_restarts = entry.spec.get("max_restarts", 0)
+        entry.address = None
+        if max_restarts == -1 or entry.num_restarts < max_restarts:
+            entry.num_restarts += 1
+            entry.transition(ActorState.RESTARTING)
+            logger.info("restarting actor %s (%s)", entry.actor_id.hex()[:12], detail)
+            entry.task = asyncio.get_running_loop().create_task(self._create(entry))
+        else:
+            extra = f" and it has used all {max_restarts} restarts (max_restarts)" if max_restarts else ""
+            self._mark_dead(entry, f"its worker process (pid {entry.pid}) died: {detail}{extra}")
+
+    def on_job_finished(self, job_id: bytes) -> None:
+        for entry in list(self.actors.values()):
+            if entry.spec.get("job") == job_id and not entry.spec.get("detached") and entry.state is not ActorState.DEAD:
+                self.kill(entry.actor_id, True, "its owner (the driver of its job) exited")
+
+    def kill(self, actor_id: bytes, no_restart: bool, cause: str = "it was killed with ember.kill()") -> bool:
+        entry = self.actors.get(actor_id)
+        if entry is None:
+            return False
+        if entry.state is ActorState.DEAD:
+            return True
+        if no_restart:
+            self._mark_dead(entry, cause, kill=True)
+        else:
+            self._kill_worker(entry)
+        return True
+
+    def _kill_worker(self, entry: ActorEntry) -> None:
+        if entry.worker_id is None:
+            return
+        node = self.gcs.nodes.get(entry.node_id) if entry.node_id else None
+        if node is not None and node.alive:
+            node.conn.notify("kill_worker", {"worker_id": entry.worker_id})
+
+    def _mark_dead(self, entry: ActorEntry, cause: str, kill: bool = False) -> None:
+        if entry.state is ActorState.DEAD:
+            return
+        entry.death_cause = cause
+        entry.address = None
+        entry.state = ActorState.DEAD  # from any state
+        waiters, entry.waiters = entry.waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+        if entry.name:
+            key = (entry.namespace, entry.name)
+            if self.named.get(key) == entry.actor_id:
+                del self.named[key]
+        if kill:
+            self._kill_worker(entry)
+        if entry.task is not None and not entry.task.done() and entry.task is not asyncio.current_task():
+            entry.task.cancel()
+        logger.info("actor %s is dead: %s", entry.actor_id.hex()[:12], cause)
+
+    # ================================================================ waiting
+    async def wait(self, actor_id: bytes, after_incarnation: int) -> dict[str, Any]:
+        """Answer when the actor is ALIVE in a newer incarnation than ``after_incarnation``, or DEAD."""
+        entry = self.actors.get(actor_id)
+        if entry is None:
+            return {"state": "DEAD", "death_cause": "no such actor (it was never created in this cluster)"}
+        while not (
+            entry.state is ActorState.DEAD
+            or (entry.state is ActorState.ALIVE and entry.incarnation > after_incarnation)
+        ):
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            entry.waiters.append(fut)
+            await fut
+        return entry.public()
