@@ -50,6 +50,8 @@ class Config:
     task_max_retries: int = 3
 
     # --- workers -----------------------------------------------------------
+    #: Start workers by forking a process that has already imported the runtime.
+    use_fork_server: bool = True
     #: Workers the node daemon starts ahead of demand (default: num_cpus).
     num_prestart_workers: int = -1
     #: Most worker processes one node runs at once (default: 4 x num_cpus + 8).
@@ -81,6 +83,11 @@ class Config:
                 continue
             kind = type(field.default)
             try:
+                if kind is bool:
+                    if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                        raise ValueError(raw)
+                    values[field.name] = raw.lower() in ("1", "true", "yes")
+                    continue
                 values[field.name] = kind(raw)
             except ValueError as exc:
                 raise ValueError(

@@ -87,6 +87,10 @@ class Raylet:
             "EMBER_TOKEN": self.token,
             "EMBER_RAYLET_PID": str(os.getpid()),
         }
+        if config().use_fork_server:
+            from ember.raylet.worker_launcher import ZygoteLauncher
+
+            self.pool.launcher = ZygoteLauncher(os.path.join(self.logs_dir, f"zygote-{self.node_id.hex()[:12]}.log"))
         for _ in range(self.prestart):
             self._start_worker()
         self.gcs = await connect(opts.gcs_address, self.token, self, info={"role": "raylet"})

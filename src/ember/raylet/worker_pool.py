@@ -13,12 +13,12 @@ import enum
 import logging
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from ember._private import ids
+from ember.raylet.worker_launcher import SpawnLauncher
 from ember.rpc import Connection
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ _TRANSITIONS = {
 
 
 class WorkerHandle:
-    def __init__(self, worker_id: bytes, proc: subprocess.Popen[bytes], out_path: str, err_path: str) -> None:
+    def __init__(self, worker_id: bytes, proc: Any, out_path: str, err_path: str) -> None:
         self.worker_id = worker_id
         self.proc = proc
         self.pid = proc.pid
@@ -66,6 +66,7 @@ class WorkerHandle:
 
 class WorkerPool:
     def __init__(self, logs_dir: str, env: dict[str, str], max_workers: int, on_change: Callable[[], None]) -> None:
+        self.launcher: Any = SpawnLauncher()
         self.logs_dir = logs_dir
         self.env = env
         self.max_workers = max_workers
@@ -89,19 +90,12 @@ class WorkerPool:
         name = worker_id.hex()[:16]
         out_path = os.path.join(self.logs_dir, f"worker-{name}.out")
         err_path = os.path.join(self.logs_dir, f"worker-{name}.err")
-        env = dict(os.environ)
-        env.update(self.env)
-        env["EMBER_WORKER_ID"] = worker_id.hex()
-        env["PYTHONUNBUFFERED"] = "1"
-        with open(out_path, "ab", buffering=0) as out, open(err_path, "ab", buffering=0) as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "ember.core.worker_main"],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                env=env,
-                close_fds=True,
-            )
+        try:
+            proc = self.launcher.launch(worker_id.hex(), out_path, err_path, self.env)
+        except RuntimeError as exc:
+            logger.warning("fork server failed (%s); starting workers as new interpreters", exc)
+            self.launcher = SpawnLauncher()
+            proc = self.launcher.launch(worker_id.hex(), out_path, err_path, self.env)
         handle = WorkerHandle(worker_id, proc, out_path, err_path)
         self.workers[worker_id] = handle
         return handle
@@ -177,4 +171,8 @@ class WorkerPool:
                 handle.proc.wait(remaining)
             except subprocess.TimeoutExpired:
                 handle.proc.kill()
-                handle.proc.wait()
+                try:
+                    handle.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    logger.error("worker pid %d did not exit after SIGKILL", handle.pid)
+        self.launcher.stop()
