@@ -96,7 +96,9 @@ class RayTaskError(RayError):
         self.pid = pid
         self.ip = ip
         self.node_id = node_id
-        super().__init__(self._message())
+        # Not super(): in the dual class (RayTaskError + the cause's class) that would be the
+        # cause class's __init__, which may take other arguments.
+        Exception.__init__(self, self._message())
 
     def _message(self) -> str:
         where = f"{self.function_name}() (pid={self.pid}, ip={self.ip}"
@@ -118,7 +120,9 @@ class RayTaskError(RayError):
     def as_instanceof_cause(self) -> RayTaskError:
         """This error re-made as an instance of ``RayTaskError`` *and* the cause's class."""
         cause = self.cause
-        if cause is None or isinstance(cause, RayTaskError):
+        while isinstance(cause, RayTaskError):  # a nested task's error: use the original cause
+            cause = cause.cause
+        if cause is None:
             return self
         cause_cls = type(cause)
         if not isinstance(cause, Exception):

@@ -55,10 +55,11 @@ def deregister_serializer(cls: type) -> None:
 
 
 class _Pickler(cloudpickle.CloudPickler):
-    def __init__(self, file: Any, buffer_callback: Any) -> None:
+    def __init__(self, file: Any, buffer_callback: Any, reducers: dict[type, Callable[[Any], Any]] | None = None) -> None:
+        # The C pickler reads dispatch_table once, in __init__: set it before.
+        if _custom_reducers or reducers:
+            self.dispatch_table = ChainMap(reducers or {}, _custom_reducers, self.dispatch_table)  # type: ignore[assignment]
         super().__init__(file, protocol=5, buffer_callback=buffer_callback)
-        if _custom_reducers:
-            self.dispatch_table = ChainMap(_custom_reducers, self.dispatch_table)  # type: ignore[assignment]
 
 
 class SerializedObject:
@@ -80,7 +81,7 @@ class SerializedObject:
         return [self.flags, self.data, [bytes(b) for b in self.buffers]]
 
 
-def serialize(value: Any, flags: int = FLAG_VALUE) -> SerializedObject:
+def serialize(value: Any, flags: int = FLAG_VALUE, _reducers: dict[type, Callable[[Any], Any]] | None = None) -> SerializedObject:
     """Pickle ``value``; raises the pickler's error (TypeError, PicklingError...) as is."""
     buffers: list[memoryview] = []
 
@@ -92,22 +93,65 @@ def serialize(value: Any, flags: int = FLAG_VALUE) -> SerializedObject:
     _serialization_context.refs = refs
     try:
         stream = io.BytesIO()
-        _Pickler(stream, on_buffer).dump(value)
+        _Pickler(stream, on_buffer, _reducers).dump(value)
         data = stream.getvalue()
     finally:
         _serialization_context.refs = previous
     return SerializedObject(flags, data, buffers, refs)
 
 
-def serialize_error(error: BaseException) -> SerializedObject:
-    """Pickle an exception to be raised by ``get``; never fails."""
+def _rebuild_exception(cls: type, args: tuple[Any, ...], state: dict[str, Any] | None) -> BaseException:
     try:
-        return serialize(error, FLAG_ERROR)
-    except Exception as exc:  # the error itself does not pickle
-        from ember.exceptions import RaySystemError
+        err = cls.__new__(cls, *args)
+    except Exception:
+        err = BaseException.__new__(cls)
+    err.args = args
+    if state:
+        err.__dict__.update(state)
+    return err
 
-        fallback = RaySystemError(f"{type(error).__name__}: {error} (the original error could not be pickled: {exc})")
-        return serialize(fallback, FLAG_ERROR)
+
+def _reduce_exception_by_state(err: BaseException) -> Any:
+    """Rebuild an exception without calling its ``__init__`` (which may take other arguments than ``args``)."""
+    return (_rebuild_exception, (type(err), err.args, dict(err.__dict__) or None))
+
+
+def _state_reducers(error: BaseException) -> dict[type, Callable[[Any], Any]]:
+    from ember.exceptions import RayError
+
+    reducers: dict[type, Callable[[Any], Any]] = {}
+    seen: BaseException | None = error
+    while isinstance(seen, BaseException):
+        if not isinstance(seen, RayError):
+            reducers[type(seen)] = _reduce_exception_by_state
+        seen = getattr(seen, "cause", None)
+    return reducers
+
+
+def serialize_error(error: BaseException) -> SerializedObject:
+    """Pickle an exception to be raised by ``get``; never fails.
+
+    The result must also *unpickle*: an exception whose ``__init__`` takes
+    other arguments than its ``args`` pickles fine and fails in the caller's
+    ``get``. Such exceptions are pickled by state instead.
+    """
+    problem: Exception | None = None
+    for reducers in (None, _state_reducers(error)):
+        try:
+            obj = serialize(error, FLAG_ERROR, reducers)
+            pickle.loads(obj.data, buffers=obj.buffers)
+            return obj
+        except Exception as exc:
+            problem = problem or exc
+    from ember.exceptions import RaySystemError, RayTaskError
+
+    fallback: BaseException
+    if isinstance(error, RayTaskError):
+        # Keep the task error (function, traceback, pid); only the cause object is lost.
+        fallback = RayTaskError(error.function_name, error.traceback_str, None, error.pid, error.ip, error.node_id)
+    else:
+        fallback = RaySystemError(f"{type(error).__name__}: {error} (the original error could not be pickled: {problem})")
+    return serialize(fallback, FLAG_ERROR)
 
 
 def deserialize(data: bytes | memoryview, buffers: list[Any]) -> Any:
