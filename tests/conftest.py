@@ -111,6 +111,10 @@ def _live_descendants(exclude: set[int]) -> list[psutil.Process]:
         if proc.pid in exclude:
             continue
         try:
+            # A shared cluster's daemons start workers at any time (e.g. to refill the
+            # prestarted pool after an actor's worker died): their descendants are allowed.
+            if exclude and any(parent.pid in exclude for parent in proc.parents()):
+                continue
             if proc.status() != psutil.STATUS_ZOMBIE:
                 out.append(proc)
         except psutil.Error:

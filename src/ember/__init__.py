@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ember import exceptions
+from ember import actor, exceptions
 from ember._private.ids import JobID, NodeID, TaskID, WorkerID
 from ember._private.object_ref import ObjectRef
 from ember.api.actor import ActorClass, get_actor, kill, method

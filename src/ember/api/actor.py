@@ -76,6 +76,15 @@ class ActorClass:
         validate_actor_options(options)
         return _ActorClassWithOptions(self, {**self._default_options, **options})
 
+    def __getstate__(self) -> dict[str, Any]:
+        # An actor class captured by a task or another actor travels by value; the
+        # export cache refers to this process's core worker (locks, sockets), so it
+        # stays behind and the receiver exports again.
+        state = self.__dict__.copy()
+        state["_fid"] = None
+        state["_fid_worker"] = None
+        return state
+
     def _create(self, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]) -> ActorHandle:
         validate_actor_options({k: v for k, v in options.items() if k in ("name", "get_if_exists")})
         worker = _worker()
