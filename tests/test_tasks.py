@@ -265,11 +265,6 @@ def test_cpu_accounting_returns_to_full_after_blocking_tasks(ember_start):
     wait_for_condition(lambda: worker.raylet_call("get_info", None)["available"].get("CPU") == 1.0, timeout=10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the submitter pipelines up to max_tasks_in_flight_per_worker (4) tasks to one worker; "
-    "queued tasks wait behind a long-running one even when another CPU is idle (no work stealing)",
-)
 def test_short_tasks_not_stuck_behind_a_long_one(ember_shared, tmp_path):
     gate = str(tmp_path / "gate")
 

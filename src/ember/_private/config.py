@@ -46,6 +46,14 @@ class Config:
     infeasible_warning_period_s: float = 10.0
     #: If > 0, ``get`` on an infeasible task's result fails after this long.
     infeasible_timeout_s: float = 0.0
+    #: Hybrid policy: stay local while the node's utilisation is below this.
+    scheduler_spread_threshold: float = 0.5
+    #: Hybrid policy: choose among this fraction of the least-utilised nodes...
+    scheduler_top_k_fraction: float = 0.2
+    #: ... but among at least this many.
+    scheduler_top_k_absolute: int = 1
+    #: Seconds without a report after which a node is declared dead.
+    node_death_timeout_s: float = 10.0
     #: Default retries of a task whose worker died.
     task_max_retries: int = 3
 

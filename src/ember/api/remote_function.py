@@ -9,6 +9,7 @@ from ember._private import ids, runtime
 from ember._private.object_ref import ObjectRef
 from ember.api.options import TASK_DEFAULTS, task_resources, validate_task_options
 from ember.core.task_state import TaskEntry
+from ember.util.scheduling_strategies import strategy_to_wire
 
 
 class RemoteFunction:
@@ -38,6 +39,16 @@ class RemoteFunction:
         validate_task_options(options)
         return _FunctionWithOptions(self, {**self._default_options, **options})
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A remote function captured by another one (nested tasks) travels by
+        # value; the export cache refers to this process's core worker (locks,
+        # sockets), so it stays behind and the receiver exports again.
+        state = self.__dict__.copy()
+        state["_fid"] = None
+        state["_fid_worker"] = None
+        state["_prepared"] = {}
+        return state
+
     def _export(self, worker: Any) -> bytes:
         if self._fid is None or self._fid_worker is not worker:
             self._fid = worker.function_manager.export(self._function, self._function_name)
@@ -58,6 +69,7 @@ class RemoteFunction:
         return_ids = [ids.return_object_id(task_id, i + 1) for i in range(num_returns)]
         wire_args, kw_names, arg_ids = worker.encode_args(args, kwargs, name)
         resources = task_resources(options)
+        strategy = strategy_to_wire(options.get("scheduling_strategy"))
         address = worker.address
         spec = {
             "tid": task_id,
@@ -78,8 +90,9 @@ class RemoteFunction:
         entry = TaskEntry(
             spec, name, return_ids, options["max_retries"],
             retry_exceptions if retry_exceptions is True or not retry_exceptions else tuple(retry_exceptions),
-            arg_ids, tuple(sorted(resources.items())), resources,
+            arg_ids, (tuple(sorted(resources.items())), repr(strategy)), resources,
         )
+        entry.strategy = strategy
         worker.submit_task(entry)
         if num_returns == 1:
             return refs[0]

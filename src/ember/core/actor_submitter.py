@@ -94,7 +94,7 @@ class ActorSubmitter:
         if kind == INLINE:
             call.spec["args"][index] = [ARG_VALUE, data]
         else:
-            call.spec["args"][index] = [ARG_PLASMA, arg[1], arg[2], data[0]]
+            call.spec["args"][index] = [ARG_PLASMA, arg[1], arg[2], data]
         call.deps_pending -= 1
         self._flush(client)
 
@@ -219,7 +219,7 @@ class ActorSubmitter:
             if ret[0] == 0:
                 self.worker.store_owned_result(oid, (INLINE, ret[1]))
             else:
-                self.worker.store_owned_result(oid, (PLASMA, [ret[1], ret[2]]))
+                self.worker.store_owned_result(oid, (PLASMA, ret[1]))
 
     def _store(self, call: ActorCall, entry: Entry) -> None:
         call.done = True

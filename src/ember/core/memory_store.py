@@ -3,7 +3,7 @@
 An entry says where a value is, not necessarily the value itself:
 
   ``(INLINE, [flags, pickle, buffers])``  the serialized value (small objects)
-  ``(PLASMA, [node_id, size])``           a file in that node's object store
+  ``(PLASMA, [node_id, size, raylet_address])``  a file in that node's object store
 
 Owners put entries when a task replies or a ``put`` finishes; borrowers put
 entries they fetched from owners (a cache dropped when their last local ref

@@ -39,7 +39,7 @@ class TaskEntry:
     __slots__ = (
         "spec", "name", "return_ids", "retries_left", "retry_exceptions", "arg_ids",
         "deps_pending", "status", "lease", "cancelled", "force_cancel", "sched_key",
-        "resources", "attempt",
+        "resources", "attempt", "strategy",
     )
 
     def __init__(self, spec: dict[str, Any], name: str, return_ids: list[bytes], retries: int,
@@ -58,6 +58,7 @@ class TaskEntry:
         self.sched_key = sched_key
         self.resources = resources
         self.attempt = 0
+        self.strategy: Any = None
 
     def transition(self, new: TaskStatus) -> None:
         if (self.status, new) not in _TRANSITIONS:

@@ -40,13 +40,16 @@ logger = logging.getLogger(__name__)
 
 ARG_VALUE = 0  # [0, inline]
 ARG_REF = 1  # [1, object_id, owner]           resolved by the owner before pushing
-ARG_PLASMA = 2  # [2, object_id, owner, node_id]  read from the node's object store
+ARG_PLASMA = 2  # [2, object_id, owner, [node_id, size, raylet_address]]  read from an object store
 
 
 class LeaseState:
-    __slots__ = ("lease_id", "worker_id", "conn", "in_flight", "idle_timer", "dead", "pid")
+    __slots__ = ("lease_id", "worker_id", "conn", "in_flight", "idle_timer", "dead", "pid", "raylet", "stealing")
 
-    def __init__(self, lease_id: bytes, worker_id: bytes, conn: Connection, pid: int) -> None:
+    def __init__(self, lease_id: bytes, worker_id: bytes, conn: Connection, pid: int, raylet: Connection) -> None:
+        self.raylet = raylet
+        #: A steal request is out: its queued tasks are on their way back.
+        self.stealing = False
         self.lease_id = lease_id
         self.worker_id = worker_id
         self.conn = conn
@@ -57,9 +60,10 @@ class LeaseState:
 
 
 class SchedulingClass:
-    __slots__ = ("key", "resources", "queue", "leases", "pending_requests", "infeasible", "infeasible_timer")
+    __slots__ = ("key", "resources", "queue", "leases", "pending_requests", "infeasible", "infeasible_timer", "strategy")
 
-    def __init__(self, key: Any, resources: dict[str, float]) -> None:
+    def __init__(self, key: Any, resources: dict[str, float], strategy: Any = None) -> None:
+        self.strategy = strategy
         self.key = key
         self.resources = resources
         self.queue: deque[TaskEntry] = deque()
@@ -105,7 +109,7 @@ class TaskSubmitter:
                 return
             entry.spec["args"][index] = [ARG_VALUE, data]
         else:
-            entry.spec["args"][index] = [ARG_PLASMA, arg[1], arg[2], data[0]]
+            entry.spec["args"][index] = [ARG_PLASMA, arg[1], arg[2], data]
         entry.deps_pending -= 1
         if entry.deps_pending == 0:
             self._enqueue(entry)
@@ -114,17 +118,19 @@ class TaskSubmitter:
         entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT)
         cls = self.classes.get(entry.sched_key)
         if cls is None:
-            cls = self.classes[entry.sched_key] = SchedulingClass(entry.sched_key, entry.resources)
+            cls = self.classes[entry.sched_key] = SchedulingClass(entry.sched_key, entry.resources, entry.strategy)
         cls.queue.append(entry)
         self._dispatch(cls)
 
     # ============================================================== dispatch
     def _dispatch(self, cls: SchedulingClass) -> None:
         queue = cls.queue
+        # SPREAD wants one placement decision per task: no pipelining onto a lease.
+        depth = 1 if cls.strategy == "SPREAD" else self._depth
         while queue:
             lease = None
             for candidate in cls.leases:
-                if not candidate.dead and candidate.in_flight < self._depth and (
+                if not candidate.dead and candidate.in_flight < depth and (
                     lease is None or candidate.in_flight < lease.in_flight
                 ):
                     lease = candidate
@@ -138,11 +144,21 @@ class TaskSubmitter:
         while len(cls.pending_requests) < wanted:
             self._request_lease(cls)
         if not queue:
+            self._steal(cls)
             for lease in cls.leases:
                 if lease.in_flight == 0 and lease.idle_timer is None and not lease.dead:
                     lease.idle_timer = self.worker.loop.call_later(
                         self._idle_timeout, self._return_lease, cls, lease
                     )
+
+    def _steal(self, cls: SchedulingClass) -> None:
+        """An idle lease while another worker has tasks queued behind a running one: take them back."""
+        if not any(l.in_flight == 0 and not l.dead for l in cls.leases):
+            return
+        for lease in cls.leases:
+            if lease.in_flight >= 2 and not lease.stealing and not lease.dead:
+                lease.stealing = True
+                lease.conn.notify("steal_tasks", None)
 
     def _push(self, entry: TaskEntry, lease: LeaseState) -> None:
         if lease.idle_timer is not None:
@@ -156,25 +172,42 @@ class TaskSubmitter:
         fut.add_done_callback(partial(self._on_reply, entry, lease))
 
     # ================================================================ leases
-    def _request_lease(self, cls: SchedulingClass) -> None:
-        request_id = next(self._request_ids)
+    def _request_lease(self, cls: SchedulingClass, raylet: Connection | None = None, request_id: int | None = None) -> None:
+        if request_id is None:
+            request_id = next(self._request_ids)
+        raylet = raylet or self.worker.raylet
         cls.pending_requests.add(request_id)
         self._request_class[request_id] = cls
-        fut = self.worker.raylet.call_future(
-            "request_lease", {"request_id": request_id, "resources": cls.resources}
-        )
-        fut.add_done_callback(partial(self._on_lease_reply, cls, request_id))
+        fut = raylet.call_future("request_lease", {
+            "request_id": request_id, "resources": cls.resources, "strategy": cls.strategy,
+            "spilled": raylet is not self.worker.raylet,
+        })
+        fut.add_done_callback(partial(self._on_lease_reply, cls, request_id, raylet))
 
-    def _on_lease_reply(self, cls: SchedulingClass, request_id: int, fut: asyncio.Future[Any]) -> None:
-        cls.pending_requests.discard(request_id)
-        self._request_class.pop(request_id, None)
+    def _on_lease_reply(self, cls: SchedulingClass, request_id: int, raylet: Connection, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled():
+            cls.pending_requests.discard(request_id)
             return
         exc = fut.exception()
         if exc is not None:
-            self._fail_class(cls, exc)
+            cls.pending_requests.discard(request_id)
+            self._request_class.pop(request_id, None)
+            if isinstance(exc, RemoteError) and exc.code == "TaskUnschedulableError":
+                self._fail_class(cls, TaskUnschedulableError(exc.message))
+            elif raylet is not self.worker.raylet and isinstance(exc, ConnectionLost):
+                self._dispatch(cls)  # that node went away: ask the local node again
+            else:
+                self._fail_class(cls, exc)
             return
         grant = fut.result()
+        if grant.get("spillback"):
+            # Keep the request counted while we ask the node it named.
+            target = grant["spillback"]["address"]
+            task = self.worker.loop.create_task(self.worker.connect_to(target))
+            task.add_done_callback(partial(self._on_spillback_connected, cls, request_id))
+            return
+        cls.pending_requests.discard(request_id)
+        self._request_class.pop(request_id, None)
         if grant.get("cancelled"):
             self._dispatch(cls)
             return
@@ -183,16 +216,27 @@ class TaskSubmitter:
             cls.infeasible_timer = None
         cls.infeasible = ""
         task = self.worker.loop.create_task(self.worker.connect_to(grant["address"]))
-        task.add_done_callback(partial(self._on_worker_connected, cls, grant))
+        task.add_done_callback(partial(self._on_worker_connected, cls, grant, raylet))
 
-    def _on_worker_connected(self, cls: SchedulingClass, grant: dict[str, Any], task: asyncio.Task[Connection]) -> None:
+    def _on_spillback_connected(self, cls: SchedulingClass, request_id: int, task: asyncio.Task[Connection]) -> None:
+        cls.pending_requests.discard(request_id)
+        if task.cancelled() or task.exception() is not None:
+            self._request_class.pop(request_id, None)
+            self._dispatch(cls)
+            return
+        if not cls.queue:
+            self._request_class.pop(request_id, None)
+            return
+        self._request_lease(cls, task.result(), request_id)
+
+    def _on_worker_connected(self, cls: SchedulingClass, grant: dict[str, Any], raylet: Connection, task: asyncio.Task[Connection]) -> None:
         if task.cancelled() or task.exception() is not None:
             logger.warning("could not reach leased worker %s: %s", grant["address"], task.exception())
-            self.worker.raylet.notify("return_lease", {"lease_id": grant["lease_id"], "kill": True})
+            raylet.notify("return_lease", {"lease_id": grant["lease_id"], "kill": True})
             self._dispatch(cls)
             return
         conn = task.result()
-        lease = LeaseState(grant["lease_id"], grant["worker_id"], conn, grant.get("pid", 0))
+        lease = LeaseState(grant["lease_id"], grant["worker_id"], conn, grant.get("pid", 0), raylet)
         cls.leases.append(lease)
         conn.add_close_callback(lambda c: self._lease_lost(cls, lease))
         self._dispatch(cls)
@@ -203,7 +247,7 @@ class TaskSubmitter:
             return
         lease.dead = True
         cls.leases.remove(lease)
-        self.worker.raylet.notify("return_lease", {"lease_id": lease.lease_id})
+        lease.raylet.notify("return_lease", {"lease_id": lease.lease_id})
 
     def release_idle_leases(self) -> None:
         for cls in self.classes.values():
@@ -244,7 +288,14 @@ class TaskSubmitter:
     # ================================================================ replies
     def _on_reply(self, entry: TaskEntry, lease: LeaseState, fut: asyncio.Future[Any]) -> None:
         lease.in_flight -= 1
+        lease.stealing = False
         cls = self.classes[entry.sched_key]
+        if cls.strategy == "SPREAD" and lease.in_flight == 0 and not lease.dead:
+            # One placement decision per task: never reuse a SPREAD lease.
+            lease.dead = True
+            if lease in cls.leases:
+                cls.leases.remove(lease)
+            lease.raylet.notify("return_lease", {"lease_id": lease.lease_id})
         exc = None if fut.cancelled() else fut.exception()
         if fut.cancelled() or exc is not None:
             self._worker_failed(entry, lease, exc)
@@ -318,7 +369,7 @@ class TaskSubmitter:
             if ret[0] == 0:
                 worker.store_owned_result(oid, (INLINE, ret[1]))
             else:
-                worker.store_owned_result(oid, (PLASMA, [ret[1], ret[2]]))
+                worker.store_owned_result(oid, (PLASMA, ret[1]))
 
     def _fail(self, entry: TaskEntry, error: Entry) -> None:
         if entry.done:
@@ -359,7 +410,7 @@ class TaskSubmitter:
             lease: LeaseState = entry.lease
             if force:
                 entry.force_cancel = True
-                self.worker.raylet.notify("kill_worker", {"worker_id": lease.worker_id})
+                lease.raylet.notify("kill_worker", {"worker_id": lease.worker_id})
             else:
                 lease.conn.notify("cancel_task", {"tid": task_id})
         return True

@@ -120,6 +120,7 @@ class CoreWorker:
         else:
             info = await self.raylet.call("register_client", {"client_id": self.worker_id})
         self.node_id = info["node_id"]
+        self.raylet_location = info["raylet_address"]
         self.store_dir = info["store_dir"]
         self.session_dir = info["session_dir"]
         self.raylet.add_close_callback(self._raylet_lost)
@@ -250,10 +251,10 @@ class CoreWorker:
             return
         entry = self.memory_store.delete(object_id)
         if state.owned and entry is not None and entry[0] == PLASMA:
-            self._free_plasma(object_id, entry[1][0])
+            self._free_plasma(object_id, entry[1])
 
-    def _free_plasma(self, object_id: bytes, node_id: bytes) -> None:
-        self._pending_frees.append(object_id)
+    def _free_plasma(self, object_id: bytes, location: list[Any]) -> None:
+        self._pending_frees.append((object_id, location[2]))
         if len(self._pending_frees) == 1:
             try:
                 self.loop.call_soon_threadsafe(self._flush_frees)
@@ -262,15 +263,29 @@ class CoreWorker:
 
     def _flush_frees(self) -> None:
         frees, self._pending_frees = self._pending_frees, []
-        if frees and self.raylet is not None and not self.raylet.closed:
-            self.raylet.notify("free_objects", {"object_ids": frees})
+        by_raylet: dict[tuple[str, int], list[bytes]] = {}
+        for object_id, address in frees:
+            by_raylet.setdefault((address[0], address[1]), []).append(object_id)
+        for address, object_ids in by_raylet.items():
+            if list(address) == list(self.raylet_location):
+                if self.raylet is not None and not self.raylet.closed:
+                    self.raylet.notify("free_objects", {"object_ids": object_ids})
+            else:
+                self.loop.create_task(self._free_remote(list(address), object_ids))
+
+    async def _free_remote(self, address: list[Any], object_ids: list[bytes]) -> None:
+        try:
+            conn = await self.connect_to(address)
+            conn.notify("free_objects", {"object_ids": object_ids})
+        except (ConnectionLost, OSError) as exc:
+            logger.debug("could not free objects on %s: %s", address, exc)
 
     def store_owned_result(self, object_id: bytes, entry: Entry) -> None:
         """Record a task result; called on the loop when the reply arrives."""
         if not self.reference_counter.has_reference(object_id):
             # Nobody holds a ref any more: drop the value at once.
             if entry[0] == PLASMA:
-                self._free_plasma(object_id, entry[1][0])
+                self._free_plasma(object_id, entry[1])
             return
         self.memory_store.put(object_id, entry)
 
@@ -352,7 +367,7 @@ class CoreWorker:
             self.memory_store.put(object_id, (INLINE, obj.to_inline()))
         else:
             size = self.write_plasma(object_id, obj, self.worker_id)
-            self.memory_store.put(object_id, (PLASMA, [self.node_id, size]))
+            self.memory_store.put(object_id, (PLASMA, [self.node_id, size, self.raylet_location]))
         return ObjectRef(object_id, self.address)
 
     def write_plasma(self, object_id: bytes, obj: serialization.SerializedObject, owner_id: bytes) -> int:
@@ -389,7 +404,7 @@ class CoreWorker:
         if obj.total_bytes < self._inline_limit:
             return [0, obj.to_inline()]
         size = self.write_plasma(object_id, obj, owner[2])
-        return [1, self.node_id, size]
+        return [1, [self.node_id, size, self.raylet_location]]
 
     def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
         entries = self._wait_entries(refs, len(refs), timeout, fetch=True)
@@ -427,27 +442,31 @@ class CoreWorker:
         if kind == INLINE:
             flags, value = serialization.deserialize_inline(data)
         else:
-            flags, value = self._read_plasma(object_id, data[0])
+            flags, value = self._read_plasma(object_id, data)
         if flags == serialization.FLAG_ERROR:
             if isinstance(value, RayTaskError):
                 raise value.as_instanceof_cause()
             raise value
         return value
 
-    def read_plasma_value(self, object_id: bytes, node_id: bytes, raise_errors: bool = True) -> Any:
-        flags, value = self._read_plasma(object_id, node_id)
+    def read_plasma_value(self, object_id: bytes, location: list[Any], raise_errors: bool = True) -> Any:
+        flags, value = self._read_plasma(object_id, location)
         if flags == serialization.FLAG_ERROR and raise_errors:
             raise value
         return value
 
-    def _read_plasma(self, object_id: bytes, node_id: bytes) -> tuple[int, Any]:
-        if node_id != self.node_id:
-            raise ObjectLostError(
-                object_id.hex(),
-                f"Object {object_id.hex()} lives on node {node_id.hex()[:12]}, and this node "
-                "cannot fetch objects from other nodes.",
-            )
+    def _read_plasma(self, object_id: bytes, location: list[Any]) -> tuple[int, Any]:
+        node_id = location[0]
         path = os.path.join(self.store_dir, object_id.hex())
+        if node_id != self.node_id and not os.path.exists(path):
+            try:
+                self.raylet_call("pull_object", {"object_id": object_id, "address": location[2], "size": location[1]}, timeout=None)
+            except RemoteError as exc:
+                raise ObjectLostError(
+                    object_id.hex(),
+                    f"Object {object_id.hex()} could not be fetched from node {node_id.hex()[:12]} "
+                    f"at {location[2][0]}:{location[2][1]}: {exc.message}",
+                ) from None
         try:
             return object_file.read_object(path)
         except FileNotFoundError:
@@ -585,6 +604,10 @@ class CoreWorker:
         if self.executor is None:
             raise ValueError("this process does not host an actor")
         return self.executor.push(ACTOR_CALL, spec)
+
+    def rpc_steal_tasks(self, conn: Connection, p: Any) -> None:
+        if self.executor is not None:
+            self.executor.bounce_queued()
 
     def rpc_cancel_task(self, conn: Connection, p: dict[str, Any]) -> None:
         if self.executor is not None:

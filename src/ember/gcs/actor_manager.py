@@ -210,6 +210,13 @@ class ActorManager:
             if owner and owner[2] == worker_id and not entry.spec.get("detached") and entry.state is not ActorState.DEAD:
                 self.kill(entry.actor_id, True, "its owner (a worker process) died")
 
+    def on_node_died(self, node_id: bytes, reason: str) -> None:
+        for entry in list(self.actors.values()):
+            if entry.node_id == node_id and entry.state is not ActorState.DEAD:
+                if entry.worker_id is not None:
+                    self.by_worker.pop(entry.worker_id, None)
+                self._worker_lost(entry, f"its node {node_id.hex()[:12]} died ({reason})")
+
     def _worker_lost(self, entry: ActorEntry, detail: str) -> None:
         max_restarts = entry.spec.get("max_restarts", 0)
         entry.address = None

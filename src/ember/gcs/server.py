@@ -41,7 +41,7 @@ class NodeEntry:
             "Alive": self.alive,
             "NodeManagerAddress": info["address"][0],
             "NodeManagerPort": info["address"][1],
-            "ObjectManagerPort": info["address"][1],
+            "ObjectManagerPort": info.get("transfer_port") or info["address"][1],
             "NodeManagerHostname": info.get("hostname", ""),
             "Resources": dict(info["resources"]) if self.alive else {},
             "AvailableResources": dict(self.available) if self.alive else {},
@@ -119,15 +119,17 @@ class GcsServer:
         entry.death_reason = reason
         logger.warning("node %s is dead: %s", entry.info["node_id"].hex()[:12], reason)
         self.publish("nodes", entry.to_public())
+        self.actor_manager.on_node_died(entry.info["node_id"], reason)
 
-    def rpc_report(self, conn: Connection, report: dict[str, Any]) -> None:
+    def rpc_report(self, conn: Connection, report: dict[str, Any]) -> list[list[Any]]:
+        """A node's load report (its heartbeat); the reply is every live node's load."""
         entry = self.nodes.get(report["node_id"])
-        if entry is None or not entry.alive:
-            return
-        entry.available = report["available"]
-        entry.store_used = report.get("store_used", 0)
-        entry.store_objects = report.get("store_objects", 0)
-        entry.last_heartbeat = time.monotonic()
+        if entry is not None and entry.alive:
+            entry.available = report["available"]
+            entry.store_used = report.get("store_used", 0)
+            entry.store_objects = report.get("store_objects", 0)
+            entry.last_heartbeat = time.monotonic()
+        return self.rpc_get_node_addresses(conn, None)
 
     def rpc_get_nodes(self, conn: Connection, payload: Any) -> list[dict[str, Any]]:
         return [entry.to_public() for entry in self.nodes.values()]
@@ -141,9 +143,9 @@ class GcsServer:
 
     async def _health_loop(self) -> None:
         cfg = config()
-        timeout = max(cfg.heartbeat_period_s * 10, 5.0)
+        timeout = cfg.node_death_timeout_s
         while True:
-            await asyncio.sleep(cfg.heartbeat_period_s)
+            await asyncio.sleep(min(cfg.heartbeat_period_s, timeout / 4))
             now = time.monotonic()
             for entry in list(self.nodes.values()):
                 if entry.alive and now - entry.last_heartbeat > timeout:

@@ -21,7 +21,9 @@ from ember._private.config import config
 from ember.exceptions import ObjectStoreFullError
 from ember.raylet import resources as res
 from ember.raylet.leases import Lease, LeaseRequest
+from ember.raylet import scheduling_policy as policy
 from ember.raylet.log_monitor import LogMonitor
+from ember.raylet.object_manager import ObjectManager
 from ember.raylet.object_store import ObjectStore
 from ember.raylet.worker_pool import WorkerHandle, WorkerPool, WorkerState
 from ember.rpc import Connection, connect, start_server
@@ -66,14 +68,26 @@ class Raylet:
         self._tasks: list[asyncio.Task[None]] = []
         self._server: asyncio.AbstractServer | None = None
         self.stopping = False
+        self.view: dict[bytes, policy.NodeView] = {}
+        self.policy_cfg = policy.PolicyConfig(
+            cfg.scheduler_spread_threshold, cfg.scheduler_top_k_fraction, cfg.scheduler_top_k_absolute
+        )
+        self.policy_state = policy.PolicyState()
+        self._raylet_peers: dict[tuple[str, int], asyncio.Future[Connection]] = {}
+        self.objects = ObjectManager(self.store, self.node_id, self._connect_raylet, token)
+        self.transfer: Any = None
 
     # ================================================================ start/stop
     async def start(self) -> None:
         opts = self.opts
         sock = socket.socket(fileno=opts.listen_fd) if opts.listen_fd >= 0 else None
+        from ember.raylet.object_transfer import TransferServer
+
+        self.transfer = TransferServer(opts.node_ip, self.token, self._sealed_path)
         self._server = await start_server(
             self, self.token, opts.node_ip, opts.port, sock=sock,
-            info={"role": "raylet", "node_id": self.node_id}, on_close=self._on_disconnect,
+            info={"role": "raylet", "node_id": self.node_id, "transfer_port": self.transfer.port},
+            on_close=self._on_disconnect,
         )
         port = self._server.sockets[0].getsockname()[1]
         self.address = [opts.node_ip, port]
@@ -107,13 +121,19 @@ class Raylet:
             "resources": res.to_float(self.total),
             "store_capacity": self.store.capacity,
             "store_dir": self.store.directory,
+            "transfer_port": self.transfer.port if self.transfer else 0,
             "hostname": socket.gethostname(),
             "is_head": self.opts.is_head,
             "pid": os.getpid(),
         }
 
+    def _sealed_path(self, object_id: bytes) -> str | None:
+        return self.store.path(object_id) if self.store.contains(object_id) else None
+
     async def stop(self) -> None:
         self.stopping = True
+        if self.transfer is not None:
+            self.transfer.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -141,14 +161,61 @@ class Raylet:
         while True:
             if self.gcs is not None and not self.gcs.closed:
                 stats = self.store.stats()
-                self.gcs.notify("report", {
-                    "node_id": self.node_id,
-                    "available": res.to_float({k: max(v, 0) for k, v in self.available.items()}),
-                    "store_used": stats["used"],
-                    "store_objects": stats["objects"],
-                    "num_workers": len(self.pool.alive()),
-                })
+                try:
+                    view = await self.gcs.call("report", {
+                        "node_id": self.node_id,
+                        "available": res.to_float({k: max(v, 0) for k, v in self.available.items()}),
+                        "store_used": stats["used"],
+                        "store_objects": stats["objects"],
+                        "num_workers": len(self.pool.alive()),
+                    }, timeout=max(5.0, period * 10))
+                    self._update_view(view)
+                except Exception as exc:  # a slow or restarting control service: try again next period
+                    logger.debug("resource report failed: %s", exc)
             await asyncio.sleep(period)
+
+    def _update_view(self, rows: list[list[Any]]) -> None:
+        view: dict[bytes, policy.NodeView] = {}
+        for node_id, address, total, available in rows:
+            view[node_id] = policy.NodeView(node_id, address, res.to_fixed(total), res.to_fixed(available))
+        view[self.node_id] = policy.NodeView(self.node_id, self.address, self.total, self.available)
+        self.view = view
+        self._rebalance()
+        for req in self.pending:
+            if not req.future.done() and not res.fits(req.resources, self.total):
+                self._warn_infeasible(req)
+
+    def _local_view(self) -> dict[bytes, policy.NodeView]:
+        view = dict(self.view)
+        view[self.node_id] = policy.NodeView(self.node_id, self.address, self.total, self.available)
+        return view
+
+    def _rebalance(self) -> None:
+        """Send waiting requests to other nodes that can run them now."""
+        if len(self.view) < 2:
+            self._schedule()
+            return
+        view = self._local_view()
+        for req in list(self.pending):
+            if req.future.done() or req.payload.get("spilled"):
+                continue
+            if res.fits(req.resources, self.available):
+                continue
+            decision = policy.decide(req.resources, req.payload.get("strategy"), self.node_id, view, self.policy_cfg, self.policy_state)
+            if decision.kind == policy.SPILLBACK and decision.node_id is not None:
+                self.pending.remove(req)
+                req.future.set_result({"spillback": {"node_id": decision.node_id, "address": view[decision.node_id].address}})
+        self._schedule()
+
+    async def _connect_raylet(self, address: list[Any]) -> Connection:
+        key = (address[0], address[1])
+        fut = self._raylet_peers.get(key)
+        if fut is not None and fut.done() and (fut.exception() is not None or fut.result().closed):
+            fut = None
+        if fut is None:
+            fut = asyncio.ensure_future(connect(key, self.token, self, info={"role": "raylet", "address": self.address}))
+            self._raylet_peers[key] = fut
+        return await asyncio.shield(fut)
 
     async def _log_loop(self) -> None:
         period = config().log_poll_period_s
@@ -262,6 +329,7 @@ class Raylet:
     def _client_info(self) -> dict[str, Any]:
         return {
             "node_id": self.node_id,
+            "raylet_address": self.address,
             "store_dir": self.store.directory,
             "session_dir": self.opts.session_dir,
             "gcs_address": self.opts.gcs_address,
@@ -279,6 +347,17 @@ class Raylet:
         req = LeaseRequest(p.get("request_id"), conn, request, fut, p)
         hold = p.get("hold")
         req.hold = res.to_fixed(hold) if hold is not None else request
+        if not p.get("spilled"):
+            decision = policy.decide(request, p.get("strategy"), self.node_id, self._local_view(), self.policy_cfg, self.policy_state)
+            if decision.kind == policy.SPILLBACK and decision.node_id is not None:
+                fut.set_result({"spillback": {"node_id": decision.node_id, "address": self.view[decision.node_id].address}})
+                return fut
+            if decision.kind == policy.UNSCHEDULABLE:
+                from ember.exceptions import TaskUnschedulableError
+
+                err = TaskUnschedulableError(decision.reason)
+                err.expected = True  # type: ignore[attr-defined]
+                raise err
         self.pending.append(req)
         self._schedule()
         return fut
@@ -340,7 +419,7 @@ class Raylet:
             if req.future.done():
                 continue
             if not res.fits(req.resources, self.total):
-                self._warn_infeasible(req)
+                # Warned after the next cluster view, unless another node can take it by then.
                 still_pending.append(req)
                 continue
             if not res.fits(req.resources, self.available):
@@ -385,11 +464,11 @@ class Raylet:
             return
         req.warned_infeasible = True
         shape = res.describe(req.resources)
+        shapes = "; ".join(sorted(res.describe(n.total) for n in self._local_view().values()))
         message = (
-            f"No node in this cluster can ever satisfy the resource request {shape}: "
-            f"the only node has {res.describe(self.total)}. The task will wait until a node "
-            "that can run it joins. Lower the request (num_cpus=, num_gpus=, resources=), or "
-            "start a node with enough resources."
+            f"No node in this cluster can ever satisfy the resource request {shape}. "
+            f"The nodes have: {shapes}. It will wait until a node that can run it joins. "
+            "Lower the request (num_cpus=, num_gpus=, resources=), or add a node with enough resources."
         )
         req.conn.notify("infeasible", {"request_id": req.request_id, "message": message})
 
@@ -406,8 +485,32 @@ class Raylet:
         self.store.seal(p["object_id"])
 
     def rpc_free_objects(self, conn: Connection, p: dict[str, Any]) -> None:
+        by_copy: dict[tuple[str, int], list[bytes]] = {}
         for oid in p["object_ids"]:
             self.store.free(oid)
+            for address in self.objects.on_free(oid):
+                by_copy.setdefault((address[0], address[1]), []).append(oid)
+        for address, oids in by_copy.items():
+            asyncio.get_running_loop().create_task(self._free_remote(list(address), oids))
+
+    async def _free_remote(self, address: list[Any], object_ids: list[bytes]) -> None:
+        try:
+            conn = await self._connect_raylet(address)
+            conn.notify("free_objects", {"object_ids": object_ids})
+        except Exception as exc:
+            logger.debug("could not free copies on %s: %s", address, exc)
+
+    async def rpc_pull_object(self, conn: Connection, p: dict[str, Any]) -> bool:
+        await self.objects.pull(p["object_id"], p["address"], int(p["size"]), p.get("owner") or b"")
+        return True
+
+    def rpc_read_object_chunk(self, conn: Connection, p: dict[str, Any]) -> bytes:
+        return self.objects.read_chunk(p["object_id"], int(p["offset"]), int(p["length"]))
+
+    def rpc_copy_made(self, conn: Connection, p: dict[str, Any]) -> None:
+        address = conn.peer_info.get("address")
+        if address:
+            self.objects.copy_made(p["object_id"], address)
 
     def rpc_store_stats(self, conn: Connection, p: Any) -> dict[str, int]:
         return self.store.stats()
