@@ -8,6 +8,7 @@ from typing import Any
 from ember._private import ids, runtime
 from ember._private.object_ref import ObjectRef, _serialization_context
 from ember.api.options import ACTOR_DEFAULTS, actor_resources, validate_actor_options
+from ember.util.scheduling_strategies import strategy_to_wire
 
 _METHOD_OPTIONS = "__ember_method_options__"
 
@@ -126,8 +127,16 @@ class ActorClass:
             "hold": hold,
             "meta": meta,
             "node_id": worker.node_id,
+            "strategy": strategy_to_wire(options.get("scheduling_strategy")),
         }
-        reply = worker.gcs_call("register_actor", spec)
+        from ember.exceptions import RemoteError
+
+        try:
+            reply = worker.gcs_call("register_actor", spec)
+        except RemoteError as exc:
+            if exc.code == "ValueError":  # e.g. the name is taken in this namespace
+                raise ValueError(exc.message) from None
+            raise
         if reply.get("existing"):
             return ActorHandle(reply["actor_id"], reply.get("meta") or meta, owned=False)
         auto_destroy = not spec["name"] and not spec["detached"]

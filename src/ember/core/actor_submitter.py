@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ember._private import serialization
 from ember.core.memory_store import INLINE, PLASMA, Entry
 from ember.core.task_submitter import ARG_PLASMA, ARG_REF, ARG_VALUE
-from ember.exceptions import ActorDiedError, RayActorError, RayError
+from ember.exceptions import ActorDiedError, ActorUnschedulableError, RayActorError, RayError
 from ember.rpc import Connection
 
 if TYPE_CHECKING:
@@ -161,7 +161,10 @@ class ActorSubmitter:
                 message += f"\n{err}"
             except Exception:  # the error itself could not be rebuilt here
                 pass
-        error = ActorDiedError(message, actor_id=client.actor_id.hex())
+        if info.get("error_type") == "ActorUnschedulableError":
+            error: BaseException = ActorUnschedulableError(message)
+        else:
+            error = ActorDiedError(message, actor_id=client.actor_id.hex())
         client.death_error = error
         for call in list(client.in_flight.values()):
             self._fail(call, error)

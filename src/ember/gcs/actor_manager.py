@@ -20,6 +20,7 @@ import enum
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ember.exceptions import ConnectionLost, RemoteError
 from ember.rpc import Connection, connect
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class ActorEntry:
         self.num_restarts = 0
         self.death_cause = ""
         self.creation_error: list[Any] | None = None  # inline serialized RayTaskError
+        self.error_type = ""
         self.waiters: list[asyncio.Future[None]] = []
         self.task: asyncio.Task[None] | None = None
 
@@ -91,6 +93,7 @@ class ActorEntry:
             "incarnation": self.incarnation,
             "death_cause": self.death_cause,
             "creation_error": self.creation_error,
+            "error_type": self.error_type,
             "num_restarts": self.num_restarts,
             "name": self.name,
             "namespace": self.namespace,
@@ -158,22 +161,52 @@ class ActorManager:
             await self._create_once(entry)
         except asyncio.CancelledError:
             raise
+        except ConnectionLost:
+            # The worker died while running __init__: its node daemon reports the death,
+            # which restarts the actor or marks it dead (on_worker_died).
+            logger.info("actor %s lost its worker during creation", entry.actor_id.hex()[:12])
         except Exception as exc:
             logger.exception("creating actor %s failed", entry.actor_id.hex()[:12])
             self._mark_dead(entry, f"the control service could not create it: {exc}")
 
     async def _create_once(self, entry: ActorEntry) -> None:
-        node = self._pick_node(entry)
-        while node is None:
+        request = {
+            "resources": entry.spec.get("place") or {}, "hold": entry.spec.get("hold") or {},
+            "request_id": entry.actor_id, "strategy": entry.spec.get("strategy"), "spilled": False,
+        }
+        node = None
+        warned = False
+        while True:
             if entry.state is ActorState.DEAD:
                 return
-            await asyncio.sleep(0.2)
-            node = self._pick_node(entry)
-        grant = await node.conn.call(
-            "request_lease",
-            {"resources": entry.spec.get("place") or {}, "hold": entry.spec.get("hold") or {}, "request_id": entry.actor_id},
-            timeout=None,
-        )
+            if node is None or not node.alive:
+                node = self._pick_node(entry)
+            if node is None:
+                if not warned:
+                    warned = True
+                    logger.warning(
+                        "actor %s (%s) needs %s, which no node in the cluster has; it waits for one to join",
+                        entry.actor_id.hex()[:12], entry.spec.get("class_name"), entry.spec.get("place"),
+                    )
+                await asyncio.sleep(0.2)
+                continue
+            try:
+                grant = await node.conn.call("request_lease", request, timeout=None)
+            except ConnectionLost:
+                node = None  # that node died: pick another
+                request["spilled"] = False
+                continue
+            except RemoteError as exc:
+                if exc.code == "TaskUnschedulableError":
+                    entry.error_type = "ActorUnschedulableError"
+                    self._mark_dead(entry, f"it cannot be scheduled: {exc.message}")
+                    return
+                raise
+            if grant.get("spillback"):
+                node = self.gcs.nodes.get(grant["spillback"]["node_id"])
+                request["spilled"] = True
+                continue
+            break
         if entry.state is ActorState.DEAD:  # killed while waiting
             node.conn.notify("return_lease", {"lease_id": grant["lease_id"], "kill": True})
             return
