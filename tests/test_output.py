@@ -1,0 +1,190 @@
+"""Worker output reaches the driver; every process has a log file in the session folder."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import ember
+from ember._private import runtime, session
+from ember._private.test_utils import wait_for_condition
+
+
+class _Captured:
+    """Accumulates what capfd captured, since readouterr() consumes it."""
+
+    def __init__(self, capfd):
+        self.capfd = capfd
+        self.out = ""
+        self.err = ""
+
+    def read(self):
+        out, err = self.capfd.readouterr()
+        self.out += out
+        self.err += err
+        return self
+
+
+def test_print_in_task_appears_in_driver_stdout_with_prefix(ember_shared, capfd):
+    @ember.remote
+    def chatty(n):
+        for i in range(n):
+            print(f"chatty line {i}")
+        return os.getpid()
+
+    captured = _Captured(capfd)
+    pid = ember.get(chatty.remote(3))
+    expected = [f"(chatty pid={pid}) chatty line {i}" for i in range(3)]
+    wait_for_condition(lambda: all(line in captured.read().out for line in expected), timeout=10)
+    lines = [line for line in captured.out.splitlines() if "chatty line" in line]
+    assert lines == expected  # in order, each exactly once
+
+
+def test_stderr_in_task_appears_in_driver_stderr(ember_shared, capfd):
+    @ember.remote
+    def complain():
+        print("to stderr", file=sys.stderr)
+        return os.getpid()
+
+    captured = _Captured(capfd)
+    pid = ember.get(complain.remote())
+    wait_for_condition(lambda: f"(complain pid={pid}) to stderr" in captured.read().err, timeout=10)
+    assert "to stderr" not in captured.out
+
+
+def test_output_is_attributed_to_the_task_that_printed_it(ember_shared, capfd):
+    @ember.remote
+    def first():
+        print("printed by first")
+        return os.getpid()
+
+    @ember.remote
+    def second():
+        print("printed by second")
+        return os.getpid()
+
+    captured = _Captured(capfd)
+    pid1 = ember.get(first.remote())
+    pid2 = ember.get(second.remote())
+    wait_for_condition(
+        lambda: f"(first pid={pid1}) printed by first" in captured.read().out
+        and f"(second pid={pid2}) printed by second" in captured.out,
+        timeout=10,
+    )
+    # The internal marker lines that attribute output are never shown.
+    assert ":ember_task:" not in captured.out + captured.err
+
+
+def test_output_uses_the_options_name(ember_shared, capfd):
+    @ember.remote
+    def plain():
+        print("named output")
+        return os.getpid()
+
+    captured = _Captured(capfd)
+    pid = ember.get(plain.options(name="custom_name").remote())
+    wait_for_condition(lambda: f"(custom_name pid={pid}) named output" in captured.read().out, timeout=10)
+
+
+def test_log_to_driver_false_keeps_output_out_of_the_driver(ember_start, capfd):
+    ember_start(num_cpus=1, log_to_driver=False)
+
+    @ember.remote
+    def quiet():
+        print("should stay in the log file")
+        return os.getpid()
+
+    captured = _Captured(capfd)
+    pid = ember.get(quiet.remote())
+    logs = os.path.join(runtime.core_worker().session_dir, "logs")
+
+    def in_log_file():
+        for name in os.listdir(logs):
+            if name.startswith("worker-") and name.endswith(".out"):
+                with open(os.path.join(logs, name)) as f:
+                    if "should stay in the log file" in f.read():
+                        return True
+        return False
+
+    wait_for_condition(in_log_file, timeout=10)
+    # The node daemon tails that file every 50 ms; give a published line ample
+    # time to arrive (with log_to_driver=True it shows up within ~0.1 s).
+    import pytest
+
+    with pytest.raises(RuntimeError, match="not met"):
+        wait_for_condition(lambda: "should stay in the log file" in captured.read().out, timeout=1.5)
+    assert f"pid={pid}" not in captured.out
+
+
+def test_every_process_has_a_log_file(ember_shared):
+    worker = runtime.core_worker()
+    logs = os.path.join(worker.session_dir, "logs")
+    names = os.listdir(logs)
+    assert "gcs_server.log" in names
+    node_hex = worker.node_id.hex()[:12]
+    assert f"raylet-{node_hex}.log" in names
+
+    @ember.remote
+    def pid():
+        return os.getpid()
+
+    ember.get([pid.remote() for _ in range(4)])
+    workers = worker.raylet_call("get_info", None)["workers"]
+    assert workers
+    for w in workers:
+        stem = f"worker-{w['worker_id'].hex()[:16]}"
+        assert f"{stem}.out" in os.listdir(logs), f"no stdout log for worker pid {w['pid']}"
+        assert f"{stem}.err" in os.listdir(logs), f"no stderr log for worker pid {w['pid']}"
+
+    with open(os.path.join(logs, "gcs_server.log")) as f:
+        assert "control service listening" in f.read()
+    with open(os.path.join(logs, f"raylet-{node_hex}.log")) as f:
+        assert "node daemon" in f.read()
+
+
+def test_worker_log_file_holds_its_output(ember_shared):
+    worker = runtime.core_worker()
+
+    @ember.remote
+    def write_out():
+        from ember._private import runtime as rt
+
+        print("line for the log file")
+        return rt.core_worker().worker_id.hex()
+
+    worker_id = ember.get(write_out.remote())
+    path = os.path.join(worker.session_dir, "logs", f"worker-{worker_id[:16]}.out")
+
+    def logged():
+        with open(path) as f:
+            return "line for the log file" in f.read()
+
+    wait_for_condition(logged, timeout=10)
+
+
+def test_session_latest_points_at_the_newest_session(ember_shared):
+    worker = runtime.core_worker()
+    root = session.temp_root()
+    assert root == os.environ["EMBER_TMPDIR"]
+    assert os.path.dirname(worker.session_dir) == root
+    assert os.path.basename(worker.session_dir).startswith("session_")
+    latest = os.path.join(root, "session_latest")
+    assert os.path.islink(latest)
+    assert os.path.realpath(latest) == os.path.realpath(worker.session_dir)
+    for sub in ("logs", "pids"):
+        assert os.path.isdir(os.path.join(worker.session_dir, sub))
+
+
+def test_temp_root_defaults_to_tmp_ember(monkeypatch):
+    monkeypatch.delenv("EMBER_TMPDIR", raising=False)
+    assert session.temp_root() == "/tmp/ember"
+    assert session.current_cluster_file() == "/tmp/ember/ember_current_cluster"
+
+
+def test_new_session_moves_session_latest(ember_start, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBER_TMPDIR", str(tmp_path))
+    first = session.create_session_dir()
+    ember_start(num_cpus=1)
+    second = runtime.core_worker().session_dir
+    assert first != second
+    assert os.path.realpath(os.path.join(str(tmp_path), "session_latest")) == os.path.realpath(second)

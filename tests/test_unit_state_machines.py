@@ -1,0 +1,126 @@
+"""Task (owner side) and worker (node daemon side) state machines (no cluster)."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+
+import pytest
+
+from ember.core.task_state import TaskEntry, TaskStatus
+from ember.raylet.worker_pool import WorkerHandle, WorkerState
+
+T = TaskStatus
+LEGAL_TASK_MOVES = {
+    (T.PENDING_ARGS_AVAIL, T.PENDING_NODE_ASSIGNMENT),
+    (T.PENDING_ARGS_AVAIL, T.FAILED),
+    (T.PENDING_NODE_ASSIGNMENT, T.SUBMITTED_TO_WORKER),
+    (T.PENDING_NODE_ASSIGNMENT, T.FAILED),
+    (T.SUBMITTED_TO_WORKER, T.FINISHED),
+    (T.SUBMITTED_TO_WORKER, T.FAILED),
+    (T.SUBMITTED_TO_WORKER, T.PENDING_NODE_ASSIGNMENT),
+}
+
+
+def _task(status=T.PENDING_ARGS_AVAIL):
+    entry = TaskEntry({"tid": b"t" * 16}, "f", [b"r" * 20], 3, False, [], (), {})
+    entry.status = status
+    return entry
+
+
+def test_new_task_waits_for_its_arguments():
+    entry = _task()
+    assert entry.status is T.PENDING_ARGS_AVAIL
+    assert not entry.done
+
+
+def test_happy_path_and_retry_path():
+    entry = _task()
+    for status in (T.PENDING_NODE_ASSIGNMENT, T.SUBMITTED_TO_WORKER, T.PENDING_NODE_ASSIGNMENT,
+                   T.SUBMITTED_TO_WORKER, T.FINISHED):
+        entry.transition(status)
+        assert entry.status is status
+    assert entry.done
+
+
+@pytest.mark.parametrize("old, new", list(itertools.product(TaskStatus, TaskStatus)),
+                         ids=lambda s: s.value)
+def test_every_task_transition_is_legal_or_raises(old, new):
+    entry = _task(old)
+    if (old, new) in LEGAL_TASK_MOVES:
+        entry.transition(new)
+        assert entry.status is new
+    else:
+        with pytest.raises(RuntimeError, match=f"illegal task transition {old.value} -> {new.value}"):
+            entry.transition(new)
+        assert entry.status is old  # unchanged
+
+
+@pytest.mark.parametrize("terminal", [T.FINISHED, T.FAILED])
+def test_terminal_states_are_final(terminal):
+    entry = _task(terminal)
+    assert entry.done
+    for status in TaskStatus:
+        with pytest.raises(RuntimeError):
+            entry.transition(status)
+
+
+# ----------------------------------------------------------------------------- workers
+W = WorkerState
+LEGAL_WORKER_MOVES = {
+    (W.STARTING, W.IDLE),
+    (W.STARTING, W.DEAD),
+    (W.IDLE, W.LEASED),
+    (W.IDLE, W.DEAD),
+    (W.LEASED, W.IDLE),
+    (W.LEASED, W.DEAD),
+}
+
+
+@pytest.fixture(scope="module")
+def exited_process():
+    """A real (already finished) process for the handle to describe."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc
+
+
+def _worker(proc, status=W.STARTING):
+    handle = WorkerHandle(b"w" * 16, proc, "/dev/null", "/dev/null")
+    handle.state = status
+    return handle
+
+
+def test_worker_starts_in_starting(exited_process):
+    handle = WorkerHandle(b"w" * 16, exited_process, "/dev/null", "/dev/null")
+    assert handle.state is W.STARTING
+    assert handle.pid == exited_process.pid
+
+
+@pytest.mark.parametrize("old, new", list(itertools.product(WorkerState, WorkerState)),
+                         ids=lambda s: s.value)
+def test_every_worker_transition_is_legal_or_raises(exited_process, old, new):
+    handle = _worker(exited_process, old)
+    if (old, new) in LEGAL_WORKER_MOVES:
+        handle.transition(new)
+        assert handle.state is new
+    else:
+        with pytest.raises(RuntimeError, match=f"illegal worker transition {old.value} -> {new.value}"):
+            handle.transition(new)
+        assert handle.state is old
+
+
+def test_idle_since_is_updated_when_the_worker_becomes_idle(exited_process):
+    handle = _worker(exited_process, W.STARTING)
+    before = handle.idle_since
+    handle.transition(W.IDLE)
+    handle.transition(W.LEASED)
+    handle.transition(W.IDLE)
+    assert handle.idle_since >= before
+
+
+def test_dead_is_final(exited_process):
+    handle = _worker(exited_process, W.DEAD)
+    for status in WorkerState:
+        with pytest.raises(RuntimeError):
+            handle.transition(status)
