@@ -8,7 +8,7 @@ from typing import Any
 from ember._private import ids, runtime
 from ember._private.object_ref import ObjectRef, _serialization_context
 from ember.api.options import ACTOR_DEFAULTS, actor_resources, validate_actor_options
-from ember.util.scheduling_strategies import strategy_to_wire
+from ember.util.scheduling_strategies import apply_placement_group, strategy_to_wire
 
 _METHOD_OPTIONS = "__ember_method_options__"
 
@@ -97,6 +97,10 @@ class ActorClass:
         if arg_ids:
             worker.reference_counter.mark_escaped(arg_ids)  # kept for restarts
         place, hold = actor_resources(options)
+        strategy = strategy_to_wire(options.get("scheduling_strategy"))
+        pg_id = strategy["pg_id"] if isinstance(strategy, dict) and strategy.get("type") == "placement_group" else None
+        place, _ = apply_placement_group(place, strategy)
+        hold, strategy = apply_placement_group(hold, strategy)
         meta = dict(self._meta)
         meta["max_task_retries"] = options["max_task_retries"]
         groups = options.get("concurrency_groups") or {}
@@ -127,7 +131,8 @@ class ActorClass:
             "hold": hold,
             "meta": meta,
             "node_id": worker.node_id,
-            "strategy": strategy_to_wire(options.get("scheduling_strategy")),
+            "strategy": strategy,
+            "pg": pg_id,
         }
         from ember.exceptions import RemoteError
 
