@@ -90,12 +90,15 @@ class TaskSubmitter:
         """Called on the loop for each new task."""
         self.tasks[entry.spec["tid"]] = entry
         args = entry.spec["args"]
-        for index, arg in enumerate(args):
-            if arg[0] == ARG_REF:
-                entry.deps_pending += 1
-                self.worker.resolve_entry(arg[1], arg[2], partial(self._dep_ready, entry, index))
-        if entry.deps_pending == 0:
+        refs = [(index, arg) for index, arg in enumerate(args) if arg[0] == ARG_REF]
+        if not refs:
             self._enqueue(entry)
+            return
+        # Count every dependency before resolving any: a ready ref calls _dep_ready at once,
+        # and only the last one may enqueue the task (else it is enqueued, and run, twice).
+        entry.deps_pending += len(refs)
+        for index, arg in refs:
+            self.worker.resolve_entry(arg[1], arg[2], partial(self._dep_ready, entry, index))
 
     def _dep_ready(self, entry: TaskEntry, index: int, resolved: Entry) -> None:
         if entry.done or entry.status is not TaskStatus.PENDING_ARGS_AVAIL:
@@ -140,7 +143,9 @@ class TaskSubmitter:
             if entry.done:
                 continue
             self._push(entry, lease)
-        wanted = min(len(queue), self._max_requests)
+        # Tasks waiting behind a running one on a leased worker count as demand too:
+        # a new lease lets _steal move them to a free worker (else they run serially).
+        wanted = min(self._demand(cls), self._max_requests)
         while len(cls.pending_requests) < wanted:
             self._request_lease(cls)
         if not queue:
@@ -150,6 +155,11 @@ class TaskSubmitter:
                     lease.idle_timer = self.worker.loop.call_later(
                         self._idle_timeout, self._return_lease, cls, lease
                     )
+
+    @staticmethod
+    def _demand(cls: SchedulingClass) -> int:
+        """Tasks that want a worker: queued ones, and those waiting behind a running task on a lease."""
+        return len(cls.queue) + sum(max(0, l.in_flight - 1) for l in cls.leases if not l.dead)
 
     def _steal(self, cls: SchedulingClass) -> None:
         """An idle lease while another worker has tasks queued behind a running one: take them back."""
@@ -224,7 +234,7 @@ class TaskSubmitter:
             self._request_class.pop(request_id, None)
             self._dispatch(cls)
             return
-        if not cls.queue:
+        if not self._demand(cls):
             self._request_class.pop(request_id, None)
             return
         self._request_lease(cls, task.result(), request_id)
