@@ -9,7 +9,7 @@ from ember._private import ids, runtime
 from ember._private.object_ref import ObjectRef
 from ember.api.options import TASK_DEFAULTS, task_resources, validate_task_options
 from ember.core.task_state import TaskEntry
-from ember.util.scheduling_strategies import strategy_to_wire
+from ember.util.scheduling_strategies import apply_placement_group, strategy_to_wire
 
 
 class RemoteFunction:
@@ -70,6 +70,7 @@ class RemoteFunction:
         wire_args, kw_names, arg_ids = worker.encode_args(args, kwargs, name)
         resources = task_resources(options)
         strategy = strategy_to_wire(options.get("scheduling_strategy"))
+        resources, strategy = apply_placement_group(resources, strategy)
         address = worker.address
         spec = {
             "tid": task_id,

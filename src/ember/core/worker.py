@@ -510,6 +510,23 @@ class CoreWorker:
         self.loop.call_soon_threadsafe(register)
         return future
 
+    def object_from_coroutine(self, make_coro: Any) -> ObjectRef:
+        """An owned ObjectRef resolved with the result (or error) of ``make_coro()`` run on the loop."""
+        object_id = ids.put_object_id(self._put_parent_task())
+        self.reference_counter.add_owned(object_id, self.address)
+        ref = ObjectRef(object_id, self.address)
+
+        async def run() -> None:
+            try:
+                value = await make_coro()
+                entry: Entry = (INLINE, serialization.serialize(value).to_inline())
+            except Exception as exc:
+                entry = (INLINE, serialization.serialize_error(exc).to_inline())
+            self.store_owned_result(object_id, entry)
+
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(run()))
+        return ref
+
     # ================================================================ tasks
     def submit_task(self, entry: TaskEntry) -> None:
         """Hand a task to the loop; many submissions share one wake-up."""

@@ -17,6 +17,7 @@ from typing import Any
 from ember._private import ids
 from ember._private.config import config
 from ember.gcs.actor_manager import ActorManager
+from ember.gcs.placement_groups import PlacementGroupManager
 from ember.gcs.storage import InMemoryStorage
 from ember.rpc import Connection
 
@@ -67,6 +68,7 @@ class GcsServer:
         self.subscribers: dict[str, set[Connection]] = {}
         self._health_task: asyncio.Task[None] | None = None
         self.actor_manager = ActorManager(self)
+        self.pg_manager = PlacementGroupManager(self)
 
     def start(self) -> None:
         self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
@@ -120,12 +122,19 @@ class GcsServer:
         logger.warning("node %s is dead: %s", entry.info["node_id"].hex()[:12], reason)
         self.publish("nodes", entry.to_public())
         self.actor_manager.on_node_died(entry.info["node_id"], reason)
+        self.pg_manager.on_node_died(entry.info["node_id"])
 
     def rpc_report(self, conn: Connection, report: dict[str, Any]) -> list[list[Any]]:
         """A node's load report (its heartbeat); the reply is every live node's load."""
         entry = self.nodes.get(report["node_id"])
         if entry is not None and entry.alive:
             entry.available = report["available"]
+            if "total" in report and report["total"] != entry.info["resources"]:
+                entry.info["resources"] = report["total"]
+                # Node shapes changed (placement-group bundles): let every node see it now.
+                for other in self.nodes.values():
+                    if other is not entry and other.alive:
+                        other.conn.notify("refresh_view", None)
             entry.store_used = report.get("store_used", 0)
             entry.store_objects = report.get("store_objects", 0)
             entry.last_heartbeat = time.monotonic()
@@ -177,6 +186,7 @@ class GcsServer:
             entry["end_time"] = time.time()
             self.publish("jobs", {"job_id": job_id, "status": entry["status"]})
             self.actor_manager.on_job_finished(job_id)
+            self.pg_manager.on_job_finished(job_id)
 
     def rpc_get_jobs(self, conn: Connection, payload: Any) -> list[dict[str, Any]]:
         return list(self.jobs.values())
@@ -197,6 +207,22 @@ class GcsServer:
 
     def rpc_worker_died(self, conn: Connection, p: dict[str, Any]) -> None:
         self.actor_manager.on_worker_died(p["worker_id"], p.get("detail", ""))
+
+    # ------------------------------------------------------ placement groups
+    def rpc_create_placement_group(self, conn: Connection, spec: dict[str, Any]) -> dict[str, Any]:
+        return self.pg_manager.create(spec)
+
+    async def rpc_remove_placement_group(self, conn: Connection, p: dict[str, Any]) -> bool:
+        return await self.pg_manager.remove(p["pg_id"])
+
+    async def rpc_wait_placement_group(self, conn: Connection, p: dict[str, Any]) -> str:
+        return await self.pg_manager.wait_ready(p["pg_id"])
+
+    def rpc_placement_group_table(self, conn: Connection, p: Any) -> dict[str, Any]:
+        return self.pg_manager.table()
+
+    def rpc_get_placement_group(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any] | None:
+        return self.pg_manager.get_by_name(p["name"], p.get("namespace") or "")
 
     def rpc_infeasible(self, conn: Connection, p: dict[str, Any]) -> None:
         logger.warning("an actor cannot be placed: %s", p.get("message"))

@@ -74,6 +74,9 @@ class Raylet:
         )
         self.policy_state = policy.PolicyState()
         self._raylet_peers: dict[tuple[str, int], asyncio.Future[Connection]] = {}
+        from ember.raylet.bundles import BundleManager
+
+        self.bundles = BundleManager(self.total, self.available)
         self.objects = ObjectManager(self.store, self.node_id, self._connect_raylet, token)
         self.transfer: Any = None
 
@@ -156,8 +159,16 @@ class Raylet:
     stop_event: asyncio.Event
 
     # ================================================================ loops
+    def report_now(self) -> None:
+        """Send a report (and so refresh our cluster view) without waiting for the period."""
+        self._report_wakeup.set()
+
+    def rpc_refresh_view(self, conn: Connection, p: Any) -> None:
+        self.report_now()
+
     async def _report_loop(self) -> None:
         period = config().resource_report_period_s
+        self._report_wakeup = asyncio.Event()
         while True:
             if self.gcs is not None and not self.gcs.closed:
                 stats = self.store.stats()
@@ -165,6 +176,7 @@ class Raylet:
                     view = await self.gcs.call("report", {
                         "node_id": self.node_id,
                         "available": res.to_float({k: max(v, 0) for k, v in self.available.items()}),
+                        "total": res.to_float(self.total),
                         "store_used": stats["used"],
                         "store_objects": stats["objects"],
                         "num_workers": len(self.pool.alive()),
@@ -172,7 +184,11 @@ class Raylet:
                     self._update_view(view)
                 except Exception as exc:  # a slow or restarting control service: try again next period
                     logger.debug("resource report failed: %s", exc)
-            await asyncio.sleep(period)
+            try:
+                await asyncio.wait_for(self._report_wakeup.wait(), period)
+            except asyncio.TimeoutError:
+                pass
+            self._report_wakeup.clear()
 
     def _update_view(self, rows: list[list[Any]]) -> None:
         view: dict[bytes, policy.NodeView] = {}
@@ -462,6 +478,8 @@ class Raylet:
     def _warn_infeasible(self, req: LeaseRequest) -> None:
         if req.warned_infeasible:
             return
+        if any("_group_" in name for name in req.resources):
+            return  # waiting for a placement group to be placed is normal; the control service reports groups that cannot be
         req.warned_infeasible = True
         shape = res.describe(req.resources)
         shapes = "; ".join(sorted(res.describe(n.total) for n in self._local_view().values()))
@@ -471,6 +489,36 @@ class Raylet:
             "Lower the request (num_cpus=, num_gpus=, resources=), or add a node with enough resources."
         )
         req.conn.notify("infeasible", {"request_id": req.request_id, "message": message})
+
+    # ================================================================ RPC: bundles
+    def rpc_prepare_bundle(self, conn: Connection, p: dict[str, Any]) -> bool:
+        self.bundles.prepare(p["pg_id"], int(p["index"]), p["resources"])
+        return True
+
+    def rpc_cancel_bundle(self, conn: Connection, p: dict[str, Any]) -> bool:
+        self.bundles.cancel(p["pg_id"], int(p["index"]))
+        self._schedule()
+        return True
+
+    def rpc_commit_bundle(self, conn: Connection, p: dict[str, Any]) -> bool:
+        self.bundles.commit(p["pg_id"], int(p["index"]))
+        self._schedule()
+        self.report_now()
+        return True
+
+    def rpc_remove_bundle(self, conn: Connection, p: dict[str, Any]) -> bool:
+        from ember.raylet.bundles import uses_group
+
+        pg_id = p["pg_id"]
+        # Tasks and actors running in the group end with it.
+        for lease in list(self.leases.values()):
+            if uses_group(lease.resources, pg_id):
+                self.pool.kill(lease.worker)
+                self._release_lease(lease)
+        self.bundles.remove(pg_id, int(p["index"]))
+        self._schedule()
+        self.report_now()
+        return True
 
     # ================================================================ RPC: objects
     def rpc_create_object(self, conn: Connection, p: dict[str, Any]) -> bool:

@@ -53,6 +53,26 @@ class NodeLabelSchedulingStrategy:
         raise ValueError("NodeLabelSchedulingStrategy is not supported by Ember yet")
 
 
+def apply_placement_group(resources: dict[str, float], strategy: Any) -> tuple[dict[str, float], Any]:
+    """For a placement-group strategy: the group's renamed resources, and the default policy.
+
+    Other strategies pass through unchanged.
+    """
+    if not (isinstance(strategy, dict) and strategy.get("type") == "placement_group"):
+        return resources, strategy
+    from ember.gcs.placement_policy import bundle_marker, group_resource_names
+
+    pg_hex = strategy["pg_id"].hex()
+    index = int(strategy.get("bundle", -1))
+    out: dict[str, float] = {}
+    for name, amount in resources.items():
+        indexed, wildcard = group_resource_names(pg_hex, index, name)
+        out[indexed if index >= 0 else wildcard] = amount
+    # The marker keeps even a zero-resource task on the group's node(s).
+    out[bundle_marker(pg_hex, index)] = 0.001
+    return out, None
+
+
 def strategy_to_wire(strategy: Any) -> Any:
     """The wire form of a ``scheduling_strategy=`` option (None for the default)."""
     if strategy is None or strategy == "DEFAULT":
