@@ -417,6 +417,9 @@ class Raylet:
             lease.blocked = False
             res.subtract(self.available, lease.cpu)
 
+    def _num_blocked(self) -> int:
+        return sum(1 for lease in self.leases.values() if lease.blocked)
+
     def _lease_of(self, conn: Connection) -> Lease | None:
         worker: WorkerHandle | None = conn.state.get("worker")
         if worker is None or worker.lease_id is None:
@@ -450,7 +453,7 @@ class Raylet:
             self._grant(req, worker)
         self.pending = still_pending
         starting = self.pool.num_starting()
-        while waiting_for_worker > starting and self.pool.can_start() and not self.stopping:
+        while waiting_for_worker > starting and self.pool.can_start(self._num_blocked()) and not self.stopping:
             self._start_worker()
             starting += 1
         if blocked_on_resources:
@@ -465,7 +468,7 @@ class Raylet:
         res.subtract(self.available, req.hold)
         self.leases[lease_id] = Lease(lease_id, worker, req.hold, req.conn)
         # Keep a worker warm so the next lease (often an actor) does not wait for a process start.
-        if not self.pool.idle and not self.pool.num_starting() and self.pool.can_start() and not self.stopping:
+        if not self.pool.idle and not self.pool.num_starting() and self.pool.can_start(self._num_blocked()) and not self.stopping:
             self._start_worker()
         req.future.set_result({
             "lease_id": lease_id,

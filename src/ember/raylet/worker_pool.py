@@ -81,8 +81,10 @@ class WorkerPool:
     def num_starting(self) -> int:
         return sum(1 for w in self.workers.values() if w.state is WorkerState.STARTING)
 
-    def can_start(self) -> bool:
-        return len(self.alive()) < self.max_workers
+    def can_start(self, blocked: int = 0) -> bool:
+        """Whether another worker may start; workers blocked in ``get`` do not count,
+        so nested tasks can always make progress."""
+        return len(self.alive()) - blocked < self.max_workers
 
     # -------------------------------------------------------------- starting
     def start_worker(self) -> WorkerHandle:
