@@ -25,6 +25,7 @@ from ember.core.memory_store import INLINE, PLASMA, Entry
 from ember.core.task_state import TaskEntry, TaskStatus
 from ember.exceptions import (
     ConnectionLost,
+    NodeDiedError,
     RayError,
     RemoteError,
     TaskCancelledError,
@@ -44,12 +45,14 @@ ARG_PLASMA = 2  # [2, object_id, owner, [node_id, size, raylet_address]]  read f
 
 
 class LeaseState:
-    __slots__ = ("lease_id", "worker_id", "conn", "in_flight", "idle_timer", "dead", "pid", "raylet", "stealing")
+    __slots__ = ("lease_id", "worker_id", "conn", "in_flight", "idle_timer", "dead", "pid", "raylet", "stealing", "node_death")
 
     def __init__(self, lease_id: bytes, worker_id: bytes, conn: Connection, pid: int, raylet: Connection) -> None:
         self.raylet = raylet
         #: A steal request is out: its queued tasks are on their way back.
         self.stealing = False
+        #: Set when the control service declared this lease's node dead: (node id, address, reason).
+        self.node_death: tuple[bytes, str, str] | None = None
         self.lease_id = lease_id
         self.worker_id = worker_id
         self.conn = conn
@@ -340,13 +343,31 @@ class TaskSubmitter:
             logger.info("worker running %s died (%s); retrying", entry.name, detail)
             self._requeue(entry)
             return
-        error = WorkerCrashedError(
-            f"The worker running {entry.name}() ({detail}) died unexpectedly "
-            f"({exc or 'connection lost'}), and the task has no retries left "
-            "(max_retries). Check the worker's log in the session's logs folder for the cause "
-            "(for example an out-of-memory kill or a crash in native code)."
-        )
+        error: RayError
+        if lease.node_death is not None:
+            node_id, address, reason = lease.node_death
+            error = NodeDiedError(
+                f"The node {node_id.hex()[:12]} at {address} running {entry.name}() died ({reason}), "
+                "and the task has no retries left (max_retries)."
+            )
+        else:
+            error = WorkerCrashedError(
+                f"The worker running {entry.name}() ({detail}) died unexpectedly "
+                f"({exc or 'connection lost'}), and the task has no retries left "
+                "(max_retries). Check the worker's log in the session's logs folder for the cause "
+                "(for example an out-of-memory kill or a crash in native code)."
+            )
         self._fail(entry, self._error_entry(error))
+
+    def on_node_died(self, node_id: bytes, address: str, reason: str) -> None:
+        """The control service declared a node dead: its leases are lost even if no socket noticed yet."""
+        for cls in self.classes.values():
+            for lease in list(cls.leases):
+                if lease.raylet.peer_info.get("node_id") == node_id or (
+                    lease.raylet is self.worker.raylet and self.worker.node_id == node_id
+                ):
+                    lease.node_death = (node_id, address, reason)
+                    lease.conn.close(f"its node died ({reason})")
 
     def _task_raised(self, entry: TaskEntry, error_inline: list[Any]) -> None:
         if entry.retries_left != 0 and entry.retry_exceptions and not entry.cancelled:

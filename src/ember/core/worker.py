@@ -134,8 +134,9 @@ class CoreWorker:
             self.namespace = job["namespace"]
             self.driver_task_id = ids.new_task_id(self.job_id)
             await self.gcs.call("kv_put", {"ns": "job", "key": self.job_id, "value": json.dumps(self.job_config).encode()})
-            if self.log_to_driver:
-                await self.gcs.call("subscribe", ["logs"])
+            await self.gcs.call("subscribe", ["logs", "nodes"] if self.log_to_driver else ["nodes"])
+        else:
+            await self.gcs.call("subscribe", ["nodes"])
 
     def _raylet_lost(self, conn: Connection) -> None:
         if self.shutting_down:
@@ -640,6 +641,13 @@ class CoreWorker:
         channel, data = message
         if channel == "logs":
             self._print_logs(data)
+        elif channel == "nodes" and not data.get("Alive"):
+            node_id = bytes.fromhex(data["NodeID"])
+            address = f"{data['NodeManagerAddress']}:{data['NodeManagerPort']}"
+            reason = data.get("DeathReason") or "unknown reason"
+            if self.mode == DRIVER:
+                logger.warning("node %s at %s died: %s", node_id.hex()[:12], address, reason)
+            self.submitter.on_node_died(node_id, address, reason)
 
     def _print_logs(self, record: dict[str, Any]) -> None:
         job = record.get("job", "")

@@ -103,6 +103,13 @@ class GcsServer:
     # ---------------------------------------------------------------- nodes
     def rpc_register_node(self, conn: Connection, info: dict[str, Any]) -> dict[str, Any]:
         node_id = info["node_id"]
+        known = self.nodes.get(node_id)
+        if known is not None and not known.alive:
+            # A node declared dead must not come back and deliver stale results.
+            raise ValueError(
+                f"node {node_id.hex()[:12]} was declared dead ({known.death_reason}); "
+                "restart it so that it joins as a new node"
+            )
         entry = NodeEntry(info, conn)
         self.nodes[node_id] = entry
         conn.state["node_id"] = node_id
