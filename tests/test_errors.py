@@ -264,6 +264,44 @@ def test_cancel_task_waiting_for_its_arguments(ember_shared, tmp_path):
         ember.get(dep, timeout=30)
 
 
+def test_cancelled_error_message_names_the_task_once(ember_shared):
+    @ember.remote(resources={"no_such_resource": 1})
+    def never_scheduled():
+        return 1
+
+    ref = never_scheduled.remote()
+    ember.cancel(ref)
+    with pytest.raises(TaskCancelledError) as info:
+        ember.get(ref, timeout=30)
+    assert str(info.value) == f"Task {ref.task_id().hex()} was cancelled."
+    assert info.value.task_id == ref.task_id().hex()
+
+
+def test_objects_owned_by_a_dead_worker_raise_owner_died(ember_shared, tmp_path):
+    from ember.exceptions import ObjectLostError, OwnerDiedError
+
+    @ember.remote
+    def put_inside(pid_file):
+        small = ember.put("small value")
+        large = ember.put(b"x" * (1024 * 1024))
+        write_file_atomic(pid_file, str(os.getpid()))
+        return [small, large]
+
+    pid_file = str(tmp_path / "pid")
+    small, large = ember.get(put_inside.remote(pid_file))
+    pid = int(wait_for_file(pid_file))
+    # Borrowed from a live owner: readable.
+    assert ember.get(small) == "small value"
+    os.kill(pid, signal.SIGKILL)
+    wait_for_condition(lambda: not pid_alive(pid), timeout=10)
+    # The driver had fetched ``small`` already (cached); ``large`` was never fetched.
+    with pytest.raises(OwnerDiedError) as info:
+        ember.get(large, timeout=30)
+    assert isinstance(info.value, ObjectLostError)
+    assert large.hex() in str(info.value)
+    assert "died" in str(info.value)
+
+
 def test_cancel_queued_task_that_cannot_be_scheduled(ember_shared):
     @ember.remote(resources={"no_such_resource": 1})
     def never_scheduled():

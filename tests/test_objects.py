@@ -295,3 +295,23 @@ def test_value_outlives_its_put_ref_while_a_task_uses_it(ember_shared, tmp_path)
     wait_for_file(started)
     _release(gate)
     assert ember.get(result, timeout=30) == MiB
+
+
+def test_large_result_of_a_dropped_ref_is_freed(ember_shared):
+    worker = runtime.core_worker()
+
+    @ember.remote
+    def make():
+        return np.zeros(2 * MiB, dtype=np.uint8)
+
+    make.remote()  # the ref is dropped at once; the result must not stay in the store
+    kept = make.remote()
+    assert ember.get(kept).nbytes == 2 * MiB
+
+    def only_kept_remains():
+        stats = worker.raylet_call("store_stats", None)
+        return stats["objects"] == 1 and os.listdir(worker.store_dir) == [kept.hex()]
+
+    wait_for_condition(only_kept_remains, timeout=10)
+    del kept
+    wait_for_condition(lambda: worker.raylet_call("store_stats", None)["objects"] == 0, timeout=10)

@@ -107,3 +107,40 @@ def test_nested_task_error_keeps_the_original_class():
     rebuilt = _round_trip(outer).as_instanceof_cause()
     assert isinstance(rebuilt, KeyError)
     assert rebuilt.function_name == "outer"
+
+
+# ----------------------------------------------------------------------------- every Ember error pickles faithfully
+def _ember_error_classes():
+    from ember import exceptions
+
+    return [getattr(exceptions, n) for n in sorted(exceptions.__all__)
+            if issubclass(getattr(exceptions, n), exceptions.RayError)]
+
+
+@pytest.mark.parametrize("cls", _ember_error_classes(), ids=lambda c: c.__name__)
+def test_ember_errors_survive_pickling_unchanged(cls):
+    from ember.exceptions import RemoteError
+
+    if cls is RayTaskError:
+        error = RayTaskError("fn", "Traceback ...", ValueError("v"), 12, "127.0.0.1", "ab" * 16)
+    elif cls is RemoteError:
+        error = RemoteError("Code", "message")
+    else:
+        try:
+            error = cls("a message")
+        except TypeError:
+            error = cls()
+    out = pickle.loads(pickle.dumps(error))
+    assert type(out) is cls
+    assert str(out) == str(error)
+    assert out.args == error.args
+    assert out.__dict__.keys() == error.__dict__.keys()
+
+
+def test_cancelled_and_lost_errors_keep_their_message():
+    from ember.exceptions import ObjectLostError, OwnerDiedError, TaskCancelledError
+
+    assert str(pickle.loads(pickle.dumps(TaskCancelledError("ab12")))) == "Task ab12 was cancelled."
+    lost = pickle.loads(pickle.dumps(OwnerDiedError("ff00", "The owner died.")))
+    assert str(lost) == "The owner died." and lost.object_ref_hex == "ff00"
+    assert str(pickle.loads(pickle.dumps(ObjectLostError("ee")))) == "Object ee is lost and cannot be recovered."

@@ -38,7 +38,18 @@ class RayError(Exception):
     """The root of every error Ember raises."""
 
     def __reduce__(self) -> Any:
-        return (type(self), self.args, self.__dict__ or None)
+        # Rebuilt from state, not by calling __init__ with ``args``: subclasses'
+        # __init__ take other arguments (task_id, object_ref_hex...) than the
+        # message that ends up in ``args``.
+        return (_rebuild_error, (type(self), self.args, self.__dict__ or None))
+
+
+def _rebuild_error(cls: type, args: tuple[Any, ...], state: dict[str, Any] | None) -> RayError:
+    err = cls.__new__(cls, *args)
+    err.args = args
+    if state:
+        err.__dict__.update(state)
+    return err
 
 
 EmberError = RayError
