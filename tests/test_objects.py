@@ -304,14 +304,18 @@ def test_large_result_of_a_dropped_ref_is_freed(ember_shared):
     def make():
         return np.zeros(2 * MiB, dtype=np.uint8)
 
-    make.remote()  # the ref is dropped at once; the result must not stay in the store
+    before = set(os.listdir(worker.store_dir))
+    dropped_task = make.remote().task_id()  # the ref is dropped at once
     kept = make.remote()
     assert ember.get(kept).nbytes == 2 * MiB
+    wait_for_condition(lambda: worker.submitter.num_pending() == 0, timeout=30)  # both tasks replied
 
     def only_kept_remains():
-        stats = worker.raylet_call("store_stats", None)
-        return stats["objects"] == 1 and os.listdir(worker.store_dir) == [kept.hex()]
+        new = set(os.listdir(worker.store_dir)) - before
+        return new == {kept.hex()}
 
     wait_for_condition(only_kept_remains, timeout=10)
+    assert not any(name.startswith(dropped_task.hex()) for name in os.listdir(worker.store_dir))
+    path = os.path.join(worker.store_dir, kept.hex())
     del kept
-    wait_for_condition(lambda: worker.raylet_call("store_stats", None)["objects"] == 0, timeout=10)
+    wait_for_condition(lambda: not os.path.exists(path), timeout=10)
