@@ -20,6 +20,10 @@ class Config:
     max_direct_call_object_size: int = 100 * 1024
     #: Default object store capacity as a fraction of system memory.
     object_store_memory_fraction: float = 0.3
+    #: Spill objects to disk once the store is fuller than this fraction.
+    object_spilling_threshold: float = 0.8
+    #: Where to spill: a folder or an fsspec URL (default: the session's spill/ folder).
+    object_spilling_directory: str = ""
     #: Alignment of out-of-band buffers inside an object file.
     object_buffer_alignment: int = 64
 

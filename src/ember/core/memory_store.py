@@ -26,14 +26,21 @@ Entry = tuple[int, Any]
 class MemoryStore:
     def __init__(self) -> None:
         self._entries: dict[bytes, Entry] = {}
-        self._cond = threading.Condition(threading.Lock())
+        # Held through the lock itself (``with self._lock``), not the
+        # condition: ``Condition.__enter__``/``__exit__`` are Python calls,
+        # and this lock is taken once per task result and per freed ref.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        #: Threads inside ``wait`` (guarded by ``_lock``): ``put`` notifies only if any.
+        self._waiters = 0
         self._callbacks: dict[bytes, list[Callable[[Entry], None]]] = {}
 
     def put(self, object_id: bytes, entry: Entry) -> None:
-        with self._cond:
+        with self._lock:
             self._entries[object_id] = entry
             callbacks = self._callbacks.pop(object_id, None)
-            self._cond.notify_all()
+            if self._waiters:
+                self._cond.notify_all()
         if callbacks:
             for fn in callbacks:
                 fn(entry)
@@ -45,13 +52,18 @@ class MemoryStore:
         return object_id in self._entries
 
     def delete(self, object_id: bytes) -> Entry | None:
-        with self._cond:
+        if object_id not in self._entries and object_id not in self._callbacks:
+            # The common case for a borrowed ref: nothing here. Checking
+            # without the lock is safe: each lookup is atomic, and a put that
+            # lands right after is the same as one that lands after a delete.
+            return None
+        with self._lock:
             self._callbacks.pop(object_id, None)
             return self._entries.pop(object_id, None)
 
     def on_ready(self, object_id: bytes, fn: Callable[[Entry], None]) -> None:
         """Call ``fn(entry)`` once the entry exists (now, if it already does)."""
-        with self._cond:
+        with self._lock:
             entry = self._entries.get(object_id)
             if entry is None:
                 self._callbacks.setdefault(object_id, []).append(fn)
@@ -60,20 +72,27 @@ class MemoryStore:
 
     def wait(self, object_ids: Iterable[bytes], num_ready: int, timeout: float | None) -> set[bytes]:
         """Block until ``num_ready`` of ``object_ids`` have entries or ``timeout`` passes."""
-        ids = list(object_ids)
+        ids = set(object_ids)
+        entries = self._entries
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                ready = {oid for oid in ids if oid in self._entries}
-                if len(ready) >= num_ready:
-                    return ready
-                if deadline is None:
-                    self._cond.wait(1.0)
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return ready
-                    self._cond.wait(remaining)
+        with self._lock:
+            # Every put wakes us: check again only the ids still missing, not
+            # all of them (a get of 1000 task results wakes up many times).
+            pending = [oid for oid in ids if oid not in entries]
+            self._waiters += 1
+            try:
+                while len(ids) - len(pending) < num_ready:
+                    if deadline is None:
+                        self._cond.wait(1.0)
+                    else:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
+                    pending = [oid for oid in pending if oid not in entries]
+            finally:
+                self._waiters -= 1
+        return ids.difference(pending)
 
     def __len__(self) -> int:
         return len(self._entries)

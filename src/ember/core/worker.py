@@ -118,7 +118,7 @@ class CoreWorker:
         if self.mode == WORKER:
             info = await self.raylet.call("register_worker", {"worker_id": self.worker_id, "address": self.address})
         else:
-            info = await self.raylet.call("register_client", {"client_id": self.worker_id})
+            info = await self.raylet.call("register_client", {"client_id": self.worker_id, "pid": os.getpid()})
         self.node_id = info["node_id"]
         self.raylet_location = info["raylet_address"]
         self.store_dir = info["store_dir"]
@@ -459,7 +459,15 @@ class CoreWorker:
     def _read_plasma(self, object_id: bytes, location: list[Any]) -> tuple[int, Any]:
         node_id = location[0]
         path = os.path.join(self.store_dir, object_id.hex())
-        if node_id != self.node_id and not os.path.exists(path):
+        if node_id == self.node_id and not os.path.exists(path):
+            # Spilled to disk: have the node daemon bring it back.
+            if not self.raylet_call("restore_object", {"object_id": object_id}, timeout=None):
+                raise ObjectLostError(
+                    object_id.hex(),
+                    f"Object {object_id.hex()} is no longer in the object store of node {node_id.hex()[:12]} "
+                    "(it was freed or its node's store was cleared).",
+                )
+        elif node_id != self.node_id and not os.path.exists(path):
             try:
                 self.raylet_call("pull_object", {"object_id": object_id, "address": location[2], "size": location[1]}, timeout=None)
             except RemoteError as exc:
@@ -468,14 +476,18 @@ class CoreWorker:
                     f"Object {object_id.hex()} could not be fetched from node {node_id.hex()[:12]} "
                     f"at {location[2][0]}:{location[2][1]}: {exc.message}",
                 ) from None
-        try:
-            return object_file.read_object(path)
-        except FileNotFoundError:
-            raise ObjectLostError(
-                object_id.hex(),
-                f"Object {object_id.hex()} is no longer in the object store of node {node_id.hex()[:12]} "
-                "(it was freed or its node's store was cleared).",
-            ) from None
+        for _attempt in range(3):
+            try:
+                return object_file.read_object(path)
+            except FileNotFoundError:
+                # Spilled between our check and the read: bring it back and try again.
+                if node_id != self.node_id or not self.raylet_call("restore_object", {"object_id": object_id}, timeout=None):
+                    break
+        raise ObjectLostError(
+            object_id.hex(),
+            f"Object {object_id.hex()} is no longer in the object store of node {node_id.hex()[:12]} "
+            "(it was freed or its node's store was cleared).",
+        )
 
     def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None, fetch_local: bool) -> tuple[list[ObjectRef], list[ObjectRef]]:
         store = self.memory_store
@@ -570,6 +582,10 @@ class CoreWorker:
         counter = self.reference_counter
         for rid in return_ids:
             counter.add_owned(rid, address)
+        # A pending call keeps its actor alive (as in Ray: `get(A.remote().f.remote())` works);
+        # released with the argument refs when the call completes.
+        counter.add_submitted([actor_id], lambda _: None)
+        arg_ids = [*arg_ids, actor_id]
         refs = [ObjectRef(rid, address) for rid in return_ids]
         self.submit_task(ActorCall(spec, return_ids, max_task_retries, arg_ids))  # type: ignore[arg-type]
         return refs

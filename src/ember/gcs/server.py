@@ -32,6 +32,7 @@ class NodeEntry:
         self.available: dict[str, float] = dict(info["resources"])
         self.store_used = 0
         self.store_objects = 0
+        self.store_spilled = 0
         self.last_heartbeat = time.monotonic()
         self.death_reason = ""
 
@@ -49,6 +50,7 @@ class NodeEntry:
             "ObjectStoreCapacity": info.get("store_capacity", 0),
             "ObjectStoreUsed": self.store_used,
             "ObjectStoreObjects": self.store_objects,
+            "ObjectStoreSpilled": self.store_spilled,
             "ObjectStoreDir": info.get("store_dir", ""),
             "IsHead": bool(info.get("is_head")),
             "DeathReason": self.death_reason,
@@ -144,6 +146,7 @@ class GcsServer:
                         other.conn.notify("refresh_view", None)
             entry.store_used = report.get("store_used", 0)
             entry.store_objects = report.get("store_objects", 0)
+            entry.store_spilled = report.get("store_spilled", 0)
             entry.last_heartbeat = time.monotonic()
         return self.rpc_get_node_addresses(conn, None)
 

@@ -18,7 +18,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ember.exceptions import ObjectLostError
+from ember.exceptions import ObjectLostError, RemoteError
 from ember.raylet.object_store import ObjectStore
 from ember.raylet.object_transfer import PARALLEL_STREAMS, pull_object
 from ember.rpc import Connection
@@ -37,7 +37,9 @@ class ObjectManager:
         node_id: bytes,
         connect_raylet: Callable[[list[Any]], Awaitable[Connection]],
         token: str,
+        make_room: Callable[[int], Awaitable[None]],
     ) -> None:
+        self.make_room = make_room
         import concurrent.futures
 
         self._token = token
@@ -75,7 +77,10 @@ class ObjectManager:
     async def _transfer(self, object_id: bytes, source: list[Any], size: int, owner: bytes) -> None:
         conn = await self._connect(source)
         transfer_port = conn.peer_info.get("transfer_port")
-        self.store.reserve(object_id, size, owner)
+        await conn.call("prepare_transfer", {"object_id": object_id}, timeout=120.0)
+        if self.store.used + size > self.store.capacity:
+            await self.make_room(size)
+        self.store.reserve(object_id, size, owner, primary=False)
         path = self.store.path(object_id)
         part = path + ".part"
         try:
@@ -90,7 +95,9 @@ class ObjectManager:
                 os.unlink(part)
             except OSError:
                 pass
-            self.store.free(object_id)
+            self.store.drop_memory_copy(object_id)
+            if isinstance(exc, RemoteError):
+                raise ObjectLostError(object_id.hex(), f"Could not copy object {object_id.hex()}: {exc.message}") from exc
             if isinstance(exc, ObjectLostError):
                 raise
             if isinstance(exc, asyncio.CancelledError):

@@ -1,9 +1,14 @@
-"""Accounting for the node's shared-memory object store.
+"""Accounting for the node's shared-memory object store, and its spill files.
 
 Workers write object files themselves (no copy through this daemon); they
 first *reserve* room here, then report the object *sealed*. This module
 decides whether an object fits, remembers who owns each object, and deletes
 files when owners free them or die.
+
+An object is in one of three places: in memory (``objects``, a file in the
+store directory), spilled (``spilled``, a file in the spill location, not
+counted against capacity), or both (restored after a spill: the spill file
+is kept so that spilling it again costs nothing).
 """
 
 from __future__ import annotations
@@ -11,13 +16,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections import OrderedDict
 
 from ember.exceptions import ObjectStoreFullError
 
 logger = logging.getLogger(__name__)
 
 
-def _fmt(n: float) -> str:
+def fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
@@ -26,12 +32,23 @@ def _fmt(n: float) -> str:
 
 
 class ObjectEntry:
-    __slots__ = ("size", "owner", "sealed")
+    __slots__ = ("size", "owner", "sealed", "primary")
 
-    def __init__(self, size: int, owner: bytes) -> None:
+    def __init__(self, size: int, owner: bytes, primary: bool) -> None:
         self.size = size
         self.owner = owner
         self.sealed = False
+        #: False for a copy pulled from another node: it can be dropped instead of spilled.
+        self.primary = primary
+
+
+class SpilledEntry:
+    __slots__ = ("url", "size", "owner")
+
+    def __init__(self, url: str, size: int, owner: bytes) -> None:
+        self.url = url
+        self.size = size
+        self.owner = owner
 
 
 class ObjectStore:
@@ -39,58 +56,97 @@ class ObjectStore:
         self.directory = directory
         self.capacity = capacity
         self.used = 0
-        self.objects: dict[bytes, ObjectEntry] = {}
+        #: In-memory objects, oldest first (the spill order).
+        self.objects: OrderedDict[bytes, ObjectEntry] = OrderedDict()
+        self.spilled: dict[bytes, SpilledEntry] = {}
+        self.spilled_bytes = 0
+        self.owner_names: dict[bytes, str] = {}
         os.makedirs(directory, exist_ok=True)
 
     def path(self, object_id: bytes) -> str:
         return os.path.join(self.directory, object_id.hex())
 
-    def reserve(self, object_id: bytes, size: int, owner: bytes) -> None:
+    def reserve(self, object_id: bytes, size: int, owner: bytes, primary: bool = True) -> None:
         if object_id in self.objects:
             return  # a retried task writing the same return again
         if self.used + size > self.capacity:
-            raise ObjectStoreFullError(
-                f"The object store on this node is full: {_fmt(self.used)} of {_fmt(self.capacity)} used "
-                f"by {len(self.objects)} objects, and an object of {_fmt(size)} does not fit. "
-                "Free references you no longer need (del the ObjectRefs), or start Ember with a "
-                "larger object_store_memory= (ember.init) / --object-store-memory (ember start)."
-            )
-        self.objects[object_id] = ObjectEntry(size, owner)
+            raise ObjectStoreFullError(self.full_message(size))
+        self.objects[object_id] = ObjectEntry(size, owner, primary)
         self.used += size
+
+    def full_message(self, size: int) -> str:
+        holders: dict[bytes, list[int]] = {}
+        for entry in self.objects.values():
+            holders.setdefault(entry.owner, []).append(entry.size)
+        top = sorted(holders.items(), key=lambda kv: -sum(kv[1]))[:3]
+        named = ", ".join(
+            f"{self.owner_names.get(owner, 'worker ' + owner.hex()[:12])} holds {len(sizes)} object(s), {fmt_bytes(sum(sizes))}"
+            for owner, sizes in top
+        )
+        return (
+            f"The object store on this node is full: {fmt_bytes(self.used)} of {fmt_bytes(self.capacity)} used "
+            f"by {len(self.objects)} objects ({fmt_bytes(self.spilled_bytes)} more spilled to disk), and an "
+            f"object of {fmt_bytes(size)} does not fit even after spilling."
+            + (f" Largest holders: {named}." if named else "")
+            + " Free references you no longer need (del the ObjectRefs), or start Ember with a larger "
+            "object_store_memory= (ember.init) / --object-store-memory (ember start)."
+        )
 
     def seal(self, object_id: bytes) -> None:
         entry = self.objects.get(object_id)
         if entry is not None:
             entry.sealed = True
 
-    def free(self, object_id: bytes) -> None:
+    def drop_memory_copy(self, object_id: bytes) -> None:
+        """Remove the in-memory file (after it was spilled, or for a secondary copy)."""
         entry = self.objects.pop(object_id, None)
         if entry is None:
             return
         self.used -= entry.size
-        try:
-            os.unlink(self.path(object_id))
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            logger.warning("could not delete object file %s: %s", object_id.hex(), exc)
+        _unlink(self.path(object_id))
 
-    def free_owned_by(self, owner: bytes, unsealed_only: bool = False) -> int:
+    def free(self, object_id: bytes) -> str | None:
+        """Forget an object everywhere; returns its spill URL for the caller to delete, if any."""
+        self.drop_memory_copy(object_id)
+        spilled = self.spilled.pop(object_id, None)
+        if spilled is None:
+            return None
+        self.spilled_bytes -= spilled.size
+        return spilled.url
+
+    def free_owned_by(self, owner: bytes, unsealed_only: bool = False) -> list[str]:
         victims = [
             oid for oid, e in self.objects.items() if e.owner == owner and (not unsealed_only or not e.sealed)
         ]
-        for oid in victims:
-            self.free(oid)
-        return len(victims)
+        if not unsealed_only:
+            victims += [oid for oid, e in self.spilled.items() if e.owner == owner and oid not in victims]
+        urls = [self.free(oid) for oid in victims]
+        return [u for u in urls if u]
 
     def contains(self, object_id: bytes) -> bool:
         entry = self.objects.get(object_id)
         return entry is not None and entry.sealed
 
+    def spill_candidates(self) -> list[bytes]:
+        """Sealed in-memory objects, oldest first."""
+        return [oid for oid, e in self.objects.items() if e.sealed]
+
     def stats(self) -> dict[str, int]:
-        return {"used": self.used, "capacity": self.capacity, "objects": len(self.objects)}
+        return {
+            "used": self.used, "capacity": self.capacity, "objects": len(self.objects),
+            "spilled_bytes": self.spilled_bytes, "spilled_objects": len(self.spilled),
+        }
 
     def destroy(self) -> None:
         self.objects.clear()
         self.used = 0
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.warning("could not delete object file %s: %s", path, exc)

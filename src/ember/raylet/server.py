@@ -77,7 +77,13 @@ class Raylet:
         from ember.raylet.bundles import BundleManager
 
         self.bundles = BundleManager(self.total, self.available)
-        self.objects = ObjectManager(self.store, self.node_id, self._connect_raylet, token)
+        from ember.raylet.spilling import Spiller
+
+        spill_location = cfg.object_spilling_directory or os.path.join(
+            opts.session_dir, "spill", self.node_id.hex()[:12]
+        )
+        self.spiller = Spiller(self.store, spill_location, cfg.object_spilling_threshold)
+        self.objects = ObjectManager(self.store, self.node_id, self._connect_raylet, token, self.spiller.make_room)
         self.transfer: Any = None
 
     # ================================================================ start/stop
@@ -131,7 +137,9 @@ class Raylet:
         }
 
     def _sealed_path(self, object_id: bytes) -> str | None:
-        return self.store.path(object_id) if self.store.contains(object_id) else None
+        if self.store.contains(object_id):
+            return self.store.path(object_id)
+        return self.spiller.local_spill_path(object_id)
 
     async def stop(self) -> None:
         self.stopping = True
@@ -149,6 +157,7 @@ class Raylet:
         self.pool.stop_all(config().process_stop_timeout_s)
         self.log_monitor.poll()
         self.store.destroy()
+        self.spiller.stop()
         if self.gcs is not None:
             self.gcs.close("node daemon stopping")
 
@@ -179,6 +188,7 @@ class Raylet:
                         "total": res.to_float(self.total),
                         "store_used": stats["used"],
                         "store_objects": stats["objects"],
+                    "store_spilled": stats["spilled_bytes"],
                         "num_workers": len(self.pool.alive()),
                     }, timeout=max(5.0, period * 10))
                     self._update_view(view)
@@ -260,9 +270,8 @@ class Raylet:
         client_id = conn.state.get("client_id")
         if client_id is not None:
             self.clients.pop(client_id, None)
-            freed = self.store.free_owned_by(client_id)
-            if freed:
-                logger.info("freed %d objects of departed owner %s", freed, client_id.hex()[:12])
+            for url in self.store.free_owned_by(client_id):
+                self.spiller.delete(url)
         # Lease requests and leases of a departed holder.
         for req in [r for r in self.pending if r.conn is conn]:
             self.pending.remove(req)
@@ -333,12 +342,14 @@ class Raylet:
             raise ValueError("unknown worker id; this worker was not started by this node daemon")
         conn.state["worker"] = handle
         conn.state["client_id"] = p["worker_id"]
+        self.store.owner_names[p["worker_id"]] = f"worker pid {handle.pid}"
         self.clients[p["worker_id"]] = conn
         self._schedule()
         return self._client_info()
 
     def rpc_register_client(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any]:
         conn.state["client_id"] = p["client_id"]
+        self.store.owner_names[p["client_id"]] = f"driver pid {p.get('pid', '?')}"
         self.clients[p["client_id"]] = conn
         return self._client_info()
 
@@ -524,9 +535,12 @@ class Raylet:
         return True
 
     # ================================================================ RPC: objects
-    def rpc_create_object(self, conn: Connection, p: dict[str, Any]) -> bool:
+    async def rpc_create_object(self, conn: Connection, p: dict[str, Any]) -> bool:
+        size = int(p["size"])
         try:
-            self.store.reserve(p["object_id"], int(p["size"]), p["owner"])
+            if self.store.used + size > self.store.capacity:
+                await self.spiller.make_room(size)
+            self.store.reserve(p["object_id"], size, p["owner"])
         except ObjectStoreFullError as exc:
             exc.expected = True  # type: ignore[attr-defined]
             raise
@@ -534,11 +548,31 @@ class Raylet:
 
     def rpc_seal_object(self, conn: Connection, p: dict[str, Any]) -> None:
         self.store.seal(p["object_id"])
+        self.spiller.after_seal()
+
+    async def rpc_restore_object(self, conn: Connection, p: dict[str, Any]) -> bool:
+        """Make a spilled object readable in memory again; False if this node does not have it."""
+        return await self.spiller.restore(p["object_id"])
+
+    async def rpc_prepare_transfer(self, conn: Connection, p: dict[str, Any]) -> bool:
+        """Before another node streams an object from us: make sure there is a local file to send."""
+        object_id = p["object_id"]
+        if self._sealed_path(object_id) is not None:
+            return True
+        if await self.spiller.restore(object_id):
+            return True
+        from ember.exceptions import ObjectLostError
+
+        err = ObjectLostError(object_id.hex(), f"object {object_id.hex()} is not on node {self.node_id.hex()[:12]}")
+        err.expected = True  # type: ignore[attr-defined]
+        raise err
 
     def rpc_free_objects(self, conn: Connection, p: dict[str, Any]) -> None:
         by_copy: dict[tuple[str, int], list[bytes]] = {}
         for oid in p["object_ids"]:
-            self.store.free(oid)
+            url = self.store.free(oid)
+            if url:
+                self.spiller.delete(url)
             for address in self.objects.on_free(oid):
                 by_copy.setdefault((address[0], address[1]), []).append(oid)
         for address, oids in by_copy.items():
