@@ -237,13 +237,9 @@ def test_blocking_get_in_a_task_waits_for_a_put(ember_shared, tmp_path):
     q.shutdown()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a task submitted while another task of the same scheduling class is blocked in "
-    "ember.get is pipelined (max_tasks_in_flight_per_worker=4) onto the blocked worker and waits "
-    "behind it, so a producer task never reaches a consumer task blocked in Queue.get",
-)
-def test_consumer_task_and_producer_task(ember_shared, tmp_path):
+def test_consumer_task_and_producer_task(ember_local, tmp_path):
+    """A producer task submitted while a consumer task of the same shape blocks in get must not
+    wait behind it on the consumer's worker (regression: pipelining onto a blocked worker)."""
     q = Queue()
     started = str(tmp_path / "started")
 

@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 import ember
+from ember._private import runtime
 from ember.exceptions import ActorDiedError, RayActorError, RayTaskError
 from ember._private.test_utils import wait_for_condition, wait_for_file
 
@@ -73,6 +74,10 @@ class Recorder:
 
     def get_value(self):
         return self.value
+
+    def wait_for(self, gate):
+        wait_for_file(gate, timeout=60)
+        return os.getpid()
 
     def block(self, path):
         """Report this attempt in ``path.<n>``, then sleep on the first attempt only (the test kills it)."""
@@ -588,6 +593,33 @@ def test_anonymous_actor_is_destroyed_when_its_handles_are_gone(ember_shared):
     wait_for_condition(lambda: pid_gone(pid), timeout=20)
 
 
+def test_pending_calls_keep_an_unreferenced_actor_alive(ember_shared, files):
+    # The common idiom: the handle is gone before the call runs.
+    assert ember.get([Counter.remote(i).incr.remote() for i in range(3)], timeout=60) == [1, 2, 3]
+    # The actor lives until its last pending call is done, then it is destroyed.
+    a = Recorder.remote(str(files / "init.log"), 0)
+    actor_id = a._actor_id
+    gate = str(files / "gate")
+    ref = a.wait_for.remote(gate)
+    counter = runtime.core_worker().reference_counter
+    del a
+    # Once the handle's release is processed, only the pending call holds the actor ...
+    wait_for_condition(lambda: counter.snapshot().get(actor_id, (1,))[0] == 0, timeout=10)
+    ember.nodes()  # a round trip to the control service, after any kill the release could have sent
+    with open(gate, "w") as f:
+        f.write("go")
+    pid = ember.get(ref, timeout=30)  # ... and the call completes
+    wait_for_condition(lambda: pid_gone(pid), timeout=20)  # then the actor is destroyed
+
+
+def test_unreferenced_actor_is_destroyed_after_its_last_call(ember_shared):
+    c = Counter.remote()
+    pid_ref = c.pid.remote()
+    del c
+    pid = ember.get(pid_ref, timeout=30)
+    wait_for_condition(lambda: pid_gone(pid), timeout=20)
+
+
 def test_an_actor_kept_by_a_live_handle_is_not_destroyed(ember_shared):
     c = Counter.remote()
     pid = ember.get(c.pid.remote())
@@ -811,3 +843,229 @@ def test_calls_queued_behind_a_crash_are_failed_or_retried(ember_shared, files):
     assert ember.get(behind, timeout=30) == ["q"] * 5
     assert ember.get(ref, timeout=30)[0] == 1
     ember.kill(a)
+
+
+# ============================================================================ more behaviour
+def test_large_arguments_and_returns(ember_shared):
+    import numpy as np
+
+    @ember.remote
+    class Big:
+        def __init__(self, array):
+            self.array = array
+
+        def total(self, other):
+            return float(self.array.sum() + other.sum())
+
+        def make(self, n):
+            return np.ones(n, dtype=np.uint8)
+
+    base = np.ones(1_000_000, dtype=np.uint8)  # well over the inline limit: goes through the object store
+    b = Big.remote(base)
+    assert ember.get(b.total.remote(base)) == 2_000_000.0
+    assert ember.get(b.total.remote(ember.put(base))) == 2_000_000.0
+    out = ember.get(b.make.remote(2_000_000))
+    assert out.shape == (2_000_000,) and int(out.sum()) == 2_000_000
+    ember.kill(b)
+
+
+def test_many_actors_on_two_cpus(ember_shared):
+    actors = [Counter.remote(i) for i in range(8)]
+    assert ember.get([a.get.remote() for a in actors], timeout=60) == list(range(8))
+    assert len(set(ember.get([a.pid.remote() for a in actors]))) == 8  # one process each
+    for a in actors:
+        ember.kill(a)
+
+
+def test_ray_terminate_ends_the_actor(ember_shared):
+    c = Counter.options(max_restarts=1).remote()
+    pid = ember.get(c.pid.remote())
+    with pytest.raises(RayActorError):
+        ember.get(c.__ray_terminate__.remote(), timeout=30)
+    wait_for_condition(lambda: pid_gone(pid), timeout=20)
+    with pytest.raises(ActorDiedError):
+        ember.get(c.get.remote(), timeout=30)
+
+
+def test_kill_during_a_call_fails_that_call(ember_shared, files):
+    a = Recorder.options(max_task_retries=-1).remote(str(files / "init.log"), 0)
+    ref, pid, _ = _start_blocking_call(a, files)
+    ember.kill(a)
+    with pytest.raises(ActorDiedError, match="killed"):
+        ember.get(ref, timeout=30)
+    wait_for_condition(lambda: pid_gone(pid), timeout=20)
+
+
+def test_async_and_threaded_methods_raise_like_sync_ones(ember_shared):
+    @ember.remote
+    class AsyncFails:
+        async def fail(self):
+            raise ValueError("async boom")
+
+        async def ok(self):
+            return "ok"
+
+    @ember.remote(max_concurrency=2)
+    class ThreadFails:
+        def fail(self):
+            raise ValueError("thread boom")
+
+        def ok(self):
+            return "ok"
+
+    for cls, text in ((AsyncFails, "async boom"), (ThreadFails, "thread boom")):
+        h = cls.remote()
+        with pytest.raises(ValueError, match=text):
+            ember.get(h.fail.remote(), timeout=30)
+        assert ember.get(h.ok.remote(), timeout=30) == "ok"
+        ember.kill(h)
+
+
+def test_exit_actor_in_threaded_actor(ember_shared):
+    @ember.remote(max_concurrency=3)
+    class ThreadQuitter:
+        def pid(self):
+            return os.getpid()
+
+        def quit(self):
+            ember.actor.exit_actor()
+
+    q = ThreadQuitter.remote()
+    pid = ember.get(q.pid.remote())
+    with pytest.raises(ActorDiedError, match="exit_actor"):
+        ember.get(q.quit.remote(), timeout=30)
+    wait_for_condition(lambda: pid_gone(pid), timeout=20)
+
+
+def test_runtime_context_inside_an_actor(ember_shared):
+    @ember.remote
+    class Who:
+        def actor_id(self):
+            return ember.get_runtime_context().get_actor_id()
+
+    w = Who.remote()
+    actor_id = ember.get(w.actor_id.remote())
+    assert actor_id == w._ray_actor_id.hex()
+    ember.kill(w)
+
+
+def test_a_named_actor_survives_its_handles(ember_shared):
+    c = Counter.options(name="kept_by_name", namespace="survive").remote(3)
+    pid = ember.get(c.pid.remote())
+    del c
+    again = ember.get_actor("kept_by_name", namespace="survive")
+    assert ember.get(again.incr.remote()) == 4
+    assert ember.get(again.pid.remote()) == pid
+    ember.kill(again)
+
+
+def test_async_actor_calls_from_one_caller_start_in_order(ember_shared):
+    @ember.remote
+    class AsyncLog:
+        def __init__(self):
+            self.items = []
+
+        async def add(self, i):
+            self.items.append(i)  # before the first await: records the start order
+
+        async def items_(self):
+            return self.items
+
+    log = AsyncLog.remote()
+    ember.get([log.add.remote(i) for i in range(1000)], timeout=60)
+    assert ember.get(log.items_.remote()) == list(range(1000))
+    ember.kill(log)
+
+
+def test_restart_reuses_large_constructor_arguments(ember_shared):
+    import numpy as np
+
+    @ember.remote(max_restarts=1)
+    class Holder:
+        def __init__(self, array, small):
+            self.total = int(array.sum()) + small
+
+        def info(self):
+            return os.getpid(), self.total
+
+    h = Holder.remote(np.ones(500_000, dtype=np.uint8), ember.put(7))
+    pid, total = ember.get(h.info.remote(), timeout=30)
+    assert total == 500_007
+    sigkill(pid)
+    new_pid, new_total = wait_for_condition(
+        lambda: (lambda r: r if r[0] != pid else None)(ember.get(h.info.remote(), timeout=30)), timeout=30
+    )
+    assert new_total == 500_007 and new_pid != pid
+    ember.kill(h)
+
+
+def test_calls_sent_while_restarting_run_in_order_on_the_new_incarnation(ember_shared):
+    @ember.remote(max_restarts=1, max_task_retries=-1)
+    class Log:
+        def __init__(self):
+            self.items = []
+
+        def add(self, i):
+            self.items.append(i)
+
+        def state(self):
+            return os.getpid(), self.items
+
+    log = Log.remote()
+    pid, _ = ember.get(log.state.remote())
+    sigkill(pid)
+    refs = [log.add.remote(i) for i in range(200)]  # the caller may not know about the death yet
+    ember.get(refs, timeout=60)
+    new_pid, items = ember.get(log.state.remote())
+    assert new_pid != pid
+    assert items == list(range(200))
+
+
+def test_init_failing_on_a_failed_argument(ember_shared):
+    @ember.remote
+    def broken():
+        raise OSError("no such thing")
+
+    b = Counter.remote(broken.remote())
+    with pytest.raises(ActorDiedError, match="no such thing"):
+        ember.get(b.get.remote(), timeout=30)
+
+
+def test_killed_pending_actor_fails_its_calls(ember_start):
+    ember_start(num_cpus=0)
+    pending = Counter.remote()
+    call = pending.incr.remote()
+    ember.kill(pending)
+    with pytest.raises(ActorDiedError, match="killed"):
+        ember.get(call, timeout=30)
+
+
+def test_actors_owned_by_an_actor_die_with_it(ember_shared):
+    @ember.remote
+    class Parent:
+        def __init__(self):
+            self.child = Counter.remote()
+
+        def child_pid(self):
+            return ember.get(self.child.pid.remote())
+
+    p = Parent.remote()
+    child_pid = ember.get(p.child_pid.remote(), timeout=30)
+    ember.kill(p)
+    wait_for_condition(lambda: pid_gone(child_pid), timeout=20)
+
+
+def test_handle_to_a_dead_actor_used_in_a_task(ember_shared):
+    c = Counter.remote()
+    ember.get(c.incr.remote())
+    ember.kill(c)
+
+    @ember.remote
+    def call(handle):
+        try:
+            ember.get(handle.incr.remote(), timeout=30)
+        except ActorDiedError as exc:
+            return "died: " + str(exc)
+        return "ran"
+
+    assert ember.get(call.remote(c), timeout=60).startswith("died")
