@@ -227,22 +227,30 @@ def test_object_store_full_error_names_how_full_the_store_is(ember_start):
     with pytest.raises(ObjectStoreFullError, match=r"0 B of 32\.0 MiB used"):
         ember.put(np.zeros(40 * MiB, dtype=np.uint8))
 
+    # A value that fits once older ones are spilled to disk is stored, and nothing is lost.
+    first = ember.put(np.full(20 * MiB, 1, dtype=np.uint8))
+    second = ember.put(np.full(20 * MiB, 2, dtype=np.uint8))
+    worker = runtime.core_worker()
+    assert worker.raylet_call("store_stats", None)["spilled_objects"] == 1
+    assert int(ember.get(first)[-1]) == 1 and int(ember.get(second)[0]) == 2
+
+    # Dropping the refs frees the room, in memory and on disk.
+    del first, second
+    wait_for_condition(lambda: worker.raylet_call("store_stats", None)["used"] == 0, timeout=10)
+    wait_for_condition(lambda: worker.raylet_call("store_stats", None)["spilled_bytes"] == 0, timeout=10)
+
+
+def test_object_store_full_when_spilling_cannot_make_room(ember_start, monkeypatch):
+    monkeypatch.setenv("EMBER_object_spilling_directory", "/proc/ember-cannot-write-here")
+    ember_start(num_cpus=1, object_store_memory=32 * MiB)
     first = ember.put(np.zeros(20 * MiB, dtype=np.uint8))
     with pytest.raises(ObjectStoreFullError) as info:
         ember.put(np.zeros(20 * MiB, dtype=np.uint8))
     message = str(info.value)
     assert "20.0 MiB of 32.0 MiB used by 1 objects" in message
+    assert "Largest holders: driver pid" in message  # names who holds the memory
     assert "object_store_memory" in message  # says what to do
-
-    # Dropping the ref frees the room.
-    worker = runtime.core_worker()
-    path = os.path.join(worker.store_dir, first.hex())
-    assert os.path.exists(path)
-    del first
-    wait_for_condition(lambda: not os.path.exists(path), timeout=10)
-    wait_for_condition(lambda: worker.raylet_call("store_stats", None)["used"] == 0, timeout=10)
-    again = ember.put(np.zeros(20 * MiB, dtype=np.uint8))
-    assert ember.get(again).nbytes == 20 * MiB
+    assert ember.get(first).nbytes == 20 * MiB  # nothing lost
 
 
 def test_task_returning_too_large_a_value_fails_with_object_store_full(ember_start):

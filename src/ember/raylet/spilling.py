@@ -37,7 +37,10 @@ class Spiller:
         self._restoring: dict[bytes, asyncio.Future[None]] = {}
         self._background: asyncio.Task[None] | None = None
         if not _is_url(self.location):
-            os.makedirs(self.location, exist_ok=True)
+            try:
+                os.makedirs(self.location, exist_ok=True)
+            except OSError as exc:  # spilling will fail and say so; the node still runs
+                logger.error("cannot create the spill folder %s: %s", self.location, exc)
 
     # ================================================================ paths
     def _url(self, object_id: bytes) -> str:
