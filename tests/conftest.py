@@ -30,6 +30,8 @@ from ember._private import runtime
 from ember._private.test_utils import wait_for_condition
 
 STORE_BYTES = 200 * 1024 * 1024
+#: Seconds a process still running after its test may take to finish exiting.
+EXIT_GRACE_S = 3.0
 _PR_SET_CHILD_SUBREAPER = 36
 
 #: The cluster of the module-scoped ``ember_shared`` fixture while it is up.
@@ -159,6 +161,14 @@ def check_no_leftovers(shm_before: set[str], allowed_pids: set[int], allowed_shm
     """End and remove what is left over; return a description of each leftover."""
     problems: list[str] = []
     leftovers = _live_descendants(allowed_pids)
+    if leftovers:
+        # Orphans of a daemon that was killed die a moment later (parent-death
+        # signal): give processes that are already exiting a short grace period.
+        try:
+            wait_for_condition(lambda: not _live_descendants(allowed_pids), timeout=EXIT_GRACE_S)
+        except RuntimeError:
+            pass
+        leftovers = _live_descendants(allowed_pids)
     if leftovers:
         problems.append("processes left running: " + "; ".join(_describe(p) for p in leftovers))
         _end_processes(leftovers)
