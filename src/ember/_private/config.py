@@ -73,6 +73,14 @@ class Config:
     #: Idle workers beyond the prestart count exit after this many seconds.
     idle_worker_kill_s: float = 10.0
 
+    # --- memory monitor ----------------------------------------------------
+    #: Fraction of node (or cgroup) memory above which a worker is ended (1.0: off).
+    memory_usage_threshold: float = 0.95
+    #: Seconds between memory checks.
+    memory_monitor_period_s: float = 0.25
+    #: First delay before retrying a task the memory monitor ended (doubles per retry).
+    oom_retry_backoff_s: float = 0.5
+
     # --- health ------------------------------------------------------------
     heartbeat_period_s: float = 1.0
     #: Seconds between resource reports a node sends when nothing changes.

@@ -26,6 +26,7 @@ from ember.core.task_state import TaskEntry, TaskStatus
 from ember.exceptions import (
     ConnectionLost,
     NodeDiedError,
+    OutOfMemoryError,
     RayError,
     RemoteError,
     TaskCancelledError,
@@ -45,7 +46,7 @@ ARG_PLASMA = 2  # [2, object_id, owner, [node_id, size, raylet_address]]  read f
 
 
 class LeaseState:
-    __slots__ = ("lease_id", "worker_id", "conn", "in_flight", "idle_timer", "dead", "pid", "raylet", "stealing", "node_death")
+    __slots__ = ("lease_id", "worker_id", "conn", "in_flight", "idle_timer", "dead", "pid", "raylet", "stealing", "node_death", "oom_detail")
 
     def __init__(self, lease_id: bytes, worker_id: bytes, conn: Connection, pid: int, raylet: Connection) -> None:
         self.raylet = raylet
@@ -53,6 +54,8 @@ class LeaseState:
         self.stealing = False
         #: Set when the control service declared this lease's node dead: (node id, address, reason).
         self.node_death: tuple[bytes, str, str] | None = None
+        #: Set when the memory monitor ended this lease's worker.
+        self.oom_detail = ""
         self.lease_id = lease_id
         self.worker_id = worker_id
         self.conn = conn
@@ -194,6 +197,7 @@ class TaskSubmitter:
         fut = raylet.call_future("request_lease", {
             "request_id": request_id, "resources": cls.resources, "strategy": cls.strategy,
             "spilled": raylet is not self.worker.raylet,
+            "retriable": any(e.retries_left != 0 for e in cls.queue) if cls.queue else True,
         })
         fut.add_done_callback(partial(self._on_lease_reply, cls, request_id, raylet))
 
@@ -341,10 +345,22 @@ class TaskSubmitter:
             if entry.retries_left > 0:
                 entry.retries_left -= 1
             logger.info("worker running %s died (%s); retrying", entry.name, detail)
+            if lease.oom_detail:
+                # Give the node time to recover memory before the task runs again.
+                delay = config().oom_retry_backoff_s * (2 ** min(entry.attempt - 1, 6))
+                entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT)
+                self.worker.loop.call_later(delay, self._requeue_later, entry)
+                return
             self._requeue(entry)
             return
         error: RayError
-        if lease.node_death is not None:
+        if lease.oom_detail:
+            error = OutOfMemoryError(
+                f"Task {entry.name}() was killed: {lease.oom_detail}. It has no retries left (max_retries). "
+                "Run fewer such tasks at once, or request memory= for it so the scheduler does not "
+                "pack more of them onto a node than fit; the threshold is EMBER_memory_usage_threshold."
+            )
+        elif lease.node_death is not None:
             node_id, address, reason = lease.node_death
             error = NodeDiedError(
                 f"The node {node_id.hex()[:12]} at {address} running {entry.name}() died ({reason}), "
@@ -385,6 +401,19 @@ class TaskSubmitter:
                 self._requeue(entry)
                 return
         self._fail(entry, (INLINE, error_inline))
+
+    def _requeue_later(self, entry: TaskEntry) -> None:
+        if entry.done:
+            return
+        cls = self.classes[entry.sched_key]
+        cls.queue.append(entry)
+        self._dispatch(cls)
+
+    def on_worker_oom_killed(self, worker_id: bytes, detail: str) -> None:
+        for cls in self.classes.values():
+            for lease in cls.leases:
+                if lease.worker_id == worker_id:
+                    lease.oom_detail = detail
 
     def _requeue(self, entry: TaskEntry) -> None:
         entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT)

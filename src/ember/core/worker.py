@@ -650,6 +650,9 @@ class CoreWorker:
     def rpc_infeasible(self, conn: Connection, p: dict[str, Any]) -> None:
         self.submitter.on_infeasible(p["request_id"], p["message"])
 
+    def rpc_worker_oom_killed(self, conn: Connection, p: dict[str, Any]) -> None:
+        self.submitter.on_worker_oom_killed(p["worker_id"], p["detail"])
+
     def rpc_release_idle_leases(self, conn: Connection, p: Any) -> None:
         self.submitter.release_idle_leases()
 

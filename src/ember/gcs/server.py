@@ -71,6 +71,7 @@ class GcsServer:
         self._health_task: asyncio.Task[None] | None = None
         self.actor_manager = ActorManager(self)
         self.pg_manager = PlacementGroupManager(self)
+        self._oom_details: dict[bytes, str] = {}
 
     def start(self) -> None:
         self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
@@ -216,7 +217,11 @@ class GcsServer:
         return self.actor_manager.kill(p["actor_id"], bool(p.get("no_restart", True)), cause)
 
     def rpc_worker_died(self, conn: Connection, p: dict[str, Any]) -> None:
-        self.actor_manager.on_worker_died(p["worker_id"], p.get("detail", ""))
+        detail = self._oom_details.pop(p["worker_id"], None) or p.get("detail", "")
+        self.actor_manager.on_worker_died(p["worker_id"], detail)
+
+    def rpc_worker_oom_killed(self, conn: Connection, p: dict[str, Any]) -> None:
+        self._oom_details[p["worker_id"]] = "it ran out of memory: " + p["detail"]
 
     # ------------------------------------------------------ placement groups
     def rpc_create_placement_group(self, conn: Connection, spec: dict[str, Any]) -> dict[str, Any]:

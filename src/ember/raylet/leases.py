@@ -31,7 +31,7 @@ class LeaseRequest:
 
 
 class Lease:
-    __slots__ = ("lease_id", "worker", "resources", "holder", "blocked")
+    __slots__ = ("lease_id", "worker", "resources", "holder", "blocked", "retriable", "granted_at")
 
     def __init__(self, lease_id: bytes, worker: WorkerHandle, resources: Resources, holder: Connection) -> None:
         self.lease_id = lease_id
@@ -39,6 +39,8 @@ class Lease:
         self.resources = resources
         self.holder = holder
         self.blocked = False
+        self.retriable = True
+        self.granted_at = 0.0
 
     @property
     def cpu(self) -> Resources:

@@ -120,7 +120,10 @@ class Raylet:
         self.gcs.add_close_callback(self._gcs_lost)
         await self.gcs.call("register_node", self.node_info())
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._report_loop()), loop.create_task(self._log_loop()), loop.create_task(self._reap_loop())]
+        self._tasks = [
+            loop.create_task(self._report_loop()), loop.create_task(self._log_loop()),
+            loop.create_task(self._reap_loop()), loop.create_task(self._memory_loop()),
+        ]
         logger.info("node daemon %s listening on %s:%d", self.node_id.hex()[:12], opts.node_ip, port)
 
     def node_info(self) -> dict[str, Any]:
@@ -257,6 +260,40 @@ class Raylet:
             self._kill_surplus_idle()
             if len(self.pool.workers) != before:
                 self._schedule()
+
+    async def _memory_loop(self) -> None:
+        from ember.raylet import memory_monitor as mm
+
+        cfg = config()
+        if cfg.memory_usage_threshold >= 1.0:
+            return
+        while True:
+            await asyncio.sleep(cfg.memory_monitor_period_s)
+            snapshot = mm.read_memory()
+            if snapshot.fraction <= cfg.memory_usage_threshold:
+                continue
+            candidates = [
+                mm.Candidate(l.worker.worker_id, l.retriable, l.granted_at)
+                for l in self.leases.values() if l.worker.state is WorkerState.LEASED and l.worker.proc.poll() is None
+            ]
+            victim = mm.choose_victim(candidates)
+            if victim is None:
+                continue
+            lease = next(l for l in self.leases.values() if l.worker.worker_id == victim.worker_id)
+            gib = 1024 ** 3
+            detail = (
+                f"the memory monitor of node {self.node_id.hex()[:12]} ({self.opts.node_ip}) ended it because the node "
+                f"used {snapshot.used / gib:.2f} GiB of {snapshot.total / gib:.2f} GiB "
+                f"({100 * snapshot.fraction:.0f}%, above the threshold of {100 * cfg.memory_usage_threshold:.0f}%)"
+            )
+            logger.warning("killing worker pid %d: %s", lease.worker.pid, detail)
+            lease.holder.notify("worker_oom_killed", {"worker_id": victim.worker_id, "detail": detail})
+            self.pool.kill(lease.worker)
+            # Let the kill take effect before looking again.
+            for _ in range(40):
+                if lease.worker.proc.poll() is not None:
+                    break
+                await asyncio.sleep(0.025)
 
     def _publish_logs(self, record: dict[str, Any]) -> None:
         if self.gcs is not None and not self.gcs.closed:
@@ -477,7 +514,10 @@ class Raylet:
         worker.transition(WorkerState.LEASED)
         worker.lease_id = lease_id
         res.subtract(self.available, req.hold)
-        self.leases[lease_id] = Lease(lease_id, worker, req.hold, req.conn)
+        lease = Lease(lease_id, worker, req.hold, req.conn)
+        lease.retriable = bool(req.payload.get("retriable", True))
+        lease.granted_at = time.monotonic()
+        self.leases[lease_id] = lease
         # Keep a worker warm so the next lease (often an actor) does not wait for a process start.
         if not self.pool.idle and not self.pool.num_starting() and self.pool.can_start(self._num_blocked()) and not self.stopping:
             self._start_worker()
