@@ -26,21 +26,21 @@ Entry = tuple[int, Any]
 class MemoryStore:
     def __init__(self) -> None:
         self._entries: dict[bytes, Entry] = {}
-        # Held through the lock itself (``with self._lock``), not the
-        # condition: ``Condition.__enter__``/``__exit__`` are Python calls,
-        # and this lock is taken once per task result and per freed ref.
+        # Guards entries, callbacks and waiters. A plain lock, taken once per
+        # task result and per freed ref; each waiting thread has a condition on it.
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        #: Threads inside ``wait`` (guarded by ``_lock``): ``put`` notifies only if any.
-        self._waiters = 0
+        #: Object id -> the threads in ``wait`` that still miss it (guarded by ``_lock``).
+        self._waiting: dict[bytes, list[_Waiter]] = {}
         self._callbacks: dict[bytes, list[Callable[[Entry], None]]] = {}
 
     def put(self, object_id: bytes, entry: Entry) -> None:
         with self._lock:
             self._entries[object_id] = entry
             callbacks = self._callbacks.pop(object_id, None)
-            if self._waiters:
-                self._cond.notify_all()
+            waiters = self._waiting.pop(object_id, None)
+            if waiters:
+                for waiter in waiters:
+                    waiter.arrived(object_id)
         if callbacks:
             for fn in callbacks:
                 fn(entry)
@@ -76,23 +76,51 @@ class MemoryStore:
         entries = self._entries
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            # Every put wakes us: check again only the ids still missing, not
-            # all of them (a get of 1000 task results wakes up many times).
-            pending = [oid for oid in ids if oid not in entries]
-            self._waiters += 1
+            missing = {oid for oid in ids if oid not in entries}
+            needed = num_ready - (len(ids) - len(missing))
+            if needed <= 0:
+                return ids - missing
+            # Registered under each missing id, the waiter counts arrivals
+            # itself and is woken once, when enough are there: no rescans of
+            # the whole list on every put (a get of 1000 results is O(1000)).
+            waiter = _Waiter(self._lock, missing, needed)
+            waiting = self._waiting
+            for oid in missing:
+                waiting.setdefault(oid, []).append(waiter)
             try:
-                while len(ids) - len(pending) < num_ready:
+                while waiter.needed > 0:
                     if deadline is None:
-                        self._cond.wait(1.0)
+                        waiter.cond.wait(1.0)
                     else:
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
                             break
-                        self._cond.wait(remaining)
-                    pending = [oid for oid in pending if oid not in entries]
+                        waiter.cond.wait(remaining)
             finally:
-                self._waiters -= 1
-        return ids.difference(pending)
+                for oid in waiter.missing:
+                    others = waiting.get(oid)
+                    if others is not None:
+                        others.remove(waiter)
+                        if not others:
+                            del waiting[oid]
+        return ids - waiter.missing
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class _Waiter:
+    """One thread blocked in ``MemoryStore.wait``; touched only under the store's lock."""
+
+    __slots__ = ("cond", "missing", "needed")
+
+    def __init__(self, lock: threading.Lock, missing: set[bytes], needed: int) -> None:
+        self.cond = threading.Condition(lock)
+        self.missing = missing  # the awaited ids that have no entry yet
+        self.needed = needed  # how many more must arrive before the wait is over
+
+    def arrived(self, object_id: bytes) -> None:
+        self.missing.discard(object_id)
+        self.needed -= 1
+        if self.needed == 0:
+            self.cond.notify()

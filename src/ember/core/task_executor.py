@@ -43,6 +43,15 @@ class Cancelled(BaseException):
     """Raised inside a running task by ``ember.cancel``; not an Exception, so user code rarely swallows it."""
 
 
+class ArgumentLost(Exception):
+    """An argument's stored copy is gone: the submitter must recover it and resend the task."""
+
+    def __init__(self, object_id: bytes, owner: Any) -> None:
+        super().__init__(object_id.hex())
+        self.object_id = object_id
+        self.owner = owner
+
+
 class ActorExit(BaseException):
     """Raised by ``exit_actor()``: end this actor once the current call has replied."""
 
@@ -183,6 +192,8 @@ class TaskExecutor:
             return self.encode_result(spec, result)
         except (Cancelled, KeyboardInterrupt):
             return {"s": "cancelled"}
+        except ArgumentLost as lost:
+            return {"s": "arg_lost", "oid": lost.object_id, "owner": lost.owner}
         except Exception as exc:
             return self.error_reply(name, exc)
         finally:
@@ -222,7 +233,12 @@ class TaskExecutor:
                 raise value
             return value
         if kind == ARG_PLASMA:
-            return self.worker.read_plasma_value(arg[1], arg[3], raise_errors=True)
+            from ember.core.worker import CopyLost
+
+            try:
+                return self.worker.read_plasma_value(arg[1], arg[3], raise_errors=True)
+            except CopyLost as exc:
+                raise ArgumentLost(arg[1], arg[2]) from exc
         if kind == ARG_REF:
             from ember._private.object_ref import ObjectRef
 

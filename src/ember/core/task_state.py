@@ -30,6 +30,8 @@ _TRANSITIONS = {
     (S.SUBMITTED_TO_WORKER, S.FINISHED),
     (S.SUBMITTED_TO_WORKER, S.FAILED),
     (S.SUBMITTED_TO_WORKER, S.PENDING_NODE_ASSIGNMENT),  # retried, or bounced by a blocked worker
+    (S.SUBMITTED_TO_WORKER, S.PENDING_ARGS_AVAIL),  # an argument was lost and is being recovered
+    (S.FINISHED, S.PENDING_ARGS_AVAIL),  # a result was lost: lineage reconstruction
 }
 
 

@@ -329,6 +329,8 @@ class TaskSubmitter:
                 cls.queue.appendleft(entry)
             elif status == "cancelled":
                 self._fail(entry, self._error_entry(TaskCancelledError(entry.spec["tid"].hex())))
+            elif status == "arg_lost":
+                self._arg_lost(entry, reply["oid"], reply["owner"])
             else:
                 self._fail(entry, self._error_entry(RayError(f"bad reply from worker: {reply!r}")))
         self._dispatch(cls)
@@ -423,8 +425,12 @@ class TaskSubmitter:
     # ============================================================== results
     def _finish(self, entry: TaskEntry, returns: list[Any]) -> None:
         entry.transition(TaskStatus.FINISHED)
-        self._complete(entry)
+        # A result in an object store can be lost: keep the lineage (and the arguments) to redo it.
+        in_store = any(ret[0] != 0 for ret in returns)
+        self._complete(entry, release_args=not in_store)
         worker = self.worker
+        if in_store:
+            worker.lineage.keep(entry)
         for oid, ret in zip(entry.return_ids, returns):
             if ret[0] == 0:
                 worker.store_owned_result(oid, (INLINE, ret[1]))
@@ -439,9 +445,33 @@ class TaskSubmitter:
         for oid in entry.return_ids:
             self.worker.store_owned_result(oid, error)
 
-    def _complete(self, entry: TaskEntry) -> None:
+    def resubmit(self, entry: TaskEntry) -> None:
+        """Run a finished task again (lineage reconstruction); its entry is PENDING_ARGS_AVAIL."""
+        self.tasks[entry.spec["tid"]] = entry
+        self._enqueue(entry)
+
+    def _arg_lost(self, entry: TaskEntry, object_id: bytes, owner: Any) -> None:
+        """The worker could not read an argument: recover it, then run the task again."""
+        entry.transition(TaskStatus.PENDING_ARGS_AVAIL)
+        entry.attempt -= 1
+        indexes = [i for i, a in enumerate(entry.spec["args"]) if a[0] == ARG_PLASMA and a[1] == object_id]
+        for index in indexes:
+            entry.spec["args"][index] = [ARG_REF, object_id, owner]
+        entry.deps_pending += len(indexes)
+        worker = self.worker
+        if worker.reference_counter.is_owned(object_id):
+            error = worker.lineage.reconstruct(object_id)
+            if error is not None:
+                self._fail(entry, self._error_entry(error))
+                return
+        else:
+            worker.memory_store.delete(object_id)
+        for index in indexes:
+            worker.resolve_entry(object_id, owner, partial(self._dep_ready, entry, index), recover=True)
+
+    def _complete(self, entry: TaskEntry, release_args: bool = True) -> None:
         self.tasks.pop(entry.spec["tid"], None)
-        if entry.arg_ids:
+        if entry.arg_ids and release_args:
             self.worker.reference_counter.remove_submitted(entry.arg_ids)
 
     def _error_entry(self, error: BaseException) -> Entry:

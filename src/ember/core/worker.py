@@ -26,6 +26,7 @@ from ember._private.config import config
 from ember._private.object_ref import ObjectRef
 from ember.core.actor_submitter import ActorCall, ActorSubmitter
 from ember.core.function_manager import FunctionManager
+from ember.core.lineage import Lineage
 from ember.core.memory_store import INLINE, PLASMA, Entry, MemoryStore
 from ember.core.reference_counter import ReferenceCounter, RefState
 from ember.core.task_executor import ACTOR_CALL, CREATE_ACTOR, TASK, TaskExecutor
@@ -46,6 +47,10 @@ logger = logging.getLogger(__name__)
 
 DRIVER = "driver"
 WORKER = "worker"
+
+
+class CopyLost(ObjectLostError):
+    """Internal: an object-store copy is gone (node died, file vanished); lineage may recover it."""
 
 #: (task id, job id, task name) of the task running in this thread / coroutine.
 _task_context: contextvars.ContextVar[tuple[bytes, bytes, str] | None] = contextvars.ContextVar(
@@ -85,6 +90,7 @@ class CoreWorker:
         self.reference_counter = ReferenceCounter(self._on_free, self._wake_drain)
         self.function_manager = FunctionManager(self)
         self.submitter = TaskSubmitter(self)
+        self.lineage = Lineage(self)
         self.actor_submitter = ActorSubmitter(self)
         self.actor_id: bytes | None = None
         self._auto_destroy_actors: set[bytes] = set()
@@ -253,6 +259,11 @@ class CoreWorker:
         entry = self.memory_store.delete(object_id)
         if state.owned and entry is not None and entry[0] == PLASMA:
             self._free_plasma(object_id, entry[1])
+        if state.owned:
+            try:
+                self.loop.call_soon_threadsafe(self.lineage.on_object_freed, object_id)
+            except RuntimeError:
+                pass
 
     def _free_plasma(self, object_id: bytes, location: list[Any]) -> None:
         self._pending_frees.append((object_id, location[2]))
@@ -290,13 +301,27 @@ class CoreWorker:
             return
         self.memory_store.put(object_id, entry)
 
-    def resolve_entry(self, object_id: bytes, owner: Any, callback: Any) -> None:
-        """Call ``callback(entry)`` on the loop once the object's entry is known here."""
+    def resolve_entry(self, object_id: bytes, owner: Any, callback: Any, recover: bool = False) -> None:
+        """Call ``callback(entry)`` on the loop once the object's entry is known here.
+
+        With ``recover``, a borrowed object is first re-made by its owner (its copy was lost).
+        """
         store = self.memory_store
+        if recover and not self._owns(owner) and not self.reference_counter.is_owned(object_id):
+            store.on_ready(object_id, callback)
+            self.loop.create_task(self._recover_then_fetch(object_id, owner))
+            return
         if store.contains(object_id) or self.reference_counter.is_owned(object_id) or self._owns(owner):
             store.on_ready(object_id, callback)
             return
         store.on_ready(object_id, callback)
+        self._start_fetch(object_id, owner)
+
+    async def _recover_then_fetch(self, object_id: bytes, owner: Any) -> None:
+        reply = await self._ask_owner_to_recover(object_id, owner)
+        if reply is not None:
+            self.memory_store.put(object_id, (INLINE, reply))
+            return
         self._start_fetch(object_id, owner)
 
     def _owns(self, owner: Any) -> bool:
@@ -408,8 +433,54 @@ class CoreWorker:
         return [1, [self.node_id, size, self.raylet_location]]
 
     def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
-        entries = self._wait_entries(refs, len(refs), timeout, fetch=True)
-        return [self._value_of(ref._id, entry) for ref, entry in zip(refs, entries)]
+        import time as _time
+
+        deadline = None if timeout is None else _time.monotonic() + timeout
+        recoveries = 0
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - _time.monotonic())
+            entries = self._wait_entries(refs, len(refs), remaining, fetch=True)
+            try:
+                return [self._value_of(ref._id, entry) for ref, entry in zip(refs, entries)]
+            except CopyLost as lost:
+                recoveries += 1
+                ref = next(r for r in refs if r._id.hex() == lost.object_ref_hex)
+                if recoveries > 100:
+                    raise
+                self._recover(ref)
+
+    def _recover(self, ref: ObjectRef) -> None:
+        """A stored copy of ``ref`` is gone: have its owner re-run the task that made it."""
+        assert self.io is not None
+        if self.reference_counter.is_owned(ref._id) or self._owns(ref._owner):
+            fut = concurrent.futures.Future()  # type: ignore[var-annotated]
+
+            def start() -> None:
+                fut.set_result(self.lineage.reconstruct(ref._id))
+
+            self.loop.call_soon_threadsafe(start)
+            error = fut.result()
+            if error is not None:
+                raise error
+            return
+        reply = self.io.run(self._ask_owner_to_recover(ref._id, ref._owner))
+        if reply is not None:
+            _, error = serialization.deserialize_inline(reply)
+            raise error
+        self.memory_store.delete(ref._id)
+
+    async def _ask_owner_to_recover(self, object_id: bytes, owner: Any) -> Any:
+        try:
+            conn = await self.connect_to(owner)
+            return await conn.call("recover_object", {"object_id": object_id}, timeout=None)
+        except (ConnectionLost, OSError) as exc:
+            error = OwnerDiedError(object_id.hex(), f"Object {object_id.hex()} was lost and its owner is unreachable ({exc}).")
+            return serialization.serialize_error(error).to_inline()
+
+    def rpc_recover_object(self, conn: Connection, p: dict[str, Any]) -> Any:
+        """A borrower lost its copy of an object we own: re-run its task (None) or say why not."""
+        error = self.lineage.reconstruct(p["object_id"])
+        return None if error is None else serialization.serialize_error(error).to_inline()
 
     def _wait_entries(self, refs: list[ObjectRef], num: int, timeout: float | None, fetch: bool) -> list[Entry | None]:
         store = self.memory_store
@@ -462,7 +533,7 @@ class CoreWorker:
         if node_id == self.node_id and not os.path.exists(path):
             # Spilled to disk: have the node daemon bring it back.
             if not self.raylet_call("restore_object", {"object_id": object_id}, timeout=None):
-                raise ObjectLostError(
+                raise CopyLost(
                     object_id.hex(),
                     f"Object {object_id.hex()} is no longer in the object store of node {node_id.hex()[:12]} "
                     "(it was freed or its node's store was cleared).",
@@ -470,11 +541,11 @@ class CoreWorker:
         elif node_id != self.node_id and not os.path.exists(path):
             try:
                 self.raylet_call("pull_object", {"object_id": object_id, "address": location[2], "size": location[1]}, timeout=None)
-            except RemoteError as exc:
-                raise ObjectLostError(
+            except (RemoteError, ConnectionLost) as exc:
+                raise CopyLost(
                     object_id.hex(),
                     f"Object {object_id.hex()} could not be fetched from node {node_id.hex()[:12]} "
-                    f"at {location[2][0]}:{location[2][1]}: {exc.message}",
+                    f"at {location[2][0]}:{location[2][1]}: {exc}",
                 ) from None
         for _attempt in range(3):
             try:
@@ -483,7 +554,7 @@ class CoreWorker:
                 # Spilled between our check and the read: bring it back and try again.
                 if node_id != self.node_id or not self.raylet_call("restore_object", {"object_id": object_id}, timeout=None):
                     break
-        raise ObjectLostError(
+        raise CopyLost(
             object_id.hex(),
             f"Object {object_id.hex()} is no longer in the object store of node {node_id.hex()[:12]} "
             "(it was freed or its node's store was cleared).",
