@@ -375,11 +375,6 @@ def test_workers_do_not_outlive_a_killed_node_daemon(ember_start):
     assert not os.path.exists(store_dir)  # shutdown cleans up what the dead daemon left
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after the node daemon dies, get() raises the internal ConnectionLost (an RpcError) "
-    "instead of a public error such as LocalRayletDiedError (task_submitter._fail_class passes it through)",
-)
 def test_node_daemon_death_is_reported_with_a_public_error(ember_start):
     from ember.exceptions import RpcError
 

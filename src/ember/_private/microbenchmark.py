@@ -9,10 +9,10 @@ four per-round rates as ``<name> per second <mean> +- <std>``. Unlike Ray we
 do not sleep ten seconds before each benchmark, and ``duration`` (the sum of
 the four rounds) defaults to two seconds rather than eight.
 
-Left out: the actor workloads and placement groups (Ember did not have them
-when this was written) and the Ray Client ones. "multi client tasks async"
-uses actors as the clients in Ray; here the clients are tasks (see
-``_multi_client_tasks_async``).
+Left out: the actor, placement-group and Ray Client workloads (this suite
+was written for tasks and objects, before Ember had actors). "multi client
+tasks async" uses actors as the clients in Ray; here the clients are tasks
+that submit tasks (see ``_multi_client_tasks_async``), under both runtimes.
 
 This file is also run under Ray, for side-by-side numbers
 (``benchmarks/compare_with_ray.py`` loads it by path). So it imports only
@@ -54,10 +54,6 @@ ray.shutdown()
 """
 
 Fn = Callable[[], Any]
-#: A workload: its Ray name, how many operations one call counts for, and a
-#: builder ``(ray, np) -> fn`` run only if the workload is selected, so a
-#: filtered run does no set-up (puts, big arrays) for the others.
-Workload = tuple[str, float, Callable[[Any, Any], Fn]]
 
 
 # ============================================================================ measuring
@@ -214,13 +210,16 @@ _MULTI_CLIENT_M = 4
 
 def _multi_client_tasks_async(ray: Any, np: Any, r: _Remotes) -> Fn:
     # Ray: 4 actors (num_cpus=0), each submitting 10k tasks and getting them.
-    # Ember had no actors when this was written, so the 4 clients are tasks
-    # (num_cpus=0) that submit tasks; the same definition runs under Ray.
+    # Here the 4 clients are tasks (num_cpus=0) that submit tasks: written
+    # when Ember had no actors, and the comparison runs this same definition
+    # under Ray, so both sides measure the same thing.
     clients = [r.small_value_batch] * _MULTI_CLIENT_M
     return lambda: ray.get([c.remote(_MULTI_CLIENT_N) for c in clients])
 
 
-#: Ray's order and names (ray_perf.py). ``needs_numpy`` workloads are skipped without numpy.
+#: (Ray's name, operations per call, builder, needs numpy), in ray_perf.py's
+#: order. A builder ``(ray, np, remotes) -> fn`` runs only if its workload is
+#: selected, so a filtered run does no set-up (puts, big arrays) for the others.
 WORKLOADS: list[tuple[str, float, Callable[..., Fn], bool]] = [
     ("single client get calls (Plasma Store)", 1, _get_calls, False),
     ("single client put calls (Plasma Store)", 1, _put_calls, False),

@@ -218,11 +218,8 @@ class ActorSubmitter:
     def _finish(self, call: ActorCall, returns: list[Any]) -> None:
         call.done = True
         self._release(call)
-        for oid, ret in zip(call.return_ids, returns):
-            if ret[0] == 0:
-                self.worker.store_owned_result(oid, (INLINE, ret[1]))
-            else:
-                self.worker.store_owned_result(oid, (PLASMA, ret[1]))
+        client = self.clients.get(call.spec["aid"])
+        self.worker.store_results(call.spec["tid"], call.return_ids, returns, client.conn if client else None)
 
     def _store(self, call: ActorCall, entry: Entry) -> None:
         call.done = True

@@ -1,11 +1,19 @@
 """Reference counts of the objects this process knows about.
 
-For every object id we count *local* references (live ``ObjectRef`` objects
-in this process) and *submitted* references (pending tasks that take the
-object as an argument). An object is freed when both reach zero, unless it
-*escaped*: its ref was serialized inside a value that left this process.
-Escaped objects are kept until the owner exits; tracking their borrowers
-precisely is the job of the distributed reference-counting protocol.
+For every object id we count:
+
+* *local* references: live ``ObjectRef`` objects in this process, including
+  the refs held on behalf of a stored value that contains them;
+* *submitted* references: pending tasks that take the object as an argument
+  (top level or nested inside an argument value);
+* *borrowers* (owner side only): other processes that hold the ref. A
+  process that receives a ref it does not own registers as a borrower with
+  the owner before it uses it, and deregisters when its own count reaches
+  zero; a borrower whose connection closes (it died) is dropped.
+
+An owned object is freed when all three are zero. Actor handles (16-byte
+ids) that leave the process are marked *escaped* and kept until the owner
+exits.
 
 ``ObjectRef.__del__`` may run in any thread, at any time (even inside this
 module, holding the lock), so it never takes the lock: it appends to a
@@ -21,7 +29,7 @@ from typing import Any
 
 
 class RefState:
-    __slots__ = ("local", "submitted", "owned", "escaped", "owner")
+    __slots__ = ("local", "submitted", "owned", "escaped", "owner", "borrowers", "registered")
 
     def __init__(self, owner: Any, owned: bool) -> None:
         self.local = 0
@@ -29,19 +37,26 @@ class RefState:
         self.owned = owned
         self.escaped = False
         self.owner = owner
+        #: Owner side: keys of the connections of processes borrowing this object.
+        self.borrowers: set[int] | None = None
+        #: Borrower side: whether the owner has been told we borrow it.
+        self.registered = False
 
     def unreferenced(self) -> bool:
-        return self.local <= 0 and self.submitted <= 0 and not self.escaped
+        return self.local <= 0 and self.submitted <= 0 and not self.escaped and not self.borrowers
 
 
 class ReferenceCounter:
-    def __init__(self, on_free: Callable[[bytes, RefState], None], wake: Callable[[], None]) -> None:
+    def __init__(self, on_free: Callable[[bytes, RefState], None], wake: Callable[[], None], self_id: bytes = b"") -> None:
         self._refs: dict[bytes, RefState] = {}
         self._lock = threading.RLock()
         self._deferred: deque[bytes] = deque()
         self._on_free = on_free
         self._wake = wake
         self._wake_pending = False
+        self.self_id = self_id
+        #: Borrowed refs created since the last ``take_new_borrows``: (object id, owner).
+        self._new_borrows: list[tuple[bytes, Any]] = []
 
     # -------------------------------------------------------------- creation
     def add_owned(self, object_id: bytes, owner: Any) -> None:
@@ -57,10 +72,27 @@ class ReferenceCounter:
             state = self._refs.get(object_id)
             if state is None:
                 state = self._refs[object_id] = RefState(owner, False)
+                if owner is not None and owner[2] != self.self_id and len(object_id) != 16:
+                    self._new_borrows.append((object_id, owner))
             state.local += 1
 
     def on_ref_deserialized(self, ref: Any) -> None:
-        """A ref arrived inside a value: this process now borrows it."""
+        """A ref arrived inside a value: registration happens in ``take_new_borrows``."""
+
+    def take_new_borrows(self) -> list[tuple[bytes, Any]]:
+        """Borrowed refs not yet registered with their owners (the caller registers them)."""
+        with self._lock:
+            if not self._new_borrows:
+                return []
+            out, self._new_borrows = self._new_borrows, []
+            return [(oid, owner) for oid, owner in out if oid in self._refs]
+
+    def mark_registered(self, object_ids: Iterable[bytes]) -> None:
+        with self._lock:
+            for oid in object_ids:
+                state = self._refs.get(oid)
+                if state is not None:
+                    state.registered = True
 
     # ------------------------------------------------------------- releasing
     def remove_local_ref_deferred(self, object_id: bytes) -> None:
@@ -99,18 +131,48 @@ class ReferenceCounter:
                 state.submitted += 1
 
     def remove_submitted(self, object_ids: Iterable[bytes]) -> None:
+        self._release(object_ids, "submitted")
+
+    def _release(self, object_ids: Iterable[bytes], field: str, borrower: int | None = None) -> None:
         freed: list[tuple[bytes, RefState]] = []
         with self._lock:
             for oid in object_ids:
                 state = self._refs.get(oid)
                 if state is None:
                     continue
-                state.submitted -= 1
+                if field == "submitted":
+                    state.submitted -= 1
+                elif state.borrowers is not None:
+                    state.borrowers.discard(borrower)  # type: ignore[arg-type]
                 if state.unreferenced():
                     del self._refs[oid]
                     freed.append((oid, state))
         for oid, state in freed:
             self._on_free(oid, state)
+
+    # ---------------------------------------------------------- owner side
+    def add_borrowers(self, object_ids: Iterable[bytes], borrower: int) -> list[bytes]:
+        """Record ``borrower`` for each owned object; returns the ids that no longer exist."""
+        missing = []
+        with self._lock:
+            for oid in object_ids:
+                state = self._refs.get(oid)
+                if state is None or not state.owned:
+                    missing.append(oid)
+                    continue
+                if state.borrowers is None:
+                    state.borrowers = set()
+                state.borrowers.add(borrower)
+        return missing
+
+    def remove_borrowers(self, object_ids: Iterable[bytes], borrower: int) -> None:
+        self._release(object_ids, "borrower", borrower)
+
+    def drop_borrower(self, borrower: int) -> None:
+        """A borrowing process went away: forget everything it borrowed."""
+        with self._lock:
+            ids = [oid for oid, s in self._refs.items() if s.borrowers and borrower in s.borrowers]
+        self._release(ids, "borrower", borrower)
 
     def mark_escaped(self, object_ids: Iterable[bytes]) -> None:
         with self._lock:
@@ -133,3 +195,7 @@ class ReferenceCounter:
     def snapshot(self) -> dict[bytes, tuple[int, int, bool, bool]]:
         with self._lock:
             return {oid: (s.local, s.submitted, s.owned, s.escaped) for oid, s in self._refs.items()}
+
+    def borrower_counts(self) -> dict[bytes, int]:
+        with self._lock:
+            return {oid: len(s.borrowers) for oid, s in self._refs.items() if s.borrowers}

@@ -203,6 +203,7 @@ class TaskExecutor:
 
     def decode_args(self, spec: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         args = [self._decode_arg(a) for a in spec["args"]]
+        self.worker.register_borrows()  # refs nested in the arguments
         kw_names = spec.get("kw") or ()
         if not kw_names:
             return args, {}
@@ -213,7 +214,8 @@ class TaskExecutor:
         values = _split_returns(result, spec["nret"], spec["name"])
         owner = spec["owner"]
         encode = self.worker.encode_return
-        return {"s": "ok", "r": [encode(oid, value, owner) for oid, value in zip(spec["rids"], values)]}
+        task_id = spec["tid"]
+        return {"s": "ok", "r": [encode(oid, value, owner, task_id) for oid, value in zip(spec["rids"], values)]}
 
     def error_reply(self, name: str, exc: BaseException) -> dict[str, Any]:
         tb = exc.__traceback__

@@ -25,10 +25,12 @@ from ember.core.memory_store import INLINE, PLASMA, Entry
 from ember.core.task_state import TaskEntry, TaskStatus
 from ember.exceptions import (
     ConnectionLost,
+    LocalRayletDiedError,
     NodeDiedError,
     OutOfMemoryError,
     RayError,
     RemoteError,
+    RpcError,
     TaskCancelledError,
     TaskUnschedulableError,
     WorkerCrashedError,
@@ -431,11 +433,7 @@ class TaskSubmitter:
         worker = self.worker
         if in_store:
             worker.lineage.keep(entry)
-        for oid, ret in zip(entry.return_ids, returns):
-            if ret[0] == 0:
-                worker.store_owned_result(oid, (INLINE, ret[1]))
-            else:
-                worker.store_owned_result(oid, (PLASMA, ret[1]))
+        worker.store_results(entry.spec["tid"], entry.return_ids, returns, entry.lease.conn if entry.lease else None)
 
     def _fail(self, entry: TaskEntry, error: Entry) -> None:
         if entry.done:
@@ -478,7 +476,12 @@ class TaskSubmitter:
         return (INLINE, serialization.serialize_error(error).to_inline())
 
     def _fail_class(self, cls: SchedulingClass, exc: BaseException) -> None:
-        error = exc if isinstance(exc, RayError) else ConnectionLost(f"lost the node daemon: {exc}")
+        error: BaseException = exc
+        if isinstance(exc, RpcError) or not isinstance(exc, RayError):
+            error = LocalRayletDiedError(
+                f"This process lost its node daemon ({exc}), so the task cannot be scheduled. "
+                f"The daemon's log is in {self.worker.session_dir}/logs; restart the cluster (or ember.init())."
+            )
         while cls.queue:
             self._fail(cls.queue.popleft(), self._error_entry(error))
 

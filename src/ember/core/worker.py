@@ -87,7 +87,13 @@ class CoreWorker:
         self.session_dir = ""
         self.address: list[Any] = []
         self.memory_store = MemoryStore()
-        self.reference_counter = ReferenceCounter(self._on_free, self._wake_drain)
+        self.reference_counter = ReferenceCounter(self._on_free, self._wake_drain, self.worker_id)
+        #: Refs held on behalf of stored values that contain them (object id -> refs).
+        self._contained: dict[bytes, list[Any]] = {}
+        #: Refs inside task results we sent, held until the caller has taken them over.
+        self._handoffs: dict[bytes, list[Any]] = {}
+        self._pending_unborrows: list[tuple[bytes, Any]] = []
+        self._registrations: dict[bytes, list[Any]] = {}
         self.function_manager = FunctionManager(self)
         self.submitter = TaskSubmitter(self)
         self.lineage = Lineage(self)
@@ -257,13 +263,105 @@ class CoreWorker:
                     pass
             return
         entry = self.memory_store.delete(object_id)
+        self._contained.pop(object_id, None)
         if state.owned and entry is not None and entry[0] == PLASMA:
             self._free_plasma(object_id, entry[1])
+        if not state.owned and state.registered and state.owner is not None:
+            self._pending_unborrows.append((object_id, state.owner))
+            if len(self._pending_unborrows) == 1:
+                try:
+                    self.loop.call_soon_threadsafe(self._flush_unborrows)
+                except RuntimeError:
+                    pass
         if state.owned:
             try:
                 self.loop.call_soon_threadsafe(self.lineage.on_object_freed, object_id)
             except RuntimeError:
                 pass
+
+    # ================================================================ borrowing
+    def _flush_unborrows(self) -> None:
+        pending, self._pending_unborrows = self._pending_unborrows, []
+        by_owner: dict[tuple[str, int], tuple[Any, list[bytes]]] = {}
+        for object_id, owner in pending:
+            by_owner.setdefault((owner[0], owner[1]), (owner, []))[1].append(object_id)
+        for owner, object_ids in by_owner.values():
+            self.loop.create_task(self._unborrow(owner, object_ids))
+
+    async def _unborrow(self, owner: Any, object_ids: list[bytes]) -> None:
+        try:
+            conn = await self.connect_to(owner)
+            conn.notify("remove_borrowers", {"object_ids": object_ids})
+        except (ConnectionLost, OSError):
+            pass  # the owner is gone: nothing to release
+
+    def register_borrows(self) -> None:
+        """Tell owners about refs this process received, before it uses them.
+
+        Synchronous from user threads (so an owner can never free a value a
+        borrower is about to read); from the I/O loop it is only started.
+        """
+        new = self.reference_counter.take_new_borrows()
+        if not new:
+            return
+        self.reference_counter.mark_registered(oid for oid, _ in new)
+        if self.io is not None and self.io.in_loop_thread():
+            self.loop.create_task(self._register(new))
+        elif self.io is not None:
+            self.io.run(self._register(new))
+
+    async def _register(self, borrows: list[tuple[bytes, Any]]) -> None:
+        by_owner: dict[tuple[str, int], tuple[Any, list[bytes]]] = {}
+        for object_id, owner in borrows:
+            by_owner.setdefault((owner[0], owner[1]), (owner, []))[1].append(object_id)
+
+        async def one(owner: Any, object_ids: list[bytes]) -> None:
+            try:
+                conn = await self.connect_to(owner)
+                missing = await conn.call("add_borrowers", {"object_ids": object_ids}, timeout=30.0)
+            except (ConnectionLost, OSError) as exc:
+                for object_id in object_ids:
+                    if not self.memory_store.contains(object_id):
+                        error = OwnerDiedError(
+                            object_id.hex(),
+                            f"The owner of object {object_id.hex()} (worker {owner[2].hex()[:12]} at {owner[0]}:{owner[1]}) "
+                            f"is unreachable ({exc}), so the object is lost.",
+                        )
+                        self.memory_store.put(object_id, (INLINE, serialization.serialize_error(error).to_inline()))
+                return
+            for object_id in missing:
+                error = ObjectLostError(object_id.hex(), f"Object {object_id.hex()} was already freed by its owner.")
+                self.memory_store.put(object_id, (INLINE, serialization.serialize_error(error).to_inline()))
+
+        await asyncio.gather(*(one(owner, oids) for owner, oids in by_owner.values()))
+
+    def rpc_add_borrowers(self, conn: Connection, p: dict[str, Any]) -> list[bytes]:
+        key = id(conn)
+        if not conn.state.get("borrower"):
+            conn.state["borrower"] = True
+            conn.add_close_callback(lambda c: self.reference_counter.drop_borrower(id(c)))
+        return self.reference_counter.add_borrowers(p["object_ids"], key)
+
+    def rpc_remove_borrowers(self, conn: Connection, p: dict[str, Any]) -> None:
+        self.reference_counter.remove_borrowers(p["object_ids"], id(conn))
+
+    def adopt_nested(self, object_id: bytes, nested: list[list[Any]], holder: Connection | None, task_id: bytes) -> None:
+        """On the loop: a result we own contains these refs; hold them while it lives.
+
+        Registrations with their owners are recorded under ``task_id`` so that the
+        sender's hold is released only after they are done."""
+        refs = [ObjectRef(oid, owner) for oid, owner in nested]
+        self._contained.setdefault(object_id, []).extend(refs)
+        new = self.reference_counter.take_new_borrows()
+        if new:
+            self.reference_counter.mark_registered(oid for oid, _ in new)
+            self._registrations.setdefault(task_id, []).append(self.loop.create_task(self._register(new)))
+
+    def rpc_release_handoff(self, conn: Connection, p: dict[str, Any]) -> None:
+        self._handoffs.pop(p["tid"], None)
+
+    def _hold_handoff(self, task_id: bytes, refs: list[Any], conn: Connection | None) -> None:
+        self._handoffs.setdefault(task_id, []).extend(refs)
 
     def _free_plasma(self, object_id: bytes, location: list[Any]) -> None:
         self._pending_frees.append((object_id, location[2]))
@@ -300,6 +398,28 @@ class CoreWorker:
                 self._free_plasma(object_id, entry[1])
             return
         self.memory_store.put(object_id, entry)
+
+    def store_results(self, task_id: bytes, return_ids: list[bytes], returns: list[Any], sender: Connection | None) -> None:
+        """On the loop: record a finished task's results and adopt the refs nested in them."""
+        nested_any = False
+        for oid, ret in zip(return_ids, returns):
+            entry: Entry = (INLINE, ret[1]) if ret[0] == 0 else (PLASMA, ret[1])
+            nested = ret[2] if len(ret) > 2 else None
+            if nested:
+                nested_any = True
+                if self.reference_counter.has_reference(oid):
+                    self.adopt_nested(oid, nested, None, task_id)
+            self.store_owned_result(oid, entry)
+        if nested_any and sender is not None:
+            # Our holds are in place (registrations are ordered before this on each owner's connection).
+            self.loop.create_task(self._release_handoff_after_registration(sender, task_id))
+
+    async def _release_handoff_after_registration(self, sender: Connection, task_id: bytes) -> None:
+        pending = self._registrations.pop(task_id, [])
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        if not sender.closed:
+            sender.notify("release_handoff", {"tid": task_id})
 
     def resolve_entry(self, object_id: bytes, owner: Any, callback: Any, recover: bool = False) -> None:
         """Call ``callback(entry)`` on the loop once the object's entry is known here.
@@ -388,7 +508,7 @@ class CoreWorker:
     def _store_put(self, object_id: bytes, obj: serialization.SerializedObject) -> ObjectRef:
         self.reference_counter.add_owned(object_id, self.address)
         if obj.nested_refs:
-            self.reference_counter.mark_escaped([r._id for r in obj.nested_refs])
+            self._hold_nested(object_id, obj.nested_refs)
         if obj.total_bytes < self._inline_limit:
             self.memory_store.put(object_id, (INLINE, obj.to_inline()))
         else:
@@ -419,18 +539,35 @@ class CoreWorker:
         self.loop.call_soon_threadsafe(self.raylet.notify, "seal_object", {"object_id": object_id})
         return size
 
-    def encode_return(self, object_id: bytes, value: Any, owner: list[Any]) -> list[Any]:
-        """A task's return value in reply form: inline, or written to the object store."""
-        if isinstance(value, ObjectRef):
-            # Returning a ref: the caller gets the ref's value (Ray semantics: a ref to a ref).
-            pass
+    def _hold_nested(self, object_id: bytes, nested: list[Any]) -> list[list[Any]]:
+        """Keep refs contained in a stored value alive while it lives; returns [id, owner] of the object refs."""
+        handles = [r._id for r in nested if not isinstance(r, ObjectRef)]
+        if handles:
+            self.reference_counter.mark_escaped(handles)  # actor handles
+        refs = [r for r in nested if isinstance(r, ObjectRef)]
+        if refs:
+            self._contained.setdefault(object_id, []).extend(refs)
+        return [[r._id, r._owner] for r in refs]
+
+    def encode_return(self, object_id: bytes, value: Any, owner: list[Any], task_id: bytes = b"") -> list[Any]:
+        """A task's return value in reply form: inline, or written to the object store.
+
+        Refs inside the value are listed (the caller adopts them) and held here until
+        the caller says it has (``release_handoff``).
+        """
         obj = self.serialize_value(value, "the return value")
+        nested: list[list[Any]] = []
         if obj.nested_refs:
-            self.reference_counter.mark_escaped([r._id for r in obj.nested_refs])
+            handles = [r._id for r in obj.nested_refs if not isinstance(r, ObjectRef)]
+            if handles:
+                self.reference_counter.mark_escaped(handles)
+            refs = [r for r in obj.nested_refs if isinstance(r, ObjectRef)]
+            self._hold_handoff(task_id, refs, None)
+            nested = [[r._id, r._owner] for r in refs]
         if obj.total_bytes < self._inline_limit:
-            return [0, obj.to_inline()]
+            return [0, obj.to_inline(), nested]
         size = self.write_plasma(object_id, obj, owner[2])
-        return [1, [self.node_id, size, self.raylet_location]]
+        return [1, [self.node_id, size, self.raylet_location], nested]
 
     def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
         import time as _time
@@ -441,7 +578,9 @@ class CoreWorker:
             remaining = None if deadline is None else max(0.0, deadline - _time.monotonic())
             entries = self._wait_entries(refs, len(refs), remaining, fetch=True)
             try:
-                return [self._value_of(ref._id, entry) for ref, entry in zip(refs, entries)]
+                values = [self._value_of(ref._id, entry) for ref, entry in zip(refs, entries)]
+                self.register_borrows()  # refs nested in the values
+                return values
             except CopyLost as lost:
                 recoveries += 1
                 ref = next(r for r in refs if r._id.hex() == lost.object_ref_hex)
@@ -669,6 +808,7 @@ class CoreWorker:
         """Task arguments in wire form, plus the ids of refs the task depends on."""
         wire: list[Any] = []
         ref_ids: list[bytes] = []
+        nested_owners: dict[bytes, Any] = {}
         names = list(kwargs)
         values = list(args) + [kwargs[k] for k in names]
         for position, value in enumerate(values):
@@ -682,7 +822,13 @@ class CoreWorker:
             )
             obj = self.serialize_value(value, what)
             if obj.nested_refs:
-                self.reference_counter.mark_escaped([r._id for r in obj.nested_refs])
+                # Held as submitted until the task ends: by then the executor has registered as a borrower.
+                for r in obj.nested_refs:
+                    if isinstance(r, ObjectRef):
+                        ref_ids.append(r._id)
+                        nested_owners[r._id] = r._owner
+                    else:
+                        self.reference_counter.mark_escaped([r._id])
             if obj.total_bytes < self._inline_limit:
                 wire.append([ARG_VALUE, obj.to_inline()])
             else:
@@ -691,6 +837,7 @@ class CoreWorker:
                 ref_ids.append(ref._id)
         if ref_ids:
             owners = {r[1]: r[2] for r in wire if r[0] == ARG_REF}
+            owners.update(nested_owners)
             self.reference_counter.add_submitted(ref_ids, owners.__getitem__)
         return wire, names, ref_ids
 

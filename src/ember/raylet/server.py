@@ -226,7 +226,9 @@ class Raylet:
             return
         view = self._local_view()
         for req in list(self.pending):
-            if req.future.done() or req.payload.get("spilled"):
+            # Spilled requests too: the node that sent one here decided on a stale view
+            # (reports lag), so it may wait here while a CPU is free elsewhere.
+            if req.future.done():
                 continue
             if res.fits(req.resources, self.available):
                 continue
