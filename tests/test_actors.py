@@ -250,6 +250,13 @@ def test_default_actor_holds_no_cpu_while_alive(ember_local):
     wait_for_condition(lambda: available("CPU") == 0.0, timeout=10)
     ember.kill(big)
     wait_for_condition(lambda: available("CPU") == 2.0, timeout=10)
+    # Fractional amounts, and the class default stays unchanged by options().
+    half = Counter.options(num_cpus=0.5).remote()
+    assert ember.get(half.incr.remote()) == 1
+    wait_for_condition(lambda: available("CPU") == 1.5, timeout=10)
+    ember.kill(half)
+    assert Counter._default_options["num_cpus"] is None
+    wait_for_condition(lambda: available("CPU") == 2.0, timeout=10)
     for a in actors:
         ember.kill(a)
 
@@ -328,6 +335,34 @@ def test_ten_thousand_calls_arrive_in_submission_order(ember_shared):
     refs = [log.add.remote(i) for i in range(10_000)]
     ember.get(refs, timeout=120)
     assert ember.get(log.items_.remote()) == list(range(10_000))
+    ember.kill(log)
+
+
+def test_each_caller_keeps_its_order_with_several_callers(ember_shared):
+    @ember.remote
+    class Log:
+        def __init__(self):
+            self.items = []
+
+        def add(self, caller, i):
+            self.items.append((caller, i))
+
+        def items_(self):
+            return self.items
+
+    @ember.remote
+    def caller(log, name, n):
+        ember.get([log.add.remote(name, i) for i in range(n)])
+        return name
+
+    log = Log.remote()
+    tasks = [caller.remote(log, name, 1000) for name in ("a", "b")]
+    driver_refs = [log.add.remote("driver", i) for i in range(1000)]
+    ember.get(tasks + driver_refs, timeout=120)
+    items = ember.get(log.items_.remote())
+    assert len(items) == 3000
+    for name in ("a", "b", "driver"):
+        assert [i for c, i in items if c == name] == list(range(1000))
     ember.kill(log)
 
 
