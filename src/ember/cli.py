@@ -128,6 +128,20 @@ def start(head: bool, address: str | None, port: int, num_cpus: float | None, nu
         click.echo(f"Ember node started and joined {address}. Stop it with `ember stop`.")
 
 
+def _address_and_token(address: str | None) -> tuple[str, str]:
+    """The control service address and token of the cluster a command should talk to."""
+    info = session.read_current_cluster()
+    address = address or os.environ.get("EMBER_ADDRESS") or (info or {}).get("gcs_address")
+    if not address:
+        raise click.ClickException("No running cluster found. Start one with `ember start --head`.")
+    token = os.environ.get("EMBER_CLUSTER_TOKEN")
+    if token is None and info and info.get("gcs_address") == address:
+        token = session.read_token(info["session_dir"])
+    if token is None:
+        raise click.ClickException("no cluster token: set EMBER_CLUSTER_TOKEN")
+    return address, token
+
+
 @main.command()
 @click.option("--force", is_flag=True, help="SIGKILL instead of a graceful stop.")
 def stop(force: bool) -> None:
@@ -161,15 +175,7 @@ def status(address: str | None) -> None:
     """Show the cluster's nodes, resource use and object store use."""
     from ember._private.cluster_client import gcs_request
 
-    info = session.read_current_cluster()
-    address = address or os.environ.get("EMBER_ADDRESS") or (info or {}).get("gcs_address")
-    if not address:
-        raise click.ClickException("No running cluster found. Start one with `ember start --head`.")
-    token = os.environ.get("EMBER_CLUSTER_TOKEN")
-    if token is None and info and info.get("gcs_address") == address:
-        token = session.read_token(info["session_dir"])
-    if token is None:
-        raise click.ClickException("no cluster token: set EMBER_CLUSTER_TOKEN")
+    address, token = _address_and_token(address)
     try:
         nodes = gcs_request(address, token, "get_nodes")
     except Exception as exc:
@@ -204,6 +210,20 @@ def status(address: str | None) -> None:
     store_objs = sum(n["ObjectStoreObjects"] for n in alive)
     pct = 100.0 * store_used / store_cap if store_cap else 0.0
     click.echo(f"Object store: {_fmt_bytes(store_used)} / {_fmt_bytes(store_cap)} used ({pct:.1f}%), {store_objs} objects")
+
+
+@main.command()
+@click.option("--address", default=None, help="HOST:PORT of the control service (default: this machine's head).")
+def memory(address: str | None) -> None:
+    """List every object reference in the cluster by node and owner, with totals."""
+    from ember._private.memory_report import collect, format_report
+
+    address, token = _address_and_token(address)
+    try:
+        nodes, tables = collect(address, token)
+    except Exception as exc:
+        raise click.ClickException(f"cannot reach the cluster at {address}: {exc}") from exc
+    click.echo(format_report(nodes, tables))
 
 
 @main.command()

@@ -28,6 +28,18 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 
+def _user_call_site() -> str:
+    """file:line of the innermost frame outside Ember."""
+    import sys
+
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("ember."):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return ""
+    return f"{frame.f_code.co_filename}:{frame.f_lineno} ({frame.f_code.co_name})"
+
+
 class RefState:
     __slots__ = ("local", "submitted", "owned", "escaped", "owner", "borrowers", "registered")
 
@@ -57,6 +69,11 @@ class ReferenceCounter:
         self.self_id = self_id
         #: Borrowed refs created since the last ``take_new_borrows``: (object id, owner).
         self._new_borrows: list[tuple[bytes, Any]] = []
+        import os
+
+        #: Where each ref was created (EMBER_record_ref_creation_sites=1), for ``ember memory``.
+        self.record_sites = os.environ.get("EMBER_record_ref_creation_sites", "0") not in ("0", "", "false")
+        self.call_sites: dict[bytes, str] = {}
 
     # -------------------------------------------------------------- creation
     def add_owned(self, object_id: bytes, owner: Any) -> None:
@@ -75,6 +92,8 @@ class ReferenceCounter:
                 if owner is not None and owner[2] != self.self_id and len(object_id) != 16:
                     self._new_borrows.append((object_id, owner))
             state.local += 1
+            if self.record_sites and object_id not in self.call_sites:
+                self.call_sites[object_id] = _user_call_site()
 
     def on_ref_deserialized(self, ref: Any) -> None:
         """A ref arrived inside a value: registration happens in ``take_new_borrows``."""
@@ -120,6 +139,7 @@ class ReferenceCounter:
                     del self._refs[oid]
                     freed.append((oid, state))
         for oid, state in freed:
+            self.call_sites.pop(oid, None)
             self._on_free(oid, state)
 
     def add_submitted(self, object_ids: Iterable[bytes], owner_of: Callable[[bytes], Any]) -> None:

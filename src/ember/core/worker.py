@@ -130,7 +130,7 @@ class CoreWorker:
         if self.mode == WORKER:
             info = await self.raylet.call("register_worker", {"worker_id": self.worker_id, "address": self.address})
         else:
-            info = await self.raylet.call("register_client", {"client_id": self.worker_id, "pid": os.getpid()})
+            info = await self.raylet.call("register_client", {"client_id": self.worker_id, "pid": os.getpid(), "address": self.address})
         self.node_id = info["node_id"]
         self.raylet_location = info["raylet_address"]
         self.store_dir = info["store_dir"]
@@ -544,7 +544,8 @@ class CoreWorker:
         handles = [r._id for r in nested if not isinstance(r, ObjectRef)]
         if handles:
             self.reference_counter.mark_escaped(handles)  # actor handles
-        refs = [r for r in nested if isinstance(r, ObjectRef)]
+        # Own copies: each adds a local count that lasts exactly as long as the value.
+        refs = [ObjectRef(r._id, r._owner) for r in nested if isinstance(r, ObjectRef)]
         if refs:
             self._contained.setdefault(object_id, []).extend(refs)
         return [[r._id, r._owner] for r in refs]
@@ -898,6 +899,38 @@ class CoreWorker:
             out.flush()
         except (OSError, ValueError):
             pass
+
+    def rpc_memory_table(self, conn: Connection, p: Any) -> dict[str, Any]:
+        """What this process references, for ``ember memory``."""
+        counter = self.reference_counter
+        borrowers = counter.borrower_counts()
+        contained: set[bytes] = {r._id for refs in self._contained.values() for r in refs}
+        rows = []
+        for oid, (local, submitted, owned, escaped) in counter.snapshot().items():
+            if len(oid) == ids.UNIQUE_ID_LEN:
+                kind, size = "ACTOR_HANDLE", 0
+            else:
+                entry = self.memory_store.get(oid)
+                size = 0
+                in_store = False
+                if entry is not None:
+                    in_store = entry[0] == PLASMA
+                    size = entry[1][1] if in_store else sum(len(b) for b in [entry[1][1], *entry[1][2]])
+                if submitted > 0:
+                    kind = "USED_BY_PENDING_TASK"
+                elif oid in contained and local <= 1:
+                    kind = "CAPTURED_IN_OBJECT"
+                elif owned and in_store:
+                    kind = "PINNED_IN_MEMORY"
+                else:
+                    kind = "LOCAL_REFERENCE"
+            rows.append({
+                "object_id": oid.hex(), "size": size, "reference_type": kind, "owned": owned,
+                "local": local, "submitted": submitted, "borrowers": borrowers.get(oid, 0),
+                "call_site": counter.call_sites.get(oid, "disabled" if not counter.record_sites else ""),
+            })
+        return {"pid": os.getpid(), "worker_id": self.worker_id.hex(), "node_id": self.node_id.hex(),
+                "mode": self.mode, "ip": self.node_ip, "objects": rows}
 
     def rpc_ping(self, conn: Connection, p: Any) -> str:
         return "pong"

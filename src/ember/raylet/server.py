@@ -119,6 +119,8 @@ class Raylet:
         self.gcs = await connect(opts.gcs_address, self.token, self, info={"role": "raylet"})
         self.gcs.add_close_callback(self._gcs_lost)
         await self.gcs.call("register_node", self.node_info())
+        # Joins and deaths reach the cluster view at once, not at the next report.
+        await self.gcs.call("subscribe", ["nodes"])
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._report_loop()), loop.create_task(self._log_loop()),
@@ -213,6 +215,27 @@ class Raylet:
         for req in self.pending:
             if not req.future.done() and not res.fits(req.resources, self.total):
                 self._warn_infeasible(req)
+
+    def rpc_pub(self, conn: Connection, message: list[Any]) -> None:
+        """A node joined or died (the control service's ``nodes`` channel): update the view now.
+
+        Otherwise a node that just joined is unknown here until the next report, and
+        node affinity to it fails with "not part of the cluster".
+        """
+        channel, data = message
+        if channel != "nodes":
+            return
+        node_id = bytes.fromhex(data["NodeID"])
+        if node_id == self.node_id:
+            return
+        if data.get("Alive"):
+            if node_id not in self.view:
+                total = res.to_fixed(data["Resources"])
+                address = [data["NodeManagerAddress"], data["NodeManagerPort"]]
+                self.view[node_id] = policy.NodeView(node_id, address, total, dict(total))
+                self._rebalance()
+        elif self.view.pop(node_id, None) is not None:
+            self._rebalance()
 
     def _local_view(self) -> dict[bytes, policy.NodeView]:
         view = dict(self.view)
@@ -388,6 +411,7 @@ class Raylet:
 
     def rpc_register_client(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any]:
         conn.state["client_id"] = p["client_id"]
+        conn.state["address"] = p.get("address")
         self.store.owner_names[p["client_id"]] = f"driver pid {p.get('pid', '?')}"
         self.clients[p["client_id"]] = conn
         return self._client_info()
@@ -658,6 +682,16 @@ class Raylet:
             {"worker_id": w.worker_id, "pid": w.pid, "state": w.state.value} for w in self.pool.alive()
         ]
         return info
+
+    def rpc_list_clients(self, conn: Connection, p: Any) -> list[list[Any]]:
+        """Addresses of the core workers on this node (drivers and workers), for inspection tools."""
+        out = []
+        for client in self.clients.values():
+            worker = client.state.get("worker")
+            address = worker.address if worker is not None else client.state.get("address")
+            if address:
+                out.append(address)
+        return out
 
     def rpc_ping(self, conn: Connection, p: Any) -> str:
         return "pong"
