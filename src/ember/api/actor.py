@@ -178,11 +178,11 @@ class ActorHandle:
                 worker.reference_counter.remove_local_ref_deferred(self._actor_id)
 
     def __getattr__(self, name: str) -> ActorMethod:
-        if name.startswith("_") and name not in ("__ray_ready__", "__ray_terminate__", "__call__"):
+        if name.startswith("_") and name not in ("__ray_ready__", "__ray_terminate__", "__ember_put__", "__call__"):
             if name not in self.__dict__.get("_meta", {}).get("methods", {}):
                 raise AttributeError(name)
         methods = self._meta["methods"]
-        if name in ("__ray_ready__", "__ray_terminate__"):
+        if name in ("__ray_ready__", "__ray_terminate__", "__ember_put__"):
             return ActorMethod(self, name, 1, None)
         if name not in methods:
             raise AttributeError(f"'{self._meta['class_name']}' actor has no method {name!r}")

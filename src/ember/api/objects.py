@@ -21,9 +21,15 @@ def _worker() -> Any:
 
 def put(value: Any, *, _owner: Any = None) -> ObjectRef:
     """Store ``value`` in the cluster and return a ref to it."""
+    worker = _worker()
     if _owner is not None:
-        raise NotImplementedError("put(_owner=) needs actors, which this build does not support yet")
-    return _worker().put(value)
+        from ember.api.actor import ActorHandle
+
+        if not isinstance(_owner, ActorHandle):
+            raise TypeError(f"put(_owner=) expects an actor handle, got {type(_owner).__name__}")
+        # The actor stores the value and owns it, so the value outlives this process.
+        return get(_owner.__ember_put__.remote(value))[0]
+    return worker.put(value)
 
 
 def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:

@@ -137,6 +137,9 @@ class ActorRuntime:
         name = spec["m"]
         if name == "__ray_ready__":
             return lambda: True
+        if name == "__ember_put__":
+            # put(value, _owner=actor): this actor becomes the value's owner.
+            return lambda value: [self.worker.put(value)]
         if name == "__ray_terminate__":
             def terminate() -> None:
                 raise ActorExit()
