@@ -385,15 +385,20 @@ def test_node_daemon_death_is_reported_with_a_public_error(ember_start):
     assert not isinstance(info.value, RpcError), repr(info.value)
 
 
-def test_control_service_death_stops_the_node_and_shutdown_cleans_up(ember_start):
+def test_control_service_that_never_comes_back_stops_the_node(ember_start, monkeypatch, request):
+    from ember._private.config import reset_config
     from ember.exceptions import RayError
 
+    # Daemons wait this long for a restarted control service before giving up.
+    monkeypatch.setenv("EMBER_gcs_reconnect_timeout_s", "2")
+    reset_config()
+    request.addfinalizer(reset_config)
     ember_start(num_cpus=1)
     assert ember.get(square.remote(2)) == 4
     daemons = _daemon_pids()
     store_dir = runtime.core_worker().store_dir
     os.kill(daemons["gcs"], signal.SIGKILL)
-    # The node daemon stops itself once it loses the control service.
+    # The node daemon stops itself once the control service stays away past the timeout.
     wait_for_condition(lambda: not pid_alive(daemons["raylet"]), timeout=20)
     with pytest.raises(RayError):
         ember.nodes()

@@ -56,8 +56,10 @@ def main() -> None:
 @click.option("--object-store-memory", type=int, default=None, help="Object store capacity in bytes.")
 @click.option("--node-ip-address", default="127.0.0.1", show_default=True, help="Address daemons listen on.")
 @click.option("--token", default=None, help="Cluster token when joining (default: EMBER_CLUSTER_TOKEN or this machine's head).")
+@click.option("--storage", default=None, help="Control service storage: sqlite:///path (default: in the session folder), redis://host:port or memory://.")
 def start(head: bool, address: str | None, port: int, num_cpus: float | None, num_gpus: float | None,
-          resources: str | None, object_store_memory: int | None, node_ip_address: str, token: str | None) -> None:
+          resources: str | None, object_store_memory: int | None, node_ip_address: str, token: str | None,
+          storage: str | None) -> None:
     """Start Ember daemons on this machine."""
     from ember._private import node
     from ember._private.cluster_client import wait_for_nodes
@@ -74,7 +76,7 @@ def start(head: bool, address: str | None, port: int, num_cpus: float | None, nu
         if head:
             nodes = node.start_head(
                 node_ip=node_ip_address, port=port, num_cpus=num_cpus, num_gpus=num_gpus,
-                resources=custom, object_store_memory=object_store_memory, detach=True,
+                resources=custom, object_store_memory=object_store_memory, detach=True, storage=storage,
             )
             try:
                 wait_for_nodes(nodes.gcs_address, nodes.token, 1)
@@ -155,7 +157,9 @@ def stop(force: bool) -> None:
     stopped = 0
     # Node daemons first (they end their workers), then control services.
     for entry in entries:
-        for name, pid in sorted(entry["pids"].items(), key=lambda kv: kv[0] == "gcs"):
+        # The session's pid files also name daemons restarted since `ember start` (a new control service).
+        pids = {**entry["pids"], **session.read_pid_files(entry["session_dir"])}
+        for name, pid in sorted(pids.items(), key=lambda kv: kv[0] == "gcs"):
             if pid_alive(pid):
                 if force:
                     os.kill(pid, signal.SIGKILL)

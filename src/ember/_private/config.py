@@ -56,6 +56,8 @@ class Config:
     scheduler_top_k_fraction: float = 0.2
     #: ... but among at least this many.
     scheduler_top_k_absolute: int = 1
+    #: Seconds daemons, drivers and workers keep trying to reach a restarting control service.
+    gcs_reconnect_timeout_s: float = 60.0
     #: Seconds without a report after which a node is declared dead.
     node_death_timeout_s: float = 10.0
     #: Default retries of a task whose worker died.

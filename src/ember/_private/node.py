@@ -131,9 +131,17 @@ def start_head(
     detach: bool = False,
     parent_pid: int | None = None,
     extra_env: dict[str, str] | None = None,
+    storage: str | None = None,
 ) -> NodeProcesses:
-    """Start a control service and one node daemon in a new session."""
+    """Start a control service and one node daemon in a new session.
+
+    ``storage`` is where the control service keeps its tables; detached heads
+    (``ember start``) default to SQLite in the session folder so that a
+    restarted control service resumes the cluster.
+    """
     session_dir = session.create_session_dir()
+    if storage is None:
+        storage = f"sqlite:///{os.path.join(session_dir, 'gcs.sqlite')}" if detach else "memory://"
     token = session.create_token(session_dir)
     nodes = NodeProcesses(session_dir, token, node_ip)
     gcs_sock = bind_listener(node_ip, port)
@@ -143,8 +151,12 @@ def start_head(
         if parent_pid:
             env["EMBER_PARENT_PID"] = str(parent_pid)
         logs = os.path.join(session_dir, "logs")
+        port = gcs_sock.getsockname()[1]
+        restart = ["-m", "ember.gcs", "--session-dir", session_dir, "--host", node_ip, "--port", str(port), "--storage", storage]
+        with open(os.path.join(session_dir, "gcs_restart_args.json"), "w") as f:
+            json.dump(restart, f)
         gcs = spawn(
-            ["-m", "ember.gcs", "--session-dir", session_dir, "--listen-fd", str(gcs_sock.fileno())],
+            ["-m", "ember.gcs", "--session-dir", session_dir, "--listen-fd", str(gcs_sock.fileno()), "--storage", storage],
             log_path=os.path.join(logs, "gcs_server.log"), env=env, pass_fds=[gcs_sock.fileno()], detach=detach,
         )
         nodes.procs.append(("gcs", gcs))

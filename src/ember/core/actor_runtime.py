@@ -194,7 +194,7 @@ class ActorRuntime:
 
         async def finish() -> None:
             try:
-                await worker.gcs.call(
+                await worker.gcs_request(
                     "kill_actor",
                     {"actor_id": self.spec["actor_id"], "no_restart": True, "cause": "the actor called exit_actor()"},
                     timeout=5.0,

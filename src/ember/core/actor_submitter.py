@@ -108,7 +108,7 @@ class ActorSubmitter:
 
     async def _poll(self, client: ActorClient) -> None:
         try:
-            info = await self.worker.gcs.call(
+            info = await self.worker.gcs_request(
                 "wait_actor", {"actor_id": client.actor_id, "after": client.incarnation}, timeout=None
             )
             if info["state"] == "ALIVE":

@@ -136,6 +136,13 @@ class CoreWorker:
         self.store_dir = info["store_dir"]
         self.session_dir = info["session_dir"]
         self.raylet.add_close_callback(self._raylet_lost)
+        self._gcs_up = asyncio.Event()
+        if self.mode == WORKER:
+            # A worker may start while the control service restarts: connect in the background;
+            # calls that need it (gcs_request) wait for it.
+            self.gcs = None  # type: ignore[assignment]
+            self.loop.create_task(self._reconnect_gcs())
+            return
         self.gcs = await connect(self.gcs_address, self.token, self, info={"role": self.mode})
         if self.mode == DRIVER:
             job = await self.gcs.call("register_job", {
@@ -146,9 +153,65 @@ class CoreWorker:
             self.namespace = job["namespace"]
             self.driver_task_id = ids.new_task_id(self.job_id)
             await self.gcs.call("kv_put", {"ns": "job", "key": self.job_id, "value": json.dumps(self.job_config).encode()})
-            await self.gcs.call("subscribe", ["logs", "nodes"] if self.log_to_driver else ["nodes"])
+            await self.gcs.call("subscribe", self._channels())
         else:
-            await self.gcs.call("subscribe", ["nodes"])
+            await self.gcs.call("subscribe", self._channels())
+        self._gcs_up.set()
+        self.gcs.add_close_callback(self._gcs_lost)
+
+    def _channels(self) -> list[str]:
+        return ["logs", "nodes"] if self.mode == DRIVER and self.log_to_driver else ["nodes"]
+
+    def _gcs_lost(self, conn: Connection) -> None:
+        if self.shutting_down or conn is not self.gcs:
+            return
+        self._gcs_up.clear()
+        logger.warning("lost the connection to the control service (%s); reconnecting", conn.close_reason)
+        self.loop.create_task(self._reconnect_gcs())
+
+    async def _reconnect_gcs(self) -> None:
+        """Wait out a control-service restart: reconnect, re-attach our job, re-subscribe."""
+        loop = asyncio.get_running_loop()
+        timeout = config().gcs_reconnect_timeout_s
+        deadline = loop.time() + timeout
+        delay = 0.05
+        while not self.shutting_down:
+            try:
+                conn = await connect(self.gcs_address, self.token, self, info={"role": self.mode}, timeout=2.0, retry=False)
+                if self.mode == DRIVER:
+                    await conn.call("reattach_job", {"job_id": self.job_id})
+                await conn.call("subscribe", self._channels())
+            except (ConnectionLost, OSError, RemoteError) as exc:
+                if loop.time() > deadline:
+                    logger.error("the control service did not come back within %gs: %s", timeout, exc)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            self.gcs = conn
+            conn.add_close_callback(self._gcs_lost)
+            self._gcs_up.set()
+            logger.info("reconnected to the control service")
+            return
+
+    async def gcs_request(self, method: str, payload: Any, timeout: float | None = -1.0) -> Any:
+        """Call the control service, waiting out a restart (requests must be idempotent)."""
+        wait = config().gcs_reconnect_timeout_s
+        while True:
+            if not self._gcs_up.is_set():
+                try:
+                    await asyncio.wait_for(self._gcs_up.wait(), wait)
+                except asyncio.TimeoutError:
+                    raise ConnectionLost(f"the control service has been unreachable for {wait:g}s") from None
+            conn = self.gcs
+            try:
+                return await conn.call(method, payload, timeout)
+            except ConnectionLost:
+                if self.shutting_down:
+                    raise
+                if conn is self.gcs and not conn.closed:
+                    raise  # a timeout, not a lost connection
+                await asyncio.sleep(0)
 
     def _raylet_lost(self, conn: Connection) -> None:
         if self.shutting_down:
@@ -215,7 +278,7 @@ class CoreWorker:
     # ================================================================ loop helpers
     def gcs_call(self, method: str, payload: Any, timeout: float | None = -1.0) -> Any:
         assert self.io is not None
-        return self.io.run(self.gcs.call(method, payload, timeout))
+        return self.io.run(self.gcs_request(method, payload, timeout))
 
     def raylet_call(self, method: str, payload: Any, timeout: float | None = -1.0) -> Any:
         assert self.io is not None

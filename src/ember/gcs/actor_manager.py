@@ -21,6 +21,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ember.exceptions import ConnectionLost, RemoteError
+from ember.gcs import persistence as db
 from ember.rpc import Connection, connect
 
 if TYPE_CHECKING:
@@ -114,7 +115,43 @@ class ActorManager:
         self.by_worker: dict[bytes, bytes] = {}
 
     # ================================================================ registration
+    def _persist(self, entry: ActorEntry) -> None:
+        self.gcs.storage.put("actors", entry.actor_id, db.pack(db.actor_record(entry)))
+
+    def restore(self) -> None:
+        """Rebuild the actor table after a control-service restart."""
+        for _, data in self.gcs.storage.items("actors"):
+            record = db.unpack(data)
+            entry = ActorEntry(record["spec"])
+            entry.state = ActorState(record["state"])
+            for field in ("address", "worker_id", "node_id", "lease_id", "pid", "incarnation",
+                          "num_restarts", "death_cause", "creation_error", "error_type"):
+                setattr(entry, field, record.get(field))
+            entry.pid = entry.pid or 0
+            entry.error_type = entry.error_type or ""
+            entry.death_cause = entry.death_cause or ""
+            self.actors[entry.actor_id] = entry
+            if entry.state is ActorState.DEAD:
+                continue
+            if entry.name:
+                self.named[(entry.namespace, entry.name)] = entry.actor_id
+            if entry.state is ActorState.ALIVE and entry.worker_id is not None:
+                self.by_worker[entry.worker_id] = entry.actor_id
+            else:
+                # Its creation was under way: start it again once nodes are back.
+                entry.task = asyncio.get_running_loop().create_task(self._create(entry))
+        if self.actors:
+            logger.info("restored %d actors", len(self.actors))
+
+    def on_node_reconnected(self, node_id: bytes, gcs_leases: list[list[Any]]) -> list[bytes]:
+        """A node came back with worker leases granted to a previous control service:
+        returns those that no live actor uses (to be ended)."""
+        in_use = {e.lease_id for e in self.actors.values() if e.state is ActorState.ALIVE and e.node_id == node_id}
+        return [lease_id for lease_id, _worker_id in gcs_leases if lease_id not in in_use]
+
     def register(self, spec: dict[str, Any]) -> dict[str, Any]:
+        if spec["actor_id"] in self.actors:
+            return {"actor_id": spec["actor_id"], "existing": False}  # a retried registration
         name = spec.get("name")
         if name:
             key = (spec.get("namespace") or "", name)
@@ -131,6 +168,7 @@ class ActorManager:
             self.named[key] = spec["actor_id"]
         entry = ActorEntry(spec)
         self.actors[entry.actor_id] = entry
+        self._persist(entry)
         entry.task = asyncio.get_running_loop().create_task(self._create(entry))
         return {"actor_id": entry.actor_id, "existing": False}
 
@@ -149,7 +187,7 @@ class ActorManager:
 
         need = res.to_fixed(entry.spec.get("place") or {})
         preferred = entry.spec.get("node_id")
-        candidates = [n for n in self.gcs.nodes.values() if n.alive]
+        candidates = [n for n in self.gcs.nodes.values() if n.alive and n.conn is not None]
         candidates.sort(key=lambda n: n.info["node_id"] != preferred)
         for node in candidates:
             if res.fits(need, res.to_fixed(node.info["resources"])):
@@ -226,6 +264,7 @@ class ActorManager:
             entry.address = grant["address"]
             entry.incarnation += 1
             entry.transition(ActorState.ALIVE)
+            self._persist(entry)
         else:
             entry.creation_error = reply.get("e")
             self._mark_dead(entry, "its constructor (__init__) raised an exception", kill=True)
@@ -256,6 +295,7 @@ class ActorManager:
         if max_restarts == -1 or entry.num_restarts < max_restarts:
             entry.num_restarts += 1
             entry.transition(ActorState.RESTARTING)
+            self._persist(entry)
             logger.info("restarting actor %s (%s)", entry.actor_id.hex()[:12], detail)
             entry.task = asyncio.get_running_loop().create_task(self._create(entry))
         else:
@@ -283,7 +323,7 @@ class ActorManager:
         if entry.worker_id is None:
             return
         node = self.gcs.nodes.get(entry.node_id) if entry.node_id else None
-        if node is not None and node.alive:
+        if node is not None and node.alive and node.conn is not None:
             node.conn.notify("kill_worker", {"worker_id": entry.worker_id})
 
     def _mark_dead(self, entry: ActorEntry, cause: str, kill: bool = False) -> None:
@@ -292,6 +332,7 @@ class ActorManager:
         entry.death_cause = cause
         entry.address = None
         entry.state = ActorState.DEAD  # from any state
+        self._persist(entry)
         waiters, entry.waiters = entry.waiters, []
         for fut in waiters:
             if not fut.done():

@@ -22,12 +22,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--listen-fd", type=int, default=-1, help="an already bound listening socket")
+    parser.add_argument("--storage", default="memory://", help="memory://, sqlite:///path or redis://host:port")
     args = parser.parse_args(argv)
     setup_logging("gcs")
     token = session.read_token(args.session_dir)
+    session.write_pid_file(args.session_dir, "gcs", os.getpid())  # a restarted control service too
 
     async def serve(stop: asyncio.Event) -> None:
-        gcs = GcsServer(args.session_dir, token)
+        from ember.gcs.storage import open_storage
+
+        gcs = GcsServer(args.session_dir, token, open_storage(args.storage))
         sock = None
         if args.listen_fd >= 0:
             sock = socket.socket(fileno=args.listen_fd)
@@ -37,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         await stop.wait()
         server.close()
         await gcs.stop()
+        gcs.storage.close()
         logger.info("control service stopped")
 
     run_daemon(serve)

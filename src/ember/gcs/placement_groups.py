@@ -24,6 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ember.exceptions import ConnectionLost, RemoteError
+from ember.gcs import persistence as db
 from ember.gcs.placement_policy import place
 from ember.raylet import resources as res
 
@@ -89,7 +90,26 @@ class PlacementGroupManager:
         self.named: dict[tuple[str, str], bytes] = {}
 
     # ================================================================ API
+    def _persist(self, entry: PgEntry) -> None:
+        self.gcs.storage.put("pgs", entry.pg_id, db.pack(db.pg_record(entry)))
+
+    def restore(self) -> None:
+        for _, data in self.gcs.storage.items("pgs"):
+            record = db.unpack(data)
+            entry = PgEntry(record["spec"])
+            entry.state = PgState(record["state"])
+            entry.nodes = list(record["nodes"])
+            self.groups[entry.pg_id] = entry
+            if entry.state is PgState.REMOVED:
+                continue
+            if entry.name:
+                self.named[(entry.namespace, entry.name)] = entry.pg_id
+            if entry.state is not PgState.CREATED:
+                entry.task = asyncio.get_running_loop().create_task(self._schedule(entry))
+
     def create(self, spec: dict[str, Any]) -> dict[str, Any]:
+        if spec["pg_id"] in self.groups:
+            return {"pg_id": spec["pg_id"]}  # a retried request
         entry = PgEntry(spec)
         if entry.name:
             key = (entry.namespace, entry.name)
@@ -98,6 +118,7 @@ class PlacementGroupManager:
                 raise ValueError(f"A placement group named {entry.name!r} already exists in this namespace.")
             self.named[key] = entry.pg_id
         self.groups[entry.pg_id] = entry
+        self._persist(entry)
         entry.task = asyncio.get_running_loop().create_task(self._schedule(entry))
         return {"pg_id": entry.pg_id}
 
@@ -123,6 +144,7 @@ class PlacementGroupManager:
         if entry is None or entry.state is PgState.REMOVED:
             return False
         entry.transition(PgState.REMOVED)
+        self._persist(entry)
         self._wake(entry)
         for i, node in enumerate(entry.nodes):
             view = self.gcs.nodes.get(node) if node is not None else None
@@ -161,7 +183,7 @@ class PlacementGroupManager:
             if entry.strategy == "STRICT_PACK" and len(missing) != len(entry.nodes):
                 await self._release(entry, [i for i, n in enumerate(entry.nodes) if n is not None])
                 missing = list(range(len(entry.nodes)))
-            alive = {nid: n for nid, n in self.gcs.nodes.items() if n.alive}
+            alive = {nid: n for nid, n in self.gcs.nodes.items() if n.alive and n.conn is not None}
             avail = {nid: res.to_fixed(n.available) for nid, n in alive.items()}
             if entry.strategy == "STRICT_SPREAD":
                 for i, node in enumerate(entry.nodes):
@@ -181,6 +203,7 @@ class PlacementGroupManager:
                 continue
             if await self._reserve(entry, missing, choice):
                 entry.transition(PgState.CREATED)
+                self._persist(entry)
                 self._wake(entry)
                 logger.info("placement group %s created", entry.pg_id.hex()[:12])
                 return
@@ -227,8 +250,8 @@ class PlacementGroupManager:
 
     async def _node_call(self, node_id: bytes, method: str, payload: dict[str, Any]) -> Any:
         node = self.gcs.nodes.get(node_id)
-        if node is None or not node.alive:
-            raise ConnectionLost(f"node {node_id.hex()[:12]} is not alive")
+        if node is None or not node.alive or node.conn is None:
+            raise ConnectionLost(f"node {node_id.hex()[:12]} is not connected")
         try:
             return await node.conn.call(method, payload, timeout=10.0)
         except RemoteError:
@@ -242,6 +265,7 @@ class PlacementGroupManager:
             entry.nodes = [None if n == node_id else n for n in entry.nodes]
             if entry.state is PgState.CREATED:
                 entry.transition(PgState.RESCHEDULING)
+                self._persist(entry)
                 logger.info("placement group %s lost bundles on node %s; placing them again",
                             entry.pg_id.hex()[:12], node_id.hex()[:12])
                 entry.task = asyncio.get_running_loop().create_task(self._schedule(entry))

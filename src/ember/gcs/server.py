@@ -18,6 +18,7 @@ from ember._private import ids
 from ember._private.config import config
 from ember.gcs.actor_manager import ActorManager
 from ember.gcs.placement_groups import PlacementGroupManager
+from ember.gcs import persistence as db
 from ember.gcs.storage import InMemoryStorage
 from ember.rpc import Connection
 
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 class NodeEntry:
-    def __init__(self, info: dict[str, Any], conn: Connection) -> None:
+    def __init__(self, info: dict[str, Any], conn: Connection | None) -> None:
         self.info = info
         self.conn = conn
         self.alive = True
@@ -59,22 +60,70 @@ class NodeEntry:
 
 
 class GcsServer:
-    def __init__(self, session_dir: str, token: str) -> None:
+    def __init__(self, session_dir: str, token: str, storage: Any = None) -> None:
         self.session_dir = session_dir
         self.token = token
-        self.cluster_id = os.urandom(8).hex()
-        self.storage = InMemoryStorage()
+        self.storage = storage if storage is not None else InMemoryStorage()
+        stored_id = self.storage.get("meta", b"cluster_id")
+        self.cluster_id = stored_id.decode() if stored_id else os.urandom(8).hex()
+        if not stored_id:
+            self.storage.put("meta", b"cluster_id", self.cluster_id.encode())
         self.nodes: dict[bytes, NodeEntry] = {}
         self.jobs: dict[bytes, dict[str, Any]] = {}
-        self._next_job = 1
+        self._job_conns: dict[bytes, Connection] = {}
+        stored_next = self.storage.get("meta", b"next_job")
+        self._next_job = int(stored_next) if stored_next else 1
         self.subscribers: dict[str, set[Connection]] = {}
         self._health_task: asyncio.Task[None] | None = None
         self.actor_manager = ActorManager(self)
         self.pg_manager = PlacementGroupManager(self)
         self._oom_details: dict[bytes, str] = {}
+        self.restarted = False
 
     def start(self) -> None:
-        self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
+        loop = asyncio.get_running_loop()
+        self._restore()
+        self._health_task = loop.create_task(self._health_loop())
+
+    def _restore(self) -> None:
+        """Load what a previous control service on this storage acknowledged."""
+        nodes = self.storage.items("nodes")
+        for _, data in nodes:
+            info = db.unpack(data)
+            entry = NodeEntry(info, None)
+            if info.get("dead"):
+                entry.alive = False
+                entry.death_reason = info.get("death_reason", "")
+            # A live node stays alive until it misses the heartbeat deadline: it should reconnect by then.
+            self.nodes[info["node_id"]] = entry
+        for _, data in self.storage.items("jobs"):
+            job = db.unpack(data)
+            self.jobs[job["job_id"]] = job
+        self.restarted = bool(nodes or self.jobs)
+        if self.restarted:
+            logger.info("restored %d nodes and %d jobs from storage", len(self.nodes), len(self.jobs))
+            loop = asyncio.get_running_loop()
+            grace = config().node_death_timeout_s
+            for job_id, job in self.jobs.items():
+                if job["status"] == "RUNNING":
+                    loop.call_later(grace, self._job_not_reattached, job_id)
+        self.actor_manager.restore()
+        self.pg_manager.restore()
+
+    def _job_not_reattached(self, job_id: bytes) -> None:
+        if job_id not in self._job_conns:
+            logger.info("the driver of job %s did not come back after the restart", job_id.hex())
+            self._job_finished(job_id)
+
+    def persist_job(self, job: dict[str, Any]) -> None:
+        self.storage.put("jobs", job["job_id"], db.pack(job))
+
+    def persist_node(self, entry: NodeEntry) -> None:
+        record = dict(entry.info)
+        if not entry.alive:
+            record["dead"] = True
+            record["death_reason"] = entry.death_reason
+        self.storage.put("nodes", entry.info["node_id"], db.pack(record))
 
     async def stop(self) -> None:
         if self._health_task:
@@ -106,6 +155,11 @@ class GcsServer:
     # ---------------------------------------------------------------- nodes
     def rpc_register_node(self, conn: Connection, info: dict[str, Any]) -> dict[str, Any]:
         node_id = info["node_id"]
+        if info.get("cluster_id") and info["cluster_id"] != self.cluster_id:
+            raise ValueError(
+                f"this node belongs to cluster {info['cluster_id']}, but this control service runs cluster "
+                f"{self.cluster_id}; start the node again with the right --address to join this cluster"
+            )
         known = self.nodes.get(node_id)
         if known is not None and not known.alive:
             # A node declared dead must not come back and deliver stale results.
@@ -113,13 +167,17 @@ class GcsServer:
                 f"node {node_id.hex()[:12]} was declared dead ({known.death_reason}); "
                 "restart it so that it joins as a new node"
             )
+        gcs_leases = info.get("gcs_leases") or []
+        info = {k: v for k, v in info.items() if k not in ("gcs_leases", "cluster_id")}
         entry = NodeEntry(info, conn)
         self.nodes[node_id] = entry
+        self.persist_node(entry)
+        release = self.actor_manager.on_node_reconnected(node_id, gcs_leases)
         conn.state["node_id"] = node_id
         conn.add_close_callback(lambda c: self._node_disconnected(node_id, c))
         logger.info("node %s joined at %s", node_id.hex()[:12], info["address"])
         self.publish("nodes", entry.to_public())
-        return {"cluster_id": self.cluster_id}
+        return {"cluster_id": self.cluster_id, "release_leases": release}
 
     def _node_disconnected(self, node_id: bytes, conn: Connection) -> None:
         entry = self.nodes.get(node_id)
@@ -129,6 +187,7 @@ class GcsServer:
     def _mark_node_dead(self, entry: NodeEntry, reason: str) -> None:
         entry.alive = False
         entry.death_reason = reason
+        self.persist_node(entry)
         logger.warning("node %s is dead: %s", entry.info["node_id"].hex()[:12], reason)
         self.publish("nodes", entry.to_public())
         self.actor_manager.on_node_died(entry.info["node_id"], reason)
@@ -142,8 +201,9 @@ class GcsServer:
             if "total" in report and report["total"] != entry.info["resources"]:
                 entry.info["resources"] = report["total"]
                 # Node shapes changed (placement-group bundles): let every node see it now.
+                self.persist_node(entry)
                 for other in self.nodes.values():
-                    if other is not entry and other.alive:
+                    if other is not entry and other.alive and other.conn is not None:
                         other.conn.notify("refresh_view", None)
             entry.store_used = report.get("store_used", 0)
             entry.store_objects = report.get("store_objects", 0)
@@ -169,13 +229,15 @@ class GcsServer:
             now = time.monotonic()
             for entry in list(self.nodes.values()):
                 if entry.alive and now - entry.last_heartbeat > timeout:
-                    self._mark_node_dead(entry, f"no heartbeat for {timeout:.0f}s")
-                    entry.conn.close("missed heartbeats")
+                    self._mark_node_dead(entry, f"no heartbeat for {timeout:g}s")
+                    if entry.conn is not None:
+                        entry.conn.close("missed heartbeats")
 
     # ----------------------------------------------------------------- jobs
     def rpc_register_job(self, conn: Connection, info: dict[str, Any]) -> dict[str, Any]:
         job_id = ids.job_id_from_int(self._next_job)
         self._next_job += 1
+        self.storage.put("meta", b"next_job", str(self._next_job).encode())
         entry = {
             "job_id": job_id,
             "namespace": info.get("namespace") or f"anonymous-{job_id.hex()}",
@@ -187,14 +249,34 @@ class GcsServer:
             "entrypoint": info.get("entrypoint", ""),
         }
         self.jobs[job_id] = entry
-        conn.add_close_callback(lambda c: self._job_finished(job_id))
+        self.persist_job(entry)
+        self._attach_job(job_id, conn)
         return {"job_id": job_id, "namespace": entry["namespace"], "cluster_id": self.cluster_id}
+
+    def _attach_job(self, job_id: bytes, conn: Connection) -> None:
+        self._job_conns[job_id] = conn
+
+        def closed(c: Connection) -> None:
+            if self._job_conns.get(job_id) is c:
+                del self._job_conns[job_id]
+                self._job_finished(job_id)
+
+        conn.add_close_callback(closed)
+
+    def rpc_reattach_job(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any]:
+        """A driver reconnecting after a control-service restart."""
+        job = self.jobs.get(p["job_id"])
+        if job is None or job["status"] != "RUNNING":
+            raise ValueError(f"job {p['job_id'].hex()} is not running here")
+        self._attach_job(p["job_id"], conn)
+        return {"cluster_id": self.cluster_id}
 
     def _job_finished(self, job_id: bytes) -> None:
         entry = self.jobs.get(job_id)
         if entry is not None and entry["status"] == "RUNNING":
             entry["status"] = "SUCCEEDED"
             entry["end_time"] = time.time()
+            self.persist_job(entry)
             self.publish("jobs", {"job_id": job_id, "status": entry["status"]})
             self.actor_manager.on_job_finished(job_id)
             self.pg_manager.on_job_finished(job_id)

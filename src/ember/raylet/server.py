@@ -18,7 +18,7 @@ from typing import Any
 
 from ember._private import ids
 from ember._private.config import config
-from ember.exceptions import ObjectStoreFullError
+from ember.exceptions import ConnectionLost, ObjectStoreFullError, RemoteError
 from ember.raylet import resources as res
 from ember.raylet.leases import Lease, LeaseRequest
 from ember.raylet import scheduling_policy as policy
@@ -68,6 +68,8 @@ class Raylet:
         self._tasks: list[asyncio.Task[None]] = []
         self._server: asyncio.AbstractServer | None = None
         self.stopping = False
+        self.cluster_id = ""
+        self._gcs_backlog: list[tuple[str, Any]] = []
         self.view: dict[bytes, policy.NodeView] = {}
         self.policy_cfg = policy.PolicyConfig(
             cfg.scheduler_spread_threshold, cfg.scheduler_top_k_fraction, cfg.scheduler_top_k_absolute
@@ -118,7 +120,8 @@ class Raylet:
             self._start_worker()
         self.gcs = await connect(opts.gcs_address, self.token, self, info={"role": "raylet"})
         self.gcs.add_close_callback(self._gcs_lost)
-        await self.gcs.call("register_node", self.node_info())
+        reply = await self.gcs.call("register_node", self.node_info())
+        self.cluster_id = reply["cluster_id"]
         # Joins and deaths reach the cluster view at once, not at the next report.
         await self.gcs.call("subscribe", ["nodes"])
         loop = asyncio.get_running_loop()
@@ -167,8 +170,64 @@ class Raylet:
             self.gcs.close("node daemon stopping")
 
     def _gcs_lost(self, conn: Connection) -> None:
-        logger.error("lost the connection to the control service (%s); stopping", conn.close_reason)
-        self.stop_event.set()
+        if self.stopping or conn is not self.gcs:
+            return
+        logger.warning("lost the connection to the control service (%s); reconnecting", conn.close_reason)
+        asyncio.get_running_loop().create_task(self._reconnect_gcs(conn))
+
+    async def _reconnect_gcs(self, old: Connection) -> None:
+        """Keep running while the control service restarts; rejoin it with the same node id."""
+        timeout = config().gcs_reconnect_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = 0.05
+        while not self.stopping:
+            try:
+                conn = await connect(self.opts.gcs_address, self.token, self, info={"role": "raylet"}, timeout=2.0, retry=False)
+                held = [[l.lease_id, l.worker.worker_id] for l in self.leases.values() if l.holder is old]
+                reply = await conn.call("register_node", {**self.node_info(), "cluster_id": self.cluster_id, "gcs_leases": held})
+            except RemoteError as exc:
+                logger.error("the control service refused this node: %s; stopping", exc.message)
+                self.stop_event.set()
+                return
+            except (ConnectionLost, OSError):
+                if loop.time() > deadline:
+                    logger.error("the control service did not come back within %gs; stopping", timeout)
+                    self.stop_event.set()
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            break
+        else:
+            return
+        self.gcs = conn
+        conn.add_close_callback(self._gcs_lost)
+        release = set(reply.get("release_leases") or [])
+        for lease in list(self.leases.values()):
+            if lease.holder is old:
+                if lease.lease_id in release:
+                    self.pool.kill(lease.worker)
+                    self._release_lease(lease)
+                else:
+                    lease.holder = conn
+        backlog, self._gcs_backlog = self._gcs_backlog, []
+        for method, payload in backlog:
+            conn.notify(method, payload)
+        try:
+            await conn.call("subscribe", ["nodes"])
+        except (ConnectionLost, RemoteError):
+            pass
+        logger.info("rejoined the control service")
+        self.report_now()
+        self._schedule()
+
+    def notify_gcs(self, method: str, payload: Any) -> None:
+        """Tell the control service something; kept until it is reachable again if it is not now."""
+        if self.gcs is not None and not self.gcs.closed:
+            self.gcs.notify(method, payload)
+        else:
+            self._gcs_backlog.append((method, payload))
 
     stop_event: asyncio.Event
 
@@ -376,8 +435,7 @@ class Raylet:
             detail = f"it exited with code {code}"
         worker.exit_detail = detail
         logger.info("worker %s (pid %d) died: %s", worker.worker_id.hex()[:12], worker.pid, detail)
-        if self.gcs is not None and not self.gcs.closed:
-            self.gcs.notify("worker_died", {"worker_id": worker.worker_id, "node_id": self.node_id, "pid": worker.pid, "detail": detail})
+        self.notify_gcs("worker_died", {"worker_id": worker.worker_id, "node_id": self.node_id, "pid": worker.pid, "detail": detail})
 
     def _start_worker(self) -> WorkerHandle:
         handle = self.pool.start_worker()

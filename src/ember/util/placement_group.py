@@ -46,7 +46,7 @@ class PlacementGroup:
         pg_id = self.id.binary()
 
         async def wait_created() -> bool:
-            state = await worker.gcs.call("wait_placement_group", {"pg_id": pg_id}, timeout=None)
+            state = await worker.gcs_request("wait_placement_group", {"pg_id": pg_id}, timeout=None)
             if state != "CREATED":
                 raise ValueError(f"placement group {pg_id.hex()} was removed before it was placed")
             return True
