@@ -59,6 +59,7 @@ class ActorClient:
         self.queue: deque[ActorCall] = deque()
         self.in_flight: dict[bytes, ActorCall] = {}
         self.death_error: BaseException | None = None
+        self.next_seq = 0
 
 
 class ActorSubmitter:
@@ -192,6 +193,14 @@ class ActorSubmitter:
                 continue
             client.in_flight[call.spec["tid"]] = call
             call.pushed_to = client.incarnation
+            # Sequence numbers let the actor run this caller's calls in order even if the
+            # network reorders them; seq_base says every earlier call is finished.
+            if "seq" not in call.spec:
+                call.spec["seq"] = client.next_seq
+                client.next_seq += 1
+            call.spec["caller"] = self.worker.worker_id
+            pending = [c.spec["seq"] for c in client.in_flight.values() if "seq" in c.spec]
+            call.spec["seq_base"] = min(pending) if pending else call.spec["seq"]
             fut = conn.call_future("push_actor_task", call.spec)
             fut.add_done_callback(partial(self._on_reply, client, call))
 

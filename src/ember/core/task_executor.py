@@ -69,18 +69,52 @@ class TaskExecutor:
         self._last_marker: tuple[str, str] | None = None
         self._stopped = False
         self.actor: ActorRuntime | None = None
+        #: Recent pushes by task id: (attempt, future), to answer duplicates without running them again.
+        self._seen: dict[bytes, tuple[int, asyncio.Future[Any]]] = {}
+        self._expected_seq: dict[bytes, int] = {}
+        self._held_calls: dict[bytes, dict[int, tuple[dict[str, Any], asyncio.Future[Any]]]] = {}
 
     # ================================================================ I/O loop side
     def push(self, kind: int, spec: dict[str, Any]) -> asyncio.Future[Any]:
+        # A resent push (a lost reply, a retrying client) gets the first one's answer: no second run.
+        seen = self._seen.get(spec["tid"]) if kind != CREATE_ACTOR else None
+        if seen is not None and seen[0] == spec.get("attempt", 0):
+            return seen[1]
         fut: asyncio.Future[Any] = self.worker.loop.create_future()
+        if kind != CREATE_ACTOR:
+            self._seen[spec["tid"]] = (spec.get("attempt", 0), fut)
+            if len(self._seen) > 10000:
+                self._seen.pop(next(iter(self._seen)))
+        ready = self._in_caller_order(spec, fut) if kind == ACTOR_CALL else [(spec, fut)]
         actor = self.actor
         if kind == ACTOR_CALL and actor is not None and actor.accepts_direct_calls:
-            actor.submit(spec, fut)
+            for item_spec, item_fut in ready:
+                actor.submit(item_spec, item_fut)
             return fut
         with self._cond:
-            self._queue.append((kind, spec, fut))
+            for item_spec, item_fut in ready:
+                self._queue.append((kind, item_spec, item_fut))
             self._cond.notify()
         return fut
+
+    def _in_caller_order(self, spec: dict[str, Any], fut: asyncio.Future[Any]) -> list[tuple[dict[str, Any], asyncio.Future[Any]]]:
+        """Hold a call that overtook an earlier one from the same caller; release calls in sequence."""
+        caller, seq = spec.get("caller"), spec.get("seq")
+        if caller is None or seq is None:
+            return [(spec, fut)]
+        expected = self._expected_seq.get(caller)
+        if expected is None or spec.get("seq_base", seq) > expected:
+            expected = spec.get("seq_base", seq)
+        if seq < expected:
+            return [(spec, fut)]  # an old call resent: nothing to wait for
+        held = self._held_calls.setdefault(caller, {})
+        held[seq] = (spec, fut)
+        ready = []
+        while expected in held:
+            ready.append(held.pop(expected))
+            expected += 1
+        self._expected_seq[caller] = expected
+        return ready
 
     def cancel(self, task_id: bytes) -> None:
         with self._cond:

@@ -41,7 +41,7 @@ class TaskEntry:
     __slots__ = (
         "spec", "name", "return_ids", "retries_left", "retry_exceptions", "arg_ids",
         "deps_pending", "status", "lease", "cancelled", "force_cancel", "sched_key",
-        "resources", "attempt", "strategy",
+        "resources", "attempt", "strategy", "pushes",
     )
 
     def __init__(self, spec: dict[str, Any], name: str, return_ids: list[bytes], retries: int,
@@ -60,6 +60,9 @@ class TaskEntry:
         self.sched_key = sched_key
         self.resources = resources
         self.attempt = 0
+        #: Every push of this task, including bounces and retries: lets a worker tell a resent
+        #: copy of the same push (to be deduplicated) from a new attempt.
+        self.pushes = 0
         self.strategy: Any = None
 
     def transition(self, new: TaskStatus) -> None:

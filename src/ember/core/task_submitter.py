@@ -185,6 +185,8 @@ class TaskSubmitter:
         entry.transition(TaskStatus.SUBMITTED_TO_WORKER)
         entry.lease = lease
         entry.attempt += 1
+        entry.pushes += 1
+        entry.spec["attempt"] = entry.pushes
         lease.in_flight += 1
         fut = lease.conn.call_future("push_task", entry.spec)
         fut.add_done_callback(partial(self._on_reply, entry, lease))

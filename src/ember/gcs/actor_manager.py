@@ -210,7 +210,9 @@ class ActorManager:
     async def _create_once(self, entry: ActorEntry) -> None:
         request = {
             "resources": entry.spec.get("place") or {}, "hold": entry.spec.get("hold") or {},
-            "request_id": entry.actor_id, "strategy": entry.spec.get("strategy"), "spilled": False,
+            # Unique per creation attempt: node daemons answer a repeated request id with the same grant.
+            "request_id": entry.actor_id + entry.num_restarts.to_bytes(4, "big") + entry.incarnation.to_bytes(4, "big"),
+            "strategy": entry.spec.get("strategy"), "spilled": False,
         }
         node = None
         warned = False

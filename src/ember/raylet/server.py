@@ -487,7 +487,16 @@ class Raylet:
 
     # ================================================================ RPC: leases
     def rpc_request_lease(self, conn: Connection, p: dict[str, Any]) -> asyncio.Future[Any]:
+        # A resent request (its reply was lost) gets the same answer, not a second lease.
+        seen: dict[Any, asyncio.Future[Any]] = conn.state.setdefault("lease_requests", {})
+        request_id = p.get("request_id")
+        if request_id is not None and request_id in seen:
+            return seen[request_id]
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if request_id is not None:
+            seen[request_id] = fut
+            if len(seen) > 10000:
+                seen.pop(next(iter(seen)))
         try:
             request = res.to_fixed(p.get("resources") or {})
         except (TypeError, ValueError) as exc:

@@ -27,6 +27,7 @@ from typing import Any
 from ember._private.config import config
 from ember.exceptions import AuthenticationError, ConnectionLost, FrameError, RemoteError
 from ember.rpc import framing
+from ember.rpc.fault_injection import Fault, fault_for, rng
 from ember.rpc.framing import ERROR, HELLO_MAGIC, NOTIFY, REPLY, REQUEST
 
 logger = logging.getLogger(__name__)
@@ -257,10 +258,47 @@ class Connection(asyncio.Protocol):
         if self.closed:
             fut.set_exception(ConnectionLost(f"connection to {self.peername} is closed: {self.close_reason}"))
             return fut
+        fault = fault_for(method)
+        if fault is not None:
+            self._call_with_faults(fut, method, payload, fault)
+            return fut
         msg_id = next(self._ids)
         self._pending[msg_id] = fut
         self.send([REQUEST, msg_id, method, payload])
         return fut
+
+    def _call_with_faults(self, outer: asyncio.Future[Any], method: str, payload: Any, fault: Fault) -> None:
+        """Testing only: lose or delay this request or its reply, resending as a client would."""
+        def attempt() -> None:
+            if outer.done() or self.closed:
+                if not outer.done():
+                    outer.set_exception(ConnectionLost(f"connection to {self.peername} is closed"))
+                return
+            if rng.random() < fault.request_loss:
+                self._loop.call_later(0.01, attempt)  # lost on the way: resend after a pause
+                return
+            inner = self._loop.create_future()
+            msg_id = next(self._ids)
+            self._pending[msg_id] = inner
+
+            def on_reply(f: asyncio.Future[Any]) -> None:
+                if outer.done():
+                    return
+                if f.exception() is None and rng.random() < fault.reply_loss:
+                    self._loop.call_later(0.01, attempt)  # the reply was lost: ask again
+                elif f.exception() is not None:
+                    outer.set_exception(f.exception())  # type: ignore[arg-type]
+                else:
+                    outer.set_result(f.result())
+
+            inner.add_done_callback(on_reply)
+            self.send([REQUEST, msg_id, method, payload])
+
+        delay = rng.random() * fault.max_delay_ms / 1000.0
+        if delay:
+            self._loop.call_later(delay, attempt)
+        else:
+            attempt()
 
     async def call(self, method: str, payload: Any = None, timeout: float | None = -1.0) -> Any:
         """Send a request and wait for the reply (``timeout=None``: wait forever)."""
