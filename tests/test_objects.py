@@ -169,6 +169,11 @@ def test_wait_default_num_returns_is_one(ember_shared):
     assert ready == refs[:1] and not_ready == refs[1:]
 
 
+def test_wait_on_an_empty_list_returns_two_empty_lists(ember_shared):
+    assert ember.wait([]) == ([], [])
+    assert ember.wait([], num_returns=3, timeout=0) == ([], [])
+
+
 def test_wait_argument_errors(ember_shared):
     a, b = ember.put(1), ember.put(2)
     with pytest.raises(ValueError, match="unique"):

@@ -73,6 +73,8 @@ def wait(
     for ref in refs:
         if not isinstance(ref, ObjectRef):
             raise TypeError(f"wait() expects a list of ObjectRefs, got an element of type {type(ref).__name__}.")
+    if not refs:
+        return [], []  # as Ray: nothing to wait for, whatever num_returns says
     if len({r.binary() for r in refs}) != len(refs):
         raise ValueError("wait() requires a list of unique ObjectRefs.")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1:
