@@ -26,6 +26,14 @@ from ember.runtime_context import get_runtime_context
 __version__ = "0.1.0"
 
 
+def get_gpu_ids() -> list[int]:
+    """The GPU ids assigned to the current task or actor (empty in a driver or without GPUs)."""
+    from ember._private import runtime
+
+    worker = runtime.core_worker_or_none()
+    return list(worker.gpu_ids) if worker is not None else []
+
+
 def remote(*args: Any, **kwargs: Any) -> Any:
     """Turn a function into a task (``@ember.remote`` or ``@ember.remote(num_cpus=2, ...)``)."""
     if len(args) == 1 and not kwargs and callable(args[0]):
@@ -51,7 +59,7 @@ def _make_remote(target: Any, options: dict[str, Any]) -> Any:
 
 __all__ = [
     "JobID", "NodeID", "ObjectRef", "RemoteFunction", "TaskID", "WorkerID",
-    "ActorClass", "available_resources", "cancel", "get_actor", "kill", "method", "cluster_resources", "exceptions", "get",
+    "ActorClass", "available_resources", "cancel", "get_actor", "get_gpu_ids", "kill", "method", "cluster_resources", "exceptions", "get",
     "get_runtime_context", "init", "is_initialized", "nodes", "put", "remote",
     "shutdown", "wait",
 ]

@@ -54,6 +54,7 @@ class ActorRuntime:
         try:
             cls = worker.function_manager.load(spec["fid"], spec["job"])
             worker.actor_id = spec["actor_id"]
+            worker.set_gpu_ids(spec.get("gpus"))
             worker.set_task_context({**call_spec, "tid": _creation_task_id(spec)})
             self.executor.mark(spec["job"].hex(), spec["class_name"])
             args, kwargs = self.executor.decode_args(spec)

@@ -219,6 +219,7 @@ class TaskExecutor:
         name = spec["name"]
         try:
             fn = worker.function_manager.load(spec["fid"], spec["job"])
+            worker.set_gpu_ids(spec.get("gpus"))
             worker.set_task_context(spec)
             self.mark(spec["job"].hex(), name)
             args, kwargs = self.decode_args(spec)

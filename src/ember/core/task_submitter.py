@@ -48,7 +48,7 @@ ARG_PLASMA = 2  # [2, object_id, owner, [node_id, size, raylet_address]]  read f
 
 
 class LeaseState:
-    __slots__ = ("lease_id", "worker_id", "conn", "in_flight", "idle_timer", "dead", "pid", "raylet", "stealing", "node_death", "oom_detail")
+    __slots__ = ("lease_id", "worker_id", "conn", "in_flight", "idle_timer", "dead", "pid", "raylet", "stealing", "node_death", "oom_detail", "gpu_ids")
 
     def __init__(self, lease_id: bytes, worker_id: bytes, conn: Connection, pid: int, raylet: Connection) -> None:
         self.raylet = raylet
@@ -58,6 +58,7 @@ class LeaseState:
         self.node_death: tuple[bytes, str, str] | None = None
         #: Set when the memory monitor ended this lease's worker.
         self.oom_detail = ""
+        self.gpu_ids: list[int] = []
         self.lease_id = lease_id
         self.worker_id = worker_id
         self.conn = conn
@@ -187,6 +188,7 @@ class TaskSubmitter:
         entry.attempt += 1
         entry.pushes += 1
         entry.spec["attempt"] = entry.pushes
+        entry.spec["gpus"] = lease.gpu_ids
         lease.in_flight += 1
         fut = lease.conn.call_future("push_task", entry.spec)
         fut.add_done_callback(partial(self._on_reply, entry, lease))
@@ -258,6 +260,7 @@ class TaskSubmitter:
             return
         conn = task.result()
         lease = LeaseState(grant["lease_id"], grant["worker_id"], conn, grant.get("pid", 0), raylet)
+        lease.gpu_ids = grant.get("gpu_ids") or []
         cls.leases.append(lease)
         conn.add_close_callback(lambda c: self._lease_lost(cls, lease))
         self._dispatch(cls)

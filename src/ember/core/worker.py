@@ -99,6 +99,7 @@ class CoreWorker:
         self.lineage = Lineage(self)
         self.actor_submitter = ActorSubmitter(self)
         self.actor_id: bytes | None = None
+        self.gpu_ids: list[int] = []
         self._auto_destroy_actors: set[bytes] = set()
         self.executor = TaskExecutor(self) if mode == WORKER else None
         self.io: EventLoopThread | None = None
@@ -251,6 +252,13 @@ class CoreWorker:
         self.io.stop()
 
     # ================================================================ context
+    def set_gpu_ids(self, gpu_ids: list[int] | None) -> None:
+        """The GPUs this worker may use now: CUDA_VISIBLE_DEVICES follows them (empty: none)."""
+        gpu_ids = list(gpu_ids or [])
+        if gpu_ids != self.gpu_ids or "CUDA_VISIBLE_DEVICES" not in os.environ:
+            self.gpu_ids = gpu_ids
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
+
     def set_task_context(self, spec: dict[str, Any]) -> None:
         _task_context.set((spec["tid"], spec["job"], spec["name"]))
 

@@ -257,7 +257,10 @@ class ActorManager:
         self.by_worker[entry.worker_id] = entry.actor_id
         conn: Connection = await connect(grant["address"], self.gcs.token, info={"role": "gcs"}, timeout=10.0)
         try:
-            reply = await conn.call("create_actor", {**entry.spec, "incarnation": entry.incarnation + 1}, timeout=None)
+            reply = await conn.call(
+                "create_actor", {**entry.spec, "incarnation": entry.incarnation + 1, "gpus": grant.get("gpu_ids") or []},
+                timeout=None,
+            )
         finally:
             conn.close("creation done")
         if entry.state is ActorState.DEAD:

@@ -31,7 +31,7 @@ class LeaseRequest:
 
 
 class Lease:
-    __slots__ = ("lease_id", "worker", "resources", "holder", "blocked", "retriable", "granted_at")
+    __slots__ = ("lease_id", "worker", "resources", "holder", "blocked", "retriable", "granted_at", "gpu_ids")
 
     def __init__(self, lease_id: bytes, worker: WorkerHandle, resources: Resources, holder: Connection) -> None:
         self.lease_id = lease_id
@@ -40,6 +40,7 @@ class Lease:
         self.holder = holder
         self.blocked = False
         self.retriable = True
+        self.gpu_ids: list[int] = []
         self.granted_at = 0.0
 
     @property

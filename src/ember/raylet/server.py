@@ -52,6 +52,9 @@ class Raylet:
         self.node_id = opts.node_id
         self.total: res.Resources = res.to_fixed(opts.resources)
         self.available: res.Resources = dict(self.total)
+        from ember.raylet.gpus import GpuAllocator
+
+        self.gpus = GpuAllocator(self.total.get("GPU", 0))
         self.store = ObjectStore(opts.store_dir, opts.store_capacity)
         cfg = config()
         num_cpus = int(opts.resources.get("CPU", 0))
@@ -541,6 +544,7 @@ class Raylet:
         if self.leases.pop(lease.lease_id, None) is None:
             return
         give_back = dict(lease.resources)
+        self.gpus.release(lease.gpu_ids, lease.resources.get("GPU", 0))
         if lease.blocked:
             give_back.pop("CPU", None)  # already given back while blocked
         res.add(self.available, give_back)
@@ -608,6 +612,7 @@ class Raylet:
         worker.lease_id = lease_id
         res.subtract(self.available, req.hold)
         lease = Lease(lease_id, worker, req.hold, req.conn)
+        lease.gpu_ids = self.gpus.allocate(req.hold.get("GPU", 0))
         lease.retriable = bool(req.payload.get("retriable", True))
         lease.granted_at = time.monotonic()
         self.leases[lease_id] = lease
@@ -620,6 +625,7 @@ class Raylet:
             "address": worker.address,
             "node_id": self.node_id,
             "pid": worker.pid,
+            "gpu_ids": lease.gpu_ids,
         })
 
     def _warn_infeasible(self, req: LeaseRequest) -> None:
