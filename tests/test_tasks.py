@@ -76,6 +76,20 @@ def test_options_do_not_change_the_original_function(ember_shared):
     assert add._default_options["num_cpus"] == 1
 
 
+@pytest.mark.parametrize("num_cpus, expected_free", [(None, 1.0), (1, 1.0), (2, 0.0), (0.5, 1.5), (0, 2.0)])
+def test_num_cpus_held_while_a_task_runs(ember_shared, num_cpus, expected_free):
+    @ember.remote
+    def free_cpus_seen_from_inside():
+        from ember._private import runtime as rt
+
+        return rt.core_worker().raylet_call("get_info", None)["available"].get("CPU", 0.0)
+
+    worker = runtime.core_worker()
+    # Leases of earlier tasks go back to the node once idle.
+    wait_for_condition(lambda: worker.raylet_call("get_info", None)["available"].get("CPU") == 2.0, timeout=10)
+    assert ember.get(free_cpus_seen_from_inside.options(num_cpus=num_cpus).remote()) == expected_free
+
+
 # ============================================================================ arguments
 def test_kwargs_and_defaults(ember_shared):
     assert ember.get(add.remote(1)) == 11

@@ -73,6 +73,8 @@ def validate_task_options(options: dict[str, Any]) -> dict[str, Any]:
 def task_resources(options: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     cpus = options.get("num_cpus")
+    if cpus is None:  # as Ray: None means the default, 1 CPU for a task
+        cpus = TASK_DEFAULTS["num_cpus"]
     if cpus:
         out["CPU"] = float(cpus)
     gpus = options.get("num_gpus")
