@@ -97,6 +97,21 @@ def test_kwargs_and_defaults(ember_shared):
     assert ember.get(add.remote(a=2, b=3)) == 5
 
 
+def test_arguments_that_do_not_fit_the_signature_raise_type_error_at_remote(ember_shared):
+    with pytest.raises(TypeError, match=r"add\.remote\(\): too many positional arguments"):
+        add.remote(1, 2, 3)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'c'"):
+        add.remote(1, c=3)
+    with pytest.raises(TypeError, match="missing a required argument: 'a'"):
+        add.options(num_cpus=0.5).remote()
+    assert ember.get(add.remote(b=1, a=2)) == 3
+
+
+def test_top_level_ref_keyword_arguments_arrive_as_values(ember_shared):
+    a, b = ember.put(5), add.remote(1, 1)
+    assert ember.get(add.remote(a=a, b=b)) == 7
+
+
 def test_top_level_refs_arrive_as_values_nested_refs_as_refs(ember_shared):
     @ember.remote
     def inspect_args(top, in_list, in_dict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any
 
 from ember._private import ids, runtime
@@ -55,7 +56,24 @@ class RemoteFunction:
             self._fid_worker = worker
         return self._fid
 
+    def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise TypeError at the call site, as Ray does, when the arguments do not fit the signature."""
+        try:
+            sig = self._signature
+        except AttributeError:
+            try:
+                sig = inspect.signature(self._function)
+            except (TypeError, ValueError):  # no signature to check (some builtins, C callables)
+                sig = None
+            self._signature = sig
+        if sig is not None:
+            try:
+                sig.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"{self._function_name}.remote(): {exc}") from None
+
     def _remote(self, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]) -> Any:
+        self._check_arguments(args, kwargs)
         worker = runtime.core_worker_or_none()
         if worker is None:
             from ember.api.init import init
