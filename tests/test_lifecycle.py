@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -288,6 +289,10 @@ def test_cli_start_driver_status_stop(cli_env, tmp_path):
     session_dir = sessions[0]
     pids = _session_pids(tmpdir)
     assert len(pids) == 2 and all(pid_alive(p) for p in pids)
+    for pid in pids:  # the daemons listen on localhost only by default
+        listening = [c.laddr for c in psutil.Process(pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
+    assert stat.S_IMODE(os.stat(os.path.join(session_dir, "token")).st_mode) == 0o600
     with open(os.path.join(tmpdir, "ember_current_cluster")) as f:
         assert json.load(f)["gcs_address"] == address
     assert not os.path.exists("/tmp/ember/ember_current_cluster") or \
@@ -304,20 +309,33 @@ def test_cli_start_driver_status_stop(cli_env, tmp_path):
         assert "CPUS 1.0" in result.stdout
         assert "hello from the task" in result.stdout  # worker output reached this driver
 
+    # A second node joins from this machine; its session's token file is private too.
+    joined = _run(["start", "--address", address, "--num-cpus", "1", "--object-store-memory", str(64 * MiB)], cli_env)
+    assert joined.returncode == 0, joined.stderr
+    assert f"joined {address}" in joined.stdout
+    sessions = _session_dirs(tmpdir)
+    assert len(sessions) == 2
+    join_dir = next(s for s in sessions if s != session_dir)
+    assert stat.S_IMODE(os.stat(os.path.join(join_dir, "token")).st_mode) == 0o600
+    pids = _session_pids(tmpdir)
+    assert len(pids) == 3
+
     status = _run(["status"], cli_env)
     assert status.returncode == 0, status.stderr
-    assert "1 alive" in status.stdout
+    assert "2 alive" in status.stdout
     assert address in status.stdout
     assert "CPU" in status.stdout
     assert "object_store_memory" in status.stdout
-    assert "Object store:" in status.stdout and "64.0 MiB" in status.stdout
+    assert "Object store:" in status.stdout and "128.0 MiB" in status.stdout
+    assert "0 / 2 CPU" in status.stdout
 
     stopped = _run(["stop"], cli_env)
     assert stopped.returncode == 0, stopped.stderr
-    assert "Stopped 2" in stopped.stdout
+    assert "Stopped 3" in stopped.stdout
     wait_for_condition(lambda: not any(pid_alive(p) for p in pids), timeout=15)
     assert not os.path.exists(os.path.join(tmpdir, "ember_current_cluster"))
-    assert not glob.glob(f"/dev/shm/ember_{os.path.basename(session_dir)}_*")
+    for s_dir in (session_dir, join_dir):
+        assert not glob.glob(f"/dev/shm/ember_{os.path.basename(s_dir)}_*")
 
     after = _run(["status"], cli_env)
     assert after.returncode != 0

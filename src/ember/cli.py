@@ -93,8 +93,9 @@ def start(head: bool, address: str | None, port: int, num_cpus: float | None, nu
             if token is None:
                 raise click.ClickException("no cluster token: pass --token or set EMBER_CLUSTER_TOKEN")
             session_dir = session.create_session_dir()
-            with open(os.path.join(session_dir, "token"), "w") as f:
-                os.chmod(f.name, 0o600)
+            # Created private (not chmod-ed after creation: a reader could open it in between).
+            fd = os.open(os.path.join(session_dir, "token"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            with os.fdopen(fd, "w") as f:
                 f.write(token)
             nodes = node.NodeProcesses(session_dir, token, node_ip_address, gcs_address=address)
             before = 0
