@@ -177,6 +177,17 @@ class PlacementGroupManager:
 
     # ================================================================ placing
     async def _schedule(self, entry: PgEntry) -> None:
+        try:
+            await self._schedule_until_placed(entry)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("placing placement group %s failed; trying again", entry.pg_id.hex()[:12])
+            await asyncio.sleep(0.5)
+            if entry.state in (PgState.PENDING, PgState.RESCHEDULING):
+                entry.task = asyncio.get_running_loop().create_task(self._schedule(entry))
+
+    async def _schedule_until_placed(self, entry: PgEntry) -> None:
         warned = False
         while entry.state in (PgState.PENDING, PgState.RESCHEDULING):
             missing = [i for i, n in enumerate(entry.nodes) if n is None]
@@ -237,7 +248,7 @@ class PlacementGroupManager:
                 view = self.gcs.nodes.get(node)
                 if view is not None:
                     for name, amount in entry.bundles[i].items():
-                        view.available[name] = view.available.get(name, 0.0) - amount
+                        view.available[name] = max(0.0, view.available.get(name, 0.0) - amount)
         return all(not isinstance(r, BaseException) for r in results)
 
     async def _release(self, entry: PgEntry, indexes: list[int]) -> None:
