@@ -17,8 +17,8 @@ import pytest
 
 import ember
 from ember._private import runtime
-from ember.exceptions import ActorDiedError, RayActorError, RayTaskError
 from ember._private.test_utils import wait_for_condition, wait_for_file
+from ember.exceptions import ActorDiedError, RayActorError, RayTaskError
 
 
 # ============================================================================ helpers

@@ -15,12 +15,12 @@ import textwrap
 
 import psutil
 import pytest
+from conftest import STORE_BYTES
 
 import ember
 from ember._private import runtime
 from ember._private.processes import pid_alive
 from ember._private.test_utils import free_port, wait_for_condition
-from conftest import STORE_BYTES
 
 MiB = 1024 * 1024
 

@@ -325,7 +325,7 @@ def test_large_result_of_a_dropped_ref_is_freed(ember_shared):
 
     def only_kept_remains():
         new = set(os.listdir(worker.store_dir)) - before
-        return new == {kept.hex()}
+        return new == {kept.hex()}  # noqa: F821 (kept is deleted after this closure's last use)
 
     wait_for_condition(only_kept_remains, timeout=10)
     assert not any(name.startswith(dropped_task.hex()) for name in os.listdir(worker.store_dir))

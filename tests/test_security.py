@@ -20,7 +20,16 @@ import ember
 from ember._private import runtime
 from ember._private.test_utils import wait_for_condition
 from ember.rpc import connect
-from ember.rpc.framing import HELLO_MAGIC, NOTIFY, REPLY, REQUEST, ERROR, FrameDecoder, decode_body, encode
+from ember.rpc.framing import (
+    ERROR,
+    HELLO_MAGIC,
+    NOTIFY,
+    REPLY,
+    REQUEST,
+    FrameDecoder,
+    decode_body,
+    encode,
+)
 
 TARGETS = ["gcs", "raylet", "worker", "driver"]
 

@@ -8,7 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ember.exceptions import FrameError, RpcError
-from ember.rpc.framing import ERROR, HELLO_MAGIC, NOTIFY, REPLY, REQUEST, FrameDecoder, decode_body, encode
+from ember.rpc.framing import (
+    ERROR,
+    HELLO_MAGIC,
+    NOTIFY,
+    REPLY,
+    REQUEST,
+    FrameDecoder,
+    decode_body,
+    encode,
+)
 
 
 def test_encode_is_length_prefixed_msgpack():

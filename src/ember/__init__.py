@@ -59,7 +59,7 @@ def _make_remote(target: Any, options: dict[str, Any]) -> Any:
 
 __all__ = [
     "JobID", "NodeID", "ObjectRef", "RemoteFunction", "TaskID", "WorkerID",
-    "ActorClass", "available_resources", "cancel", "get_actor", "get_gpu_ids", "kill", "method", "cluster_resources", "exceptions", "get",
+    "ActorClass", "actor", "available_resources", "cancel", "get_actor", "get_gpu_ids", "kill", "method", "cluster_resources", "exceptions", "get",
     "get_runtime_context", "init", "is_initialized", "nodes", "put", "remote",
     "shutdown", "wait",
 ]

@@ -160,7 +160,7 @@ def stop(force: bool) -> None:
     for entry in entries:
         # The session's pid files also name daemons restarted since `ember start` (a new control service).
         pids = {**entry["pids"], **session.read_pid_files(entry["session_dir"])}
-        for name, pid in sorted(pids.items(), key=lambda kv: kv[0] == "gcs"):
+        for _name, pid in sorted(pids.items(), key=lambda kv: kv[0] == "gcs"):
             if pid_alive(pid):
                 if force:
                     os.kill(pid, signal.SIGKILL)

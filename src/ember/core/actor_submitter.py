@@ -21,7 +21,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ember._private import serialization
-from ember.core.memory_store import INLINE, PLASMA, Entry
+from ember.core.memory_store import INLINE, Entry
 from ember.core.task_submitter import ARG_PLASMA, ARG_REF, ARG_VALUE
 from ember.exceptions import ActorDiedError, ActorUnschedulableError, RayActorError, RayError
 from ember.rpc import Connection

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from ember._private import serialization
 from ember.core.task_submitter import ARG_PLASMA, ARG_REF, ARG_VALUE
 from ember.exceptions import RayTaskError
-from ember.rpc import Connection
 
 if TYPE_CHECKING:
     from ember.core.actor_runtime import ActorRuntime

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ember._private import serialization
 from ember._private.config import config
-from ember.core.memory_store import INLINE, PLASMA, Entry
+from ember.core.memory_store import INLINE, Entry
 from ember.core.task_state import TaskEntry, TaskStatus
 from ember.exceptions import (
     ConnectionLost,

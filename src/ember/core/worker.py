@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import sys
-import threading
 from collections import deque
 from typing import Any
 
@@ -977,7 +976,7 @@ class CoreWorker:
         borrowers = counter.borrower_counts()
         contained: set[bytes] = {r._id for refs in self._contained.values() for r in refs}
         rows = []
-        for oid, (local, submitted, owned, escaped) in counter.snapshot().items():
+        for oid, (local, submitted, owned, _escaped) in counter.snapshot().items():
             if len(oid) == ids.UNIQUE_ID_LEN:
                 kind, size = "ACTOR_HANDLE", 0
             else:

@@ -197,7 +197,7 @@ class PlacementGroupManager:
             alive = {nid: n for nid, n in self.gcs.nodes.items() if n.alive and n.conn is not None}
             avail = {nid: res.to_fixed(n.available) for nid, n in alive.items()}
             if entry.strategy == "STRICT_SPREAD":
-                for i, node in enumerate(entry.nodes):
+                for node in entry.nodes:
                     if node is not None:
                         avail.pop(node, None)  # a surviving bundle's node cannot take another
             fixed = [res.to_fixed(entry.bundles[i]) for i in missing]

@@ -16,9 +16,9 @@ from typing import Any
 
 from ember._private import ids
 from ember._private.config import config
+from ember.gcs import persistence as db
 from ember.gcs.actor_manager import ActorManager
 from ember.gcs.placement_groups import PlacementGroupManager
-from ember.gcs import persistence as db
 from ember.gcs.storage import InMemoryStorage
 from ember.rpc import Connection
 

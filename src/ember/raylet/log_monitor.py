@@ -8,7 +8,6 @@ channel of the control service as ``{job, pid, fn, err, lines}``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 

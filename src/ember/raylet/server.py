@@ -20,8 +20,8 @@ from ember._private import ids
 from ember._private.config import config
 from ember.exceptions import ConnectionLost, ObjectStoreFullError, RemoteError
 from ember.raylet import resources as res
-from ember.raylet.leases import Lease, LeaseRequest
 from ember.raylet import scheduling_policy as policy
+from ember.raylet.leases import Lease, LeaseRequest
 from ember.raylet.log_monitor import LogMonitor
 from ember.raylet.object_manager import ObjectManager
 from ember.raylet.object_store import ObjectStore
