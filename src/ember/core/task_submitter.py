@@ -202,10 +202,26 @@ class TaskSubmitter:
         self._request_class[request_id] = cls
         fut = raylet.call_future("request_lease", {
             "request_id": request_id, "resources": cls.resources, "strategy": cls.strategy,
+            "prefer": self._locality_hint(cls),
             "spilled": raylet is not self.worker.raylet,
             "retriable": any(e.retries_left != 0 for e in cls.queue) if cls.queue else True,
         })
         fut.add_done_callback(partial(self._on_lease_reply, cls, request_id, raylet))
+
+    @staticmethod
+    def _locality_hint(cls: SchedulingClass) -> bytes | None:
+        """The node holding most of the next task's stored arguments (if they are large enough to matter)."""
+        if not cls.queue:
+            return None
+        by_node: dict[bytes, int] = {}
+        for arg in cls.queue[0].spec["args"]:
+            if arg[0] == ARG_PLASMA:
+                node_id, size = arg[3][0], arg[3][1]
+                by_node[node_id] = by_node.get(node_id, 0) + size
+        if not by_node:
+            return None
+        node_id, size = max(by_node.items(), key=lambda kv: kv[1])
+        return node_id if size >= 1024 * 1024 else None
 
     def _on_lease_reply(self, cls: SchedulingClass, request_id: int, raylet: Connection, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled():

@@ -508,6 +508,12 @@ class Raylet:
         hold = p.get("hold")
         req.hold = res.to_fixed(hold) if hold is not None else request
         if not p.get("spilled"):
+            prefer = p.get("prefer")
+            target = self.view.get(prefer) if prefer and prefer != self.node_id and not p.get("strategy") else None
+            if target is not None and target.alive and res.fits(request, target.available):
+                # The task's large arguments live there: run it next to them.
+                fut.set_result({"spillback": {"node_id": target.node_id, "address": target.address}})
+                return fut
             decision = policy.decide(request, p.get("strategy"), self.node_id, self._local_view(), self.policy_cfg, self.policy_state)
             if decision.kind == policy.SPILLBACK and decision.node_id is not None:
                 fut.set_result({"spillback": {"node_id": decision.node_id, "address": self.view[decision.node_id].address}})
