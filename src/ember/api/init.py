@@ -134,6 +134,10 @@ def init(
             gcs_address = nodes.gcs_address
         else:
             token, raylet_address = _join_existing(gcs_address, _token)
+            if _node_ip_address is None:
+                # Other nodes' workers call this driver (the owner of its objects): listen on
+                # the address that reaches the cluster, not on 127.0.0.1.
+                node_ip = _local_ip_towards(gcs_address)
         worker = CoreWorker(
             DRIVER, gcs_address=gcs_address, raylet_address=raylet_address, token=token,
             node_ip=node_ip, namespace=namespace, log_to_driver=log_to_driver,
@@ -152,6 +156,19 @@ def init(
             atexit.register(shutdown)
             _atexit_registered = True
         return RayContext(_context_info())
+
+
+def _local_ip_towards(address: str) -> str:
+    """This machine's address on the route to ``address`` (no packet is sent)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect((host.strip("[]"), int(port)))
+            return str(sock.getsockname()[0])
+    except (OSError, ValueError):
+        return "127.0.0.1"
 
 
 def _join_existing(gcs_address: str, token: str | None) -> tuple[str, str]:
@@ -188,8 +205,10 @@ def _join_existing(gcs_address: str, token: str | None) -> tuple[str, str]:
     alive = [n for n in nodes if n["Alive"]]
     if not alive:
         raise ConnectionError(f"The cluster at {gcs_address} has no live nodes.")
-    local_ips = {"127.0.0.1", "localhost", gcs_address.rsplit(":", 1)[0]}
-    chosen = next((n for n in alive if n["NodeManagerAddress"] in local_ips), alive[0])
+    # This machine's node daemon: the one at our address on the route to the head first
+    # (a driver on another machine must not use the head's store), then loopback, then the head.
+    preferred = [_local_ip_towards(gcs_address), "127.0.0.1", "localhost", gcs_address.rsplit(":", 1)[0]]
+    chosen = next((n for ip in preferred for n in alive if n["NodeManagerAddress"] == ip), alive[0])
     return token, f"{chosen['NodeManagerAddress']}:{chosen['NodeManagerPort']}"
 
 
