@@ -587,3 +587,13 @@ def test_object_owned_by_a_worker_of_a_dead_node_raises_owner_died(make_cluster)
     wait_for_condition(lambda: node_is_dead(doomed.node_id))
     with pytest.raises((OwnerDiedError, ObjectLostError)):
         ember.get(inner, timeout=60)
+
+
+# ============================================================================ benchmark
+def test_cross_node_transfer_benchmark_runs_and_cleans_up():
+    from ember._private.microbenchmark import CROSS_NODE_TRANSFER, measure_cross_node_transfer
+
+    result = measure_cross_node_transfer(ember, np, size=16 * MiB, runs=2, quiet=True)
+    assert result["name"] == CROSS_NODE_TRANSFER and result["unit"] == "GB/s"
+    assert len(result["rates"]) == 2 and all(rate > 0 for rate in result["rates"])
+    assert not ember.is_initialized()

@@ -34,6 +34,9 @@ from typing import Any
 #: The one benchmark reported in seconds (lower is better) rather than per second.
 INIT_TO_FIRST_RESULT = "init to first task result"
 
+#: Measured on a two-node cluster of its own, in GB/s (higher is better).
+CROSS_NODE_TRANSFER = "object transfer GB/s between two nodes"
+
 #: Measured in a fresh interpreter so that the import is cold; ``{module}``
 #: is ``ember`` or ``ray``. Prints the seconds from before the import to the
 #: first task result (interpreter start-up and shutdown are not included).
@@ -91,6 +94,56 @@ def measure_init_to_first_result(module: str, num_cpus: int = 2, runs: int = 3,
     if not quiet:
         print(INIT_TO_FIRST_RESULT, round(mean, 3), "s +-", round(std, 3), flush=True)
     return {"name": INIT_TO_FIRST_RESULT, "mean": mean, "std": std, "unit": "seconds", "runs": times}
+
+
+def measure_cross_node_transfer(ray: Any, np: Any, size: int = 1 << 30, runs: int = 3,
+                                quiet: bool = False) -> dict[str, Any]:
+    """GB/s of reading on node A (the driver's) a ``size``-byte numpy array produced on node B.
+
+    Not one of Ray's microbenchmarks. It starts its own two-node cluster with
+    the runtime's ``cluster_utils.Cluster`` (``ember.cluster_utils`` or
+    ``ray.cluster_utils``, so it runs under both), on this machine: node B has
+    a custom resource that the producing task asks for. Each run makes a fresh
+    array on B, waits until it exists there without fetching it, then times
+    ``get`` on A: the pull from B's store into A's, plus mapping it (numpy
+    arrays are not copied again). ``ray`` must not be initialised.
+    """
+    import importlib
+
+    cluster_utils = importlib.import_module(ray.__name__ + ".cluster_utils")
+    store = 2 * size + 64 * 1024 * 1024
+    cluster = cluster_utils.Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": store}
+    )
+    try:
+        cluster.add_node(num_cpus=1, resources={"transfer_source": 1}, object_store_memory=store)
+        cluster.wait_for_nodes()
+        cluster.connect()
+
+        @ray.remote(resources={"transfer_source": 1})
+        def produce(n: int) -> Any:
+            return np.ones(n, dtype=np.uint8)
+
+        rates = []
+        for _ in range(runs):
+            ref = produce.remote(size)
+            ray.wait([ref], fetch_local=False)
+            start = time.perf_counter()
+            value = ray.get(ref)
+            elapsed = time.perf_counter() - start
+            if value.nbytes != size:
+                raise RuntimeError(f"read {value.nbytes} bytes, expected {size}")
+            rates.append(size / elapsed / 1e9)
+            del value, ref  # free both copies before the next run
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
+    mean = statistics.fmean(rates)
+    std = statistics.pstdev(rates)
+    if not quiet:
+        print(CROSS_NODE_TRANSFER, round(mean, 2), "+-", round(std, 2), f"({size / 2**30:g} GiB object)", flush=True)
+    return {"name": CROSS_NODE_TRANSFER, "mean": mean, "std": std, "unit": "GB/s", "rates": rates, "bytes": size}
 
 
 def _init_once(module: str, num_cpus: int, python: str) -> float:
@@ -276,12 +329,25 @@ def run_all(name_filter: str | None = None, duration: float = 2.0,
 
     Returns:
         One dict per benchmark: ``name``, ``mean``, ``std`` and ``unit``
-        (``"per second"``, or ``"seconds"`` for "init to first task result").
+        (``"per second"``, ``"seconds"`` for "init to first task result", or
+        ``"GB/s"`` for "object transfer GB/s between two nodes").
     """
     results: list[dict[str, Any]] = []
     if selected(INIT_TO_FIRST_RESULT, name_filter):
         # Before our own cluster exists, so that it does not compete for the cores.
         results.append(measure_init_to_first_result("ember", num_cpus or os.cpu_count() or 1))
+    if selected(CROSS_NODE_TRANSFER, name_filter):
+        # Its own two-node cluster, also before the local one.
+        import ember
+
+        try:
+            import numpy as np
+        except ImportError:
+            print(f"{CROSS_NODE_TRANSFER}: skipped (numpy is not installed)", flush=True)
+        else:
+            if ember.is_initialized():
+                raise RuntimeError("ember microbenchmark needs a fresh cluster; call ember.shutdown() first.")
+            results.append(measure_cross_node_transfer(ember, np))
     if not any(selected(name, name_filter) for name in WORKLOAD_NAMES):
         return results
 
