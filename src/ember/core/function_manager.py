@@ -39,7 +39,16 @@ class FunctionManager:
             ) from exc
         fid = hashlib.sha1(data).digest()
         if fid not in self._exported:
-            self.worker.gcs_call("kv_put", {"ns": "fn", "key": fid, "value": data, "overwrite": False})
+            from ember.exceptions import FrameError
+
+            try:
+                self.worker.gcs_call("kv_put", {"ns": "fn", "key": fid, "value": data, "overwrite": False})
+            except FrameError as exc:
+                raise ValueError(
+                    f"The remote function or class {name!r} is too large to export ({len(data)} bytes pickled): "
+                    "it probably captures a large object (a global or a closure variable). Pass that object "
+                    f"as an argument or through ember.put() instead. ({exc})"
+                ) from None
             self._exported.add(fid)
             self._cache[fid] = fn
         return fid

@@ -194,7 +194,13 @@ class Connection(asyncio.Protocol):
             task = asyncio.ensure_future(result)
             task.add_done_callback(lambda t: self._request_done(msg_id, method, t))
         else:
+            self._reply(msg_id, method, result)
+
+    def _reply(self, msg_id: Any, method: str, result: Any) -> None:
+        try:
             self.send([REPLY, msg_id, result])
+        except FrameError as exc:  # too large to send: the caller gets an error, not a dropped connection
+            self._send_error(msg_id, "FrameError", f"the reply to {method}: {exc}")
 
     def _request_done(self, msg_id: Any, method: str, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
@@ -204,7 +210,7 @@ class Connection(asyncio.Protocol):
         if exc is not None:
             self._handler_failed(msg_id, method, exc)
         else:
-            self.send([REPLY, msg_id, task.result()])
+            self._reply(msg_id, method, task.result())
 
     def _handler_failed(self, msg_id: Any, method: str, exc: BaseException) -> None:
         expected = getattr(exc, "expected", False) or isinstance(exc, (ValueError, KeyError, LookupError))
@@ -231,10 +237,20 @@ class Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ sending
     def send(self, message: Any) -> None:
-        """Queue one message; everything queued in this loop iteration is written together."""
+        """Queue one message; everything queued in this loop iteration is written together.
+
+        Raises ``FrameError`` for a message larger than the frame limit: the peer would
+        drop the whole connection on receiving it, so it is refused here instead.
+        """
         if self.closed:
             return
-        self._out.append(framing.encode(message))
+        frame = framing.encode(message)
+        if len(frame) - 4 > self._max_frame:
+            raise FrameError(
+                f"a message of {len(frame) - 4} bytes is larger than the frame limit of {self._max_frame} bytes "
+                "(max_frame_bytes); large values travel through the object store (ember.put), not in messages"
+            )
+        self._out.append(frame)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -264,7 +280,11 @@ class Connection(asyncio.Protocol):
             return fut
         msg_id = next(self._ids)
         self._pending[msg_id] = fut
-        self.send([REQUEST, msg_id, method, payload])
+        try:
+            self.send([REQUEST, msg_id, method, payload])
+        except FrameError as exc:
+            del self._pending[msg_id]
+            fut.set_exception(FrameError(f"{method}: {exc}"))
         return fut
 
     def _call_with_faults(self, outer: asyncio.Future[Any], method: str, payload: Any, fault: Fault) -> None:
@@ -292,7 +312,11 @@ class Connection(asyncio.Protocol):
                     outer.set_result(f.result())
 
             inner.add_done_callback(on_reply)
-            self.send([REQUEST, msg_id, method, payload])
+            try:
+                self.send([REQUEST, msg_id, method, payload])
+            except FrameError as exc:
+                del self._pending[msg_id]
+                outer.set_exception(FrameError(f"{method}: {exc}"))
 
         delay = rng.random() * fault.max_delay_ms / 1000.0
         if delay:
