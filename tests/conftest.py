@@ -237,6 +237,22 @@ def _stop_shared() -> None:
 
 
 @pytest.fixture
+def ember_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
+    """``ember_env(field=value, ...)`` sets ``EMBER_<field>`` for this test (daemons inherit it) and
+    makes this process re-read its config; the config is re-read again once the variables are gone."""
+    from ember._private.config import reset_config
+
+    def set_env(**values: Any) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(f"EMBER_{name}", str(value))
+        reset_config()
+
+    yield set_env
+    monkeypatch.undo()
+    reset_config()
+
+
+@pytest.fixture
 def ember_local() -> Iterator[Any]:
     """A fresh local cluster (2 CPUs, 200 MiB store), always shut down."""
     ctx = _init()

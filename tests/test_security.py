@@ -284,8 +284,8 @@ def test_unknown_methods_and_bad_payloads_get_error_replies(ember_shared, target
     _assert_healthy(address)
 
 
-def test_silent_connection_is_dropped_after_the_handshake_timeout(ember_start, monkeypatch):
-    monkeypatch.setenv("EMBER_handshake_timeout_s", "0.5")
+def test_silent_connection_is_dropped_after_the_handshake_timeout(ember_start, ember_env):
+    ember_env(handshake_timeout_s=0.5)
     ember_start(num_cpus=1)
     for name in ("gcs", "raylet"):
         address = _target(name)

@@ -211,7 +211,10 @@ def test_num_returns_mismatch_raises(ember_shared):
 
 
 # ============================================================================ workers
-def test_worker_reuse_same_process_for_many_tasks(ember_shared):
+def test_worker_reuse_same_process_for_many_tasks(ember_start, ember_env):
+    # The driver keeps an idle lease this long; a slow machine must not return it between two tasks.
+    ember_env(idle_lease_timeout_s=30)
+    ember_start(num_cpus=2)
     pids = [ember.get(getpid.remote()) for _ in range(30)]
     # Sequential tasks of one shape go to the worker already leased: one process.
     assert len(set(pids)) == 1
