@@ -338,6 +338,30 @@ def test_force_cancel_running_task_kills_its_worker(ember_shared, tmp_path):
     assert not os.path.exists(tmp_path / "retried")
 
 
+def test_cancel_task_blocked_in_a_nested_get(ember_start, tmp_path):
+    ember_start(num_cpus=2)
+    worker = runtime.core_worker()
+
+    @ember.remote
+    def inner(directory):
+        write_file_atomic(os.path.join(directory, "inner"), str(os.getpid()))
+        time.sleep(120)
+
+    @ember.remote
+    def outer(directory):
+        return ember.get(inner.remote(directory))
+
+    ref = outer.remote(str(tmp_path))
+    inner_pid = int(wait_for_file(str(tmp_path / "inner")))
+    ember.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        ember.get(ref, timeout=30)
+    # The cancelled caller gave back its CPU; only the (not cancelled) inner task holds one.
+    wait_for_condition(lambda: worker.raylet_call("get_info", None)["available"].get("CPU") == 1.0, timeout=10)
+    assert pid_alive(inner_pid)
+    assert ember.get(ember.remote(lambda: "still schedulable").remote(), timeout=30) == "still schedulable"
+
+
 def test_cancel_finished_task_is_a_no_op(ember_shared):
     @ember.remote
     def done():
