@@ -38,7 +38,8 @@ from ember.cluster_utils import Cluster
 
 MiB = 1024 * 1024
 STORE = 300 * MiB
-KNOBS = {"EMBER_node_death_timeout_s": "2", "EMBER_resource_report_period_s": "0.1"}
+KNOBS = {"EMBER_resource_report_period_s": "0.1"}
+QUICK_DEATH = {"EMBER_node_death_timeout_s": "2"}
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="network namespaces are Linux-only")
 
@@ -92,8 +93,12 @@ class NetnsCluster:
 
 
 @pytest.fixture
-def netns_cluster(tmp_path: Any) -> Iterator[NetnsCluster]:
-    """A head in the root namespace and one node daemon in a fresh namespace; all torn down by pid."""
+def netns_cluster(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[NetnsCluster]:
+    """A head in the root namespace and one node daemon in a fresh namespace; all torn down by pid.
+
+    Parametrize indirectly with ``{"quick_death": True}`` for a 2 s node death timeout.
+    """
+    knobs = {**KNOBS, **(QUICK_DEATH if getattr(request, "param", {}).get("quick_death") else {})}
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root")
     if not _ip_available():
@@ -109,7 +114,7 @@ def netns_cluster(tmp_path: Any) -> Iterator[NetnsCluster]:
         _run("ip", "netns", "add", env.ns)
     except RuntimeError as exc:
         pytest.skip(f"cannot create a network namespace here: {exc}")
-    saved = {key: os.environ.get(key) for key in KNOBS}
+    saved = {key: os.environ.get(key) for key in knobs}
     try:
         peer = env.peer_if
         _run("ip", "link", "add", env.host_if, "type", "veth", "peer", "name", peer)
@@ -119,7 +124,7 @@ def netns_cluster(tmp_path: Any) -> Iterator[NetnsCluster]:
         _run("ip", "netns", "exec", env.ns, "ip", "addr", "add", f"{env.node_ip}/24", "dev", peer)
         _run("ip", "netns", "exec", env.ns, "ip", "link", "set", peer, "up")
         _run("ip", "netns", "exec", env.ns, "ip", "link", "set", "lo", "up")
-        os.environ.update(KNOBS)
+        os.environ.update(knobs)
         reset_config()
 
         env.cluster = Cluster(initialize_head=False, shutdown_at_exit=False)
@@ -290,6 +295,7 @@ def test_driver_inside_the_namespace_uses_the_head(netns_cluster):
     }
 
 
+@pytest.mark.parametrize("netns_cluster", [{"quick_death": True}], indirect=True)
 def test_network_partition_marks_the_node_dead(netns_cluster):
     env = netns_cluster
     assert env.cluster is not None and env.cluster.head_node is not None
