@@ -74,6 +74,8 @@ class Raylet:
         self.cluster_id = ""
         self._gcs_backlog: list[tuple[str, Any]] = []
         self.view: dict[bytes, policy.NodeView] = {}
+        #: Nodes this daemon heard die (kept so node affinity to one says "is dead").
+        self.dead_nodes: dict[bytes, policy.NodeView] = {}
         self.policy_cfg = policy.PolicyConfig(
             cfg.scheduler_spread_threshold, cfg.scheduler_top_k_fraction, cfg.scheduler_top_k_absolute
         )
@@ -291,17 +293,23 @@ class Raylet:
         if node_id == self.node_id:
             return
         if data.get("Alive"):
+            self.dead_nodes.pop(node_id, None)
             if node_id not in self.view:
                 total = res.to_fixed(data["Resources"])
                 address = [data["NodeManagerAddress"], data["NodeManagerPort"]]
                 self.view[node_id] = policy.NodeView(node_id, address, total, dict(total))
                 self._rebalance()
-        elif self.view.pop(node_id, None) is not None:
-            self._rebalance()
+        else:
+            address = [data["NodeManagerAddress"], data["NodeManagerPort"]]
+            self.dead_nodes[node_id] = policy.NodeView(node_id, address, {}, {}, alive=False)
+            if self.view.pop(node_id, None) is not None:
+                self._rebalance()
 
     def _local_view(self) -> dict[bytes, policy.NodeView]:
         view = dict(self.view)
         view[self.node_id] = policy.NodeView(self.node_id, self.address, self.total, self.available)
+        for node_id, dead in self.dead_nodes.items():
+            view.setdefault(node_id, dead)
         return view
 
     def _rebalance(self) -> None:
@@ -641,7 +649,7 @@ class Raylet:
             return  # waiting for a placement group to be placed is normal; the control service reports groups that cannot be
         req.warned_infeasible = True
         shape = res.describe(req.resources)
-        shapes = "; ".join(sorted(res.describe(n.total) for n in self._local_view().values()))
+        shapes = "; ".join(sorted(res.describe(n.total) for n in self._local_view().values() if n.alive))
         message = (
             f"No node in this cluster can ever satisfy the resource request {shape}. "
             f"The nodes have: {shapes}. It will wait until a node that can run it joins. "
