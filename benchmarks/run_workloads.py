@@ -58,7 +58,7 @@ def main() -> None:
     # The same settings for both: a fresh local cluster with N CPUs, workers'
     # output not streamed to this terminal. (Ray has no dashboard here: the
     # virtualenv holds plain `ray`, not `ray[default]`.)
-    ray.init(address="local", num_cpus=args.num_cpus, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.num_cpus, log_to_driver=False, resources={"custom": 100})
     init_seconds = time.perf_counter() - started
     try:
         time.sleep(args.settle)

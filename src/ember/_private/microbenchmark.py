@@ -190,6 +190,51 @@ class _Remotes:
             for _ in range(100):
                 ray.put(0)
 
+        @ray.remote(num_cpus=0)
+        class Actor:
+            def small_value(self) -> bytes:
+                return b"ok"
+
+            def small_value_arg(self, x: Any) -> bytes:
+                return b"ok"
+
+            def small_value_batch(self, n: int) -> None:
+                ray.get([small_value.remote() for _ in range(n)])
+
+        @ray.remote
+        class AsyncActor:
+            async def small_value(self) -> bytes:
+                return b"ok"
+
+            async def small_value_with_arg(self, x: Any) -> bytes:
+                return b"ok"
+
+        @ray.remote(num_cpus=0)
+        class Client:
+            def __init__(self, servers: Any) -> None:
+                self.servers = servers if isinstance(servers, list) else [servers]
+
+            def small_value_batch(self, n: int) -> None:
+                results = []
+                for s in self.servers:
+                    results.extend([s.small_value.remote() for _ in range(n)])
+                ray.get(results)
+
+            def small_value_batch_arg(self, n: int) -> None:
+                x = ray.put(0)
+                results = []
+                for s in self.servers:
+                    results.extend([s.small_value_arg.remote(x) for _ in range(n)])
+                ray.get(results)
+
+        @ray.remote
+        def work(actors: Any, n: int) -> None:
+            ray.get([actors[i % len(actors)].small_value.remote() for i in range(n)])
+
+        self.Actor = Actor
+        self.AsyncActor = AsyncActor
+        self.Client = Client
+        self.work = work
         self.small_value = small_value
         self.small_value_batch = small_value_batch
         self.create_object_containing_ref = create_object_containing_ref
@@ -262,12 +307,97 @@ _MULTI_CLIENT_M = 4
 
 
 def _multi_client_tasks_async(ray: Any, np: Any, r: _Remotes) -> Fn:
-    # Ray: 4 actors (num_cpus=0), each submitting 10k tasks and getting them.
-    # Here the 4 clients are tasks (num_cpus=0) that submit tasks: written
-    # when Ember had no actors, and the comparison runs this same definition
-    # under Ray, so both sides measure the same thing.
-    clients = [r.small_value_batch] * _MULTI_CLIENT_M
-    return lambda: ray.get([c.remote(_MULTI_CLIENT_N) for c in clients])
+    # As in Ray: 4 actors (num_cpus=0), each submitting 10k tasks and getting them.
+    clients = [r.Actor.remote() for _ in range(_MULTI_CLIENT_M)]
+    return lambda: ray.get([c.small_value_batch.remote(_MULTI_CLIENT_N) for c in clients])
+
+
+# ----------------------------------------------------------------------------- actors (ray_perf.py)
+_N_CPU = max(1, (os.cpu_count() or 2) // 2)
+_ONE_TO_N = 5000
+_N_TO_N = 5000
+_N_TO_N_ARG = 1000
+_N_TO_N_CLIENTS = 4
+
+
+def _actor_sync(ray: Any, np: Any, r: _Remotes) -> Fn:
+    a = r.Actor.remote()
+    return lambda: ray.get(a.small_value.remote())
+
+
+def _actor_async(ray: Any, np: Any, r: _Remotes) -> Fn:
+    a = r.Actor.remote()
+    return lambda: ray.get([a.small_value.remote() for _ in range(1000)])
+
+
+def _actor_concurrent(ray: Any, np: Any, r: _Remotes) -> Fn:
+    a = r.Actor.options(max_concurrency=16).remote()
+    return lambda: ray.get([a.small_value.remote() for _ in range(1000)])
+
+
+def _one_to_n(actor_cls_name: str) -> Callable[..., Fn]:
+    def build(ray: Any, np: Any, r: _Remotes) -> Fn:
+        actors = [getattr(r, actor_cls_name).remote() for _ in range(_N_CPU)]
+        client = r.Client.remote(actors)
+        return lambda: ray.get(client.small_value_batch.remote(_ONE_TO_N))
+
+    return build
+
+
+def _n_to_n(actor_cls_name: str) -> Callable[..., Fn]:
+    def build(ray: Any, np: Any, r: _Remotes) -> Fn:
+        actors = [getattr(r, actor_cls_name).remote() for _ in range(_N_CPU)]
+        return lambda: ray.get([r.work.remote(actors, _N_TO_N) for _ in range(_N_TO_N_CLIENTS)])
+
+    return build
+
+
+def _n_to_n_with_arg(ray: Any, np: Any, r: _Remotes) -> Fn:
+    actors = [r.Actor.remote() for _ in range(_N_CPU)]
+    clients = [r.Client.remote(a) for a in actors]
+    return lambda: ray.get([c.small_value_batch_arg.remote(_N_TO_N_ARG) for c in clients])
+
+
+def _async_actor_sync(ray: Any, np: Any, r: _Remotes) -> Fn:
+    a = r.AsyncActor.remote()
+    return lambda: ray.get(a.small_value.remote())
+
+
+def _async_actor_async(ray: Any, np: Any, r: _Remotes) -> Fn:
+    a = r.AsyncActor.remote()
+    return lambda: ray.get([a.small_value.remote() for _ in range(1000)])
+
+
+def _async_actor_with_args(ray: Any, np: Any, r: _Remotes) -> Fn:
+    a = r.AsyncActor.remote()
+    return lambda: ray.get([a.small_value_with_arg.remote(i) for i in range(1000)])
+
+
+def _actor_creation(ray: Any, np: Any, r: _Remotes) -> Fn:
+    # Not in ray_perf.py: from Cls.remote() to the first method result, then the actor is killed.
+    def create() -> None:
+        a = r.Actor.remote()
+        ray.get(a.small_value.remote())
+        ray.kill(a)
+
+    return create
+
+
+def _placement_group_create_removal(ray: Any, np: Any, r: _Remotes) -> Fn:
+    # As in Ray: 100 one-bundle groups of a tiny custom resource, created, waited for, removed.
+    # Needs a cluster with resources={"custom": 100} (run_all and the Ray runner start one).
+    import importlib
+
+    pg_mod = importlib.import_module(ray.__name__ + ".util")
+
+    def create_remove() -> None:
+        pgs = [pg_mod.placement_group(bundles=[{"custom": 0.001}]) for _ in range(100)]
+        for pg in pgs:
+            pg.wait(timeout_seconds=30)
+        for pg in pgs:
+            pg_mod.remove_placement_group(pg)
+
+    return create_remove
 
 
 #: (Ray's name, operations per call, builder, needs numpy), in ray_perf.py's
@@ -285,6 +415,19 @@ WORKLOADS: list[tuple[str, float, Callable[..., Fn], bool]] = [
     ("single client tasks sync", 1, _tasks_sync, False),
     ("single client tasks async", 1000, _tasks_async, False),
     ("multi client tasks async", _MULTI_CLIENT_N * _MULTI_CLIENT_M, _multi_client_tasks_async, False),
+    ("1:1 actor calls sync", 1, _actor_sync, False),
+    ("1:1 actor calls async", 1000, _actor_async, False),
+    ("1:1 actor calls concurrent", 1000, _actor_concurrent, False),
+    ("1:n actor calls async", _ONE_TO_N * _N_CPU, _one_to_n("Actor"), False),
+    ("n:n actor calls async", _N_TO_N * _N_TO_N_CLIENTS, _n_to_n("Actor"), False),
+    ("n:n actor calls with arg async", _N_TO_N_ARG * _N_CPU, _n_to_n_with_arg, False),
+    ("1:1 async-actor calls sync", 1, _async_actor_sync, False),
+    ("1:1 async-actor calls async", 1000, _async_actor_async, False),
+    ("1:1 async-actor calls with args async", 1000, _async_actor_with_args, False),
+    ("1:n async-actor calls async", _ONE_TO_N * _N_CPU, _one_to_n("AsyncActor"), False),
+    ("n:n async-actor calls async", _N_TO_N * _N_TO_N_CLIENTS, _n_to_n("AsyncActor"), False),
+    ("actor creation", 1, _actor_creation, False),
+    ("placement group create/removal", 100, _placement_group_create_removal, False),
 ]
 
 WORKLOAD_NAMES = [w[0] for w in WORKLOADS]
@@ -355,7 +498,7 @@ def run_all(name_filter: str | None = None, duration: float = 2.0,
 
     if ember.is_initialized():
         raise RuntimeError("ember microbenchmark needs a fresh cluster; call ember.shutdown() first.")
-    ember.init(address="local", num_cpus=num_cpus, log_to_driver=False)
+    ember.init(address="local", num_cpus=num_cpus, log_to_driver=False, resources={"custom": 100})
     try:
         results += run_workloads(ember, name_filter, duration)
     finally:

@@ -68,6 +68,8 @@ class TaskExecutor:
         self._last_marker: tuple[str, str] | None = None
         self._stopped = False
         self.actor: ActorRuntime | None = None
+        self._replies: deque[tuple[asyncio.Future[Any], dict[str, Any]]] = deque()
+        self._reply_scheduled = False
         #: Recent pushes by task id: (attempt, future), to answer duplicates without running them again.
         self._seen: dict[bytes, tuple[int, asyncio.Future[Any]]] = {}
         self._expected_seq: dict[bytes, int] = {}
@@ -177,7 +179,18 @@ class TaskExecutor:
             return self._queue.popleft()
 
     def reply(self, fut: asyncio.Future[Any], reply: dict[str, Any]) -> None:
-        self.worker.loop.call_soon_threadsafe(_resolve, fut, reply)
+        """Hand a reply to the I/O loop; replies made while it is busy share one wake-up."""
+        self._replies.append((fut, reply))
+        if not self._reply_scheduled:
+            self._reply_scheduled = True
+            self.worker.loop.call_soon_threadsafe(self._drain_replies)
+
+    def _drain_replies(self) -> None:
+        self._reply_scheduled = False  # before draining: a reply added meanwhile schedules again
+        replies = self._replies
+        while replies:
+            fut, reply = replies.popleft()
+            _resolve(fut, reply)
 
     def stop(self) -> None:
         with self._cond:
