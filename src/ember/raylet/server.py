@@ -739,6 +739,15 @@ class Raylet:
             logger.debug("could not free copies on %s: %s", address, exc)
 
     async def rpc_pull_object(self, conn: Connection, p: dict[str, Any]) -> bool:
+        source = p["address"]
+        if any(list(dead.address[:2]) == list(source[:2]) for dead in self.dead_nodes.values()):
+            # Fail at once (the owner rebuilds it from lineage) instead of retrying a
+            # connection to a dead daemon for connect_timeout_s.
+            from ember.exceptions import ObjectLostError
+
+            err = ObjectLostError(p["object_id"].hex(), f"the node at {source[0]}:{source[1]} that held it is dead")
+            err.expected = True  # type: ignore[attr-defined]
+            raise err
         await self.objects.pull(p["object_id"], p["address"], int(p["size"]), p.get("owner") or b"")
         return True
 
