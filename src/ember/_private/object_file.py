@@ -14,6 +14,7 @@ file does not invalidate a live mapping, which makes freeing safe.
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import struct
@@ -56,15 +57,18 @@ def _write_all(fd: int, view: memoryview) -> None:
         done += os.write(fd, view[done : done + (1 << 30)])
 
 
-def write_object(path: str, obj: SerializedObject) -> int:
-    """Write ``obj`` to a new file at ``path``; returns the file size."""
+def write_object(path: str, obj: SerializedObject, reuse: bool = False) -> int:
+    """Write ``obj`` to a new file at ``path`` (or over the recycled file the node daemon put
+    there, when ``reuse``: its memory pages already exist, which makes writing about twice as
+    fast on tmpfs); returns the file size."""
     size, data_offset, entries = layout(obj)
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    if reuse:
+        fd = os.open(path, os.O_WRONLY)
+        os.ftruncate(fd, size)
+        os.lseek(fd, 0, os.SEEK_SET)
+    else:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     try:
-        try:
-            os.posix_fallocate(fd, 0, size)  # one allocation up front: much faster on tmpfs
-        except OSError:
-            pass
         header = bytearray(data_offset)
         _HEADER.pack_into(header, 0, MAGIC, obj.flags, len(obj.data), len(entries))
         for i, (offset, length) in enumerate(entries):
@@ -91,9 +95,19 @@ def write_object(path: str, obj: SerializedObject) -> int:
 def read_object(path: str) -> tuple[int, Any]:
     """(flags, value) of the object file at ``path``, with buffers mapped read-only."""
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
+        # A shared lock for as long as the mapping lives (the mapping keeps its own duplicate
+        # of this descriptor): the node daemon recycles a freed object's file only when no
+        # reader holds it.
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+        st = os.fstat(f.fileno())
+        if st.st_size == 0:
             raise ValueError(f"object file {path} is empty")
+        try:
+            if os.stat(path).st_ino != st.st_ino:
+                raise FileNotFoundError(path)  # freed and recycled while we opened it
+        except FileNotFoundError:
+            raise FileNotFoundError(path) from None
+        size = st.st_size
         mapping = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
     view = memoryview(mapping)
     magic, flags, data_len, n_buffers = _HEADER.unpack_from(view, 0)

@@ -590,14 +590,14 @@ class CoreWorker:
         """Write ``obj`` into this node's object store; returns the file size."""
         size = object_file.file_size(obj)
         try:
-            self.raylet_call("create_object", {"object_id": object_id, "size": size, "owner": owner_id})
+            reply = self.raylet_call("create_object", {"object_id": object_id, "size": size, "owner": owner_id})
         except RemoteError as exc:
             if exc.code == "ObjectStoreFullError":
                 raise ObjectStoreFullError(exc.message) from None
             raise
         path = os.path.join(self.store_dir, object_id.hex())
         try:
-            object_file.write_object(path, obj)
+            object_file.write_object(path, obj, reuse=isinstance(reply, dict) and bool(reply.get("reuse")))
         except FileExistsError:
             pass  # a retried task wrote this return before
         except OSError as exc:
@@ -1001,6 +1001,10 @@ class CoreWorker:
             })
         return {"pid": os.getpid(), "worker_id": self.worker_id.hex(), "node_id": self.node_id.hex(),
                 "mode": self.mode, "ip": self.node_ip, "objects": rows}
+
+    def rpc_owns_objects(self, conn: Connection, p: Any) -> bool:
+        """Whether this process owns objects (or actors) still referenced: its node daemon keeps it then."""
+        return any(owned for (_local, _submitted, owned, _escaped) in self.reference_counter.snapshot().values())
 
     def rpc_ping(self, conn: Connection, p: Any) -> str:
         return "pong"

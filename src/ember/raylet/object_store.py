@@ -13,6 +13,8 @@ is kept so that spilling it again costs nothing).
 
 from __future__ import annotations
 
+import concurrent.futures
+import fcntl
 import logging
 import os
 import shutil
@@ -61,18 +63,62 @@ class ObjectStore:
         self.spilled: dict[bytes, SpilledEntry] = {}
         self.spilled_bytes = 0
         self.owner_names: dict[bytes, str] = {}
+        #: Files of freed objects kept for reuse (their tmpfs pages are already allocated):
+        #: (path, size), oldest first. They count against capacity.
+        self.pool: list[tuple[str, int]] = []
+        self.pooled_bytes = 0
+        self._pool_seq = 0
         os.makedirs(directory, exist_ok=True)
 
     def path(self, object_id: bytes) -> str:
         return os.path.join(self.directory, object_id.hex())
 
-    def reserve(self, object_id: bytes, size: int, owner: bytes, primary: bool = True) -> None:
+    def reserve(self, object_id: bytes, size: int, owner: bytes, primary: bool = True) -> bool:
+        """Account for a new object; True if a recycled file was put at its path to write over."""
         if object_id in self.objects:
-            return  # a retried task writing the same return again
+            return False  # a retried task writing the same return again
         if self.used + size > self.capacity:
             raise ObjectStoreFullError(self.full_message(size))
+        reused = self._take_recycled(object_id, size)
+        while not reused and self.pool and self.used + self.pooled_bytes + size > self.capacity:
+            path, pooled = self.pool.pop(0)
+            self.pooled_bytes -= pooled
+            _unlink_soon(path)
         self.objects[object_id] = ObjectEntry(size, owner, primary)
         self.used += size
+        return reused
+
+    def _take_recycled(self, object_id: bytes, size: int) -> bool:
+        if size < RECYCLE_MIN_BYTES:
+            return False
+        for i, (path, pooled) in enumerate(self.pool):
+            if not size <= pooled <= 2 * size or _still_mapped(path):
+                continue
+            del self.pool[i]
+            self.pooled_bytes -= pooled
+            try:
+                os.rename(path, self.path(object_id))
+            except OSError:
+                return False
+            return True
+        return False
+
+    def _release_file(self, object_id: bytes, size: int) -> None:
+        """A freed object's file: keep it for reuse if it is large, else delete it."""
+        path = self.path(object_id)
+        if size >= RECYCLE_MIN_BYTES and self.pooled_bytes + size <= self.capacity // 2:
+            self._pool_seq += 1
+            free_path = os.path.join(self.directory, f"free-{self._pool_seq}")
+            try:
+                os.rename(path, free_path)
+            except OSError:
+                return
+            self.pool.append((free_path, size))
+            self.pooled_bytes += size
+        elif size >= RECYCLE_MIN_BYTES:
+            _unlink_soon(path)
+        else:
+            _unlink(path)
 
     def full_message(self, size: int) -> str:
         holders: dict[bytes, list[int]] = {}
@@ -103,7 +149,10 @@ class ObjectStore:
         if entry is None:
             return
         self.used -= entry.size
-        _unlink(self.path(object_id))
+        if entry.sealed:
+            self._release_file(object_id, entry.size)
+        else:
+            _unlink(self.path(object_id))
 
     def free(self, object_id: bytes) -> str | None:
         """Forget an object everywhere; returns its spill URL for the caller to delete, if any."""
@@ -139,8 +188,38 @@ class ObjectStore:
 
     def destroy(self) -> None:
         self.objects.clear()
-        self.used = 0
+        self.pool.clear()
+        self.used = self.pooled_bytes = 0
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+#: Freed object files at least this large are kept for reuse.
+RECYCLE_MIN_BYTES = 1024 * 1024
+
+_unlinker: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _unlink_soon(path: str) -> None:
+    """Delete a large file off the event loop (freeing 800 MiB of tmpfs takes ~0.1 s)."""
+    global _unlinker
+    if _unlinker is None:
+        _unlinker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ember-unlink")
+    _unlinker.submit(_unlink, path)
+
+
+def _still_mapped(path: str) -> bool:
+    """Whether a reader still maps the file (readers hold a shared flock while mapped)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases our lock
+    return False
 
 
 def _unlink(path: str) -> None:

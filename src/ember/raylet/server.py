@@ -86,9 +86,12 @@ class Raylet:
         self.bundles = BundleManager(self.total, self.available)
         from ember.raylet.spilling import Spiller
 
-        spill_location = cfg.object_spilling_directory or os.path.join(
-            opts.session_dir, "spill", self.node_id.hex()[:12]
-        )
+        if cfg.object_spilling_directory:
+            # A folder of this node's own inside the user's location: the node deletes it when it
+            # stops, and never touches anything else there (other nodes may share the location).
+            spill_location = f"{cfg.object_spilling_directory.rstrip('/')}/ember_spilled_objects_{self.node_id.hex()[:12]}"
+        else:
+            spill_location = os.path.join(opts.session_dir, "spill", self.node_id.hex()[:12])
         self.spiller = Spiller(self.store, spill_location, cfg.object_spilling_threshold)
         self.objects = ObjectManager(self.store, self.node_id, self._connect_raylet, token, self.spiller.make_room)
         self.transfer: Any = None
@@ -352,7 +355,7 @@ class Raylet:
             await asyncio.sleep(0.5)
             before = len(self.pool.workers)
             self.pool.reap()
-            self._kill_surplus_idle()
+            await self._kill_surplus_idle()
             if len(self.pool.workers) != before:
                 self._schedule()
 
@@ -454,7 +457,7 @@ class Raylet:
         self.log_monitor.add(handle.err_path, handle.pid, True)
         return handle
 
-    def _kill_surplus_idle(self) -> None:
+    async def _kill_surplus_idle(self) -> None:
         timeout = config().idle_worker_kill_s
         now = time.monotonic()
         idle = [w for w in self.pool.alive() if w.state is WorkerState.IDLE]
@@ -462,7 +465,18 @@ class Raylet:
         for worker in sorted(idle, key=lambda w: w.idle_since):
             if surplus <= 0:
                 break
-            if now - worker.idle_since > timeout:
+            if now - worker.idle_since <= timeout:
+                continue
+            # As in Ray, a worker that owns objects still referenced elsewhere (a task put a value and
+            # returned its ref) stays: its exit would lose them. Asked again after another idle period.
+            try:
+                owns = worker.conn is None or bool(await worker.conn.call("owns_objects", None, 5.0))
+            except Exception:
+                owns = True
+            if owns:
+                worker.idle_since = time.monotonic()
+                continue
+            if worker.state is WorkerState.IDLE:
                 self.pool.kill(worker)
                 surplus -= 1
 
@@ -693,11 +707,11 @@ class Raylet:
         try:
             if self.store.used + size > self.store.capacity:
                 await self.spiller.make_room(size)
-            self.store.reserve(p["object_id"], size, p["owner"])
+            reuse = self.store.reserve(p["object_id"], size, p["owner"])
         except ObjectStoreFullError as exc:
             exc.expected = True  # type: ignore[attr-defined]
             raise
-        return True
+        return {"reuse": reuse}
 
     def rpc_seal_object(self, conn: Connection, p: dict[str, Any]) -> None:
         self.store.seal(p["object_id"])
