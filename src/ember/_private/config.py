@@ -22,7 +22,8 @@ class Config:
     object_store_memory_fraction: float = 0.3
     #: Spill objects to disk once the store is fuller than this fraction.
     object_spilling_threshold: float = 0.8
-    #: Where to spill: a folder or an fsspec URL (default: the session's spill/ folder).
+    #: Where to spill: a folder or an fsspec URL (default: the session's spill/ folder); each
+    #: node spills into an ``ember_spilled_objects_<node>`` folder of its own inside it.
     object_spilling_directory: str = ""
     #: Alignment of out-of-band buffers inside an object file.
     object_buffer_alignment: int = 64

@@ -22,10 +22,13 @@ deque that is drained under the lock later.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
+
+_EMBER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def _user_call_site() -> str:
@@ -33,7 +36,10 @@ def _user_call_site() -> str:
     import sys
 
     frame = sys._getframe(2)
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("ember."):
+    # By module name, and by file for Ember modules run as __main__ (a worker's entry point).
+    while frame is not None and (
+        frame.f_globals.get("__name__", "").startswith("ember.") or frame.f_code.co_filename.startswith(_EMBER_DIR)
+    ):
         frame = frame.f_back  # type: ignore[assignment]
     if frame is None:
         return ""

@@ -137,8 +137,18 @@ class Spiller:
 
     def stop(self) -> None:
         self._pool.shutdown(wait=True)
+        # The location is this node's own folder (see Raylet): remove it and what is left in it.
         if not _is_url(self.location):
             shutil.rmtree(self.location, ignore_errors=True)
+            return
+        try:
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(self.location)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+        except Exception as exc:  # best effort, like the local folder
+            logger.debug("could not remove the spill location %s: %s", self.location, exc)
 
 
 def _copy_out(path: str, url: str) -> None:
