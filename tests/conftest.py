@@ -224,14 +224,64 @@ def _start_shared() -> Any:
     _shared["ctx"] = ctx
     _shared["nodes"] = init_module._local_nodes
     _shared["store_dir"] = runtime.core_worker().store_dir
+    _shared["store_baseline"] = runtime.core_worker().raylet_call("store_stats", None)
     return ctx
 
 
+def _shared_store_leak() -> str | None:
+    """Whether the shared cluster's object store is back to its use when it started.
+
+    Objects still stored once the module's tests are over are leaked (a ref held by
+    nothing the tests can reach, or never freed). Not checked after a failed test: its
+    traceback keeps the test's refs alive.
+    """
+    baseline = _shared.get("store_baseline")
+    if baseline is None or _shared.get("tests_failed") or not ember.is_initialized():
+        return None
+    import gc
+
+    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+        if hasattr(sys, name):
+            setattr(sys, name, None)  # an expected failure's frames, kept for post-mortem debugging
+    gc.collect()
+    worker = runtime.core_worker()
+
+    def back_to_baseline() -> bool:
+        stats = worker.raylet_call("store_stats", None)
+        return stats["used"] <= baseline["used"] and stats["spilled_objects"] <= baseline["spilled_objects"]
+
+    try:
+        wait_for_condition(back_to_baseline, timeout=10)
+        return None
+    except RuntimeError:
+        stats = worker.raylet_call("store_stats", None)
+        held = [
+            f"{row['object_id'][:16]} ({row['reference_type']}, {row['size']} B, call site {row['call_site']})"
+            for row in worker.rpc_memory_table(None, None)["objects"] if row["owned"] and row["size"]
+        ]
+        return (
+            f"the shared cluster's object store did not return to its baseline at the end of the module: "
+            f"{stats['used']} B in {stats['objects']} objects and {stats['spilled_objects']} spilled "
+            f"(baseline {baseline['used']} B, {baseline['spilled_objects']} spilled); the driver still "
+            f"owns: {', '.join(held) or 'nothing (owned by other processes)'}"
+        )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    if _shared and outcome.get_result().failed:  # type: ignore[attr-defined]
+        _shared["tests_failed"] = True
+
+
 def _stop_shared() -> None:
+    leak = _shared_store_leak()
     shm_before = _shared.get("shm_before", set())
     _shared.clear()
     ember.shutdown()
     problems = check_no_leftovers(shm_before, set(), set())
+    if leak:
+        problems.append(leak)
     if problems:
         pytest.fail("Leftovers after the shared cluster shut down: " + " | ".join(problems), pytrace=False)
 
@@ -250,6 +300,16 @@ def ember_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
     yield set_env
     monkeypatch.undo()
     reset_config()
+
+
+@pytest.fixture
+def own_cluster() -> None:
+    """For a test that starts a cluster by other means (``Cluster``, ``ember start``): the
+    module's shared cluster, if up, is stopped first (its checks run), as ``ember_start`` does."""
+    if _shared:
+        _stop_shared()
+    elif ember.is_initialized():
+        pytest.fail("ember is already initialized", pytrace=False)
 
 
 @pytest.fixture

@@ -303,7 +303,14 @@ class CoreWorker:
         fut = self.loop.create_future()
         self._peers[key] = fut
         try:
-            conn = await connect(key, self.token, self, info={"role": self.mode}, timeout=5.0)
+            try:
+                conn = await connect(key, self.token, self, info={"role": self.mode}, retry=False)
+            except ConnectionLost as exc:
+                # A core worker listens before its address is ever handed out: a refusal means
+                # the process is gone (an owner that died), so fail now rather than retry for 5 s.
+                if isinstance(exc.__cause__, ConnectionRefusedError):
+                    raise
+                conn = await connect(key, self.token, self, info={"role": self.mode}, timeout=5.0)
         except BaseException as exc:
             self._peers.pop(key, None)
             fut.set_exception(exc)
