@@ -4,55 +4,110 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+
+import pytest
 
 import ember
 from ember._private import runtime, session
 from ember._private.test_utils import wait_for_condition
 
 
+class _Tee:
+    """Records what is written to a stream and passes it on (thread safe)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.text = ""
+        self._lock = threading.Lock()
+
+    def write(self, data):
+        with self._lock:
+            self.text += data
+        return self.inner.write(data)
+
+    def flush(self):
+        self.inner.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
 class _Captured:
-    """Accumulates what capfd captured, since readouterr() consumes it."""
+    """The driver's stdout/stderr as the tests see them.
 
-    def __init__(self, capfd):
+    Waiting polls a recording of ``sys.stdout``/``sys.stderr`` (which is where the
+    driver prints workers' lines); ``capfd.readouterr()`` is not polled, because
+    it truncates the capture file and would drop a line written by the driver's
+    I/O thread at that moment. ``fd_text()`` then checks that the lines really
+    reached file descriptors 1 and 2.
+    """
+
+    def __init__(self, capfd, monkeypatch):
         self.capfd = capfd
-        self.out = ""
-        self.err = ""
+        self.stdout = _Tee(sys.stdout)
+        self.stderr = _Tee(sys.stderr)
+        monkeypatch.setattr(sys, "stdout", self.stdout)
+        monkeypatch.setattr(sys, "stderr", self.stderr)
 
-    def read(self):
+    @property
+    def out(self):
+        return self.stdout.text
+
+    @property
+    def err(self):
+        return self.stderr.text
+
+    def wait_for(self, *lines, stream="out", timeout=10):
+        def arrived():
+            text = self.out if stream == "out" else self.err
+            return all(line in text for line in lines)
+
+        try:
+            wait_for_condition(arrived, timeout=timeout)
+        except RuntimeError:
+            raise AssertionError(
+                f"{lines!r} did not reach the driver's std{stream} within {timeout}s; "
+                f"stdout so far: {self.out!r}; stderr so far: {self.err!r}"
+            ) from None
+
+    def fd_text(self):
         out, err = self.capfd.readouterr()
-        self.out += out
-        self.err += err
-        return self
+        return out, err
 
 
-def test_print_in_task_appears_in_driver_stdout_with_prefix(ember_shared, capfd):
+def test_print_in_task_appears_in_driver_stdout_with_prefix(ember_shared, capfd, monkeypatch):
     @ember.remote
     def chatty(n):
         for i in range(n):
             print(f"chatty line {i}")
         return os.getpid()
 
-    captured = _Captured(capfd)
+    captured = _Captured(capfd, monkeypatch)
     pid = ember.get(chatty.remote(3))
     expected = [f"(chatty pid={pid}) chatty line {i}" for i in range(3)]
-    wait_for_condition(lambda: all(line in captured.read().out for line in expected), timeout=10)
+    captured.wait_for(*expected)
     lines = [line for line in captured.out.splitlines() if "chatty line" in line]
     assert lines == expected  # in order, each exactly once
+    fd_out, _ = captured.fd_text()
+    assert all(line in fd_out for line in expected)  # written to file descriptor 1
 
 
-def test_stderr_in_task_appears_in_driver_stderr(ember_shared, capfd):
+def test_stderr_in_task_appears_in_driver_stderr(ember_shared, capfd, monkeypatch):
     @ember.remote
     def complain():
         print("to stderr", file=sys.stderr)
         return os.getpid()
 
-    captured = _Captured(capfd)
+    captured = _Captured(capfd, monkeypatch)
     pid = ember.get(complain.remote())
-    wait_for_condition(lambda: f"(complain pid={pid}) to stderr" in captured.read().err, timeout=10)
+    captured.wait_for(f"(complain pid={pid}) to stderr", stream="err")
     assert "to stderr" not in captured.out
+    fd_out, fd_err = captured.fd_text()
+    assert f"(complain pid={pid}) to stderr" in fd_err and "to stderr" not in fd_out
 
 
-def test_output_is_attributed_to_the_task_that_printed_it(ember_shared, capfd):
+def test_output_is_attributed_to_the_task_that_printed_it(ember_shared, capfd, monkeypatch):
     @ember.remote
     def first():
         print("printed by first")
@@ -63,30 +118,26 @@ def test_output_is_attributed_to_the_task_that_printed_it(ember_shared, capfd):
         print("printed by second")
         return os.getpid()
 
-    captured = _Captured(capfd)
+    captured = _Captured(capfd, monkeypatch)
     pid1 = ember.get(first.remote())
     pid2 = ember.get(second.remote())
-    wait_for_condition(
-        lambda: f"(first pid={pid1}) printed by first" in captured.read().out
-        and f"(second pid={pid2}) printed by second" in captured.out,
-        timeout=10,
-    )
+    captured.wait_for(f"(first pid={pid1}) printed by first", f"(second pid={pid2}) printed by second")
     # The internal marker lines that attribute output are never shown.
     assert ":ember_task:" not in captured.out + captured.err
 
 
-def test_output_uses_the_options_name(ember_shared, capfd):
+def test_output_uses_the_options_name(ember_shared, capfd, monkeypatch):
     @ember.remote
     def plain():
         print("named output")
         return os.getpid()
 
-    captured = _Captured(capfd)
+    captured = _Captured(capfd, monkeypatch)
     pid = ember.get(plain.options(name="custom_name").remote())
-    wait_for_condition(lambda: f"(custom_name pid={pid}) named output" in captured.read().out, timeout=10)
+    captured.wait_for(f"(custom_name pid={pid}) named output")
 
 
-def test_log_to_driver_false_keeps_output_out_of_the_driver(ember_start, capfd):
+def test_log_to_driver_false_keeps_output_out_of_the_driver(ember_start, capfd, monkeypatch):
     ember_start(num_cpus=1, log_to_driver=False)
 
     @ember.remote
@@ -94,7 +145,7 @@ def test_log_to_driver_false_keeps_output_out_of_the_driver(ember_start, capfd):
         print("should stay in the log file")
         return os.getpid()
 
-    captured = _Captured(capfd)
+    captured = _Captured(capfd, monkeypatch)
     pid = ember.get(quiet.remote())
     logs = os.path.join(runtime.core_worker().session_dir, "logs")
 
@@ -109,11 +160,10 @@ def test_log_to_driver_false_keeps_output_out_of_the_driver(ember_start, capfd):
     wait_for_condition(in_log_file, timeout=10)
     # The node daemon tails that file every 50 ms; give a published line ample
     # time to arrive (with log_to_driver=True it shows up within ~0.1 s).
-    import pytest
-
-    with pytest.raises(RuntimeError, match="not met"):
-        wait_for_condition(lambda: "should stay in the log file" in captured.read().out, timeout=1.5)
+    with pytest.raises(AssertionError, match="did not reach"):
+        captured.wait_for("should stay in the log file", timeout=1.5)
     assert f"pid={pid}" not in captured.out
+    assert "should stay in the log file" not in captured.fd_text()[0]
 
 
 def test_every_process_has_a_log_file(ember_shared):
