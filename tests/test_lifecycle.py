@@ -77,6 +77,16 @@ def test_init_again_after_shutdown_gets_a_fresh_cluster(ember_start):
     assert ember.get(square.remote(5)) == 25
 
 
+def test_node_and_resources_are_known_as_soon_as_init_returns(ember_start):
+    # Ray programs often read cluster_resources() right after init; the node must be registered.
+    for _ in range(3):
+        ember_start(num_cpus=2, object_store_memory=64 * MiB)
+        nodes = ember.nodes()
+        assert [n["NodeID"] for n in nodes if n["Alive"]] == [ember.get_runtime_context().get_node_id()]
+        assert ember.cluster_resources()["CPU"] == 2.0
+        ember.shutdown()
+
+
 def test_init_argument_errors():
     with pytest.raises(TypeError, match="no_such_argument"):
         ember.init(no_such_argument=1)

@@ -145,6 +145,7 @@ def init(
         )
         try:
             worker.start()
+            _wait_for_local_node(worker)
         except BaseException:
             worker.shutdown()
             if _local_nodes is not None:
@@ -156,6 +157,33 @@ def init(
             atexit.register(shutdown)
             _atexit_registered = True
         return RayContext(_context_info())
+
+
+def _wait_for_local_node(worker: CoreWorker) -> None:
+    """Return once this driver's node is in the control service's node table.
+
+    The node daemon serves its socket before it registers, so without this
+    ``nodes()`` or ``cluster_resources()`` right after ``init`` could miss it
+    (Ray's ``init`` returns with the local node registered too).
+    """
+    import time
+
+    from ember._private.config import config
+
+    node_hex = worker.node_id.hex()
+    deadline = time.monotonic() + config().connect_timeout_s
+    delay = 0.001
+    while True:
+        if any(n["NodeID"] == node_hex and n["Alive"] for n in worker.gcs_call("get_nodes", None)):
+            return
+        if time.monotonic() > deadline:
+            raise ConnectionError(
+                f"The node daemon {node_hex[:12]} did not register with the control service at "
+                f"{worker.gcs_address} within {config().connect_timeout_s:g}s; see its log in "
+                f"{os.path.join(worker.session_dir, 'logs')}."
+            )
+        time.sleep(delay)  # polling the node table: registration sends this process no event
+        delay = min(delay * 2, 0.05)
 
 
 def _local_ip_towards(address: str) -> str:
