@@ -36,7 +36,7 @@ QUICK_DETECTION = {
 # ============================================================================ values
 def pattern(seed: int, n: int) -> np.ndarray:
     """``n`` uint32 values that only value ``seed`` has."""
-    return np.arange(seed * 7919, seed * 7919 + n, dtype=np.uint32)
+    return np.arange(n, dtype=np.uint32) + np.uint32((seed * 7919) & 0xFFFFFFFF)  # wraps around
 
 
 def digest(array: Any) -> tuple[int, int]:
@@ -141,3 +141,63 @@ class Gate:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the test never opened {path}")
             time.sleep(0.005)
+
+
+# ============================================================================ containers of refs
+class Box:
+    """A user class holding refs (and padding, so that containers live in the object store)."""
+
+    def __init__(self, refs: list[Any], pad: Any = None) -> None:
+        self.refs = refs
+        self.pad = pad
+
+
+#: Containers carry this much padding: over the inline limit, so they are stored in the object
+#: store like the values they hold (and are freed from it with their owner).
+CONTAINER_PAD = 128 * 1024
+SHAPES = ("list", "dict", "user_class", "nested")
+
+
+def build(shape: str, refs: list[Any]) -> Any:
+    """A value of the given shape holding ``refs`` (in order) and some padding."""
+    pad = np.zeros(CONTAINER_PAD, dtype=np.uint8)
+    if shape == "list":
+        return [*refs, pad]
+    if shape == "dict":
+        return {"refs": {i: r for i, r in enumerate(refs)}, "pad": pad}
+    if shape == "user_class":
+        return Box(list(refs), pad)
+    return {"a": [(Box(list(refs)),)], "pad": pad}
+
+
+def inner_refs(value: Any) -> list[Any]:
+    """The refs a value holds, in order."""
+    out: list[Any] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, ember.ObjectRef):
+            out.append(v)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, Box):
+            walk(v.refs)
+
+    walk(value)
+    return out
+
+
+def describe(ref: Any, timeout: float = 30) -> tuple[str, Any]:
+    """What reading ``ref`` gives: ("data", digest), ("container", [inner hex ids]) or ("lost", error name)."""
+    from ember.exceptions import ObjectLostError
+
+    try:
+        value = ember.get(ref, timeout=timeout)
+    except ObjectLostError as exc:
+        return "lost", type(exc).__name__
+    if isinstance(value, np.ndarray):
+        return "data", digest(value)
+    return "container", [r.hex() for r in inner_refs(value)]

@@ -304,7 +304,7 @@ class CoreWorker:
         self._peers[key] = fut
         try:
             try:
-                conn = await connect(key, self.token, self, info={"role": self.mode}, retry=False)
+                conn = await connect(key, self.token, self, info={"role": self.mode}, timeout=5.0, retry=False)
             except ConnectionLost as exc:
                 # A core worker listens before its address is ever handed out: a refusal means
                 # the process is gone (an owner that died), so fail now rather than retry for 5 s.
@@ -589,15 +589,20 @@ class CoreWorker:
         if obj.total_bytes < self._inline_limit:
             self.memory_store.put(object_id, (INLINE, obj.to_inline()))
         else:
-            size = self.write_plasma(object_id, obj, self.worker_id)
+            size = self.write_plasma(object_id, obj, self.worker_id, self.address)
             self.memory_store.put(object_id, (PLASMA, [self.node_id, size, self.raylet_location]))
         return ObjectRef(object_id, self.address)
 
-    def write_plasma(self, object_id: bytes, obj: serialization.SerializedObject, owner_id: bytes) -> int:
-        """Write ``obj`` into this node's object store; returns the file size."""
+    def write_plasma(self, object_id: bytes, obj: serialization.SerializedObject, owner_id: bytes,
+                     owner_address: list[Any] | None = None) -> int:
+        """Write ``obj`` into this node's object store; returns the file size.
+
+        ``owner_address`` lets the node daemon free the object if its owner (on another node) dies.
+        """
         size = object_file.file_size(obj)
         try:
-            reply = self.raylet_call("create_object", {"object_id": object_id, "size": size, "owner": owner_id})
+            reply = self.raylet_call("create_object", {"object_id": object_id, "size": size, "owner": owner_id,
+                                                       "owner_address": owner_address})
         except RemoteError as exc:
             if exc.code == "ObjectStoreFullError":
                 raise ObjectStoreFullError(exc.message) from None
@@ -644,7 +649,7 @@ class CoreWorker:
             nested = [[r._id, r._owner] for r in refs]
         if obj.total_bytes < self._inline_limit:
             return [0, obj.to_inline(), nested]
-        size = self.write_plasma(object_id, obj, owner[2])
+        size = self.write_plasma(object_id, obj, owner[2], owner)
         return [1, [self.node_id, size, self.raylet_location], nested]
 
     def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
