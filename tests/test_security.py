@@ -371,11 +371,6 @@ def test_cluster_survives_a_burst_of_attacks(ember_shared):
     assert ember.get([square.remote(i) for i in range(10)]) == [i * i for i in range(10)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the node daemon's create_object accepts a negative size from an authenticated peer, "
-    "which lowers the store's 'used' accounting (raylet/server.py rpc_create_object / object_store.reserve)",
-)
 def test_node_daemon_rejects_a_negative_object_size(ember_shared):
     worker = runtime.core_worker()
     address = _target("raylet")

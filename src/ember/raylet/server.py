@@ -81,6 +81,9 @@ class Raylet:
         )
         self.policy_state = policy.PolicyState()
         self._raylet_peers: dict[tuple[str, int], asyncio.Future[Connection]] = {}
+        #: Owners on other nodes of objects stored here: a connection to each, to learn of its death.
+        self._owner_watches: dict[bytes, asyncio.Task[None]] = {}
+        self._owner_conns: dict[bytes, Connection] = {}
         from ember.raylet.bundles import BundleManager
 
         self.bundles = BundleManager(self.total, self.available)
@@ -305,6 +308,11 @@ class Raylet:
         else:
             address = [data["NodeManagerAddress"], data["NodeManagerPort"]]
             self.dead_nodes[node_id] = policy.NodeView(node_id, address, {}, {}, alive=False)
+            # Copies pulled from the dead node's primaries: nobody will free them (the owner's
+            # record points at the dead node, and a reconstructed primary does not know them).
+            orphans = [oid for oid, src in self.objects.sources.items() if src == (address[0], address[1])]
+            if orphans:
+                self.rpc_free_objects(conn, {"object_ids": orphans})
             if self.view.pop(node_id, None) is not None:
                 self._rebalance()
 
@@ -355,6 +363,7 @@ class Raylet:
             await asyncio.sleep(0.5)
             before = len(self.pool.workers)
             self.pool.reap()
+            self._close_idle_owner_watches()
             await self._kill_surplus_idle()
             if len(self.pool.workers) != before:
                 self._schedule()
@@ -405,8 +414,7 @@ class Raylet:
         client_id = conn.state.get("client_id")
         if client_id is not None:
             self.clients.pop(client_id, None)
-            for url in self.store.free_owned_by(client_id):
-                self.spiller.delete(url)
+            self._free_owned(client_id)  # with the copies other nodes made
         # Lease requests and leases of a departed holder.
         for req in [r for r in self.pending if r.conn is conn]:
             self.pending.remove(req)
@@ -702,8 +710,10 @@ class Raylet:
         return True
 
     # ================================================================ RPC: objects
-    async def rpc_create_object(self, conn: Connection, p: dict[str, Any]) -> bool:
+    async def rpc_create_object(self, conn: Connection, p: dict[str, Any]) -> Any:
         size = int(p["size"])
+        if size < 0 or not isinstance(p.get("object_id"), bytes) or len(p["object_id"]) != 20:
+            raise ValueError(f"bad create_object request: size {size}, object id {p.get('object_id')!r}")
         try:
             if self.store.used + size > self.store.capacity:
                 await self.spiller.make_room(size)
@@ -711,7 +721,53 @@ class Raylet:
         except ObjectStoreFullError as exc:
             exc.expected = True  # type: ignore[attr-defined]
             raise
+        if p.get("owner_address") and p["owner"] not in self.clients and p["owner"] not in self._owner_watches:
+            self._owner_watches[p["owner"]] = asyncio.get_running_loop().create_task(
+                self._watch_owner(p["owner"], p["owner_address"])
+            )
         return {"reuse": reuse}
+
+    async def _watch_owner(self, owner: bytes, address: list[Any]) -> None:
+        """An owner on another node: its objects here are freed when it dies (the connection drops)."""
+        try:
+            conn = await connect((address[0], address[1]), self.token, None, info={"role": "raylet"},
+                                 timeout=10.0, retry=False)
+        except ConnectionLost as exc:
+            self._owner_watches.pop(owner, None)
+            # A core worker listens before its address is handed out: a refusal means it is gone.
+            if isinstance(exc.__cause__, ConnectionRefusedError):
+                self._owner_gone(owner)
+            return
+        except Exception as exc:  # e.g. a wrong token: keep the objects, watch again at the next create
+            self._owner_watches.pop(owner, None)
+            logger.debug("cannot watch owner %s at %s: %s", owner.hex()[:12], address, exc)
+            return
+        self._owner_conns[owner] = conn
+        conn.add_close_callback(lambda c: self._owner_gone(owner))
+
+    def _owner_gone(self, owner: bytes) -> None:
+        self._owner_watches.pop(owner, None)
+        self._owner_conns.pop(owner, None)
+        if not self.stopping and owner not in self.clients:
+            self._free_owned(owner)
+
+    def _free_owned(self, owner: bytes) -> None:
+        """Free every object (in memory, spilled, and the copies on other nodes) of an owner that died."""
+        oids = [oid for oid, e in self.store.objects.items() if e.owner == owner]
+        oids += [oid for oid, e in self.store.spilled.items() if e.owner == owner and oid not in oids]
+        if oids:
+            logger.info("freeing %d object(s) of owner %s, which died", len(oids), owner.hex()[:12])
+            self.rpc_free_objects(None, {"object_ids": oids})  # type: ignore[arg-type]
+
+    def _close_idle_owner_watches(self) -> None:
+        if not self._owner_conns:
+            return
+        owners = {e.owner for e in self.store.objects.values()} | {e.owner for e in self.store.spilled.values()}
+        for owner, conn in list(self._owner_conns.items()):
+            if owner not in owners:
+                del self._owner_conns[owner]
+                self._owner_watches.pop(owner, None)
+                conn.close("no objects of this owner left here")
 
     def rpc_seal_object(self, conn: Connection, p: dict[str, Any]) -> None:
         self.store.seal(p["object_id"])
