@@ -23,6 +23,9 @@ def main() -> None:
         level=getattr(logging, os.environ.get("EMBER_LOG_LEVEL", "WARNING").upper(), logging.WARNING),
         format=f"%(asctime)s %(levelname)s worker pid={os.getpid()} %(name)s: %(message)s",
     )
+    from ember._private.config import config
+
+    sys.setswitchinterval(config().worker_switch_interval_s)
     env = os.environ
     worker = CoreWorker(
         WORKER,
