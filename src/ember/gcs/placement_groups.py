@@ -158,13 +158,18 @@ class PlacementGroupManager:
             strategy = actor.spec.get("pg")
             if strategy == pg_id:
                 self.gcs.actor_manager.kill(actor.actor_id, True, "its placement group was removed")
-        await asyncio.gather(*(
-            self._node_call(node, "remove_bundle", {"pg_id": pg_id, "index": i})
-            for i, node in enumerate(entry.nodes) if node is not None
-        ), return_exceptions=True)
         if entry.name and self.named.get((entry.namespace, entry.name)) == pg_id:
             del self.named[(entry.namespace, entry.name)]
+        # The nodes give the resources back in the background (as in Ray, removal is asynchronous).
+        placed = [(i, node) for i, node in enumerate(entry.nodes) if node is not None]
+        if placed:
+            asyncio.get_running_loop().create_task(self._remove_bundles(pg_id, placed))
         return True
+
+    async def _remove_bundles(self, pg_id: bytes, placed: list[tuple[int, bytes]]) -> None:
+        await asyncio.gather(*(
+            self._node_call(node, "remove_bundle", {"pg_id": pg_id, "index": i}) for i, node in placed
+        ), return_exceptions=True)
 
     def get_by_name(self, name: str, namespace: str) -> dict[str, Any] | None:
         pg_id = self.named.get((namespace, name))
@@ -241,6 +246,12 @@ class PlacementGroupManager:
         results = await asyncio.gather(*(
             self._node_call(node, "commit_bundle", {"pg_id": entry.pg_id, "index": i}) for i, node in prepared
         ), return_exceptions=True)
+        if entry.state is PgState.REMOVED:
+            # Removed while we committed: undo what was committed.
+            committed = [(i, node) for (i, node), r in zip(prepared, results) if not isinstance(r, BaseException)]
+            if committed:
+                await self._remove_bundles(entry.pg_id, committed)
+            return False
         for (i, node), result in zip(prepared, results):
             if not isinstance(result, BaseException):
                 entry.nodes[i] = node
