@@ -9,7 +9,9 @@ process started under pytest may remain (orphans included: pytest makes
 itself the "child subreaper", so daemons started detached by ``ember start``
 count too), no ``/dev/shm/ember_*`` store created during the test may remain,
 and a shared cluster must have no task still running. A leftover is ended by
-pid (or removed) and the test fails.
+pid (or removed) and the test fails. When a shared cluster stops (end of its
+module), its object store must be back to its use at the start: a value still
+stored then is leaked (``_shared_store_leak``).
 """
 
 from __future__ import annotations

@@ -700,3 +700,52 @@ def test_ember_memory_says_call_sites_are_disabled_by_default(ember_shared):
     [row] = [r for node_rows in rows.values() for r in node_rows if r["oid"] == ref.hex()]
     assert row["site"] == "disabled" and row["type"] == "PINNED_IN_MEMORY"
     del ref
+
+
+# ============================================================================ the suite's store guard
+def _run_inner_suite(tmp_path: Any, source: str) -> Any:
+    """An inner pytest run of ``source`` with this suite's conftest.py."""
+    import shutil
+    import subprocess
+    import textwrap
+
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    shutil.copy(os.path.join(os.path.dirname(__file__), "conftest.py"), suite / "conftest.py")
+    (suite / "test_inner.py").write_text(textwrap.dedent(source))
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "bt"), str(suite)],
+        capture_output=True, text=True, timeout=120, cwd=str(suite), stdin=subprocess.DEVNULL,
+    )
+
+
+def test_shared_cluster_store_must_return_to_its_baseline(tmp_path):
+    result = _run_inner_suite(tmp_path, """
+        import numpy as np
+        import ember
+
+        KEPT = []
+
+        def test_frees_what_it_stores(ember_shared):
+            ref = ember.put(np.zeros(1 << 20, dtype=np.uint8))
+            del ref
+
+        def test_keeps_a_value_in_a_module_global(ember_shared):
+            KEPT.append(ember.put(np.zeros(3 << 20, dtype=np.uint8)))
+    """)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "did not return to its baseline" in result.stdout
+    assert "2 passed, 1 error" in result.stdout  # reported once, at the module's end
+    assert "the driver still owns: " in result.stdout and "PINNED_IN_MEMORY" in result.stdout
+
+
+def test_shared_cluster_store_guard_passes_a_clean_module(tmp_path):
+    result = _run_inner_suite(tmp_path, """
+        import numpy as np
+        import ember
+
+        def test_frees_what_it_stores(ember_shared):
+            refs = [ember.put(np.zeros(1 << 20, dtype=np.uint8)) for _ in range(3)]
+            assert sum(int(x.sum()) for x in ember.get(refs)) == 0
+    """)
+    assert result.returncode == 0, result.stdout + result.stderr

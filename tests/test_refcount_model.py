@@ -67,8 +67,8 @@ from memory_helpers import (  # noqa: E402
 #: Value sizes in uint32 elements: 256 KiB, 1 MiB and 1.2 MiB (1 MiB and up: recycled store files).
 SIZES = (64 * 1024, 256 * 1024, 300 * 1024)
 MAX_VALUES = 14  # values alive at once, so that a step stays quick
-EXAMPLES = int(os.environ.get("EMBER_MODEL_EXAMPLES", "8"))
-STEPS = int(os.environ.get("EMBER_MODEL_STEPS", "18"))
+EXAMPLES = int(os.environ.get("EMBER_MODEL_EXAMPLES", "15"))
+STEPS = int(os.environ.get("EMBER_MODEL_STEPS", "25"))
 
 
 # ============================================================================ remote code

@@ -247,8 +247,8 @@ def make_there(seed: int) -> np.ndarray:
 
 
 @ember.remote(resources={"second": 0.01})
-def spilled_there() -> int:
-    return runtime.core_worker().raylet_call("store_stats", None)["spilled_objects"]
+def stats_there() -> dict[str, int]:
+    return runtime.core_worker().raylet_call("store_stats", None)
 
 
 def test_objects_spilled_on_one_node_are_read_on_another(clusters, base):
@@ -262,10 +262,17 @@ def test_objects_spilled_on_one_node_are_read_on_another(clusters, base):
     # Made and spilled over there; read here.
     made = [make_there.remote(seed) for seed in range(8)]
     ember.wait(made, num_returns=len(made), fetch_local=False, timeout=120)
-    assert ember.get(spilled_there.remote(), timeout=60) >= 4
+    assert ember.get(stats_there.remote(), timeout=60)["spilled_objects"] >= 4
     for seed, ref in enumerate(made):
         expected = np.random.default_rng(seed).integers(0, 256, VALUE, dtype=np.uint8)
         assert crc(ember.get(ref, timeout=60)) == crc(expected)
     del refs, made, ref
+    # Freed everywhere: the primaries, their spill files and the copies pulled to the other node.
     wait_store_empty()
-    wait_for_condition(lambda: ember.get(spilled_there.remote(), timeout=60) == 0, timeout=30)
+
+    def empty_there() -> bool:
+        stats = ember.get(stats_there.remote(), timeout=60)
+        return stats["objects"] == 0 and stats["used"] == 0 and stats["spilled_objects"] == 0
+
+    wait_for_condition(empty_there, timeout=30)
+    wait_for_condition(lambda: not spill_files(os.path.join(worker().session_dir, "spill")), timeout=15)
