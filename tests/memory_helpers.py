@@ -171,22 +171,23 @@ def build(shape: str, refs: list[Any]) -> Any:
 
 
 def inner_refs(value: Any) -> list[Any]:
-    """The refs a value holds, in order."""
-    out: list[Any] = []
+    """The refs a value holds, in order.
 
-    def walk(v: Any) -> None:
+    (An explicit stack, not a recursive closure: a closure that calls itself is a reference
+    cycle, and the list it filled, refs included, would live until the garbage collector ran.)
+    """
+    out: list[Any] = []
+    stack = [value]
+    while stack:
+        v = stack.pop()
         if isinstance(v, ember.ObjectRef):
             out.append(v)
         elif isinstance(v, (list, tuple)):
-            for x in v:
-                walk(x)
+            stack.extend(reversed(v))
         elif isinstance(v, dict):
-            for x in v.values():
-                walk(x)
+            stack.extend(reversed(list(v.values())))
         elif isinstance(v, Box):
-            walk(v.refs)
-
-    walk(value)
+            stack.append(v.refs)
     return out
 
 

@@ -7,8 +7,10 @@ or nested, dropping the driver's ref while the task is pending), nesting them
 in containers (a ``put``, a ``put`` owned by an actor, a task's return value;
 lists, dicts, user classes), storing them in actors' state (the refs
 themselves, or the refs found inside a container) and dropping them from it,
-deleting the driver's refs, SIGKILLing a borrower (an actor holding refs) and
-SIGKILLing an owner (an actor that ``put`` values and handed out refs).
+handing refs from one actor to another, keeping zero-copy arrays read from
+values (while their refs go away), deleting the driver's refs, SIGKILLing a
+borrower (an actor holding refs) and SIGKILLing an owner (an actor that
+``put`` values and handed out refs).
 
 The model knows which values are reachable: from the driver's refs and the
 actors' state, through the containers that are not lost. After every step:
@@ -17,6 +19,8 @@ actors' state, through the containers that are not lost. After every step:
   (directly, through containers, or through refs an actor hands back) and from
   the actors that hold it; a value whose owner was killed raises
   ``OwnerDiedError`` (an ``ObjectLostError``) within seconds, never hangs;
+  arrays read earlier keep their contents (store files are recycled only
+  once no reader maps them);
 * once the cluster is quiet, exactly the reachable values are in the store (by
   file and by used bytes), this driver tracks exactly the reachable values it
   owns, and the owner actor owns exactly its reachable values.
@@ -105,6 +109,10 @@ class ModelHolder:
         self.held[key] = inner_refs(ember.get(container[0], timeout=60))
         return [r.hex() for r in self.held[key]]
 
+    def give(self, key: str, other: Any, new_key: str) -> int:
+        """Hand the refs held under ``key`` to another actor (a borrower passing refs on)."""
+        return ember.get(other.hold.remote(new_key, self.held[key]), timeout=60)
+
     def drop(self, key: str) -> bool:
         return self.held.pop(key, None) is not None
 
@@ -181,6 +189,8 @@ class RefcountModel(RuleBasedStateMachine):
         self.generation = 0
         self.holders = [self._new_holder(), self._new_holder()]
         self.owner = self._new_owner()
+        #: Arrays read zero-copy and kept (vid, array): valid even once their value is freed.
+        self.views: list[tuple[int, Any]] = []
 
     # ------------------------------------------------------------------ actors
     def _name(self, kind: str) -> str:
@@ -300,6 +310,18 @@ class RefcountModel(RuleBasedStateMachine):
 
     @precondition(lambda self: any(h.held for h in self.holders))
     @rule(data=st.data())
+    def pass_between_actors(self, data: st.DataObject) -> None:
+        source = data.draw(st.integers(0, 1), label="from")
+        giver, taker = self.holders[source], self.holders[1 - source]
+        if not giver.held:
+            giver, taker = taker, giver
+        key = data.draw(st.sampled_from(sorted(giver.held)), label="key")
+        new_key = self._key()
+        assert ember.get(giver.handle.give.remote(key, taker.handle, new_key), timeout=60) == len(giver.held[key])
+        taker.held[new_key] = list(giver.held[key])
+
+    @precondition(lambda self: any(h.held for h in self.holders))
+    @rule(data=st.data())
     def drop_from_actor(self, data: st.DataObject) -> None:
         holder = data.draw(st.sampled_from([h for h in self.holders if h.held]), label="holder")
         key = data.draw(st.sampled_from(sorted(holder.held)), label="key")
@@ -312,6 +334,18 @@ class RefcountModel(RuleBasedStateMachine):
     def delete_driver_ref(self, data: st.DataObject) -> None:
         vid = data.draw(st.sampled_from(sorted(self.refs)), label="value")
         del self.refs[vid]
+
+    # ================================================================== rules: zero-copy views
+    @precondition(lambda self: self._held_by_driver(kind="data") and len(self.views) < 4)
+    @rule(data=st.data())
+    def keep_a_view(self, data: st.DataObject) -> None:
+        vid = data.draw(st.sampled_from(self._held_by_driver(kind="data")), label="value")
+        self.views.append((vid, ember.get(self.refs[vid], timeout=60)))
+
+    @precondition(lambda self: self.views)
+    @rule(data=st.data())
+    def drop_a_view(self, data: st.DataObject) -> None:
+        self.views.pop(data.draw(st.integers(0, len(self.views) - 1), label="view"))
 
     # ================================================================== rules: deaths
     @rule(which=st.integers(0, 1))
@@ -370,6 +404,11 @@ class RefcountModel(RuleBasedStateMachine):
             else:
                 assert describe(refs[vid]) == value.expected(self.values), f"value {vid} ({value})"
         refs.clear()
+        # Arrays read earlier keep their contents, even when their value was freed since and
+        # its store file recycled for newer values.
+        for vid, array in self.views:
+            value = self.values[vid]
+            assert digest(array) == expected_digest(value.seed, value.n), f"view of value {vid} changed"
         # The actors read what they hold themselves.
         for holder in self.holders:
             seen = ember.get(holder.handle.check.remote(), timeout=60)
@@ -416,6 +455,7 @@ class RefcountModel(RuleBasedStateMachine):
         """End the example's actors and refs; everything it stored must be freed."""
         hexes = {v.hex for v in self.values.values()}
         self.refs.clear()
+        self.views.clear()
         for actor in [*self.holders, self.owner]:
             ember.kill(actor.handle)
         for actor in [*self.holders, self.owner]:
