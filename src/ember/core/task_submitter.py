@@ -263,10 +263,13 @@ class TaskSubmitter:
             self._request_class.pop(request_id, None)
             self._dispatch(cls)
             return
+        self._request_class.pop(request_id, None)
         if not self._demand(cls):
-            self._request_class.pop(request_id, None)
             return
-        self._request_lease(cls, task.result(), request_id)
+        # A new request id: node daemons answer a repeated id with their first answer (that is how a
+        # resent request is told apart), so a request spilled back to a node that saw it before
+        # would get the same spillback again, forever.
+        self._request_lease(cls, task.result())
 
     def _on_worker_connected(self, cls: SchedulingClass, grant: dict[str, Any], raylet: Connection, task: asyncio.Task[Connection]) -> None:
         if task.cancelled() or task.exception() is not None:

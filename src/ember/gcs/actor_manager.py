@@ -216,9 +216,15 @@ class ActorManager:
         }
         node = None
         warned = False
+        base_id = request["request_id"]
+        tries = 0
         while True:
             if entry.state is ActorState.DEAD:
                 return
+            # Each request a new id (a node answers a repeated id with its first answer, so going
+            # back to a node after a spillback would get the same spillback again, forever).
+            request["request_id"] = base_id + tries.to_bytes(4, "big")
+            tries += 1
             if node is None or not node.alive:
                 node = self._pick_node(entry)
             if node is None:

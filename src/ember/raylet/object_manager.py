@@ -51,6 +51,8 @@ class ObjectManager:
         self._pull_slots = asyncio.Semaphore(MAX_CONCURRENT_PULLS)
         #: object id -> addresses of node daemons that hold a copy we served.
         self.copies: dict[bytes, list[list[Any]]] = {}
+        #: object id -> (host, port) of the node daemon a local secondary copy was pulled from.
+        self.sources: dict[bytes, tuple[str, int]] = {}
         self._read_fds: dict[bytes, int] = {}
 
     # ================================================================ pulling
@@ -106,6 +108,7 @@ class ObjectManager:
                 object_id.hex(), f"Could not copy object {object_id.hex()} from node daemon {source[0]}:{source[1]}: {exc}"
             ) from exc
         self.store.seal(object_id)
+        self.sources[object_id] = (source[0], int(source[1]))
         conn.notify("copy_made", {"object_id": object_id, "address": None})
 
     # ================================================================ serving
@@ -127,6 +130,7 @@ class ObjectManager:
     def on_free(self, object_id: bytes) -> list[list[Any]]:
         """Forget an object; returns the node daemons that hold copies to free too."""
         self._close_fd(object_id)
+        self.sources.pop(object_id, None)
         return self.copies.pop(object_id, [])
 
     def _close_fd(self, object_id: bytes) -> None:
