@@ -144,6 +144,37 @@ def test_spill_files_are_deleted_with_their_objects(ember_start, base):
     wait_for_condition(lambda: not spill_files(spill_dir), timeout=15)
 
 
+def test_a_dead_owners_spilled_objects_are_deleted(ember_start, base):
+    import signal
+
+    ember_start(num_cpus=1, object_store_memory=40 * MiB)
+
+    @ember.remote
+    class Owner:
+        def __init__(self) -> None:
+            self.refs: list[Any] = []
+
+        def fill(self, values: list[np.ndarray]) -> list[str]:
+            self.refs += [ember.put(v) for v in values]
+            return [r.hex() for r in self.refs]
+
+        def pid(self) -> int:
+            return os.getpid()
+
+    owner = Owner.remote()
+    hexes = []
+    for i in range(0, 8, 2):  # 8 x 8 MiB through a 40 MiB store
+        hexes = ember.get(owner.fill.remote([value_of(base, i), value_of(base, i + 1)]), timeout=60)
+    spill_dir = node_spill_dir()
+    wait_for_condition(lambda: len(spill_files(spill_dir)) == store_stats()["spilled_objects"] > 0, timeout=15)
+    assert spill_files(spill_dir) | object_files(worker().store_dir) == set(hexes)
+    os.kill(ember.get(owner.pid.remote()), signal.SIGKILL)
+    # The node frees everything the dead owner stored: in memory and on disk.
+    wait_store_empty()
+    wait_for_condition(lambda: not spill_files(spill_dir), timeout=15)
+    assert not object_files(worker().store_dir)
+
+
 # ============================================================================ when the store is full
 def test_store_full_error_when_spilling_cannot_make_room_names_the_largest_holders(ember_env, ember_start):
     ember_env(object_spilling_directory="/proc/ember-nope")
