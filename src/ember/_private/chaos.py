@@ -102,6 +102,7 @@ def _make_remotes() -> tuple[Any, Any]:
 
         def call(self, n: int) -> int:
             os.write(self.fd, f"{n}\n".encode())  # one append per delivery; survives restarts
+            time.sleep(0.002)  # a little work, so calls are in flight when a kill comes
             return n * 3 + 1
 
     return chaos_tree, ChaosActor
@@ -231,6 +232,29 @@ def _node_infos(cluster: Any) -> list[dict[str, Any]]:
     from ember._private.cluster_client import gcs_request
 
     return [gcs_request(n.address, cluster.token, "get_info", timeout=5.0) for n in cluster.list_all_nodes()]
+
+
+def _who_holds(cluster: Any, infos: list[dict[str, Any]]) -> str:
+    """The objects left in the stores, and every process that still references one of them."""
+    from ember._private.memory_report import collect
+
+    left = {name: info["store_dir"] for info in infos for name in _listdir(info["store_dir"])}
+    try:
+        _, tables = collect(cluster.address, cluster.token)
+    except Exception as exc:
+        return f"objects left: {sorted(left)} (reference tables unavailable: {exc})"
+    holders = [
+        f"{t['mode']} pid {t['pid']}: {row['object_id'][:12]} {row['reference_type']} owned={row['owned']}"
+        for t in tables for row in t["objects"] if row["object_id"] in left
+    ]
+    return f"objects left: {[(k[:12], os.path.basename(v)[-12:]) for k, v in left.items()]}; referenced by: {holders or 'nobody'}"
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return [n for n in os.listdir(path) if len(n) == 40 and not n.endswith(".part")]
+    except OSError:
+        return []
 
 
 def _spill_files(session_dir: str, node_ids: list[str]) -> list[str]:
@@ -459,6 +483,7 @@ def run(profile: str = "short", seed: int = 0, *, duration_s: float | None = Non
         if report.leftover_store_bytes:
             problems.append(f"object stores still hold {report.leftover_store_bytes} bytes: "
                             f"{[i['store'] for i in infos]}")
+            problems.append(_who_holds(cluster, infos))
         if report.resources_not_returned:
             problems.append(f"resources not returned: {[(i['resources'], i['available']) for i in infos]}")
         if report.leftover_spill_files:

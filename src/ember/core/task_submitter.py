@@ -365,6 +365,10 @@ class TaskSubmitter:
         if isinstance(exc, RemoteError):
             self._fail(entry, self._error_entry(RayError(f"the worker could not run {entry.name}: {exc}")))
             return
+        # The dead attempt may have stored results in its node's store before it died: nobody would
+        # ever read or free them (a retry's results are recorded where the retry ran).
+        if not lease.raylet.closed:
+            lease.raylet.notify("free_objects", {"object_ids": list(entry.return_ids)})
         if entry.cancelled:
             self._fail(entry, self._error_entry(TaskCancelledError(entry.spec["tid"].hex())))
             return
