@@ -825,9 +825,14 @@ class Raylet:
         return self.objects.read_chunk(p["object_id"], int(p["offset"]), int(p["length"]))
 
     def rpc_copy_made(self, conn: Connection, p: dict[str, Any]) -> None:
+        object_id = p["object_id"]
+        if object_id not in self.store.objects and object_id not in self.store.spilled:
+            # Freed here while the other node was copying it: nobody would free that copy.
+            conn.notify("free_objects", {"object_ids": [object_id]})
+            return
         address = conn.peer_info.get("address")
         if address:
-            self.objects.copy_made(p["object_id"], address)
+            self.objects.copy_made(object_id, address)
 
     def rpc_store_stats(self, conn: Connection, p: Any) -> dict[str, int]:
         return self.store.stats()
