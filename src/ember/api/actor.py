@@ -94,8 +94,6 @@ class ActorClass:
             self._fid_worker = worker
         actor_id = ids.random_unique_id()
         wire_args, kw_names, arg_ids = worker.encode_args(args, kwargs, f"{self.__name__}.__init__")
-        if arg_ids:
-            worker.reference_counter.mark_escaped(arg_ids)  # kept for restarts
         place, hold = actor_resources(options)
         strategy = strategy_to_wire(options.get("scheduling_strategy"))
         pg_id = strategy["pg_id"] if isinstance(strategy, dict) and strategy.get("type") == "placement_group" else None
@@ -145,7 +143,7 @@ class ActorClass:
         if reply.get("existing"):
             return ActorHandle(reply["actor_id"], reply.get("meta") or meta, owned=False)
         auto_destroy = not spec["name"] and not spec["detached"]
-        worker.register_owned_actor(actor_id, auto_destroy)
+        worker.register_owned_actor(actor_id, auto_destroy, arg_ids)
         return ActorHandle(actor_id, meta, owned=True)
 
 

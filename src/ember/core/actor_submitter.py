@@ -167,6 +167,7 @@ class ActorSubmitter:
         else:
             error = ActorDiedError(message, actor_id=client.actor_id.hex())
         client.death_error = error
+        self.worker.release_creation_args(client.actor_id)
         for call in list(client.in_flight.values()):
             self._fail(call, error)
         client.in_flight.clear()

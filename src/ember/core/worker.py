@@ -100,6 +100,7 @@ class CoreWorker:
         self.actor_id: bytes | None = None
         self.gpu_ids: list[int] = []
         self._auto_destroy_actors: set[bytes] = set()
+        self._creation_args: dict[bytes, list[bytes]] = {}
         self.executor = TaskExecutor(self) if mode == WORKER else None
         self.io: EventLoopThread | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -323,15 +324,25 @@ class CoreWorker:
         self.loop.call_soon_threadsafe(self.reference_counter.drain)
 
     # ================================================================ ownership
-    def register_owned_actor(self, actor_id: bytes, auto_destroy: bool) -> None:
+    def register_owned_actor(self, actor_id: bytes, auto_destroy: bool, creation_arg_ids: list[bytes] = ()) -> None:  # type: ignore[assignment]
+        """Count handles of an actor we created; its constructor's ref arguments stay held
+        (restarts run __init__ again with them) until it is dead for good."""
         self.reference_counter.add_owned(actor_id, self.address)
         if auto_destroy:
             self._auto_destroy_actors.add(actor_id)
+        if creation_arg_ids:
+            self._creation_args[actor_id] = list(creation_arg_ids)
+
+    def release_creation_args(self, actor_id: bytes) -> None:
+        arg_ids = self._creation_args.pop(actor_id, None)
+        if arg_ids:
+            self.reference_counter.remove_submitted(arg_ids)
 
     def _on_free(self, object_id: bytes, state: RefState) -> None:
         if len(object_id) == ids.UNIQUE_ID_LEN:  # an actor handle count
             if state.owned and object_id in self._auto_destroy_actors:
                 self._auto_destroy_actors.discard(object_id)
+                self.release_creation_args(object_id)
                 payload = {"actor_id": object_id, "no_restart": True,
                            "cause": "all references to it were deleted"}
                 try:
