@@ -144,3 +144,22 @@ def test_exception_values_and_numpy_dtypes_round_trip(ember_shared):
     assert out.dtype == structured.dtype
     err = ember.get(identity.remote(ValueError("carried, not raised")))
     assert isinstance(err, ValueError) and str(err) == "carried, not raised"
+
+
+def test_functions_pickled_by_value_keep_their_file_and_line_numbers():
+    from ember._private.serialization import dumps_function, loads_function
+
+    def make():
+        def inner(x):
+            return 1 / x
+
+        return inner
+
+    fn = loads_function(dumps_function(make()))
+    assert fn.__code__.co_filename == __file__
+    assert fn.__code__.co_firstlineno == make().__code__.co_firstlineno
+    assert fn(4) == 0.25
+    with pytest.raises(ZeroDivisionError) as info:
+        fn(0)
+    assert info.traceback[-1].path.name == "test_serialization.py"
+    assert "return 1 / x" in str(info.traceback[-1].statement)

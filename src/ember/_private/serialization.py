@@ -14,8 +14,10 @@ A ``SerializedObject`` has two wire forms:
 from __future__ import annotations
 
 import io
+import marshal
 import pickle
 import threading
+import types
 from collections import ChainMap
 from collections.abc import Callable
 from typing import Any
@@ -54,7 +56,20 @@ def deregister_serializer(cls: type) -> None:
         _custom_reducers.pop(cls, None)
 
 
+def _reduce_code(code: types.CodeType) -> Any:
+    """Code objects travel whole, with their file name and line numbers.
+
+    cloudpickle (3.1.3 on) renames the file of code pickled by value to
+    ``<dynamic-code>``, so a task's traceback would lose its source lines and
+    ``ember memory`` its call sites. Every process of a cluster runs the same
+    Python (as with Ray), so the interpreter's own code format is safe to use.
+    """
+    return marshal.loads, (marshal.dumps(code),)
+
+
 class _Pickler(cloudpickle.CloudPickler):
+    dispatch_table = ChainMap({types.CodeType: _reduce_code}, cloudpickle.CloudPickler.dispatch_table)
+
     def __init__(self, file: Any, buffer_callback: Any, reducers: dict[type, Callable[[Any], Any]] | None = None) -> None:
         # The C pickler reads dispatch_table once, in __init__: set it before.
         if _custom_reducers or reducers:
@@ -166,7 +181,9 @@ def deserialize_inline(inline: list[Any]) -> tuple[int, Any]:
 
 def dumps_function(fn: Any) -> bytes:
     """Pickle a function or class by value (for the function table)."""
-    return cloudpickle.dumps(fn, protocol=5)
+    stream = io.BytesIO()
+    _Pickler(stream, None).dump(fn)
+    return stream.getvalue()
 
 
 def loads_function(data: bytes) -> Any:

@@ -111,7 +111,11 @@ class CoreWorker:
         self._fetching: set[bytes] = set()
         self._submit_queue: deque[TaskEntry] = deque()
         self._submit_scheduled = False
-        self._pending_frees: list[bytes] = []
+        self._pending_frees: list[tuple[bytes, list[Any]]] = []
+        #: Results of task attempts whose worker died: the nodes where a copy may have been
+        #: stored anyway (the worker's last messages can reach its node after the owner's
+        #: first free). Freed there again when the owner frees the object.
+        self._dead_attempt_copies: dict[bytes, set[tuple[str, int]]] = {}
         self.driver_task_id = b""
         self.shutting_down = False
         self._inline_limit = config().max_direct_call_object_size
@@ -354,6 +358,8 @@ class CoreWorker:
         self._contained.pop(object_id, None)
         if state.owned and entry is not None and entry[0] == PLASMA:
             self._free_plasma(object_id, entry[1])
+        if state.owned and self._dead_attempt_copies:
+            self._free_dead_attempt_copies(object_id)
         if not state.owned and state.registered and state.owner is not None:
             self._pending_unborrows.append((object_id, state.owner))
             if len(self._pending_unborrows) == 1:
@@ -451,6 +457,19 @@ class CoreWorker:
     def _hold_handoff(self, task_id: bytes, refs: list[Any], conn: Connection | None) -> None:
         self._handoffs.setdefault(task_id, []).extend(refs)
 
+    def note_dead_attempt(self, return_ids: list[bytes], raylet: Connection) -> None:
+        """On the loop: an attempt that ran under ``raylet`` died; free its results there now and again later."""
+        if not raylet.closed:
+            raylet.notify("free_objects", {"object_ids": list(return_ids)})
+        address = raylet.peername
+        if isinstance(address, tuple) and len(address) >= 2:
+            for oid in return_ids:
+                self._dead_attempt_copies.setdefault(oid, set()).add((address[0], address[1]))
+
+    def _free_dead_attempt_copies(self, object_id: bytes) -> None:
+        for address in self._dead_attempt_copies.pop(object_id, ()):
+            self._free_plasma(object_id, [None, 0, list(address)])
+
     def _free_plasma(self, object_id: bytes, location: list[Any]) -> None:
         self._pending_frees.append((object_id, location[2]))
         if len(self._pending_frees) == 1:
@@ -484,6 +503,8 @@ class CoreWorker:
             # Nobody holds a ref any more: drop the value at once.
             if entry[0] == PLASMA:
                 self._free_plasma(object_id, entry[1])
+            if self._dead_attempt_copies:
+                self._free_dead_attempt_copies(object_id)
             return
         self.memory_store.put(object_id, entry)
 

@@ -138,6 +138,11 @@ class ObjectStore:
             "object_store_memory= (ember.init) / --object-store-memory (ember start)."
         )
 
+    def holds_owner(self, owner: bytes) -> bool:
+        """Whether any object here (in memory or spilled) belongs to ``owner``."""
+        return any(e.owner == owner for e in self.objects.values()) or any(
+            e.owner == owner for e in self.spilled.values())
+
     def seal(self, object_id: bytes) -> None:
         entry = self.objects.get(object_id)
         if entry is not None:

@@ -30,6 +30,9 @@ from ember.rpc import Connection, connect, start_server
 
 logger = logging.getLogger(__name__)
 
+#: Tries to connect to an owner on another node before giving up on watching it.
+OWNER_WATCH_ATTEMPTS = 8
+
 
 class RayletOptions:
     def __init__(self, **kw: Any) -> None:
@@ -316,9 +319,21 @@ class Raylet:
             if self.view.pop(node_id, None) is not None:
                 self._rebalance()
 
+    def _committed_available(self) -> res.Resources:
+        """What is free here once the requests already queued here are granted.
+
+        A request decided local waits for a worker before its resources are taken;
+        without this, a burst of requests all see an idle node and all stay here.
+        """
+        free = dict(self.available)
+        for req in self.pending:
+            if not req.future.done() and res.fits(req.resources, self.total):
+                res.subtract(free, req.hold)
+        return {k: max(v, 0) for k, v in free.items()}
+
     def _local_view(self) -> dict[bytes, policy.NodeView]:
         view = dict(self.view)
-        view[self.node_id] = policy.NodeView(self.node_id, self.address, self.total, self.available)
+        view[self.node_id] = policy.NodeView(self.node_id, self.address, self.total, self._committed_available())
         for node_id, dead in self.dead_nodes.items():
             view.setdefault(node_id, dead)
         return view
@@ -729,21 +744,41 @@ class Raylet:
 
     async def _watch_owner(self, owner: bytes, address: list[Any]) -> None:
         """An owner on another node: its objects here are freed when it dies (the connection drops)."""
-        try:
-            conn = await connect((address[0], address[1]), self.token, None, info={"role": "raylet"},
-                                 timeout=10.0, retry=False)
-        except ConnectionLost as exc:
-            self._owner_watches.pop(owner, None)
-            # A core worker listens before its address is handed out: a refusal means it is gone.
-            if isinstance(exc.__cause__, ConnectionRefusedError):
-                self._owner_gone(owner)
-            return
-        except Exception as exc:  # e.g. a wrong token: keep the objects, watch again at the next create
-            self._owner_watches.pop(owner, None)
-            logger.debug("cannot watch owner %s at %s: %s", owner.hex()[:12], address, exc)
+        conn = await self._connect_owner(owner, address)
+        if conn is None:
             return
         self._owner_conns[owner] = conn
         conn.add_close_callback(lambda c: self._owner_gone(owner))
+
+    async def _connect_owner(self, owner: bytes, address: list[Any]) -> Connection | None:
+        """A connection to a live owner; None (and its objects freed) if it is gone."""
+        delay = 0.1
+        failure: Exception | None = None
+        for _ in range(OWNER_WATCH_ATTEMPTS):
+            try:
+                return await connect((address[0], address[1]), self.token, None, info={"role": "raylet"},
+                                     timeout=10.0, retry=False)
+            except ConnectionLost as exc:
+                # A core worker listens before its address is handed out: a refusal means it is gone.
+                if isinstance(exc.__cause__, ConnectionRefusedError):
+                    self._owner_gone(owner)
+                    return None
+                # Reset or closed mid-handshake: often an owner dying right now. Look again (the
+                # next try is refused if it is gone), unless it has nothing here any more.
+                failure = exc
+            except Exception as exc:  # e.g. a wrong token: keep the objects, watch again at the next create
+                failure = exc
+                break
+            if not self.store.holds_owner(owner):
+                failure = None
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        self._owner_watches.pop(owner, None)
+        if failure is not None:
+            logger.warning("cannot watch owner %s at %s (its objects here stay until it frees them): %s",
+                           owner.hex()[:12], address, failure)
+        return None
 
     def _owner_gone(self, owner: bytes) -> None:
         self._owner_watches.pop(owner, None)
