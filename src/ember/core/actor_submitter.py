@@ -16,6 +16,7 @@ later call fails at once with ``ActorDiedError`` saying why.
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,20 @@ class ActorClient:
         self.in_flight: dict[bytes, ActorCall] = {}
         self.death_error: BaseException | None = None
         self.next_seq = 0
+        #: (seq, task id) of pushed calls, a min-heap; entries no longer in flight are
+        #: dropped when they reach the top (see ``oldest_in_flight``).
+        self.in_flight_seqs: list[tuple[int, bytes]] = []
+
+    def oldest_in_flight(self) -> int | None:
+        """The lowest sequence number among the calls in flight (amortised O(log n))."""
+        heap = self.in_flight_seqs
+        while heap:
+            seq, tid = heap[0]
+            call = self.in_flight.get(tid)
+            if call is not None and call.spec.get("seq") == seq:
+                return seq
+            heapq.heappop(heap)
+        return None
 
 
 class ActorSubmitter:
@@ -140,6 +155,7 @@ class ActorSubmitter:
         # otherwise failed once we know whether the actor restarted or died (for the message).
         calls = list(client.in_flight.values())
         client.in_flight.clear()
+        client.in_flight_seqs.clear()
         for call in calls:
             if call.retries_left != 0:
                 if call.retries_left > 0:
@@ -171,6 +187,7 @@ class ActorSubmitter:
         for call in list(client.in_flight.values()):
             self._fail(call, error)
         client.in_flight.clear()
+        client.in_flight_seqs.clear()
         while client.queue:
             self._fail(client.queue.popleft(), error)
 
@@ -200,8 +217,9 @@ class ActorSubmitter:
                 call.spec["seq"] = client.next_seq
                 client.next_seq += 1
             call.spec["caller"] = self.worker.worker_id
-            pending = [c.spec["seq"] for c in client.in_flight.values() if "seq" in c.spec]
-            call.spec["seq_base"] = min(pending) if pending else call.spec["seq"]
+            heapq.heappush(client.in_flight_seqs, (call.spec["seq"], call.spec["tid"]))
+            oldest = client.oldest_in_flight()
+            call.spec["seq_base"] = call.spec["seq"] if oldest is None else oldest
             fut = conn.call_future("push_actor_task", call.spec)
             fut.add_done_callback(partial(self._on_reply, client, call))
 
