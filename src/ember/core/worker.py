@@ -737,6 +737,12 @@ class CoreWorker:
         return None if error is None else serialization.serialize_error(error).to_inline()
 
     def _wait_entries(self, refs: list[ObjectRef], num: int, timeout: float | None, fetch: bool) -> list[Entry | None]:
+        self._block_until_ready(refs, num, timeout)
+        store = self.memory_store
+        return [store.get(r._id) for r in refs]
+
+    def _block_until_ready(self, refs: list[ObjectRef], num: int, timeout: float | None) -> None:
+        """Return once ``num`` of ``refs`` have entries here (fetching borrowed ones); raises GetTimeoutError."""
         store = self.memory_store
         missing = [r for r in refs if not store.contains(r._id)]
         if missing:
@@ -759,7 +765,6 @@ class CoreWorker:
                 raise GetTimeoutError(
                     f"Get timed out: {need - len(ready)} of {need} object(s) not ready after {timeout}s."
                 )
-        return [store.get(r._id) for r in refs]
 
     def _value_of(self, object_id: bytes, entry: Entry | None) -> Any:
         if entry is None:
@@ -815,15 +820,22 @@ class CoreWorker:
         )
 
     def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None, fetch_local: bool) -> tuple[list[ObjectRef], list[ObjectRef]]:
-        store = self.memory_store
+        ready, not_ready = self._split_ready(refs, num_returns)
+        if len(ready) == num_returns:
+            return ready, not_ready
         try:
-            self._wait_entries(refs, num_returns, timeout, fetch=fetch_local)
+            self._block_until_ready(refs, num_returns, timeout)
         except GetTimeoutError:
             pass
+        return self._split_ready(refs, num_returns)
+
+    def _split_ready(self, refs: list[ObjectRef], num_returns: int) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        """(the first ``num_returns`` refs with a value here, the rest), each in the order given."""
+        contains = self.memory_store.contains
         ready: list[ObjectRef] = []
         not_ready: list[ObjectRef] = []
         for ref in refs:
-            if len(ready) < num_returns and store.contains(ref._id):
+            if len(ready) < num_returns and contains(ref._id):
                 ready.append(ref)
             else:
                 not_ready.append(ref)
