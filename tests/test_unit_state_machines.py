@@ -128,3 +128,50 @@ def test_dead_is_final(exited_process):
     for status in WorkerState:
         with pytest.raises(RuntimeError):
             handle.transition(status)
+
+
+# ============================================================================ a caller's view of an actor
+def test_actor_view_moves_only_along_its_transitions():
+    from ember.core.actor_submitter import ActorClient, ActorView
+
+    V = ActorView
+    legal = {
+        (V.UNKNOWN, V.ALIVE), (V.UNKNOWN, V.DEAD), (V.ALIVE, V.ALIVE), (V.ALIVE, V.RESTARTING),
+        (V.ALIVE, V.DEAD), (V.RESTARTING, V.ALIVE), (V.RESTARTING, V.DEAD),
+    }
+    for old, new in itertools.product(V, V):
+        client = ActorClient(b"a" * 16)
+        client.state = old
+        if (old, new) in legal:
+            client.transition(new)
+            assert client.state is new
+        else:
+            with pytest.raises(RuntimeError, match=f"illegal actor view transition {old.value} -> {new.value}"):
+                client.transition(new)
+            assert client.state is old
+
+
+def test_oldest_call_in_flight_skips_finished_and_resent_calls():
+    from ember.core.actor_submitter import ActorClient
+
+    class Call:
+        def __init__(self, seq):
+            self.spec = {"seq": seq, "tid": bytes([seq]) * 16}
+
+    client = ActorClient(b"a" * 16)
+    assert client.oldest_in_flight() is None
+    calls = [Call(i) for i in range(5)]
+    import heapq
+
+    for call in calls:
+        client.in_flight[call.spec["tid"]] = call
+        heapq.heappush(client.in_flight_seqs, (call.spec["seq"], call.spec["tid"]))
+    assert client.oldest_in_flight() == 0
+    del client.in_flight[calls[0].spec["tid"]]
+    del client.in_flight[calls[2].spec["tid"]]  # finished out of order: the oldest is still 1
+    assert client.oldest_in_flight() == 1
+    del client.in_flight[calls[1].spec["tid"]]
+    assert client.oldest_in_flight() == 3
+    for tid in list(client.in_flight):
+        del client.in_flight[tid]
+    assert client.oldest_in_flight() is None and client.in_flight_seqs == []

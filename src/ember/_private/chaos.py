@@ -310,7 +310,7 @@ def _diagnose(refs: list[Any]) -> str:
                              f"{entry.attempt}, lease pid {getattr(lease, 'pid', None)} dead={getattr(lease, 'dead', None)}")
         for actor_id, client in worker.actor_submitter.clients.items():
             lines.append(
-                f"actor {actor_id.hex()[:12]}: {client.state} incarnation {client.incarnation}, polling={client.polling}, "
+                f"actor {actor_id.hex()[:12]}: {client.state.value} incarnation {client.incarnation}, polling={client.polling}, "
                 f"queue={len(client.queue)}, in_flight={len(client.in_flight)}, "
                 f"conn={'none' if client.conn is None else ('closed' if client.conn.closed else client.conn.peername)}"
             )

@@ -11,11 +11,18 @@ it saw. When the connection to the actor drops, calls in flight are resent
 to the next incarnation while their ``max_task_retries`` allow, and fail
 with ``RayActorError`` otherwise; once the actor is dead every queued and
 later call fails at once with ``ActorDiedError`` saying why.
+
+What a caller knows of an actor (``ActorView``, transitions in ``_TRANSITIONS``)::
+
+    UNKNOWN --poll--> ALIVE --connection lost--> RESTARTING --poll--> ALIVE
+       |                |                            |
+       +----------------+--------- poll: dead -------+--> DEAD (final)
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import heapq
 from collections import deque
 from functools import partial
@@ -47,12 +54,30 @@ class ActorCall:
         self.lost_reason = ""
 
 
+class ActorView(enum.Enum):
+    UNKNOWN = "UNKNOWN"
+    ALIVE = "ALIVE"
+    RESTARTING = "RESTARTING"
+    DEAD = "DEAD"
+
+
+_TRANSITIONS = {
+    (ActorView.UNKNOWN, ActorView.ALIVE),
+    (ActorView.UNKNOWN, ActorView.DEAD),
+    (ActorView.ALIVE, ActorView.ALIVE),  # reconnected to a newer incarnation
+    (ActorView.ALIVE, ActorView.RESTARTING),
+    (ActorView.ALIVE, ActorView.DEAD),
+    (ActorView.RESTARTING, ActorView.ALIVE),
+    (ActorView.RESTARTING, ActorView.DEAD),
+}
+
+
 class ActorClient:
     """What one caller knows about one actor."""
 
     def __init__(self, actor_id: bytes) -> None:
         self.actor_id = actor_id
-        self.state = "UNKNOWN"  # UNKNOWN | ALIVE | RESTARTING | DEAD
+        self.state = ActorView.UNKNOWN
         self.incarnation = 0
         self.conn: Connection | None = None
         self.connecting = False
@@ -64,6 +89,11 @@ class ActorClient:
         #: (seq, task id) of pushed calls, a min-heap; entries no longer in flight are
         #: dropped when they reach the top (see ``oldest_in_flight``).
         self.in_flight_seqs: list[tuple[int, bytes]] = []
+
+    def transition(self, new: ActorView) -> None:
+        if (self.state, new) not in _TRANSITIONS:
+            raise RuntimeError(f"illegal actor view transition {self.state.value} -> {new.value} ({self.actor_id.hex()[:12]})")
+        self.state = new
 
     def oldest_in_flight(self) -> int | None:
         """The lowest sequence number among the calls in flight (amortised O(log n))."""
@@ -91,7 +121,7 @@ class ActorSubmitter:
     # ================================================================ intake
     def submit(self, call: ActorCall) -> None:
         client = self._client(call.spec["aid"])
-        if client.state == "DEAD":
+        if client.state == ActorView.DEAD:
             self._fail(call, client.death_error or ActorDiedError("The actor is dead."))
             return
         client.queue.append(call)
@@ -116,9 +146,9 @@ class ActorSubmitter:
 
     # ================================================================ connection
     def _ensure_connected(self, client: ActorClient) -> None:
-        if client.state == "ALIVE" and client.conn is not None and not client.conn.closed:
+        if client.state == ActorView.ALIVE and client.conn is not None and not client.conn.closed:
             return
-        if not client.polling and client.state != "DEAD":
+        if not client.polling and client.state != ActorView.DEAD:
             client.polling = True
             self.worker.loop.create_task(self._poll(client))
 
@@ -131,26 +161,26 @@ class ActorSubmitter:
                 conn = await self.worker.connect_to(info["address"])
                 client.incarnation = info["incarnation"]
                 client.conn = conn
-                client.state = "ALIVE"
+                client.transition(ActorView.ALIVE)
                 conn.add_close_callback(partial(self._connection_lost, client, info["incarnation"]))
             else:
                 self._mark_dead(client, info)
         except RayError as exc:
-            if client.state != "ALIVE":
+            if client.state != ActorView.ALIVE:
                 self._mark_dead(client, {"death_cause": f"its state could not be read from the control service ({exc})"})
         finally:
             client.polling = False
         self._flush(client)
-        if client.state not in ("ALIVE", "DEAD") and (client.queue or client.in_flight):
+        if client.state not in (ActorView.ALIVE, ActorView.DEAD) and (client.queue or client.in_flight):
             self._ensure_connected(client)
 
     def _connection_lost(self, client: ActorClient, incarnation: int, conn: Connection) -> None:
         if client.conn is not conn:
             return
         client.conn = None
-        if client.state == "DEAD":
+        if client.state == ActorView.DEAD:
             return
-        client.state = "RESTARTING"
+        client.transition(ActorView.RESTARTING)
         # Calls in flight go back to the front of the queue: resent if their retries allow;
         # otherwise failed once we know whether the actor restarted or died (for the message).
         calls = list(client.in_flight.values())
@@ -167,7 +197,7 @@ class ActorSubmitter:
         self._ensure_connected(client)
 
     def _mark_dead(self, client: ActorClient, info: dict[str, Any]) -> None:
-        client.state = "DEAD"
+        client.transition(ActorView.DEAD)
         client.conn = None
         cause = info.get("death_cause") or "unknown cause"
         creation_error = info.get("creation_error")
@@ -194,7 +224,7 @@ class ActorSubmitter:
     # ================================================================ pushing
     def _flush(self, client: ActorClient) -> None:
         conn = client.conn
-        if client.state != "ALIVE" or conn is None or conn.closed:
+        if client.state != ActorView.ALIVE or conn is None or conn.closed:
             return
         queue = client.queue
         for call in [c for c in queue if c.lost_reason]:
