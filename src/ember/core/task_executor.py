@@ -282,7 +282,7 @@ class TaskExecutor:
                 raise value
             return value
         if kind == ARG_PLASMA:
-            from ember.core.worker import CopyLost
+            from ember.core.object_access import CopyLost
 
             try:
                 return self.worker.read_plasma_value(arg[1], arg[3], raise_errors=True)

@@ -1,0 +1,315 @@
+"""``put``, ``get`` and ``wait`` for ``CoreWorker``: values in the memory store or the shared-memory store.
+
+Small values live inline in the owner's memory store; large ones are written
+to this node's object store (``write_plasma``) and read zero-copy from there,
+after pulling them from another node or restoring them from spill if needed.
+A read that finds its copy gone raises ``CopyLost`` so lineage can recover it.
+
+A mixin: the state it uses is created by ``CoreWorker.__init__``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from typing import Any
+
+from ember._private import ids, object_file, serialization
+from ember._private.object_ref import ObjectRef
+from ember.core.memory_store import INLINE, PLASMA, Entry
+from ember.exceptions import (
+    ConnectionLost,
+    GetTimeoutError,
+    ObjectLostError,
+    ObjectStoreFullError,
+    OwnerDiedError,
+    RayTaskError,
+    RemoteError,
+)
+from ember.rpc import Connection
+
+
+class CopyLost(ObjectLostError):
+    """Internal: an object-store copy is gone (node died, file vanished); lineage may recover it."""
+
+
+class ObjectAccess:
+    """put/get/wait and object-store reads and writes (mixed into ``CoreWorker``)."""
+
+    # ================================================================ put / get
+    def serialize_value(self, value: Any, what: str) -> serialization.SerializedObject:
+        try:
+            return serialization.serialize(value)
+        except Exception as exc:
+            raise TypeError(f"Could not serialize {what} of type {type(value).__name__}: {exc}") from exc
+
+    def put(self, value: Any) -> ObjectRef:
+        if isinstance(value, ObjectRef):
+            raise TypeError("Calling put() on an ObjectRef is not allowed; pass the ref itself instead.")
+        obj = self.serialize_value(value, "the value passed to put()")
+        object_id = ids.put_object_id(self._put_parent_task())
+        return self._store_put(object_id, obj)
+
+    def _store_put(self, object_id: bytes, obj: serialization.SerializedObject) -> ObjectRef:
+        self.reference_counter.add_owned(object_id, self.address)
+        if obj.nested_refs:
+            self._hold_nested(object_id, obj.nested_refs)
+        if obj.total_bytes < self._inline_limit:
+            self.memory_store.put(object_id, (INLINE, obj.to_inline()))
+        else:
+            size = self.write_plasma(object_id, obj, self.worker_id, self.address)
+            self.memory_store.put(object_id, (PLASMA, [self.node_id, size, self.raylet_location]))
+        return ObjectRef(object_id, self.address)
+
+    def write_plasma(self, object_id: bytes, obj: serialization.SerializedObject, owner_id: bytes,
+                     owner_address: list[Any] | None = None) -> int:
+        """Write ``obj`` into this node's object store; returns the file size.
+
+        ``owner_address`` lets the node daemon free the object if its owner (on another node) dies.
+        """
+        size = object_file.file_size(obj)
+        try:
+            reply = self.raylet_call("create_object", {"object_id": object_id, "size": size, "owner": owner_id,
+                                                       "owner_address": owner_address})
+        except RemoteError as exc:
+            if exc.code == "ObjectStoreFullError":
+                raise ObjectStoreFullError(exc.message) from None
+            raise
+        path = os.path.join(self.store_dir, object_id.hex())
+        try:
+            object_file.write_object(path, obj, reuse=isinstance(reply, dict) and bool(reply.get("reuse")))
+        except FileExistsError:
+            pass  # a retried task wrote this return before
+        except OSError as exc:
+            self.loop.call_soon_threadsafe(self.raylet.notify, "free_objects", {"object_ids": [object_id]})
+            raise ObjectStoreFullError(
+                f"Could not write an object of {size} bytes to {self.store_dir}: {exc}. "
+                "The shared-memory file system may be smaller than the configured store."
+            ) from exc
+        self.loop.call_soon_threadsafe(self.raylet.notify, "seal_object", {"object_id": object_id})
+        return size
+
+    def _hold_nested(self, object_id: bytes, nested: list[Any]) -> list[list[Any]]:
+        """Keep refs contained in a stored value alive while it lives; returns [id, owner] of the object refs."""
+        handles = [r._id for r in nested if not isinstance(r, ObjectRef)]
+        if handles:
+            self.reference_counter.mark_escaped(handles)  # actor handles
+        # Own copies: each adds a local count that lasts exactly as long as the value.
+        refs = [ObjectRef(r._id, r._owner) for r in nested if isinstance(r, ObjectRef)]
+        if refs:
+            self._contained.setdefault(object_id, []).extend(refs)
+        return [[r._id, r._owner] for r in refs]
+
+    def encode_return(self, object_id: bytes, value: Any, owner: list[Any], task_id: bytes = b"") -> list[Any]:
+        """A task's return value in reply form: inline, or written to the object store.
+
+        Refs inside the value are listed (the caller adopts them) and held here until
+        the caller says it has (``release_handoff``).
+        """
+        obj = self.serialize_value(value, "the return value")
+        nested: list[list[Any]] = []
+        if obj.nested_refs:
+            handles = [r._id for r in obj.nested_refs if not isinstance(r, ObjectRef)]
+            if handles:
+                self.reference_counter.mark_escaped(handles)
+            refs = [r for r in obj.nested_refs if isinstance(r, ObjectRef)]
+            self._hold_handoff(task_id, refs, None)
+            nested = [[r._id, r._owner] for r in refs]
+        if obj.total_bytes < self._inline_limit:
+            return [0, obj.to_inline(), nested]
+        size = self.write_plasma(object_id, obj, owner[2], owner)
+        return [1, [self.node_id, size, self.raylet_location], nested]
+
+    def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
+        import time as _time
+
+        deadline = None if timeout is None else _time.monotonic() + timeout
+        recoveries = 0
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - _time.monotonic())
+            entries = self._wait_entries(refs, len(refs), remaining, fetch=True)
+            try:
+                values = [self._value_of(ref._id, entry) for ref, entry in zip(refs, entries)]
+                self.register_borrows()  # refs nested in the values
+                return values
+            except CopyLost as lost:
+                recoveries += 1
+                ref = next(r for r in refs if r._id.hex() == lost.object_ref_hex)
+                if recoveries > 100:
+                    raise
+                self._recover(ref)
+
+    def _recover(self, ref: ObjectRef) -> None:
+        """A stored copy of ``ref`` is gone: have its owner re-run the task that made it."""
+        assert self.io is not None
+        if self.reference_counter.is_owned(ref._id) or self._owns(ref._owner):
+            fut = concurrent.futures.Future()  # type: ignore[var-annotated]
+
+            def start() -> None:
+                fut.set_result(self.lineage.reconstruct(ref._id))
+
+            self.loop.call_soon_threadsafe(start)
+            error = fut.result()
+            if error is not None:
+                raise error
+            return
+        reply = self.io.run(self._ask_owner_to_recover(ref._id, ref._owner))
+        if reply is not None:
+            _, error = serialization.deserialize_inline(reply)
+            raise error
+        self.memory_store.delete(ref._id)
+
+    async def _ask_owner_to_recover(self, object_id: bytes, owner: Any) -> Any:
+        try:
+            conn = await self.connect_to(owner)
+            return await conn.call("recover_object", {"object_id": object_id}, timeout=None)
+        except (ConnectionLost, OSError) as exc:
+            error = OwnerDiedError(object_id.hex(), f"Object {object_id.hex()} was lost and its owner is unreachable ({exc}).")
+            return serialization.serialize_error(error).to_inline()
+
+    def rpc_recover_object(self, conn: Connection, p: dict[str, Any]) -> Any:
+        """A borrower lost its copy of an object we own: re-run its task (None) or say why not."""
+        error = self.lineage.reconstruct(p["object_id"])
+        return None if error is None else serialization.serialize_error(error).to_inline()
+
+    def _wait_entries(self, refs: list[ObjectRef], num: int, timeout: float | None, fetch: bool) -> list[Entry | None]:
+        self._block_until_ready(refs, num, timeout)
+        store = self.memory_store
+        return [store.get(r._id) for r in refs]
+
+    def _block_until_ready(self, refs: list[ObjectRef], num: int, timeout: float | None) -> None:
+        """Return once ``num`` of ``refs`` have entries here (fetching borrowed ones); raises GetTimeoutError."""
+        store = self.memory_store
+        missing = [r for r in refs if not store.contains(r._id)]
+        if missing:
+            for ref in missing:
+                if not self._owns(ref._owner) and not self.reference_counter.is_owned(ref._id):
+                    self.loop.call_soon_threadsafe(self._start_fetch, ref._id, ref._owner)
+            wanted = {r._id for r in refs}
+            need = min(num, len(wanted))
+            blocked = False
+            if self.executor is not None and self.current_task_id is not None:
+                blocked = True
+                self.executor.bounce_queued()
+                self.loop.call_soon_threadsafe(self.raylet.notify, "notify_blocked", None)
+            try:
+                ready = store.wait(wanted, need, timeout)
+            finally:
+                if blocked:
+                    self.loop.call_soon_threadsafe(self.raylet.notify, "notify_unblocked", None)
+            if len(ready) < need:
+                raise GetTimeoutError(
+                    f"Get timed out: {need - len(ready)} of {need} object(s) not ready after {timeout}s."
+                )
+
+    def _value_of(self, object_id: bytes, entry: Entry | None) -> Any:
+        if entry is None:
+            raise ObjectLostError(object_id.hex(), f"Object {object_id.hex()} was freed while being read.")
+        kind, data = entry
+        if kind == INLINE:
+            flags, value = serialization.deserialize_inline(data)
+        else:
+            flags, value = self._read_plasma(object_id, data)
+        if flags == serialization.FLAG_ERROR:
+            if isinstance(value, RayTaskError):
+                raise value.as_instanceof_cause()
+            raise value
+        return value
+
+    def read_plasma_value(self, object_id: bytes, location: list[Any], raise_errors: bool = True) -> Any:
+        flags, value = self._read_plasma(object_id, location)
+        if flags == serialization.FLAG_ERROR and raise_errors:
+            raise value
+        return value
+
+    def _read_plasma(self, object_id: bytes, location: list[Any]) -> tuple[int, Any]:
+        node_id = location[0]
+        path = os.path.join(self.store_dir, object_id.hex())
+        if node_id == self.node_id and not os.path.exists(path):
+            # Spilled to disk: have the node daemon bring it back.
+            if not self.raylet_call("restore_object", {"object_id": object_id}, timeout=None):
+                raise CopyLost(
+                    object_id.hex(),
+                    f"Object {object_id.hex()} is no longer in the object store of node {node_id.hex()[:12]} "
+                    "(it was freed or its node's store was cleared).",
+                )
+        elif node_id != self.node_id and not os.path.exists(path):
+            try:
+                self.raylet_call("pull_object", {"object_id": object_id, "address": location[2], "size": location[1]}, timeout=None)
+            except (RemoteError, ConnectionLost) as exc:
+                raise CopyLost(
+                    object_id.hex(),
+                    f"Object {object_id.hex()} could not be fetched from node {node_id.hex()[:12]} "
+                    f"at {location[2][0]}:{location[2][1]}: {exc}",
+                ) from None
+        for _attempt in range(3):
+            try:
+                return object_file.read_object(path)
+            except FileNotFoundError:
+                # Spilled between our check and the read: bring it back and try again.
+                if node_id != self.node_id or not self.raylet_call("restore_object", {"object_id": object_id}, timeout=None):
+                    break
+        raise CopyLost(
+            object_id.hex(),
+            f"Object {object_id.hex()} is no longer in the object store of node {node_id.hex()[:12]} "
+            "(it was freed or its node's store was cleared).",
+        )
+
+    def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None, fetch_local: bool) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        ready, not_ready = self._split_ready(refs, num_returns)
+        if len(ready) == num_returns:
+            return ready, not_ready
+        try:
+            self._block_until_ready(refs, num_returns, timeout)
+        except GetTimeoutError:
+            pass
+        return self._split_ready(refs, num_returns)
+
+    def _split_ready(self, refs: list[ObjectRef], num_returns: int) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        """(the first ``num_returns`` refs with a value here, the rest), each in the order given."""
+        contains = self.memory_store.contains
+        ready: list[ObjectRef] = []
+        not_ready: list[ObjectRef] = []
+        for ref in refs:
+            if len(ready) < num_returns and contains(ref._id):
+                ready.append(ref)
+            else:
+                not_ready.append(ref)
+        return ready, not_ready
+
+    def get_future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def on_entry(entry: Entry) -> None:
+            if future.done():
+                return
+            try:
+                future.set_result(self._value_of(ref._id, entry))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        def register() -> None:
+            self.resolve_entry(ref._id, ref._owner, on_entry)
+            # keep the ref alive until it resolves
+            future.add_done_callback(lambda f, r=ref: None)
+
+        self.loop.call_soon_threadsafe(register)
+        return future
+
+    def object_from_coroutine(self, make_coro: Any) -> ObjectRef:
+        """An owned ObjectRef resolved with the result (or error) of ``make_coro()`` run on the loop."""
+        object_id = ids.put_object_id(self._put_parent_task())
+        self.reference_counter.add_owned(object_id, self.address)
+        ref = ObjectRef(object_id, self.address)
+
+        async def run() -> None:
+            try:
+                value = await make_coro()
+                entry: Entry = (INLINE, serialization.serialize(value).to_inline())
+            except Exception as exc:
+                entry = (INLINE, serialization.serialize_error(exc).to_inline())
+            self.store_owned_result(object_id, entry)
+
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(run()))
+        return ref
+

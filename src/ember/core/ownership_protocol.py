@@ -1,0 +1,315 @@
+"""The owner's and the borrower's side of reference counting, for ``CoreWorker``.
+
+An owner frees an object's copies once nothing references it (including the
+copies a dead task attempt may have left), keeps the refs nested in stored
+values and task results alive until their receivers have registered, and
+answers borrowers. A borrower registers with the owner before it uses a ref
+and deregisters when its count drops to zero; it fetches values from owners
+and asks them to recover lost ones (lineage reconstruction).
+
+A mixin: the state it uses (memory store, reference counter, loop, raylet
+connection) is created by ``CoreWorker.__init__``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from ember._private import ids, serialization
+from ember._private.object_ref import ObjectRef
+from ember.core.memory_store import INLINE, PLASMA, Entry
+from ember.core.reference_counter import RefState
+from ember.exceptions import (
+    ConnectionLost,
+    ObjectLostError,
+    OwnerDiedError,
+    RemoteError,
+)
+from ember.rpc import Connection
+
+logger = logging.getLogger(__name__)
+
+
+class OwnershipProtocol:
+    """Owner and borrower halves of reference counting (mixed into ``CoreWorker``)."""
+
+    # ================================================================ ownership
+    def register_owned_actor(self, actor_id: bytes, auto_destroy: bool, creation_arg_ids: list[bytes] = ()) -> None:  # type: ignore[assignment]
+        """Count handles of an actor we created; its constructor's ref arguments stay held
+        (restarts run __init__ again with them) until it is dead for good."""
+        self.reference_counter.add_owned(actor_id, self.address)
+        if auto_destroy:
+            self._auto_destroy_actors.add(actor_id)
+        if creation_arg_ids:
+            self._creation_args[actor_id] = list(creation_arg_ids)
+
+    def release_creation_args(self, actor_id: bytes) -> None:
+        arg_ids = self._creation_args.pop(actor_id, None)
+        if arg_ids:
+            self.reference_counter.remove_submitted(arg_ids)
+
+    def _on_free(self, object_id: bytes, state: RefState) -> None:
+        if len(object_id) == ids.UNIQUE_ID_LEN:  # an actor handle count
+            if state.owned and object_id in self._auto_destroy_actors:
+                self._auto_destroy_actors.discard(object_id)
+                self.release_creation_args(object_id)
+                payload = {"actor_id": object_id, "no_restart": True,
+                           "cause": "all references to it were deleted"}
+                try:
+                    self.loop.call_soon_threadsafe(self._notify_gcs, "kill_actor", payload)
+                except RuntimeError:
+                    pass
+            return
+        entry = self.memory_store.delete(object_id)
+        self._contained.pop(object_id, None)
+        if state.owned and entry is not None and entry[0] == PLASMA:
+            self._free_plasma(object_id, entry[1])
+        if state.owned and self._dead_attempt_copies:
+            self._free_dead_attempt_copies(object_id)
+        if not state.owned and state.registered and state.owner is not None:
+            self._pending_unborrows.append((object_id, state.owner))
+            if len(self._pending_unborrows) == 1:
+                try:
+                    self.loop.call_soon_threadsafe(self._flush_unborrows)
+                except RuntimeError:
+                    pass
+        if state.owned:
+            try:
+                self.loop.call_soon_threadsafe(self.lineage.on_object_freed, object_id)
+            except RuntimeError:
+                pass
+
+    # ================================================================ borrowing
+    def _flush_unborrows(self) -> None:
+        pending, self._pending_unborrows = self._pending_unborrows, []
+        by_owner: dict[tuple[str, int], tuple[Any, list[bytes]]] = {}
+        for object_id, owner in pending:
+            by_owner.setdefault((owner[0], owner[1]), (owner, []))[1].append(object_id)
+        for owner, object_ids in by_owner.values():
+            self.loop.create_task(self._unborrow(owner, object_ids))
+
+    async def _unborrow(self, owner: Any, object_ids: list[bytes]) -> None:
+        try:
+            conn = await self.connect_to(owner)
+            conn.notify("remove_borrowers", {"object_ids": object_ids})
+        except (ConnectionLost, OSError):
+            pass  # the owner is gone: nothing to release
+
+    def register_borrows(self) -> None:
+        """Tell owners about refs this process received, before it uses them.
+
+        Synchronous from user threads (so an owner can never free a value a
+        borrower is about to read); from the I/O loop it is only started.
+        """
+        new = self.reference_counter.take_new_borrows()
+        if not new:
+            return
+        self.reference_counter.mark_registered(oid for oid, _ in new)
+        if self.io is not None and self.io.in_loop_thread():
+            self.loop.create_task(self._register(new))
+        elif self.io is not None:
+            self.io.run(self._register(new))
+
+    async def _register(self, borrows: list[tuple[bytes, Any]]) -> None:
+        by_owner: dict[tuple[str, int], tuple[Any, list[bytes]]] = {}
+        for object_id, owner in borrows:
+            by_owner.setdefault((owner[0], owner[1]), (owner, []))[1].append(object_id)
+
+        async def one(owner: Any, object_ids: list[bytes]) -> None:
+            try:
+                conn = await self.connect_to(owner)
+                missing = await conn.call("add_borrowers", {"object_ids": object_ids}, timeout=30.0)
+            except (ConnectionLost, OSError) as exc:
+                for object_id in object_ids:
+                    if not self.memory_store.contains(object_id):
+                        error = OwnerDiedError(
+                            object_id.hex(),
+                            f"The owner of object {object_id.hex()} (worker {owner[2].hex()[:12]} at {owner[0]}:{owner[1]}) "
+                            f"is unreachable ({exc}), so the object is lost.",
+                        )
+                        self.memory_store.put(object_id, (INLINE, serialization.serialize_error(error).to_inline()))
+                return
+            for object_id in missing:
+                error = ObjectLostError(object_id.hex(), f"Object {object_id.hex()} was already freed by its owner.")
+                self.memory_store.put(object_id, (INLINE, serialization.serialize_error(error).to_inline()))
+
+        await asyncio.gather(*(one(owner, oids) for owner, oids in by_owner.values()))
+
+    def rpc_add_borrowers(self, conn: Connection, p: dict[str, Any]) -> list[bytes]:
+        key = id(conn)
+        if not conn.state.get("borrower"):
+            conn.state["borrower"] = True
+            conn.add_close_callback(lambda c: self.reference_counter.drop_borrower(id(c)))
+        return self.reference_counter.add_borrowers(p["object_ids"], key)
+
+    def rpc_remove_borrowers(self, conn: Connection, p: dict[str, Any]) -> None:
+        self.reference_counter.remove_borrowers(p["object_ids"], id(conn))
+
+    def adopt_nested(self, object_id: bytes, nested: list[list[Any]], holder: Connection | None, task_id: bytes) -> None:
+        """On the loop: a result we own contains these refs; hold them while it lives.
+
+        Registrations with their owners are recorded under ``task_id`` so that the
+        sender's hold is released only after they are done."""
+        refs = [ObjectRef(oid, owner) for oid, owner in nested]
+        self._contained.setdefault(object_id, []).extend(refs)
+        new = self.reference_counter.take_new_borrows()
+        if new:
+            self.reference_counter.mark_registered(oid for oid, _ in new)
+            self._registrations.setdefault(task_id, []).append(self.loop.create_task(self._register(new)))
+
+    def rpc_release_handoff(self, conn: Connection, p: dict[str, Any]) -> None:
+        self._handoffs.pop(p["tid"], None)
+
+    def _hold_handoff(self, task_id: bytes, refs: list[Any], conn: Connection | None) -> None:
+        self._handoffs.setdefault(task_id, []).extend(refs)
+
+    def note_dead_attempt(self, return_ids: list[bytes], raylet: Connection) -> None:
+        """On the loop: an attempt that ran under ``raylet`` died; free its results there now and again later."""
+        if not raylet.closed:
+            raylet.notify("free_objects", {"object_ids": list(return_ids)})
+        address = raylet.peername
+        if isinstance(address, tuple) and len(address) >= 2:
+            for oid in return_ids:
+                self._dead_attempt_copies.setdefault(oid, set()).add((address[0], address[1]))
+
+    def _free_dead_attempt_copies(self, object_id: bytes) -> None:
+        for address in self._dead_attempt_copies.pop(object_id, ()):
+            self._free_plasma(object_id, [None, 0, list(address)])
+
+    def _free_plasma(self, object_id: bytes, location: list[Any]) -> None:
+        self._pending_frees.append((object_id, location[2]))
+        if len(self._pending_frees) == 1:
+            try:
+                self.loop.call_soon_threadsafe(self._flush_frees)
+            except RuntimeError:
+                pass
+
+    def _flush_frees(self) -> None:
+        frees, self._pending_frees = self._pending_frees, []
+        by_raylet: dict[tuple[str, int], list[bytes]] = {}
+        for object_id, address in frees:
+            by_raylet.setdefault((address[0], address[1]), []).append(object_id)
+        for address, object_ids in by_raylet.items():
+            if list(address) == list(self.raylet_location):
+                if self.raylet is not None and not self.raylet.closed:
+                    self.raylet.notify("free_objects", {"object_ids": object_ids})
+            else:
+                self.loop.create_task(self._free_remote(list(address), object_ids))
+
+    async def _free_remote(self, address: list[Any], object_ids: list[bytes]) -> None:
+        try:
+            conn = await self.connect_to(address)
+            conn.notify("free_objects", {"object_ids": object_ids})
+        except (ConnectionLost, OSError) as exc:
+            logger.debug("could not free objects on %s: %s", address, exc)
+
+    def store_owned_result(self, object_id: bytes, entry: Entry) -> None:
+        """Record a task result; called on the loop when the reply arrives."""
+        if not self.reference_counter.has_reference(object_id):
+            # Nobody holds a ref any more: drop the value at once.
+            if entry[0] == PLASMA:
+                self._free_plasma(object_id, entry[1])
+            if self._dead_attempt_copies:
+                self._free_dead_attempt_copies(object_id)
+            return
+        self.memory_store.put(object_id, entry)
+
+    def store_results(self, task_id: bytes, return_ids: list[bytes], returns: list[Any], sender: Connection | None) -> None:
+        """On the loop: record a finished task's results and adopt the refs nested in them."""
+        nested_any = False
+        for oid, ret in zip(return_ids, returns):
+            entry: Entry = (INLINE, ret[1]) if ret[0] == 0 else (PLASMA, ret[1])
+            nested = ret[2] if len(ret) > 2 else None
+            if nested:
+                nested_any = True
+                if self.reference_counter.has_reference(oid):
+                    self.adopt_nested(oid, nested, None, task_id)
+            self.store_owned_result(oid, entry)
+        if nested_any and sender is not None:
+            # Our holds are in place (registrations are ordered before this on each owner's connection).
+            self.loop.create_task(self._release_handoff_after_registration(sender, task_id))
+
+    async def _release_handoff_after_registration(self, sender: Connection, task_id: bytes) -> None:
+        pending = self._registrations.pop(task_id, [])
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        if not sender.closed:
+            sender.notify("release_handoff", {"tid": task_id})
+
+    def resolve_entry(self, object_id: bytes, owner: Any, callback: Any, recover: bool = False) -> None:
+        """Call ``callback(entry)`` on the loop once the object's entry is known here.
+
+        With ``recover``, a borrowed object is first re-made by its owner (its copy was lost).
+        """
+        store = self.memory_store
+        if recover and not self._owns(owner) and not self.reference_counter.is_owned(object_id):
+            store.on_ready(object_id, callback)
+            self.loop.create_task(self._recover_then_fetch(object_id, owner))
+            return
+        if store.contains(object_id) or self.reference_counter.is_owned(object_id) or self._owns(owner):
+            store.on_ready(object_id, callback)
+            return
+        store.on_ready(object_id, callback)
+        self._start_fetch(object_id, owner)
+
+    async def _recover_then_fetch(self, object_id: bytes, owner: Any) -> None:
+        reply = await self._ask_owner_to_recover(object_id, owner)
+        if reply is not None:
+            self.memory_store.put(object_id, (INLINE, reply))
+            return
+        self._start_fetch(object_id, owner)
+
+    def _owns(self, owner: Any) -> bool:
+        return owner is not None and owner[2] == self.worker_id
+
+    def _start_fetch(self, object_id: bytes, owner: Any) -> None:
+        if object_id in self._fetching or self.memory_store.contains(object_id):
+            return
+        self._fetching.add(object_id)
+        self.loop.create_task(self._fetch(object_id, owner))
+
+    async def _fetch(self, object_id: bytes, owner: Any) -> None:
+        try:
+            if owner is None:
+                raise ObjectLostError(object_id.hex(), f"Object {object_id.hex()} has no known owner.")
+            conn = await self.connect_to(owner)
+            kind, data = await conn.call("get_object", {"object_id": object_id}, timeout=None)
+            entry: Entry = (kind, data)
+        except (ConnectionLost, OSError) as exc:
+            error = OwnerDiedError(
+                object_id.hex(),
+                f"The owner of object {object_id.hex()} (worker {owner[2].hex()[:12]} at {owner[0]}:{owner[1]}) "
+                f"died or is unreachable ({exc}), so the object is lost. Look in the owner's log under "
+                f"{os.path.join(self.session_dir, 'logs')} for why it exited.",
+            )
+            entry = (INLINE, serialization.serialize_error(error).to_inline())
+        except RemoteError as exc:
+            error = ObjectLostError(object_id.hex(), f"Could not get object {object_id.hex()} from its owner: {exc.message}")
+            entry = (INLINE, serialization.serialize_error(error).to_inline())
+        except ObjectLostError as exc:
+            entry = (INLINE, serialization.serialize_error(exc).to_inline())
+        finally:
+            self._fetching.discard(object_id)
+        if self.reference_counter.has_reference(object_id) or self.memory_store._callbacks.get(object_id):
+            self.memory_store.put(object_id, entry)
+
+    async def rpc_get_object(self, conn: Connection, p: dict[str, Any]) -> list[Any]:
+        """A borrower asks for an object we own: answer once it is ready."""
+        object_id = p["object_id"]
+        entry = self.memory_store.get(object_id)
+        if entry is None:
+            if not self.reference_counter.is_owned(object_id):
+                error = ObjectLostError(object_id.hex(), f"Object {object_id.hex()} was freed by its owner or never existed.")
+                return [INLINE, serialization.serialize_error(error).to_inline()]
+            fut: asyncio.Future[Entry] = self.loop.create_future()
+            self.memory_store.on_ready(object_id, lambda e: self.loop.call_soon_threadsafe(_set_once, fut, e))
+            entry = await fut
+        return [entry[0], entry[1]]
+
+
+def _set_once(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
