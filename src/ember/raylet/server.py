@@ -18,20 +18,19 @@ from typing import Any
 
 from ember._private import ids
 from ember._private.config import config
-from ember.exceptions import ConnectionLost, ObjectStoreFullError, RemoteError
+from ember.exceptions import ConnectionLost, RemoteError
 from ember.raylet import resources as res
 from ember.raylet import scheduling_policy as policy
+from ember.raylet.lease_service import LeaseService
 from ember.raylet.leases import Lease, LeaseRequest
 from ember.raylet.log_monitor import LogMonitor
 from ember.raylet.object_manager import ObjectManager
+from ember.raylet.object_service import ObjectService
 from ember.raylet.object_store import ObjectStore
 from ember.raylet.worker_pool import WorkerHandle, WorkerPool, WorkerState
 from ember.rpc import Connection, connect, start_server
 
 logger = logging.getLogger(__name__)
-
-#: Tries to connect to an owner on another node before giving up on watching it.
-OWNER_WATCH_ATTEMPTS = 8
 
 
 class RayletOptions:
@@ -48,7 +47,7 @@ class RayletOptions:
         self.is_head: bool = kw.get("is_head", False)
 
 
-class Raylet:
+class Raylet(LeaseService, ObjectService):
     def __init__(self, opts: RayletOptions, token: str) -> None:
         self.opts = opts
         self.token = token
@@ -533,167 +532,6 @@ class Raylet:
             "resources": res.to_float(self.total),
         }
 
-    # ================================================================ RPC: leases
-    def rpc_request_lease(self, conn: Connection, p: dict[str, Any]) -> asyncio.Future[Any]:
-        # A resent request (its reply was lost) gets the same answer, not a second lease.
-        seen: dict[Any, asyncio.Future[Any]] = conn.state.setdefault("lease_requests", {})
-        request_id = p.get("request_id")
-        if request_id is not None and request_id in seen:
-            return seen[request_id]
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if request_id is not None:
-            seen[request_id] = fut
-            if len(seen) > 10000:
-                seen.pop(next(iter(seen)))
-        try:
-            request = res.to_fixed(p.get("resources") or {})
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"bad resource request: {exc}") from exc
-        req = LeaseRequest(p.get("request_id"), conn, request, fut, p)
-        hold = p.get("hold")
-        req.hold = res.to_fixed(hold) if hold is not None else request
-        if not p.get("spilled"):
-            prefer = p.get("prefer")
-            target = self.view.get(prefer) if prefer and prefer != self.node_id and not p.get("strategy") else None
-            if target is not None and target.alive and res.fits(request, target.available):
-                # The task's large arguments live there: run it next to them.
-                fut.set_result({"spillback": {"node_id": target.node_id, "address": target.address}})
-                return fut
-            decision = policy.decide(request, p.get("strategy"), self.node_id, self._local_view(), self.policy_cfg, self.policy_state)
-            if decision.kind == policy.SPILLBACK and decision.node_id is not None:
-                fut.set_result({"spillback": {"node_id": decision.node_id, "address": self.view[decision.node_id].address}})
-                return fut
-            if decision.kind == policy.UNSCHEDULABLE:
-                from ember.exceptions import TaskUnschedulableError
-
-                err = TaskUnschedulableError(decision.reason)
-                err.expected = True  # type: ignore[attr-defined]
-                raise err
-        self.pending.append(req)
-        self._schedule()
-        return fut
-
-    def rpc_cancel_lease_request(self, conn: Connection, p: dict[str, Any]) -> None:
-        for req in list(self.pending):
-            if req.conn is conn and req.request_id == p["request_id"]:
-                self.pending.remove(req)
-                if not req.future.done():
-                    req.future.set_result({"cancelled": True})
-
-    def rpc_return_lease(self, conn: Connection, p: dict[str, Any]) -> None:
-        lease = self.leases.get(p["lease_id"])
-        if lease is None or lease.holder is not conn:
-            return
-        if p.get("kill"):
-            self.pool.kill(lease.worker)
-        self._release_lease(lease)
-        if lease.worker.state is WorkerState.LEASED:
-            self.pool.push_idle(lease.worker)
-        self._schedule()
-
-    def _release_lease(self, lease: Lease) -> None:
-        if self.leases.pop(lease.lease_id, None) is None:
-            return
-        give_back = dict(lease.resources)
-        self.gpus.release(lease.gpu_ids, lease.resources.get("GPU", 0))
-        if lease.blocked:
-            give_back.pop("CPU", None)  # already given back while blocked
-        res.add(self.available, give_back)
-
-    def rpc_notify_blocked(self, conn: Connection, p: Any) -> None:
-        lease = self._lease_of(conn)
-        if lease is not None and not lease.blocked:
-            lease.blocked = True
-            res.add(self.available, lease.cpu)
-            self._schedule()
-
-    def rpc_notify_unblocked(self, conn: Connection, p: Any) -> None:
-        lease = self._lease_of(conn)
-        if lease is not None and lease.blocked:
-            lease.blocked = False
-            res.subtract(self.available, lease.cpu)
-
-    def _num_blocked(self) -> int:
-        return sum(1 for lease in self.leases.values() if lease.blocked)
-
-    def _lease_of(self, conn: Connection) -> Lease | None:
-        worker: WorkerHandle | None = conn.state.get("worker")
-        if worker is None or worker.lease_id is None:
-            return None
-        return self.leases.get(worker.lease_id)
-
-    def _schedule(self) -> None:
-        """Grant every pending request that fits, in arrival order."""
-        if not self.pending:
-            return
-        waiting_for_worker = 0
-        still_pending: deque[LeaseRequest] = deque()
-        blocked_on_resources = False
-        while self.pending:
-            req = self.pending.popleft()
-            if req.future.done():
-                continue
-            if not res.fits(req.resources, self.total):
-                # Warned after the next cluster view, unless another node can take it by then.
-                still_pending.append(req)
-                continue
-            if not res.fits(req.resources, self.available):
-                blocked_on_resources = True
-                still_pending.append(req)
-                continue
-            worker = self.pool.pop_idle()
-            if worker is None:
-                waiting_for_worker += 1
-                still_pending.append(req)
-                continue
-            self._grant(req, worker)
-        self.pending = still_pending
-        starting = self.pool.num_starting()
-        while waiting_for_worker > starting and self.pool.can_start(self._num_blocked()) and not self.stopping:
-            self._start_worker()
-            starting += 1
-        if blocked_on_resources:
-            for holder in {id(l.holder): l.holder for l in self.leases.values()}.values():
-                if holder is not self.gcs:
-                    holder.notify("release_idle_leases", None)
-
-    def _grant(self, req: LeaseRequest, worker: WorkerHandle) -> None:
-        lease_id = ids.random_unique_id()
-        worker.transition(WorkerState.LEASED)
-        worker.lease_id = lease_id
-        res.subtract(self.available, req.hold)
-        lease = Lease(lease_id, worker, req.hold, req.conn)
-        lease.gpu_ids = self.gpus.allocate(req.hold.get("GPU", 0))
-        lease.retriable = bool(req.payload.get("retriable", True))
-        lease.granted_at = time.monotonic()
-        self.leases[lease_id] = lease
-        # Keep a worker warm so the next lease (often an actor) does not wait for a process start.
-        if not self.pool.idle and not self.pool.num_starting() and self.pool.can_start(self._num_blocked()) and not self.stopping:
-            self._start_worker()
-        req.future.set_result({
-            "lease_id": lease_id,
-            "worker_id": worker.worker_id,
-            "address": worker.address,
-            "node_id": self.node_id,
-            "pid": worker.pid,
-            "gpu_ids": lease.gpu_ids,
-        })
-
-    def _warn_infeasible(self, req: LeaseRequest) -> None:
-        if req.warned_infeasible:
-            return
-        if any("_group_" in name for name in req.resources):
-            return  # waiting for a placement group to be placed is normal; the control service reports groups that cannot be
-        req.warned_infeasible = True
-        shape = res.describe(req.resources)
-        shapes = "; ".join(sorted(res.describe(n.total) for n in self._local_view().values() if n.alive))
-        message = (
-            f"No node in this cluster can ever satisfy the resource request {shape}. "
-            f"The nodes have: {shapes}. It will wait until a node that can run it joins. "
-            "Lower the request (num_cpus=, num_gpus=, resources=), or add a node with enough resources."
-        )
-        req.conn.notify("infeasible", {"request_id": req.request_id, "message": message})
-
     # ================================================================ RPC: bundles
     def rpc_prepare_bundle(self, conn: Connection, p: dict[str, Any]) -> bool:
         self.bundles.prepare(p["pg_id"], int(p["index"]), p["resources"])
@@ -723,154 +561,6 @@ class Raylet:
         self._schedule()
         self.report_now()
         return True
-
-    # ================================================================ RPC: objects
-    async def rpc_create_object(self, conn: Connection, p: dict[str, Any]) -> Any:
-        size = int(p["size"])
-        if size < 0 or not isinstance(p.get("object_id"), bytes) or len(p["object_id"]) != 20:
-            raise ValueError(f"bad create_object request: size {size}, object id {p.get('object_id')!r}")
-        try:
-            if self.store.used + size > self.store.capacity:
-                await self.spiller.make_room(size)
-            reuse = self.store.reserve(p["object_id"], size, p["owner"])
-        except ObjectStoreFullError as exc:
-            exc.expected = True  # type: ignore[attr-defined]
-            raise
-        if p.get("owner_address") and p["owner"] not in self.clients and p["owner"] not in self._owner_watches:
-            self._owner_watches[p["owner"]] = asyncio.get_running_loop().create_task(
-                self._watch_owner(p["owner"], p["owner_address"])
-            )
-        return {"reuse": reuse}
-
-    async def _watch_owner(self, owner: bytes, address: list[Any]) -> None:
-        """An owner on another node: its objects here are freed when it dies (the connection drops)."""
-        conn = await self._connect_owner(owner, address)
-        if conn is None:
-            return
-        self._owner_conns[owner] = conn
-        conn.add_close_callback(lambda c: self._owner_gone(owner))
-
-    async def _connect_owner(self, owner: bytes, address: list[Any]) -> Connection | None:
-        """A connection to a live owner; None (and its objects freed) if it is gone."""
-        delay = 0.1
-        failure: Exception | None = None
-        for _ in range(OWNER_WATCH_ATTEMPTS):
-            try:
-                return await connect((address[0], address[1]), self.token, None, info={"role": "raylet"},
-                                     timeout=10.0, retry=False)
-            except ConnectionLost as exc:
-                # A core worker listens before its address is handed out: a refusal means it is gone.
-                if isinstance(exc.__cause__, ConnectionRefusedError):
-                    self._owner_gone(owner)
-                    return None
-                # Reset or closed mid-handshake: often an owner dying right now. Look again (the
-                # next try is refused if it is gone), unless it has nothing here any more.
-                failure = exc
-            except Exception as exc:  # e.g. a wrong token: keep the objects, watch again at the next create
-                failure = exc
-                break
-            if not self.store.holds_owner(owner):
-                failure = None
-                break
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-        self._owner_watches.pop(owner, None)
-        if failure is not None:
-            logger.warning("cannot watch owner %s at %s (its objects here stay until it frees them): %s",
-                           owner.hex()[:12], address, failure)
-        return None
-
-    def _owner_gone(self, owner: bytes) -> None:
-        self._owner_watches.pop(owner, None)
-        self._owner_conns.pop(owner, None)
-        if not self.stopping and owner not in self.clients:
-            self._free_owned(owner)
-
-    def _free_owned(self, owner: bytes) -> None:
-        """Free every object (in memory, spilled, and the copies on other nodes) of an owner that died."""
-        oids = [oid for oid, e in self.store.objects.items() if e.owner == owner]
-        oids += [oid for oid, e in self.store.spilled.items() if e.owner == owner and oid not in oids]
-        if oids:
-            logger.info("freeing %d object(s) of owner %s, which died", len(oids), owner.hex()[:12])
-            self.rpc_free_objects(None, {"object_ids": oids})  # type: ignore[arg-type]
-
-    def _close_idle_owner_watches(self) -> None:
-        if not self._owner_conns:
-            return
-        owners = {e.owner for e in self.store.objects.values()} | {e.owner for e in self.store.spilled.values()}
-        for owner, conn in list(self._owner_conns.items()):
-            if owner not in owners:
-                del self._owner_conns[owner]
-                self._owner_watches.pop(owner, None)
-                conn.close("no objects of this owner left here")
-
-    def rpc_seal_object(self, conn: Connection, p: dict[str, Any]) -> None:
-        self.store.seal(p["object_id"])
-        self.spiller.after_seal()
-
-    async def rpc_restore_object(self, conn: Connection, p: dict[str, Any]) -> bool:
-        """Make a spilled object readable in memory again; False if this node does not have it."""
-        return await self.spiller.restore(p["object_id"])
-
-    async def rpc_prepare_transfer(self, conn: Connection, p: dict[str, Any]) -> bool:
-        """Before another node streams an object from us: make sure there is a local file to send."""
-        object_id = p["object_id"]
-        if self._sealed_path(object_id) is not None:
-            return True
-        if await self.spiller.restore(object_id):
-            return True
-        from ember.exceptions import ObjectLostError
-
-        err = ObjectLostError(object_id.hex(), f"object {object_id.hex()} is not on node {self.node_id.hex()[:12]}")
-        err.expected = True  # type: ignore[attr-defined]
-        raise err
-
-    def rpc_free_objects(self, conn: Connection, p: dict[str, Any]) -> None:
-        by_copy: dict[tuple[str, int], list[bytes]] = {}
-        for oid in p["object_ids"]:
-            url = self.store.free(oid)
-            if url:
-                self.spiller.delete(url)
-            for address in self.objects.on_free(oid):
-                by_copy.setdefault((address[0], address[1]), []).append(oid)
-        for address, oids in by_copy.items():
-            asyncio.get_running_loop().create_task(self._free_remote(list(address), oids))
-
-    async def _free_remote(self, address: list[Any], object_ids: list[bytes]) -> None:
-        try:
-            conn = await self._connect_raylet(address)
-            conn.notify("free_objects", {"object_ids": object_ids})
-        except Exception as exc:
-            logger.debug("could not free copies on %s: %s", address, exc)
-
-    async def rpc_pull_object(self, conn: Connection, p: dict[str, Any]) -> bool:
-        source = p["address"]
-        if any(list(dead.address[:2]) == list(source[:2]) for dead in self.dead_nodes.values()):
-            # Fail at once (the owner rebuilds it from lineage) instead of retrying a
-            # connection to a dead daemon for connect_timeout_s.
-            from ember.exceptions import ObjectLostError
-
-            err = ObjectLostError(p["object_id"].hex(), f"the node at {source[0]}:{source[1]} that held it is dead")
-            err.expected = True  # type: ignore[attr-defined]
-            raise err
-        await self.objects.pull(p["object_id"], p["address"], int(p["size"]), p.get("owner") or b"")
-        return True
-
-    def rpc_read_object_chunk(self, conn: Connection, p: dict[str, Any]) -> bytes:
-        return self.objects.read_chunk(p["object_id"], int(p["offset"]), int(p["length"]))
-
-    def rpc_copy_made(self, conn: Connection, p: dict[str, Any]) -> None:
-        object_id = p["object_id"]
-        if object_id not in self.store.objects and object_id not in self.store.spilled:
-            # Freed here while the other node was copying it: nobody would free that copy.
-            conn.notify("free_objects", {"object_ids": [object_id]})
-            return
-        address = conn.peer_info.get("address")
-        if address:
-            self.objects.copy_made(object_id, address)
-
-    def rpc_store_stats(self, conn: Connection, p: Any) -> dict[str, int]:
-        return self.store.stats()
 
     # ================================================================ RPC: misc
     def rpc_kill_worker(self, conn: Connection, p: dict[str, Any]) -> bool:

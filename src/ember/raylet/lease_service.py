@@ -1,0 +1,190 @@
+"""Worker leases for ``Raylet``: requests, grants, returns, blocked workers, spillback decisions.
+
+A request is decided with the placement policy (grant here, spill back, or
+fail as unschedulable), queued until its resources and an idle worker are
+free, and granted in arrival order. A worker blocked in ``get`` gives its
+CPU back while it waits.
+
+A mixin: the state it uses (pending requests, leases, worker pool, resources,
+cluster view) is created by ``Raylet.__init__``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any
+
+from ember._private import ids
+from ember.raylet import resources as res
+from ember.raylet import scheduling_policy as policy
+from ember.raylet.leases import Lease, LeaseRequest
+from ember.raylet.worker_pool import WorkerHandle, WorkerState
+from ember.rpc import Connection
+
+
+class LeaseService:
+    """Lease requests and grants (mixed into ``Raylet``)."""
+
+    # ================================================================ RPC: leases
+    def rpc_request_lease(self, conn: Connection, p: dict[str, Any]) -> asyncio.Future[Any]:
+        # A resent request (its reply was lost) gets the same answer, not a second lease.
+        seen: dict[Any, asyncio.Future[Any]] = conn.state.setdefault("lease_requests", {})
+        request_id = p.get("request_id")
+        if request_id is not None and request_id in seen:
+            return seen[request_id]
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if request_id is not None:
+            seen[request_id] = fut
+            if len(seen) > 10000:
+                seen.pop(next(iter(seen)))
+        try:
+            request = res.to_fixed(p.get("resources") or {})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"bad resource request: {exc}") from exc
+        req = LeaseRequest(p.get("request_id"), conn, request, fut, p)
+        hold = p.get("hold")
+        req.hold = res.to_fixed(hold) if hold is not None else request
+        if not p.get("spilled"):
+            prefer = p.get("prefer")
+            target = self.view.get(prefer) if prefer and prefer != self.node_id and not p.get("strategy") else None
+            if target is not None and target.alive and res.fits(request, target.available):
+                # The task's large arguments live there: run it next to them.
+                fut.set_result({"spillback": {"node_id": target.node_id, "address": target.address}})
+                return fut
+            decision = policy.decide(request, p.get("strategy"), self.node_id, self._local_view(), self.policy_cfg, self.policy_state)
+            if decision.kind == policy.SPILLBACK and decision.node_id is not None:
+                fut.set_result({"spillback": {"node_id": decision.node_id, "address": self.view[decision.node_id].address}})
+                return fut
+            if decision.kind == policy.UNSCHEDULABLE:
+                from ember.exceptions import TaskUnschedulableError
+
+                err = TaskUnschedulableError(decision.reason)
+                err.expected = True  # type: ignore[attr-defined]
+                raise err
+        self.pending.append(req)
+        self._schedule()
+        return fut
+
+    def rpc_cancel_lease_request(self, conn: Connection, p: dict[str, Any]) -> None:
+        for req in list(self.pending):
+            if req.conn is conn and req.request_id == p["request_id"]:
+                self.pending.remove(req)
+                if not req.future.done():
+                    req.future.set_result({"cancelled": True})
+
+    def rpc_return_lease(self, conn: Connection, p: dict[str, Any]) -> None:
+        lease = self.leases.get(p["lease_id"])
+        if lease is None or lease.holder is not conn:
+            return
+        if p.get("kill"):
+            self.pool.kill(lease.worker)
+        self._release_lease(lease)
+        if lease.worker.state is WorkerState.LEASED:
+            self.pool.push_idle(lease.worker)
+        self._schedule()
+
+    def _release_lease(self, lease: Lease) -> None:
+        if self.leases.pop(lease.lease_id, None) is None:
+            return
+        give_back = dict(lease.resources)
+        self.gpus.release(lease.gpu_ids, lease.resources.get("GPU", 0))
+        if lease.blocked:
+            give_back.pop("CPU", None)  # already given back while blocked
+        res.add(self.available, give_back)
+
+    def rpc_notify_blocked(self, conn: Connection, p: Any) -> None:
+        lease = self._lease_of(conn)
+        if lease is not None and not lease.blocked:
+            lease.blocked = True
+            res.add(self.available, lease.cpu)
+            self._schedule()
+
+    def rpc_notify_unblocked(self, conn: Connection, p: Any) -> None:
+        lease = self._lease_of(conn)
+        if lease is not None and lease.blocked:
+            lease.blocked = False
+            res.subtract(self.available, lease.cpu)
+
+    def _num_blocked(self) -> int:
+        return sum(1 for lease in self.leases.values() if lease.blocked)
+
+    def _lease_of(self, conn: Connection) -> Lease | None:
+        worker: WorkerHandle | None = conn.state.get("worker")
+        if worker is None or worker.lease_id is None:
+            return None
+        return self.leases.get(worker.lease_id)
+
+    def _schedule(self) -> None:
+        """Grant every pending request that fits, in arrival order."""
+        if not self.pending:
+            return
+        waiting_for_worker = 0
+        still_pending: deque[LeaseRequest] = deque()
+        blocked_on_resources = False
+        while self.pending:
+            req = self.pending.popleft()
+            if req.future.done():
+                continue
+            if not res.fits(req.resources, self.total):
+                # Warned after the next cluster view, unless another node can take it by then.
+                still_pending.append(req)
+                continue
+            if not res.fits(req.resources, self.available):
+                blocked_on_resources = True
+                still_pending.append(req)
+                continue
+            worker = self.pool.pop_idle()
+            if worker is None:
+                waiting_for_worker += 1
+                still_pending.append(req)
+                continue
+            self._grant(req, worker)
+        self.pending = still_pending
+        starting = self.pool.num_starting()
+        while waiting_for_worker > starting and self.pool.can_start(self._num_blocked()) and not self.stopping:
+            self._start_worker()
+            starting += 1
+        if blocked_on_resources:
+            for holder in {id(l.holder): l.holder for l in self.leases.values()}.values():
+                if holder is not self.gcs:
+                    holder.notify("release_idle_leases", None)
+
+    def _grant(self, req: LeaseRequest, worker: WorkerHandle) -> None:
+        lease_id = ids.random_unique_id()
+        worker.transition(WorkerState.LEASED)
+        worker.lease_id = lease_id
+        res.subtract(self.available, req.hold)
+        lease = Lease(lease_id, worker, req.hold, req.conn)
+        lease.gpu_ids = self.gpus.allocate(req.hold.get("GPU", 0))
+        lease.retriable = bool(req.payload.get("retriable", True))
+        lease.granted_at = time.monotonic()
+        self.leases[lease_id] = lease
+        # Keep a worker warm so the next lease (often an actor) does not wait for a process start.
+        if not self.pool.idle and not self.pool.num_starting() and self.pool.can_start(self._num_blocked()) and not self.stopping:
+            self._start_worker()
+        req.future.set_result({
+            "lease_id": lease_id,
+            "worker_id": worker.worker_id,
+            "address": worker.address,
+            "node_id": self.node_id,
+            "pid": worker.pid,
+            "gpu_ids": lease.gpu_ids,
+        })
+
+    def _warn_infeasible(self, req: LeaseRequest) -> None:
+        if req.warned_infeasible:
+            return
+        if any("_group_" in name for name in req.resources):
+            return  # waiting for a placement group to be placed is normal; the control service reports groups that cannot be
+        req.warned_infeasible = True
+        shape = res.describe(req.resources)
+        shapes = "; ".join(sorted(res.describe(n.total) for n in self._local_view().values() if n.alive))
+        message = (
+            f"No node in this cluster can ever satisfy the resource request {shape}. "
+            f"The nodes have: {shapes}. It will wait until a node that can run it joins. "
+            "Lower the request (num_cpus=, num_gpus=, resources=), or add a node with enough resources."
+        )
+        req.conn.notify("infeasible", {"request_id": req.request_id, "message": message})
+

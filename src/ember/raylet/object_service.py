@@ -1,0 +1,175 @@
+"""The object RPCs of ``Raylet``: creating, sealing, freeing, restoring and pulling objects.
+
+Also watches owners on other nodes whose objects are stored here, so those
+objects are freed when their owner dies.
+
+A mixin: the state it uses (store, spiller, object manager) is created by
+``Raylet.__init__``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ember.exceptions import ConnectionLost, ObjectStoreFullError
+from ember.rpc import Connection, connect
+
+logger = logging.getLogger(__name__)
+
+#: Tries to connect to an owner on another node before giving up on watching it.
+OWNER_WATCH_ATTEMPTS = 8
+
+
+class ObjectService:
+    """Object-store RPCs and owner watches (mixed into ``Raylet``)."""
+
+    # ================================================================ RPC: objects
+    async def rpc_create_object(self, conn: Connection, p: dict[str, Any]) -> Any:
+        size = int(p["size"])
+        if size < 0 or not isinstance(p.get("object_id"), bytes) or len(p["object_id"]) != 20:
+            raise ValueError(f"bad create_object request: size {size}, object id {p.get('object_id')!r}")
+        try:
+            if self.store.used + size > self.store.capacity:
+                await self.spiller.make_room(size)
+            reuse = self.store.reserve(p["object_id"], size, p["owner"])
+        except ObjectStoreFullError as exc:
+            exc.expected = True  # type: ignore[attr-defined]
+            raise
+        if p.get("owner_address") and p["owner"] not in self.clients and p["owner"] not in self._owner_watches:
+            self._owner_watches[p["owner"]] = asyncio.get_running_loop().create_task(
+                self._watch_owner(p["owner"], p["owner_address"])
+            )
+        return {"reuse": reuse}
+
+    async def _watch_owner(self, owner: bytes, address: list[Any]) -> None:
+        """An owner on another node: its objects here are freed when it dies (the connection drops)."""
+        conn = await self._connect_owner(owner, address)
+        if conn is None:
+            return
+        self._owner_conns[owner] = conn
+        conn.add_close_callback(lambda c: self._owner_gone(owner))
+
+    async def _connect_owner(self, owner: bytes, address: list[Any]) -> Connection | None:
+        """A connection to a live owner; None (and its objects freed) if it is gone."""
+        delay = 0.1
+        failure: Exception | None = None
+        for _ in range(OWNER_WATCH_ATTEMPTS):
+            try:
+                return await connect((address[0], address[1]), self.token, None, info={"role": "raylet"},
+                                     timeout=10.0, retry=False)
+            except ConnectionLost as exc:
+                # A core worker listens before its address is handed out: a refusal means it is gone.
+                if isinstance(exc.__cause__, ConnectionRefusedError):
+                    self._owner_gone(owner)
+                    return None
+                # Reset or closed mid-handshake: often an owner dying right now. Look again (the
+                # next try is refused if it is gone), unless it has nothing here any more.
+                failure = exc
+            except Exception as exc:  # e.g. a wrong token: keep the objects, watch again at the next create
+                failure = exc
+                break
+            if not self.store.holds_owner(owner):
+                failure = None
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        self._owner_watches.pop(owner, None)
+        if failure is not None:
+            logger.warning("cannot watch owner %s at %s (its objects here stay until it frees them): %s",
+                           owner.hex()[:12], address, failure)
+        return None
+
+    def _owner_gone(self, owner: bytes) -> None:
+        self._owner_watches.pop(owner, None)
+        self._owner_conns.pop(owner, None)
+        if not self.stopping and owner not in self.clients:
+            self._free_owned(owner)
+
+    def _free_owned(self, owner: bytes) -> None:
+        """Free every object (in memory, spilled, and the copies on other nodes) of an owner that died."""
+        oids = [oid for oid, e in self.store.objects.items() if e.owner == owner]
+        oids += [oid for oid, e in self.store.spilled.items() if e.owner == owner and oid not in oids]
+        if oids:
+            logger.info("freeing %d object(s) of owner %s, which died", len(oids), owner.hex()[:12])
+            self.rpc_free_objects(None, {"object_ids": oids})  # type: ignore[arg-type]
+
+    def _close_idle_owner_watches(self) -> None:
+        if not self._owner_conns:
+            return
+        owners = {e.owner for e in self.store.objects.values()} | {e.owner for e in self.store.spilled.values()}
+        for owner, conn in list(self._owner_conns.items()):
+            if owner not in owners:
+                del self._owner_conns[owner]
+                self._owner_watches.pop(owner, None)
+                conn.close("no objects of this owner left here")
+
+    def rpc_seal_object(self, conn: Connection, p: dict[str, Any]) -> None:
+        self.store.seal(p["object_id"])
+        self.spiller.after_seal()
+
+    async def rpc_restore_object(self, conn: Connection, p: dict[str, Any]) -> bool:
+        """Make a spilled object readable in memory again; False if this node does not have it."""
+        return await self.spiller.restore(p["object_id"])
+
+    async def rpc_prepare_transfer(self, conn: Connection, p: dict[str, Any]) -> bool:
+        """Before another node streams an object from us: make sure there is a local file to send."""
+        object_id = p["object_id"]
+        if self._sealed_path(object_id) is not None:
+            return True
+        if await self.spiller.restore(object_id):
+            return True
+        from ember.exceptions import ObjectLostError
+
+        err = ObjectLostError(object_id.hex(), f"object {object_id.hex()} is not on node {self.node_id.hex()[:12]}")
+        err.expected = True  # type: ignore[attr-defined]
+        raise err
+
+    def rpc_free_objects(self, conn: Connection, p: dict[str, Any]) -> None:
+        by_copy: dict[tuple[str, int], list[bytes]] = {}
+        for oid in p["object_ids"]:
+            url = self.store.free(oid)
+            if url:
+                self.spiller.delete(url)
+            for address in self.objects.on_free(oid):
+                by_copy.setdefault((address[0], address[1]), []).append(oid)
+        for address, oids in by_copy.items():
+            asyncio.get_running_loop().create_task(self._free_remote(list(address), oids))
+
+    async def _free_remote(self, address: list[Any], object_ids: list[bytes]) -> None:
+        try:
+            conn = await self._connect_raylet(address)
+            conn.notify("free_objects", {"object_ids": object_ids})
+        except Exception as exc:
+            logger.debug("could not free copies on %s: %s", address, exc)
+
+    async def rpc_pull_object(self, conn: Connection, p: dict[str, Any]) -> bool:
+        source = p["address"]
+        if any(list(dead.address[:2]) == list(source[:2]) for dead in self.dead_nodes.values()):
+            # Fail at once (the owner rebuilds it from lineage) instead of retrying a
+            # connection to a dead daemon for connect_timeout_s.
+            from ember.exceptions import ObjectLostError
+
+            err = ObjectLostError(p["object_id"].hex(), f"the node at {source[0]}:{source[1]} that held it is dead")
+            err.expected = True  # type: ignore[attr-defined]
+            raise err
+        await self.objects.pull(p["object_id"], p["address"], int(p["size"]), p.get("owner") or b"")
+        return True
+
+    def rpc_read_object_chunk(self, conn: Connection, p: dict[str, Any]) -> bytes:
+        return self.objects.read_chunk(p["object_id"], int(p["offset"]), int(p["length"]))
+
+    def rpc_copy_made(self, conn: Connection, p: dict[str, Any]) -> None:
+        object_id = p["object_id"]
+        if object_id not in self.store.objects and object_id not in self.store.spilled:
+            # Freed here while the other node was copying it: nobody would free that copy.
+            conn.notify("free_objects", {"object_ids": [object_id]})
+            return
+        address = conn.peer_info.get("address")
+        if address:
+            self.objects.copy_made(object_id, address)
+
+    def rpc_store_stats(self, conn: Connection, p: Any) -> dict[str, int]:
+        return self.store.stats()
+
