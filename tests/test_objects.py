@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import mmap
 import os
+import sys
 import time
 
 import numpy as np
@@ -14,6 +15,9 @@ import ember
 from ember._private import runtime
 from ember._private.test_utils import wait_for_condition, wait_for_file
 from ember.exceptions import GetTimeoutError, ObjectStoreFullError, RayError
+
+sys.path.insert(0, os.path.dirname(__file__))
+from memory_helpers import object_files  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -317,14 +321,14 @@ def test_large_result_of_a_dropped_ref_is_freed(ember_shared):
     def make():
         return np.zeros(2 * MiB, dtype=np.uint8)
 
-    before = set(os.listdir(worker.store_dir))
+    before = object_files(worker.store_dir)
     dropped_task = make.remote().task_id()  # the ref is dropped at once
     kept = make.remote()
     assert ember.get(kept).nbytes == 2 * MiB
     wait_for_condition(lambda: worker.submitter.num_pending() == 0, timeout=30)  # both tasks replied
 
     def only_kept_remains():
-        new = set(os.listdir(worker.store_dir)) - before
+        new = object_files(worker.store_dir) - before  # free-* files kept for reuse are not objects
         return new == {kept.hex()}  # noqa: F821 (kept is deleted after this closure's last use)
 
     wait_for_condition(only_kept_remains, timeout=10)
