@@ -239,6 +239,32 @@ def test_task_result_is_owned_by_the_caller_and_freed_with_its_last_ref(baseline
     wait_freed(hex_id)
 
 
+def test_copy_a_dead_attempt_stored_late_is_freed_with_the_last_ref(baseline):
+    # A worker that dies right after storing a result can have its create/seal reach its
+    # node after the owner's first free of that attempt's results. The owner remembers the
+    # node and frees the copy there again when it frees the object.
+    from ember._private import serialization
+
+    worker = runtime.core_worker()
+    ref = ember.put(1)  # owned, inline: nothing in the store under this id
+    hex_id = ref.hex()
+    assert not in_store(hex_id)
+    noted = worker.io.run(_note_dead_attempt(worker, ref), timeout=10)
+    assert noted
+    # The dead attempt's late write lands after that first free.
+    late = serialization.serialize(np.zeros(N, dtype=np.int32))
+    worker.write_plasma(ref.binary(), late, worker.worker_id, worker.address)
+    assert in_store(hex_id)
+    assert ember.get(ref) == 1  # the owner's value is still the retry's, not the stray copy
+    del ref
+    wait_freed(hex_id)
+
+
+async def _note_dead_attempt(worker: Any, ref: Any) -> bool:
+    worker.note_dead_attempt([ref.binary()], worker.raylet_location)
+    return True
+
+
 @pytest.mark.parametrize("how", ["top_level", "nested_in_list", "nested_in_dict"])
 def test_pending_task_keeps_its_argument_alive(baseline, tmp_path, how):
     gate, started = tmp_path / "gate", str(tmp_path / "started")

@@ -86,6 +86,8 @@ class ActorClient:
         self.in_flight: dict[bytes, ActorCall] = {}
         self.death_error: BaseException | None = None
         self.next_seq = 0
+        #: The actor's node daemon, [host, port] (None until known).
+        self.node_address: list[Any] | None = None
         #: (seq, task id) of pushed calls, a min-heap; entries no longer in flight are
         #: dropped when they reach the top (see ``oldest_in_flight``).
         self.in_flight_seqs: list[tuple[int, bytes]] = []
@@ -160,6 +162,7 @@ class ActorSubmitter:
             if info["state"] == "ALIVE":
                 conn = await self.worker.connect_to(info["address"])
                 client.incarnation = info["incarnation"]
+                client.node_address = info.get("node_address")
                 client.conn = conn
                 client.transition(ActorView.ALIVE)
                 conn.add_close_callback(partial(self._connection_lost, client, info["incarnation"]))
@@ -187,6 +190,8 @@ class ActorSubmitter:
         client.in_flight.clear()
         client.in_flight_seqs.clear()
         for call in calls:
+            # The actor may have stored this call's results before it died.
+            self.worker.note_dead_attempt(call.return_ids, client.node_address)
             if call.retries_left != 0:
                 if call.retries_left > 0:
                     call.retries_left -= 1

@@ -166,14 +166,19 @@ class OwnershipProtocol:
     def _hold_handoff(self, task_id: bytes, refs: list[Any], conn: Connection | None) -> None:
         self._handoffs.setdefault(task_id, []).extend(refs)
 
-    def note_dead_attempt(self, return_ids: list[bytes], raylet: Connection) -> None:
-        """On the loop: an attempt that ran under ``raylet`` died; free its results there now and again later."""
-        if not raylet.closed:
-            raylet.notify("free_objects", {"object_ids": list(return_ids)})
-        address = raylet.peername
-        if isinstance(address, tuple) and len(address) >= 2:
-            for oid in return_ids:
-                self._dead_attempt_copies.setdefault(oid, set()).add((address[0], address[1]))
+    def note_dead_attempt(self, return_ids: list[bytes], node_address: list[Any] | None) -> None:
+        """On the loop: an attempt that ran on the node at ``node_address`` died.
+
+        Its results may have been stored there anyway: they are freed there now, and again
+        when this owner frees the objects (the dead worker's last messages can reach its
+        node after the first free).
+        """
+        if not isinstance(node_address, (list, tuple)) or len(node_address) < 2:
+            return
+        address = (node_address[0], node_address[1])
+        for oid in return_ids:
+            self._free_plasma(oid, [None, 0, list(address)])
+            self._dead_attempt_copies.setdefault(oid, set()).add(address)
 
     def _free_dead_attempt_copies(self, object_id: bytes) -> None:
         for address in self._dead_attempt_copies.pop(object_id, ()):

@@ -367,7 +367,7 @@ class TaskSubmitter:
             return
         # The dead attempt may have stored results in its node's store before it died: nobody would
         # ever read or free them (a retry's results are recorded where the retry ran).
-        self.worker.note_dead_attempt(list(entry.return_ids), lease.raylet)
+        self.worker.note_dead_attempt(list(entry.return_ids), lease.raylet.peername)
         if entry.cancelled:
             self._fail(entry, self._error_entry(TaskCancelledError(entry.spec["tid"].hex())))
             return

@@ -371,4 +371,9 @@ class ActorManager:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             entry.waiters.append(fut)
             await fut
-        return entry.public()
+        info = entry.public()
+        node = self.gcs.nodes.get(entry.node_id) if entry.node_id is not None else None
+        # Where the actor's node daemon listens: a caller frees there the results of calls the
+        # actor may have stored before it died.
+        info["node_address"] = list(node.info["address"]) if node is not None else None
+        return info
