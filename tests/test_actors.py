@@ -666,6 +666,68 @@ def test_an_actor_kept_by_a_live_handle_is_not_destroyed(ember_shared):
     ember.kill(c)
 
 
+@ember.remote
+class HandleHolder:
+    """Keeps actor handles it is given (in a list, so they are nested in the argument)."""
+
+    def __init__(self):
+        self.held = []
+
+    def keep(self, handles):
+        self.held.extend(handles)
+        return len(self.held)
+
+    def drop(self):
+        self.held.clear()
+        return True
+
+    def call_held(self):
+        return ember.get([h.incr.remote() for h in self.held])
+
+
+@ember.remote
+def use_handles(handles):
+    return ember.get([h.incr.remote() for h in handles])
+
+
+@ember.remote
+def make_counter():
+    # Created inside a task: owned by this worker; the caller borrows the returned handle.
+    c = Counter.remote(100)
+    ember.get(c.incr.remote())
+    return [c]
+
+
+def test_handle_borrowed_by_another_actor_keeps_the_actor_alive_until_released(ember_shared):
+    c = Counter.remote()
+    pid = ember.get(c.pid.remote())
+    holder = HandleHolder.remote()
+    assert ember.get(holder.keep.remote([c])) == 1
+    del c  # the creator's handle is gone: the holder's copy still counts
+    assert ember.get(holder.call_held.remote(), timeout=30) == [1]
+    assert ember.get(holder.call_held.remote(), timeout=30) == [2]
+    assert not pid_gone(pid)
+    assert ember.get(holder.drop.remote()) is True  # the last copy goes: the actor is destroyed
+    wait_for_condition(lambda: pid_gone(pid), timeout=20)
+    ember.kill(holder)
+
+
+def test_handle_passed_to_a_finished_task_does_not_keep_the_actor_forever(ember_shared):
+    c = Counter.remote()
+    pid = ember.get(c.pid.remote())
+    assert ember.get(use_handles.remote([c]), timeout=30) == [1]
+    del c  # no copy is left anywhere: destroyed, not kept until the driver exits
+    wait_for_condition(lambda: pid_gone(pid), timeout=20)
+
+
+def test_handle_returned_by_the_task_that_created_the_actor_is_borrowed_by_the_caller(ember_shared):
+    [c] = ember.get(make_counter.remote(), timeout=60)
+    pid = ember.get(c.pid.remote())
+    assert ember.get(c.incr.remote(), timeout=30) == 102  # alive after its creating task ended
+    del c
+    wait_for_condition(lambda: pid_gone(pid), timeout=20)
+
+
 # ============================================================================ kill / exit
 def test_kill_fails_later_calls_saying_it_was_killed(ember_shared):
     c = Counter.remote()

@@ -97,3 +97,12 @@ def _rebuild_ref(object_id: bytes, owner: Any) -> ObjectRef:
     if worker is not None:
         worker.reference_counter.on_ref_deserialized(ref)
     return ref
+
+
+def is_counted(ref: Any) -> bool:
+    """Whether a ref met while pickling is reference-counted with its owner.
+
+    Every ObjectRef is; an actor handle is when it knows its creator (it was not
+    looked up by name).
+    """
+    return isinstance(ref, ObjectRef) or getattr(ref, "_owner", None) is not None

@@ -159,14 +159,20 @@ class _ActorClassWithOptions:
 class ActorHandle:
     """A reference to an actor; call its methods with ``handle.method.remote(...)``."""
 
-    def __init__(self, actor_id: bytes, meta: dict[str, Any], owned: bool = False) -> None:
+    def __init__(self, actor_id: bytes, meta: dict[str, Any], owned: bool = False, owner: list[Any] | None = None) -> None:
         self._actor_id = actor_id
         self._id = actor_id  # lets the serialization context treat handles like refs
         self._meta = meta
         self._counted = False
         worker = runtime.core_worker_or_none()
+        if owned and worker is not None:
+            owner = worker.address
+        #: The process that created the actor, [host, port, worker id]: a copy of this handle in
+        #: another process registers there as a borrower, like a borrowed ObjectRef, so the actor
+        #: lives while any copy does. None for handles looked up by name (they do not count).
+        self._owner = owner
         if worker is not None:
-            worker.reference_counter.add_local_ref(actor_id, None)
+            worker.reference_counter.add_local_ref(actor_id, owner)
             self._counted = True
 
     def __del__(self) -> None:
@@ -190,7 +196,7 @@ class ActorHandle:
         refs = getattr(_serialization_context, "refs", None)
         if refs is not None:
             refs.append(self)
-        return (ActorHandle, (self._actor_id, self._meta))
+        return (ActorHandle, (self._actor_id, self._meta, False, self._owner))
 
     def __repr__(self) -> str:
         return f"Actor({self._meta['class_name']}, {self._actor_id.hex()})"

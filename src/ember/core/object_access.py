@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from ember._private import ids, object_file, serialization
-from ember._private.object_ref import ObjectRef
+from ember._private.object_ref import ObjectRef, is_counted
 from ember.core.memory_store import INLINE, PLASMA, Entry
 from ember.exceptions import (
     ConnectionLost,
@@ -91,11 +91,12 @@ class ObjectAccess:
 
     def _hold_nested(self, object_id: bytes, nested: list[Any]) -> list[list[Any]]:
         """Keep refs contained in a stored value alive while it lives; returns [id, owner] of the object refs."""
-        handles = [r._id for r in nested if not isinstance(r, ObjectRef)]
-        if handles:
-            self.reference_counter.mark_escaped(handles)  # actor handles
-        # Own copies: each adds a local count that lasts exactly as long as the value.
-        refs = [ObjectRef(r._id, r._owner) for r in nested if isinstance(r, ObjectRef)]
+        uncounted = [r._id for r in nested if not is_counted(r)]
+        if uncounted:
+            self.reference_counter.mark_escaped(uncounted)  # actor handles looked up by name
+        # Own copies: each adds a local count that lasts exactly as long as the value
+        # (an actor handle's count is held the same way, by an ObjectRef of its id).
+        refs = [ObjectRef(r._id, r._owner) for r in nested if is_counted(r)]
         if refs:
             self._contained.setdefault(object_id, []).extend(refs)
         return [[r._id, r._owner] for r in refs]
@@ -109,10 +110,10 @@ class ObjectAccess:
         obj = self.serialize_value(value, "the return value")
         nested: list[list[Any]] = []
         if obj.nested_refs:
-            handles = [r._id for r in obj.nested_refs if not isinstance(r, ObjectRef)]
-            if handles:
-                self.reference_counter.mark_escaped(handles)
-            refs = [r for r in obj.nested_refs if isinstance(r, ObjectRef)]
+            uncounted = [r._id for r in obj.nested_refs if not is_counted(r)]
+            if uncounted:
+                self.reference_counter.mark_escaped(uncounted)
+            refs = [r for r in obj.nested_refs if is_counted(r)]
             self._hold_handoff(task_id, refs, None)
             nested = [[r._id, r._owner] for r in refs]
         if obj.total_bytes < self._inline_limit:

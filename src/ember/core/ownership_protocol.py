@@ -53,6 +53,8 @@ class OwnershipProtocol:
 
     def _on_free(self, object_id: bytes, state: RefState) -> None:
         if len(object_id) == ids.UNIQUE_ID_LEN:  # an actor handle count
+            if not state.owned and state.registered and state.owner is not None:
+                self._queue_unborrow(object_id, state.owner)
             if state.owned and object_id in self._auto_destroy_actors:
                 self._auto_destroy_actors.discard(object_id)
                 self.release_creation_args(object_id)
@@ -70,12 +72,7 @@ class OwnershipProtocol:
         if state.owned and self._dead_attempt_copies:
             self._free_dead_attempt_copies(object_id)
         if not state.owned and state.registered and state.owner is not None:
-            self._pending_unborrows.append((object_id, state.owner))
-            if len(self._pending_unborrows) == 1:
-                try:
-                    self.loop.call_soon_threadsafe(self._flush_unborrows)
-                except RuntimeError:
-                    pass
+            self._queue_unborrow(object_id, state.owner)
         if state.owned:
             try:
                 self.loop.call_soon_threadsafe(self.lineage.on_object_freed, object_id)
@@ -83,6 +80,14 @@ class OwnershipProtocol:
                 pass
 
     # ================================================================ borrowing
+    def _queue_unborrow(self, object_id: bytes, owner: Any) -> None:
+        self._pending_unborrows.append((object_id, owner))
+        if len(self._pending_unborrows) == 1:
+            try:
+                self.loop.call_soon_threadsafe(self._flush_unborrows)
+            except RuntimeError:
+                pass
+
     def _flush_unborrows(self) -> None:
         pending, self._pending_unborrows = self._pending_unborrows, []
         by_owner: dict[tuple[str, int], tuple[Any, list[bytes]]] = {}
@@ -124,7 +129,7 @@ class OwnershipProtocol:
                 missing = await conn.call("add_borrowers", {"object_ids": object_ids}, timeout=30.0)
             except (ConnectionLost, OSError) as exc:
                 for object_id in object_ids:
-                    if not self.memory_store.contains(object_id):
+                    if len(object_id) != ids.UNIQUE_ID_LEN and not self.memory_store.contains(object_id):
                         error = OwnerDiedError(
                             object_id.hex(),
                             f"The owner of object {object_id.hex()} (worker {owner[2].hex()[:12]} at {owner[0]}:{owner[1]}) "
@@ -133,6 +138,8 @@ class OwnershipProtocol:
                         self.memory_store.put(object_id, (INLINE, serialization.serialize_error(error).to_inline()))
                 return
             for object_id in missing:
+                if len(object_id) == ids.UNIQUE_ID_LEN:
+                    continue  # an actor already destroyed: its calls say so
                 error = ObjectLostError(object_id.hex(), f"Object {object_id.hex()} was already freed by its owner.")
                 self.memory_store.put(object_id, (INLINE, serialization.serialize_error(error).to_inline()))
 

@@ -12,8 +12,9 @@ For every object id we count:
   zero; a borrower whose connection closes (it died) is dropped.
 
 An owned object is freed when all three are zero. Actor handles (16-byte
-ids) that leave the process are marked *escaped* and kept until the owner
-exits.
+ids) are counted the same way: a copy in another process borrows from the
+actor's creator. Handles that carry no owner (looked up by name) and leave the
+process are marked *escaped* and kept until the owner exits.
 
 ``ObjectRef.__del__`` may run in any thread, at any time (even inside this
 module, holding the lock), so it never takes the lock: it appends to a
@@ -95,7 +96,7 @@ class ReferenceCounter:
             state = self._refs.get(object_id)
             if state is None:
                 state = self._refs[object_id] = RefState(owner, False)
-                if owner is not None and owner[2] != self.self_id and len(object_id) != 16:
+                if owner is not None and owner[2] != self.self_id:
                     self._new_borrows.append((object_id, owner))
             state.local += 1
             if self.record_sites and object_id not in self.call_sites:

@@ -24,7 +24,7 @@ from typing import Any
 
 from ember._private import ids
 from ember._private.config import config
-from ember._private.object_ref import ObjectRef
+from ember._private.object_ref import ObjectRef, is_counted
 from ember.core.actor_submitter import ActorCall, ActorSubmitter
 from ember.core.function_manager import FunctionManager
 from ember.core.lineage import Lineage
@@ -397,7 +397,7 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
             if obj.nested_refs:
                 # Held as submitted until the task ends: by then the executor has registered as a borrower.
                 for r in obj.nested_refs:
-                    if isinstance(r, ObjectRef):
+                    if is_counted(r):
                         ref_ids.append(r._id)
                         nested_owners[r._id] = r._owner
                     else:
