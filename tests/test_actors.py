@@ -1046,8 +1046,29 @@ def test_runtime_context_inside_an_actor(ember_shared):
     ember.kill(w)
 
 
-def test_a_named_actor_survives_its_handles(ember_shared):
-    c = Counter.options(name="kept_by_name", namespace="survive").remote(3)
+def test_a_named_actor_is_destroyed_with_its_creators_handles_as_in_ray(ember_shared):
+    # Ray 2.60 does the same: a handle looked up by name does not keep the actor alive.
+    c = Counter.options(name="gone_with_handles", namespace="lifetime").remote(3)
+    pid = ember.get(c.pid.remote())
+    again = ember.get_actor("gone_with_handles", namespace="lifetime")
+    assert ember.get(again.incr.remote()) == 4
+    del c
+    wait_for_condition(lambda: pid_gone(pid), timeout=20)
+    with pytest.raises(ActorDiedError, match="all references to it were deleted"):
+        ember.get(again.incr.remote(), timeout=30)
+    wait_for_condition(lambda: _name_is_free("gone_with_handles", "lifetime"), timeout=20)
+
+
+def _name_is_free(name, namespace):
+    try:
+        ember.get_actor(name, namespace=namespace)
+    except ValueError:
+        return True
+    return False
+
+
+def test_a_detached_named_actor_survives_its_handles(ember_shared):
+    c = Counter.options(name="kept_by_name", namespace="survive", lifetime="detached").remote(3)
     pid = ember.get(c.pid.remote())
     del c
     again = ember.get_actor("kept_by_name", namespace="survive")

@@ -136,7 +136,7 @@ class Owner:
 
     def owned(self) -> list[str]:
         snap = runtime.core_worker().reference_counter.snapshot()
-        return sorted(oid.hex() for oid, (_l, _s, owned, _e) in snap.items() if owned and len(oid) != 16)
+        return sorted(oid.hex() for oid, (_l, _s, owned) in snap.items() if owned and len(oid) != 16)
 
     def pid(self) -> int:
         return os.getpid()
@@ -147,8 +147,8 @@ def worker() -> Any:
     return runtime.core_worker()
 
 
-def counts(ref_or_hex: Any) -> tuple[int, int, bool, bool] | None:
-    """(local, submitted, owned, escaped) of an object in this process's reference counter."""
+def counts(ref_or_hex: Any) -> tuple[int, int, bool] | None:
+    """(local, submitted, owned) of an object in this process's reference counter."""
     oid = bytes.fromhex(ref_or_hex) if isinstance(ref_or_hex, str) else ref_or_hex.binary()
     return worker().reference_counter.snapshot().get(oid)
 
@@ -209,7 +209,7 @@ def baseline(ember_shared: Any) -> Iterator[dict[str, int]]:
 def test_owner_counts_its_local_refs_and_frees_the_value_at_zero(baseline):
     ref = ember.put(pattern(1, N))
     hex_id = ref.hex()
-    assert counts(ref) == (1, 0, True, False)
+    assert counts(ref) == (1, 0, True)
     assert in_store(hex_id)
     assert store_stats()["used"] >= baseline["used"] + N * 4
 
@@ -232,7 +232,7 @@ def test_task_result_is_owned_by_the_caller_and_freed_with_its_last_ref(baseline
     ref = make.remote(2, N)
     assert digest(ember.get(ref, timeout=60)) == expected_digest(2, N)
     hex_id = ref.hex()
-    local, submitted, owned, _ = counts(ref)
+    local, submitted, owned = counts(ref)
     assert (local, submitted, owned) == (1, 0, True)
     assert in_store(hex_id)
     del ref
@@ -276,7 +276,7 @@ def test_pending_task_keeps_its_argument_alive(baseline, tmp_path, how):
     wait_file = wait_for_file(started, timeout=60)
     assert wait_file == "1"
     # Only the pending task references the value now.
-    local, submitted, owned, _ = counts(hex_id)
+    local, submitted, owned = counts(hex_id)
     assert (local, owned) == (0, True) and submitted >= 1
     assert reference_type(hex_id) == "USED_BY_PENDING_TASK"
     assert in_store(hex_id)
@@ -371,7 +371,7 @@ def test_value_put_by_a_task_is_owned_by_its_worker_and_freed_by_it(baseline):
     [inner] = ember.get(outer, timeout=60)
     inner_hex = inner.hex()
     assert inner.owner_address()[2] != worker().worker_id  # the task's worker owns it
-    local, _submitted, owned, _ = counts(inner)
+    local, _submitted, owned = counts(inner)
     assert local >= 1 and not owned
     assert in_store(inner_hex)
     assert digest(ember.get(inner)) == expected_digest(8, N)

@@ -130,7 +130,7 @@ class ModelHolder:
 class ModelOwner:
     def owned(self) -> list[str]:
         snap = runtime.core_worker().reference_counter.snapshot()
-        return sorted(oid.hex() for oid, (_l, _s, owned, _e) in snap.items() if owned and len(oid) != 16)
+        return sorted(oid.hex() for oid, (_l, _s, owned) in snap.items() if owned and len(oid) != 16)
 
     def pid(self) -> int:
         return os.getpid()

@@ -142,7 +142,9 @@ class ActorClass:
             raise
         if reply.get("existing"):
             return ActorHandle(reply["actor_id"], reply.get("meta") or meta, owned=False)
-        auto_destroy = not spec["name"] and not spec["detached"]
+        # As in Ray, a named actor is destroyed like an anonymous one once every handle copy
+        # that counts is gone (handles looked up by name do not count); detached ones are not.
+        auto_destroy = not spec["detached"]
         worker.register_owned_actor(actor_id, auto_destroy, arg_ids)
         return ActorHandle(actor_id, meta, owned=True)
 
@@ -169,9 +171,10 @@ class ActorHandle:
             owner = worker.address
         #: The process that created the actor, [host, port, worker id]: a copy of this handle in
         #: another process registers there as a borrower, like a borrowed ObjectRef, so the actor
-        #: lives while any copy does. None for handles looked up by name (they do not count).
+        #: lives while any copy does. None for handles looked up by name: as in Ray, they do not
+        #: keep the actor alive.
         self._owner = owner
-        if worker is not None:
+        if worker is not None and owner is not None:
             worker.reference_counter.add_local_ref(actor_id, owner)
             self._counted = True
 

@@ -91,9 +91,6 @@ class ObjectAccess:
 
     def _hold_nested(self, object_id: bytes, nested: list[Any]) -> list[list[Any]]:
         """Keep refs contained in a stored value alive while it lives; returns [id, owner] of the object refs."""
-        uncounted = [r._id for r in nested if not is_counted(r)]
-        if uncounted:
-            self.reference_counter.mark_escaped(uncounted)  # actor handles looked up by name
         # Own copies: each adds a local count that lasts exactly as long as the value
         # (an actor handle's count is held the same way, by an ObjectRef of its id).
         refs = [ObjectRef(r._id, r._owner) for r in nested if is_counted(r)]
@@ -110,9 +107,6 @@ class ObjectAccess:
         obj = self.serialize_value(value, "the return value")
         nested: list[list[Any]] = []
         if obj.nested_refs:
-            uncounted = [r._id for r in obj.nested_refs if not is_counted(r)]
-            if uncounted:
-                self.reference_counter.mark_escaped(uncounted)
             refs = [r for r in obj.nested_refs if is_counted(r)]
             self._hold_handoff(task_id, refs, None)
             nested = [[r._id, r._owner] for r in refs]

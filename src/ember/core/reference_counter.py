@@ -13,8 +13,8 @@ For every object id we count:
 
 An owned object is freed when all three are zero. Actor handles (16-byte
 ids) are counted the same way: a copy in another process borrows from the
-actor's creator. Handles that carry no owner (looked up by name) and leave the
-process are marked *escaped* and kept until the owner exits.
+actor's creator. Handles looked up by name carry no owner and are not counted
+(as in Ray, they do not keep the actor alive).
 
 ``ObjectRef.__del__`` may run in any thread, at any time (even inside this
 module, holding the lock), so it never takes the lock: it appends to a
@@ -48,13 +48,12 @@ def _user_call_site() -> str:
 
 
 class RefState:
-    __slots__ = ("local", "submitted", "owned", "escaped", "owner", "borrowers", "registered")
+    __slots__ = ("local", "submitted", "owned", "owner", "borrowers", "registered")
 
     def __init__(self, owner: Any, owned: bool) -> None:
         self.local = 0
         self.submitted = 0
         self.owned = owned
-        self.escaped = False
         self.owner = owner
         #: Owner side: keys of the connections of processes borrowing this object.
         self.borrowers: set[int] | None = None
@@ -62,7 +61,7 @@ class RefState:
         self.registered = False
 
     def unreferenced(self) -> bool:
-        return self.local <= 0 and self.submitted <= 0 and not self.escaped and not self.borrowers
+        return self.local <= 0 and self.submitted <= 0 and not self.borrowers
 
 
 class ReferenceCounter:
@@ -201,14 +200,6 @@ class ReferenceCounter:
             ids = [oid for oid, s in self._refs.items() if s.borrowers and borrower in s.borrowers]
         self._release(ids, "borrower", borrower)
 
-    def mark_escaped(self, object_ids: Iterable[bytes]) -> None:
-        with self._lock:
-            for oid in object_ids:
-                state = self._refs.get(oid)
-                if state is not None:
-                    state.escaped = True
-
-    # --------------------------------------------------------------- queries
     def is_owned(self, object_id: bytes) -> bool:
         state = self._refs.get(object_id)
         return state is not None and state.owned
@@ -221,7 +212,7 @@ class ReferenceCounter:
 
     def snapshot(self) -> dict[bytes, tuple[int, int, bool, bool]]:
         with self._lock:
-            return {oid: (s.local, s.submitted, s.owned, s.escaped) for oid, s in self._refs.items()}
+            return {oid: (s.local, s.submitted, s.owned) for oid, s in self._refs.items()}
 
     def borrower_counts(self) -> dict[bytes, int]:
         with self._lock:

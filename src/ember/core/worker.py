@@ -400,8 +400,6 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
                     if is_counted(r):
                         ref_ids.append(r._id)
                         nested_owners[r._id] = r._owner
-                    else:
-                        self.reference_counter.mark_escaped([r._id])
             if obj.total_bytes < self._inline_limit:
                 wire.append([ARG_VALUE, obj.to_inline()])
             else:
@@ -478,7 +476,7 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         borrowers = counter.borrower_counts()
         contained: set[bytes] = {r._id for refs in self._contained.values() for r in refs}
         rows = []
-        for oid, (local, submitted, owned, _escaped) in counter.snapshot().items():
+        for oid, (local, submitted, owned) in counter.snapshot().items():
             if len(oid) == ids.UNIQUE_ID_LEN:
                 kind, size = "ACTOR_HANDLE", 0
             else:
@@ -506,7 +504,7 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
 
     def rpc_owns_objects(self, conn: Connection, p: Any) -> bool:
         """Whether this process owns objects (or actors) still referenced: its node daemon keeps it then."""
-        return any(owned for (_local, _submitted, owned, _escaped) in self.reference_counter.snapshot().values())
+        return any(owned for (_local, _submitted, owned) in self.reference_counter.snapshot().values())
 
     def rpc_ping(self, conn: Connection, p: Any) -> str:
         return "pong"
