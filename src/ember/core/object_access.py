@@ -122,7 +122,7 @@ class ObjectAccess:
         recoveries = 0
         while True:
             remaining = None if deadline is None else max(0.0, deadline - _time.monotonic())
-            entries = self._wait_entries(refs, len(refs), remaining, fetch=True)
+            entries = self._wait_entries(refs, len(refs), remaining)
             try:
                 values = [self._value_of(ref._id, entry) for ref, entry in zip(refs, entries)]
                 self.register_borrows()  # refs nested in the values
@@ -167,7 +167,7 @@ class ObjectAccess:
         error = self.lineage.reconstruct(p["object_id"])
         return None if error is None else serialization.serialize_error(error).to_inline()
 
-    def _wait_entries(self, refs: list[ObjectRef], num: int, timeout: float | None, fetch: bool) -> list[Entry | None]:
+    def _wait_entries(self, refs: list[ObjectRef], num: int, timeout: float | None) -> list[Entry | None]:
         self._block_until_ready(refs, num, timeout)
         store = self.memory_store
         return [store.get(r._id) for r in refs]
@@ -251,6 +251,8 @@ class ObjectAccess:
         )
 
     def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None, fetch_local: bool) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        """(ready, not ready). A ref is ready once its value or location is known here;
+        ``fetch_local`` is accepted as in Ray, and a value on another node is pulled when read."""
         ready, not_ready = self._split_ready(refs, num_returns)
         if len(ready) == num_returns:
             return ready, not_ready
