@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ember.exceptions import RpcError
 from ember.rpc import connect
 
 
@@ -24,20 +25,20 @@ async def _collect(gcs_address: str, token: str, timeout: float) -> tuple[list[d
     async def worker_table(address: list[Any]) -> None:
         try:
             conn = await connect((address[0], address[1]), token, timeout=timeout, retry=False)
-        except Exception:
+        except (RpcError, OSError):
             return  # the process exited meanwhile
         try:
             tables.append(await conn.call("memory_table", None, timeout))
-        except Exception:
-            pass
+        except (RpcError, OSError):
+            pass  # it exited or could not answer in time: its table is left out of the report
         finally:
             conn.close()
 
     async def node_tables(node: dict[str, Any]) -> None:
         try:
             conn = await connect((node["NodeManagerAddress"], node["NodeManagerPort"]), token, timeout=timeout, retry=False)
-        except Exception:
-            return
+        except (RpcError, OSError):
+            return  # the node died meanwhile
         try:
             clients = await conn.call("list_clients", None, timeout)
         finally:
