@@ -130,6 +130,28 @@ def _kill_gcs(session_dir: str) -> int:
     return pid
 
 
+class _StdoutRecorder:
+    """sys.stdout that also keeps what was written (the driver's I/O thread prints there)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self._parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self._parts.append(text)
+        return self.inner.write(text)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 # ============================================================================ tests
 @pytest.mark.parametrize("storage", ["sqlite", "redis"])
 def test_control_service_restart_keeps_the_cluster(storage, tmp_path, monkeypatch, request):
@@ -148,6 +170,8 @@ def test_control_service_restart_keeps_the_cluster(storage, tmp_path, monkeypatc
         raylet_logs = _raylet_logs(tmpdir)
         assert len(raylet_logs) == 2
 
+        printed = _StdoutRecorder(sys.stdout)
+        monkeypatch.setattr(sys, "stdout", printed)  # where the driver prints workers' lines
         ember.init(address="auto")
         worker = runtime.core_worker()
         token = worker.token
@@ -161,6 +185,7 @@ def test_control_service_restart_keeps_the_cluster(storage, tmp_path, monkeypatc
             deadline = time.monotonic() + 60
             while not os.path.exists(release) and time.monotonic() < deadline:
                 time.sleep(0.01)  # until the test lets it finish (after the control service died)
+            print(f"printed during the outage by {os.path.basename(path)}", flush=True)
             return os.path.basename(path)
 
         @ember.remote
@@ -218,6 +243,9 @@ def test_control_service_restart_keeps_the_cluster(storage, tmp_path, monkeypatc
         request.node.user_properties.append(("restart_to_all_nodes_reconnected_s", round(reconnected, 3)))
         assert read_pid(os.path.join(session_dir, "pids", "gcs.pid")) == restarted.pid
 
+        # What tasks printed while the control service was down reaches the driver afterwards.
+        wait_for_condition(lambda: all(f"printed during the outage by task{i}" in printed.text for i in range(2)),
+                           timeout=30)
         creator.join(60)
         assert not creator.is_alive(), "the actor asked for during the outage was never created"
         assert created == {"value": 101}, created

@@ -96,6 +96,8 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         self.actor_id: bytes | None = None
         self.gpu_ids: list[int] = []
         self._auto_destroy_actors: set[bytes] = set()
+        #: [control-service instance, sequence number] of the last log record printed here.
+        self._last_log: list[Any] | None = None
         self._creation_args: dict[bytes, list[bytes]] = {}
         self.executor = TaskExecutor(self) if mode == WORKER else None
         self.io: EventLoopThread | None = None
@@ -181,7 +183,8 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
                 conn = await connect(self.gcs_address, self.token, self, info={"role": self.mode}, timeout=2.0, retry=False)
                 if self.mode == DRIVER:
                     await conn.call("reattach_job", {"job_id": self.job_id})
-                await conn.call("subscribe", self._channels())
+                # The log records published while we were away are sent first.
+                await conn.call("subscribe", {"channels": self._channels(), "logs_after": self._last_log})
             except (ConnectionLost, OSError, RemoteError) as exc:
                 if loop.time() > deadline:
                     logger.error("the control service did not come back within %gs: %s", timeout, exc)
@@ -458,6 +461,8 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
             self.submitter.on_node_died(node_id, address, reason)
 
     def _print_logs(self, record: dict[str, Any]) -> None:
+        if "seq" in record:
+            self._last_log = [record.get("gcs"), record["seq"]]
         job = record.get("job", "")
         if job and job != self.job_id.hex():
             return

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import deque
 from typing import Any
 
 from ember._private import ids
@@ -23,6 +24,10 @@ from ember.gcs.storage import InMemoryStorage
 from ember.rpc import Connection
 
 logger = logging.getLogger(__name__)
+
+#: Log records kept for drivers that reconnect after missing some (a restart of this
+#: service, or of the driver's connection): the newest this many.
+RECENT_LOG_RECORDS = 5000
 
 
 class NodeEntry:
@@ -74,6 +79,11 @@ class GcsServer:
         stored_next = self.storage.get("meta", b"next_job")
         self._next_job = int(stored_next) if stored_next else 1
         self.subscribers: dict[str, set[Connection]] = {}
+        #: This process's id in log records (with a sequence number), so a reconnecting driver
+        #: can ask for exactly the records it missed.
+        self.instance = os.urandom(4).hex()
+        self._log_seq = 0
+        self.recent_logs: deque[dict[str, Any]] = deque(maxlen=RECENT_LOG_RECORDS)
         self._health_task: asyncio.Task[None] | None = None
         self.actor_manager = ActorManager(self)
         self.pg_manager = PlacementGroupManager(self)
@@ -135,13 +145,30 @@ class GcsServer:
 
     # -------------------------------------------------------------- pub/sub
     def publish(self, channel: str, data: Any) -> None:
+        if channel == "logs" and isinstance(data, dict):
+            self._log_seq += 1
+            data = {**data, "gcs": self.instance, "seq": self._log_seq}
+            self.recent_logs.append(data)
         for conn in list(self.subscribers.get(channel, ())):
             conn.notify("pub", [channel, data])
 
-    def rpc_subscribe(self, conn: Connection, channels: list[str]) -> bool:
+    def rpc_subscribe(self, conn: Connection, p: list[str] | dict[str, Any]) -> bool:
+        """Subscribe to channels: a list of names, or ``{"channels": [...], "logs_after": [instance, seq]}``.
+
+        With ``logs_after`` (a reconnecting driver: the last log record it printed, or None),
+        the log records it missed are sent first: those after it from this process, or every
+        kept one if it came from an earlier process (records published since this one started).
+        """
+        channels = p if isinstance(p, list) else list(p.get("channels") or [])
         for channel in channels:
             self.subscribers.setdefault(channel, set()).add(conn)
         conn.add_close_callback(self._drop_subscriber)
+        if isinstance(p, dict) and "logs" in channels and "logs_after" in p:
+            instance, seq = p["logs_after"] or (None, 0)
+            after = seq if instance == self.instance else 0
+            for record in self.recent_logs:
+                if record["seq"] > after:
+                    conn.notify("pub", ["logs", record])
         return True
 
     def _drop_subscriber(self, conn: Connection) -> None:

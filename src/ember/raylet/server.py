@@ -32,6 +32,9 @@ from ember.rpc import Connection, connect, start_server
 
 logger = logging.getLogger(__name__)
 
+#: Worker log records a node daemon keeps while the control service is away.
+LOG_BACKLOG_RECORDS = 5000
+
 
 class RayletOptions:
     def __init__(self, **kw: Any) -> None:
@@ -75,6 +78,8 @@ class Raylet(LeaseService, ObjectService):
         self.stopping = False
         self.cluster_id = ""
         self._gcs_backlog: list[tuple[str, Any]] = []
+        #: Worker output read while the control service was away (the newest, bounded).
+        self._log_backlog: deque[dict[str, Any]] = deque(maxlen=LOG_BACKLOG_RECORDS)
         self.view: dict[bytes, policy.NodeView] = {}
         #: Nodes this daemon heard die (kept so node affinity to one says "is dead").
         self.dead_nodes: dict[bytes, policy.NodeView] = {}
@@ -227,6 +232,8 @@ class Raylet(LeaseService, ObjectService):
         backlog, self._gcs_backlog = self._gcs_backlog, []
         for method, payload in backlog:
             conn.notify(method, payload)
+        while self._log_backlog:
+            conn.notify("publish", ["logs", self._log_backlog.popleft()])
         try:
             await conn.call("subscribe", ["nodes"])
         except (ConnectionLost, RemoteError):
@@ -419,6 +426,8 @@ class Raylet(LeaseService, ObjectService):
     def _publish_logs(self, record: dict[str, Any]) -> None:
         if self.gcs is not None and not self.gcs.closed:
             self.gcs.notify("publish", ["logs", record])
+        else:  # the control service is restarting: delivered when it is back
+            self._log_backlog.append(record)
 
     # ================================================================ connections
     def _on_disconnect(self, conn: Connection) -> None:
