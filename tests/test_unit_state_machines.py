@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import subprocess
 
 import pytest
 
+from ember.core.actor_submitter import ActorClient, ActorView
 from ember.core.task_state import TaskEntry, TaskStatus
 from ember.raylet.worker_pool import WorkerHandle, WorkerState
 
@@ -131,29 +133,27 @@ def test_dead_is_final(exited_process):
 
 
 # ============================================================================ a caller's view of an actor
-def test_actor_view_moves_only_along_its_transitions():
-    from ember.core.actor_submitter import ActorClient, ActorView
+V = ActorView
+LEGAL_ACTOR_VIEW_MOVES = {
+    (V.UNKNOWN, V.ALIVE), (V.UNKNOWN, V.DEAD), (V.ALIVE, V.ALIVE), (V.ALIVE, V.RESTARTING),
+    (V.ALIVE, V.DEAD), (V.RESTARTING, V.ALIVE), (V.RESTARTING, V.DEAD),
+}
 
-    V = ActorView
-    legal = {
-        (V.UNKNOWN, V.ALIVE), (V.UNKNOWN, V.DEAD), (V.ALIVE, V.ALIVE), (V.ALIVE, V.RESTARTING),
-        (V.ALIVE, V.DEAD), (V.RESTARTING, V.ALIVE), (V.RESTARTING, V.DEAD),
-    }
-    for old, new in itertools.product(V, V):
-        client = ActorClient(b"a" * 16)
-        client.state = old
-        if (old, new) in legal:
+
+@pytest.mark.parametrize("old, new", list(itertools.product(ActorView, ActorView)), ids=lambda s: s.value)
+def test_every_actor_view_transition_is_legal_or_raises(old, new):
+    client = ActorClient(b"a" * 16)
+    client.state = old
+    if (old, new) in LEGAL_ACTOR_VIEW_MOVES:
+        client.transition(new)
+        assert client.state is new
+    else:
+        with pytest.raises(RuntimeError, match=f"illegal actor view transition {old.value} -> {new.value}"):
             client.transition(new)
-            assert client.state is new
-        else:
-            with pytest.raises(RuntimeError, match=f"illegal actor view transition {old.value} -> {new.value}"):
-                client.transition(new)
-            assert client.state is old
+        assert client.state is old
 
 
 def test_oldest_call_in_flight_skips_finished_and_resent_calls():
-    from ember.core.actor_submitter import ActorClient
-
     class Call:
         def __init__(self, seq):
             self.spec = {"seq": seq, "tid": bytes([seq]) * 16}
@@ -161,8 +161,6 @@ def test_oldest_call_in_flight_skips_finished_and_resent_calls():
     client = ActorClient(b"a" * 16)
     assert client.oldest_in_flight() is None
     calls = [Call(i) for i in range(5)]
-    import heapq
-
     for call in calls:
         client.in_flight[call.spec["tid"]] = call
         heapq.heappush(client.in_flight_seqs, (call.spec["seq"], call.spec["tid"]))

@@ -141,12 +141,12 @@ class ActorClass:
                 raise ValueError(exc.message) from None
             raise
         if reply.get("existing"):
-            return ActorHandle(reply["actor_id"], reply.get("meta") or meta, owned=False)
+            return ActorHandle(reply["actor_id"], reply.get("meta") or meta)
         # As in Ray, a named actor is destroyed like an anonymous one once every handle copy
         # that counts is gone (handles looked up by name do not count); detached ones are not.
         auto_destroy = not spec["detached"]
         worker.register_owned_actor(actor_id, auto_destroy, arg_ids)
-        return ActorHandle(actor_id, meta, owned=True)
+        return ActorHandle(actor_id, meta, owner=worker.address)
 
 
 class _ActorClassWithOptions:
@@ -161,14 +161,12 @@ class _ActorClassWithOptions:
 class ActorHandle:
     """A reference to an actor; call its methods with ``handle.method.remote(...)``."""
 
-    def __init__(self, actor_id: bytes, meta: dict[str, Any], owned: bool = False, owner: list[Any] | None = None) -> None:
+    def __init__(self, actor_id: bytes, meta: dict[str, Any], owner: list[Any] | None = None) -> None:
         self._actor_id = actor_id
         self._id = actor_id  # lets the serialization context treat handles like refs
         self._meta = meta
         self._counted = False
         worker = runtime.core_worker_or_none()
-        if owned and worker is not None:
-            owner = worker.address
         #: The process that created the actor, [host, port, worker id]: a copy of this handle in
         #: another process registers there as a borrower, like a borrowed ObjectRef, so the actor
         #: lives while any copy does. None for handles looked up by name: as in Ray, they do not
@@ -199,7 +197,7 @@ class ActorHandle:
         refs = getattr(_serialization_context, "refs", None)
         if refs is not None:
             refs.append(self)
-        return (ActorHandle, (self._actor_id, self._meta, False, self._owner))
+        return (ActorHandle, (self._actor_id, self._meta, self._owner))
 
     def __repr__(self) -> str:
         return f"Actor({self._meta['class_name']}, {self._actor_id.hex()})"

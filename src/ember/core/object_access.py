@@ -89,14 +89,13 @@ class ObjectAccess:
         self.loop.call_soon_threadsafe(self.raylet.notify, "seal_object", {"object_id": object_id})
         return size
 
-    def _hold_nested(self, object_id: bytes, nested: list[Any]) -> list[list[Any]]:
-        """Keep refs contained in a stored value alive while it lives; returns [id, owner] of the object refs."""
+    def _hold_nested(self, object_id: bytes, nested: list[Any]) -> None:
+        """Keep refs contained in a stored value alive while it lives."""
         # Own copies: each adds a local count that lasts exactly as long as the value
         # (an actor handle's count is held the same way, by an ObjectRef of its id).
         refs = [ObjectRef(r._id, r._owner) for r in nested if is_counted(r)]
         if refs:
             self._contained.setdefault(object_id, []).extend(refs)
-        return [[r._id, r._owner] for r in refs]
 
     def encode_return(self, object_id: bytes, value: Any, owner: list[Any], task_id: bytes = b"") -> list[Any]:
         """A task's return value in reply form: inline, or written to the object store.

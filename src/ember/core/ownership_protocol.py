@@ -80,20 +80,21 @@ class OwnershipProtocol:
                 pass
 
     # ================================================================ borrowing
-    def _queue_unborrow(self, object_id: bytes, owner: Any) -> None:
-        self._pending_unborrows.append((object_id, owner))
-        if len(self._pending_unborrows) == 1:
+    def _batch(self, pending: list[Any], item: Any, flush: Any) -> None:
+        """Queue ``item`` (from any thread); the first of a batch schedules ``flush`` on the loop."""
+        pending.append(item)
+        if len(pending) == 1:
             try:
-                self.loop.call_soon_threadsafe(self._flush_unborrows)
+                self.loop.call_soon_threadsafe(flush)
             except RuntimeError:
-                pass
+                pass  # the loop is closed: the process is exiting
+
+    def _queue_unborrow(self, object_id: bytes, owner: Any) -> None:
+        self._batch(self._pending_unborrows, (object_id, owner), self._flush_unborrows)
 
     def _flush_unborrows(self) -> None:
         pending, self._pending_unborrows = self._pending_unborrows, []
-        by_owner: dict[tuple[str, int], tuple[Any, list[bytes]]] = {}
-        for object_id, owner in pending:
-            by_owner.setdefault((owner[0], owner[1]), (owner, []))[1].append(object_id)
-        for owner, object_ids in by_owner.values():
+        for owner, object_ids in _by_address(pending):
             self.loop.create_task(self._unborrow(owner, object_ids))
 
     async def _unborrow(self, owner: Any, object_ids: list[bytes]) -> None:
@@ -119,10 +120,6 @@ class OwnershipProtocol:
             self.io.run(self._register(new))
 
     async def _register(self, borrows: list[tuple[bytes, Any]]) -> None:
-        by_owner: dict[tuple[str, int], tuple[Any, list[bytes]]] = {}
-        for object_id, owner in borrows:
-            by_owner.setdefault((owner[0], owner[1]), (owner, []))[1].append(object_id)
-
         async def one(owner: Any, object_ids: list[bytes]) -> None:
             try:
                 conn = await self.connect_to(owner)
@@ -143,7 +140,7 @@ class OwnershipProtocol:
                 error = ObjectLostError(object_id.hex(), f"Object {object_id.hex()} was already freed by its owner.")
                 self.memory_store.put(object_id, (INLINE, serialization.serialize_error(error).to_inline()))
 
-        await asyncio.gather(*(one(owner, oids) for owner, oids in by_owner.values()))
+        await asyncio.gather(*(one(owner, oids) for owner, oids in _by_address(borrows)))
 
     def rpc_add_borrowers(self, conn: Connection, p: dict[str, Any]) -> list[bytes]:
         key = id(conn)
@@ -184,32 +181,29 @@ class OwnershipProtocol:
             return
         address = (node_address[0], node_address[1])
         for oid in return_ids:
-            self._free_plasma(oid, [None, 0, list(address)])
+            self._free_at(oid, address)
             self._dead_attempt_copies.setdefault(oid, set()).add(address)
 
     def _free_dead_attempt_copies(self, object_id: bytes) -> None:
         for address in self._dead_attempt_copies.pop(object_id, ()):
-            self._free_plasma(object_id, [None, 0, list(address)])
+            self._free_at(object_id, address)
 
     def _free_plasma(self, object_id: bytes, location: list[Any]) -> None:
-        self._pending_frees.append((object_id, location[2]))
-        if len(self._pending_frees) == 1:
-            try:
-                self.loop.call_soon_threadsafe(self._flush_frees)
-            except RuntimeError:
-                pass
+        """Free an object-store value at its location ([node id, size, node daemon address])."""
+        self._free_at(object_id, location[2])
+
+    def _free_at(self, object_id: bytes, address: Any) -> None:
+        """Free ``object_id`` in the store of the node daemon at ``address`` (host, port)."""
+        self._batch(self._pending_frees, (object_id, address), self._flush_frees)
 
     def _flush_frees(self) -> None:
         frees, self._pending_frees = self._pending_frees, []
-        by_raylet: dict[tuple[str, int], list[bytes]] = {}
-        for object_id, address in frees:
-            by_raylet.setdefault((address[0], address[1]), []).append(object_id)
-        for address, object_ids in by_raylet.items():
-            if list(address) == list(self.raylet_location):
+        for address, object_ids in _by_address(frees):
+            if list(address[:2]) == list(self.raylet_location):
                 if self.raylet is not None and not self.raylet.closed:
                     self.raylet.notify("free_objects", {"object_ids": object_ids})
             else:
-                self.loop.create_task(self._free_remote(list(address), object_ids))
+                self.loop.create_task(self._free_remote(list(address[:2]), object_ids))
 
     async def _free_remote(self, address: list[Any], object_ids: list[bytes]) -> None:
         try:
@@ -325,3 +319,11 @@ class OwnershipProtocol:
 def _set_once(fut: asyncio.Future[Any], value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
+
+
+def _by_address(pairs: list[tuple[bytes, Any]]) -> list[tuple[Any, list[bytes]]]:
+    """(id, address) pairs grouped by host and port: [(the first address seen, [ids])]."""
+    groups: dict[tuple[str, int], tuple[Any, list[bytes]]] = {}
+    for object_id, address in pairs:
+        groups.setdefault((address[0], address[1]), (address, []))[1].append(object_id)
+    return list(groups.values())

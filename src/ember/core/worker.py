@@ -109,7 +109,7 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         self._fetching: set[bytes] = set()
         self._submit_queue: deque[TaskEntry] = deque()
         self._submit_scheduled = False
-        self._pending_frees: list[tuple[bytes, list[Any]]] = []
+        self._pending_frees: list[tuple[bytes, Any]] = []
         #: Results of task attempts whose worker died: the nodes where a copy may have been
         #: stored anyway (the worker's last messages can reach its node after the owner's
         #: first free). Freed there again when the owner frees the object.
@@ -156,9 +156,7 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
             self.namespace = job["namespace"]
             self.driver_task_id = ids.new_task_id(self.job_id)
             await self.gcs.call("kv_put", {"ns": "job", "key": self.job_id, "value": json.dumps(self.job_config).encode()})
-            await self.gcs.call("subscribe", self._channels())
-        else:
-            await self.gcs.call("subscribe", self._channels())
+        await self.gcs.call("subscribe", {"channels": self._channels()})
         self._gcs_up.set()
         self.gcs.add_close_callback(self._gcs_lost)
 

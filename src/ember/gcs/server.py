@@ -152,18 +152,18 @@ class GcsServer:
         for conn in list(self.subscribers.get(channel, ())):
             conn.notify("pub", [channel, data])
 
-    def rpc_subscribe(self, conn: Connection, p: list[str] | dict[str, Any]) -> bool:
-        """Subscribe to channels: a list of names, or ``{"channels": [...], "logs_after": [instance, seq]}``.
+    def rpc_subscribe(self, conn: Connection, p: dict[str, Any]) -> bool:
+        """Subscribe to ``p["channels"]``.
 
         With ``logs_after`` (a reconnecting driver: the last log record it printed, or None),
         the log records it missed are sent first: those after it from this process, or every
         kept one if it came from an earlier process (records published since this one started).
         """
-        channels = p if isinstance(p, list) else list(p.get("channels") or [])
+        channels = list(p["channels"])
         for channel in channels:
             self.subscribers.setdefault(channel, set()).add(conn)
         conn.add_close_callback(self._drop_subscriber)
-        if isinstance(p, dict) and "logs" in channels and "logs_after" in p:
+        if "logs" in channels and "logs_after" in p:
             instance, seq = p["logs_after"] or (None, 0)
             after = seq if instance == self.instance else 0
             for record in self.recent_logs:

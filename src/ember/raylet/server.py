@@ -141,7 +141,7 @@ class Raylet(LeaseService, ObjectService):
         reply = await self.gcs.call("register_node", self.node_info())
         self.cluster_id = reply["cluster_id"]
         # Joins and deaths reach the cluster view at once, not at the next report.
-        await self.gcs.call("subscribe", ["nodes"])
+        await self.gcs.call("subscribe", {"channels": ["nodes"]})
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._report_loop()), loop.create_task(self._log_loop()),
@@ -235,7 +235,7 @@ class Raylet(LeaseService, ObjectService):
         while self._log_backlog:
             conn.notify("publish", ["logs", self._log_backlog.popleft()])
         try:
-            await conn.call("subscribe", ["nodes"])
+            await conn.call("subscribe", {"channels": ["nodes"]})
         except (ConnectionLost, RemoteError):
             pass
         logger.info("rejoined the control service")
