@@ -1,15 +1,15 @@
-"""The ``ember`` command: start, stop and inspect clusters; run benchmarks."""
+"""``ember start|stop|status|memory|microbenchmark``: start, stop and inspect clusters; run benchmarks."""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any
 
 import click
 
 from ember._private import session
+from ember.cli import main
 
 
 def _fmt_bytes(n: float) -> str:
@@ -40,10 +40,6 @@ def _save_started(entries: list[dict[str, Any]]) -> None:
         json.dump(entries, f)
     os.replace(tmp, _started_file())
 
-
-@click.group()
-def main() -> None:
-    """Ember: run Ray programs on every core of this machine or across a cluster."""
 
 
 @main.command()
@@ -240,6 +236,3 @@ def microbenchmark(name_filter: str | None, duration: float) -> None:
 
     run_all(name_filter=name_filter, duration=duration)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

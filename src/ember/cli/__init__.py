@@ -1,0 +1,24 @@
+"""The ``ember`` command.
+
+``main`` is the click group; each module of this package defines the commands of one
+area and is registered at the bottom of this file. Commands import what they need
+inside their function bodies, so ``ember --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.group()
+def main() -> None:
+    """Ember: run Ray programs on every core of this machine or across a cluster."""
+
+
+# Command modules register themselves on ``main`` when imported (one line per area).
+from ember.cli import cluster as _cluster  # noqa: E402,F401
+
+if __name__ == "__main__":
+    sys.exit(main())
