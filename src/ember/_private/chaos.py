@@ -306,7 +306,7 @@ def _diagnose(refs: list[Any]) -> str:
             entry = by_return.get(ref._id)
             if entry is not None:
                 lease = entry.lease
-                lines.append(f"task {entry.name} {entry.spec['tid'].hex()[:12]}: {entry.status.name}, attempt "
+                lines.append(f"task {entry.name} {entry.spec['tid'].hex()[:12]}: {entry.state.name}, attempt "
                              f"{entry.attempt}, lease pid {getattr(lease, 'pid', None)} dead={getattr(lease, 'dead', None)}")
         for actor_id, client in worker.actor_submitter.clients.items():
             lines.append(

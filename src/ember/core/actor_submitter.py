@@ -12,7 +12,7 @@ to the next incarnation while their ``max_task_retries`` allow, and fail
 with ``RayActorError`` otherwise; once the actor is dead every queued and
 later call fails at once with ``ActorDiedError`` saying why.
 
-What a caller knows of an actor (``ActorView``, transitions in ``_TRANSITIONS``)::
+What a caller knows of an actor (``ActorView``, transitions in ``ACTOR_VIEW_TRANSITIONS``)::
 
     UNKNOWN --poll--> ALIVE --connection lost--> RESTARTING --poll--> ALIVE
        |                |                            |
@@ -29,6 +29,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ember._private import serialization
+from ember._private.state_machine import History, TransitionTable
 from ember.core.memory_store import INLINE, Entry
 from ember.core.task_submitter import ARG_PLASMA, ARG_REF, ARG_VALUE
 from ember.exceptions import ActorDiedError, ActorUnschedulableError, RayActorError, RayError
@@ -61,15 +62,16 @@ class ActorView(enum.Enum):
     DEAD = "DEAD"
 
 
-_TRANSITIONS = {
-    (ActorView.UNKNOWN, ActorView.ALIVE),
-    (ActorView.UNKNOWN, ActorView.DEAD),
-    (ActorView.ALIVE, ActorView.ALIVE),  # reconnected to a newer incarnation
-    (ActorView.ALIVE, ActorView.RESTARTING),
-    (ActorView.ALIVE, ActorView.DEAD),
-    (ActorView.RESTARTING, ActorView.ALIVE),
-    (ActorView.RESTARTING, ActorView.DEAD),
-}
+V = ActorView
+ACTOR_VIEW_TRANSITIONS: TransitionTable[ActorView] = TransitionTable("actor view", {
+    (V.UNKNOWN, V.ALIVE): "learned the actor's address and connected",
+    (V.UNKNOWN, V.DEAD): "the control service says it is dead",
+    (V.ALIVE, V.ALIVE): "reconnected to a newer incarnation",
+    (V.ALIVE, V.RESTARTING): "the connection to the actor dropped",
+    (V.ALIVE, V.DEAD): "the control service says it is dead",
+    (V.RESTARTING, V.ALIVE): "connected to its new incarnation",
+    (V.RESTARTING, V.DEAD): "it did not come back",
+})
 
 
 class ActorClient:
@@ -77,7 +79,8 @@ class ActorClient:
 
     def __init__(self, actor_id: bytes) -> None:
         self.actor_id = actor_id
-        self.state = ActorView.UNKNOWN
+        self.history = History()
+        ACTOR_VIEW_TRANSITIONS.start(self, ActorView.UNKNOWN, "first handle used")
         self.incarnation = 0
         self.conn: Connection | None = None
         self.connecting = False
@@ -92,10 +95,12 @@ class ActorClient:
         #: dropped when they reach the top (see ``oldest_in_flight``).
         self.in_flight_seqs: list[tuple[int, bytes]] = []
 
-    def transition(self, new: ActorView) -> None:
-        if (self.state, new) not in _TRANSITIONS:
-            raise RuntimeError(f"illegal actor view transition {self.state.value} -> {new.value} ({self.actor_id.hex()[:12]})")
-        self.state = new
+    @property
+    def label(self) -> str:
+        return f"caller's view of actor {self.actor_id.hex()}"
+
+    def transition(self, new: ActorView, reason: str) -> None:
+        ACTOR_VIEW_TRANSITIONS.move(self, new, reason)
 
     def oldest_in_flight(self) -> int | None:
         """The lowest sequence number among the calls in flight (amortised O(log n))."""
@@ -164,7 +169,7 @@ class ActorSubmitter:
                 client.incarnation = info["incarnation"]
                 client.node_address = info.get("node_address")
                 client.conn = conn
-                client.transition(ActorView.ALIVE)
+                client.transition(ActorView.ALIVE, f"incarnation {client.incarnation}")
                 conn.add_close_callback(partial(self._connection_lost, client, info["incarnation"]))
             else:
                 self._mark_dead(client, info)
@@ -183,7 +188,7 @@ class ActorSubmitter:
         client.conn = None
         if client.state == ActorView.DEAD:
             return
-        client.transition(ActorView.RESTARTING)
+        client.transition(ActorView.RESTARTING, f"connection lost: {conn.close_reason}")
         # Calls in flight go back to the front of the queue: resent if their retries allow;
         # otherwise failed once we know whether the actor restarted or died (for the message).
         calls = list(client.in_flight.values())
@@ -202,7 +207,7 @@ class ActorSubmitter:
         self._ensure_connected(client)
 
     def _mark_dead(self, client: ActorClient, info: dict[str, Any]) -> None:
-        client.transition(ActorView.DEAD)
+        client.transition(ActorView.DEAD, info.get("death_cause") or "unknown cause")
         client.conn = None
         cause = info.get("death_cause") or "unknown cause"
         creation_error = info.get("creation_error")

@@ -78,7 +78,7 @@ class Lineage:
         store = self.worker.memory_store
         for rid in entry.return_ids:
             store.delete(rid)
-        entry.transition(TaskStatus.PENDING_ARGS_AVAIL)
+        entry.transition(TaskStatus.PENDING_ARGS_AVAIL, f"result {object_id.hex()} lost; re-running the task")
         entry.lease = None
         self.worker.submitter.resubmit(entry)
         return None

@@ -12,6 +12,8 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+from ember._private.state_machine import History, TransitionTable
+
 
 class TaskStatus(enum.Enum):
     PENDING_ARGS_AVAIL = "PENDING_ARGS_AVAIL"  # waiting for argument values
@@ -22,17 +24,17 @@ class TaskStatus(enum.Enum):
 
 
 S = TaskStatus
-_TRANSITIONS = {
-    (S.PENDING_ARGS_AVAIL, S.PENDING_NODE_ASSIGNMENT),
-    (S.PENDING_ARGS_AVAIL, S.FAILED),
-    (S.PENDING_NODE_ASSIGNMENT, S.SUBMITTED_TO_WORKER),
-    (S.PENDING_NODE_ASSIGNMENT, S.FAILED),
-    (S.SUBMITTED_TO_WORKER, S.FINISHED),
-    (S.SUBMITTED_TO_WORKER, S.FAILED),
-    (S.SUBMITTED_TO_WORKER, S.PENDING_NODE_ASSIGNMENT),  # retried, or bounced by a blocked worker
-    (S.SUBMITTED_TO_WORKER, S.PENDING_ARGS_AVAIL),  # an argument was lost and is being recovered
-    (S.FINISHED, S.PENDING_ARGS_AVAIL),  # a result was lost: lineage reconstruction
-}
+TASK_TRANSITIONS: TransitionTable[TaskStatus] = TransitionTable("task", {
+    (S.PENDING_ARGS_AVAIL, S.PENDING_NODE_ASSIGNMENT): "every argument is available; wait for a worker lease",
+    (S.PENDING_ARGS_AVAIL, S.FAILED): "an argument failed, or the task was cancelled before it ran",
+    (S.PENDING_NODE_ASSIGNMENT, S.SUBMITTED_TO_WORKER): "pushed to a leased worker",
+    (S.PENDING_NODE_ASSIGNMENT, S.FAILED): "unschedulable, or cancelled while queued",
+    (S.SUBMITTED_TO_WORKER, S.FINISHED): "the worker returned its values",
+    (S.SUBMITTED_TO_WORKER, S.FAILED): "the task raised, its worker died for good, or it was cancelled",
+    (S.SUBMITTED_TO_WORKER, S.PENDING_NODE_ASSIGNMENT): "retried, or bounced by a blocked worker",
+    (S.SUBMITTED_TO_WORKER, S.PENDING_ARGS_AVAIL): "an argument was lost and is being recovered",
+    (S.FINISHED, S.PENDING_ARGS_AVAIL): "a result was lost: lineage reconstruction",
+})
 
 
 class TaskEntry:
@@ -40,7 +42,7 @@ class TaskEntry:
 
     __slots__ = (
         "spec", "name", "return_ids", "retries_left", "retry_exceptions", "arg_ids",
-        "deps_pending", "status", "lease", "cancelled", "force_cancel", "sched_key",
+        "deps_pending", "state", "history", "lease", "cancelled", "force_cancel", "sched_key",
         "resources", "attempt", "strategy", "pushes",
     )
 
@@ -53,7 +55,8 @@ class TaskEntry:
         self.retry_exceptions = retry_exceptions
         self.arg_ids = arg_ids
         self.deps_pending = 0
-        self.status = TaskStatus.PENDING_ARGS_AVAIL
+        self.history = History()
+        self.state = TaskStatus.PENDING_ARGS_AVAIL
         self.lease: Any = None
         self.cancelled = False
         self.force_cancel = False
@@ -64,12 +67,15 @@ class TaskEntry:
         #: copy of the same push (to be deduplicated) from a new attempt.
         self.pushes = 0
         self.strategy: Any = None
+        TASK_TRANSITIONS.start(self, TaskStatus.PENDING_ARGS_AVAIL, "submitted")
 
-    def transition(self, new: TaskStatus) -> None:
-        if (self.status, new) not in _TRANSITIONS:
-            raise RuntimeError(f"illegal task transition {self.status.value} -> {new.value} ({self.name})")
-        self.status = new
+    @property
+    def label(self) -> str:
+        return f"task {self.name} {self.spec['tid'].hex()}"
+
+    def transition(self, new: TaskStatus, reason: str) -> None:
+        TASK_TRANSITIONS.move(self, new, reason)
 
     @property
     def done(self) -> bool:
-        return self.status in (TaskStatus.FINISHED, TaskStatus.FAILED)
+        return self.state in (TaskStatus.FINISHED, TaskStatus.FAILED)

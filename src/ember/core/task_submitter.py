@@ -101,7 +101,7 @@ class TaskSubmitter:
         args = entry.spec["args"]
         refs = [(index, arg) for index, arg in enumerate(args) if arg[0] == ARG_REF]
         if not refs:
-            self._enqueue(entry)
+            self._enqueue(entry, "no argument to wait for")
             return
         # Count every dependency before resolving any: a ready ref calls _dep_ready at once,
         # and only the last one may enqueue the task (else it is enqueued, and run, twice).
@@ -110,24 +110,24 @@ class TaskSubmitter:
             self.worker.resolve_entry(arg[1], arg[2], partial(self._dep_ready, entry, index))
 
     def _dep_ready(self, entry: TaskEntry, index: int, resolved: Entry) -> None:
-        if entry.done or entry.status is not TaskStatus.PENDING_ARGS_AVAIL:
+        if entry.done or entry.state is not TaskStatus.PENDING_ARGS_AVAIL:
             return
         kind, data = resolved
         arg = entry.spec["args"][index]
         if kind == INLINE:
             if data[0] == serialization.FLAG_ERROR:
                 # An argument failed: the task fails with the same error.
-                self._fail(entry, resolved)
+                self._fail(entry, resolved, f"argument {index} failed")
                 return
             entry.spec["args"][index] = [ARG_VALUE, data]
         else:
             entry.spec["args"][index] = [ARG_PLASMA, arg[1], arg[2], data]
         entry.deps_pending -= 1
         if entry.deps_pending == 0:
-            self._enqueue(entry)
+            self._enqueue(entry, "every argument available")
 
-    def _enqueue(self, entry: TaskEntry) -> None:
-        entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT)
+    def _enqueue(self, entry: TaskEntry, reason: str) -> None:
+        entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT, reason)
         cls = self.classes.get(entry.sched_key)
         if cls is None:
             cls = self.classes[entry.sched_key] = SchedulingClass(entry.sched_key, entry.resources, entry.strategy)
@@ -183,7 +183,7 @@ class TaskSubmitter:
         if lease.idle_timer is not None:
             lease.idle_timer.cancel()
             lease.idle_timer = None
-        entry.transition(TaskStatus.SUBMITTED_TO_WORKER)
+        entry.transition(TaskStatus.SUBMITTED_TO_WORKER, f"pushed to worker pid {lease.pid}")
         entry.lease = lease
         entry.attempt += 1
         entry.pushes += 1
@@ -326,7 +326,7 @@ class TaskSubmitter:
             f"Gave up after {config().infeasible_timeout_s:g}s (EMBER_infeasible_timeout_s): {cls.infeasible}"
         )
         while cls.queue:
-            self._fail(cls.queue.popleft(), self._error_entry(error))
+            self._fail(cls.queue.popleft(), self._error_entry(error), type(error).__name__)
 
     # ================================================================ replies
     def _on_reply(self, entry: TaskEntry, lease: LeaseState, fut: asyncio.Future[Any]) -> None:
@@ -350,26 +350,27 @@ class TaskSubmitter:
             elif status == "err":
                 self._task_raised(entry, reply["e"])
             elif status == "requeue":
-                entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT)
+                entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT, "bounced by a blocked worker")
                 entry.attempt -= 1
                 cls.queue.appendleft(entry)
             elif status == "cancelled":
-                self._fail(entry, self._error_entry(TaskCancelledError(entry.spec["tid"].hex())))
+                self._fail(entry, self._error_entry(TaskCancelledError(entry.spec["tid"].hex())), "cancelled while running")
             elif status == "arg_lost":
                 self._arg_lost(entry, reply["oid"], reply["owner"])
             else:
-                self._fail(entry, self._error_entry(RayError(f"bad reply from worker: {reply!r}")))
+                self._fail(entry, self._error_entry(RayError(f"bad reply from worker: {reply!r}")), "bad reply")
         self._dispatch(cls)
 
     def _worker_failed(self, entry: TaskEntry, lease: LeaseState, exc: BaseException | None) -> None:
         if isinstance(exc, RemoteError):
-            self._fail(entry, self._error_entry(RayError(f"the worker could not run {entry.name}: {exc}")))
+            self._fail(entry, self._error_entry(RayError(f"the worker could not run {entry.name}: {exc}")),
+                       "the worker refused the task")
             return
         # The dead attempt may have stored results in its node's store before it died: nobody would
         # ever read or free them (a retry's results are recorded where the retry ran).
         self.worker.note_dead_attempt(list(entry.return_ids), lease.raylet.peername)
         if entry.cancelled:
-            self._fail(entry, self._error_entry(TaskCancelledError(entry.spec["tid"].hex())))
+            self._fail(entry, self._error_entry(TaskCancelledError(entry.spec["tid"].hex())), "cancelled; its worker ended")
             return
         detail = f"pid={lease.pid}" if lease.pid else "unknown pid"
         if entry.retries_left != 0:
@@ -379,10 +380,10 @@ class TaskSubmitter:
             if lease.oom_detail:
                 # Give the node time to recover memory before the task runs again.
                 delay = config().oom_retry_backoff_s * (2 ** min(entry.attempt - 1, 6))
-                entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT)
+                entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT, f"worker {detail} killed for memory; retry in {delay:.1f}s")
                 self.worker.loop.call_later(delay, self._requeue_later, entry)
                 return
-            self._requeue(entry)
+            self._requeue(entry, f"worker {detail} died; retrying")
             return
         error: RayError
         if lease.oom_detail:
@@ -404,7 +405,7 @@ class TaskSubmitter:
                 "(max_retries). Check the worker's log in the session's logs folder for the cause "
                 "(for example an out-of-memory kill or a crash in native code)."
             )
-        self._fail(entry, self._error_entry(error))
+        self._fail(entry, self._error_entry(error), f"worker {detail} died, no retries left")
 
     def on_node_died(self, node_id: bytes, address: str, reason: str) -> None:
         """The control service declared a node dead: its leases are lost even if no socket noticed yet."""
@@ -429,9 +430,9 @@ class TaskSubmitter:
             if retry:
                 if entry.retries_left > 0:
                     entry.retries_left -= 1
-                self._requeue(entry)
+                self._requeue(entry, "raised; retry_exceptions allows a retry")
                 return
-        self._fail(entry, (INLINE, error_inline))
+        self._fail(entry, (INLINE, error_inline), "raised")
 
     def _requeue_later(self, entry: TaskEntry) -> None:
         if entry.done:
@@ -446,14 +447,14 @@ class TaskSubmitter:
                 if lease.worker_id == worker_id:
                     lease.oom_detail = detail
 
-    def _requeue(self, entry: TaskEntry) -> None:
-        entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT)
+    def _requeue(self, entry: TaskEntry, reason: str) -> None:
+        entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT, reason)
         cls = self.classes[entry.sched_key]
         cls.queue.append(entry)
 
     # ============================================================== results
     def _finish(self, entry: TaskEntry, returns: list[Any]) -> None:
-        entry.transition(TaskStatus.FINISHED)
+        entry.transition(TaskStatus.FINISHED, "returned")
         # A result in an object store can be lost: keep the lineage (and the arguments) to redo it.
         in_store = any(ret[0] != 0 for ret in returns)
         self._complete(entry, release_args=not in_store)
@@ -462,10 +463,10 @@ class TaskSubmitter:
             worker.lineage.keep(entry)
         worker.store_results(entry.spec["tid"], entry.return_ids, returns, entry.lease.conn if entry.lease else None)
 
-    def _fail(self, entry: TaskEntry, error: Entry) -> None:
+    def _fail(self, entry: TaskEntry, error: Entry, reason: str) -> None:
         if entry.done:
             return
-        entry.transition(TaskStatus.FAILED)
+        entry.transition(TaskStatus.FAILED, reason)
         self._complete(entry)
         for oid in entry.return_ids:
             self.worker.store_owned_result(oid, error)
@@ -473,11 +474,11 @@ class TaskSubmitter:
     def resubmit(self, entry: TaskEntry) -> None:
         """Run a finished task again (lineage reconstruction); its entry is PENDING_ARGS_AVAIL."""
         self.tasks[entry.spec["tid"]] = entry
-        self._enqueue(entry)
+        self._enqueue(entry, "lineage reconstruction")
 
     def _arg_lost(self, entry: TaskEntry, object_id: bytes, owner: Any) -> None:
         """The worker could not read an argument: recover it, then run the task again."""
-        entry.transition(TaskStatus.PENDING_ARGS_AVAIL)
+        entry.transition(TaskStatus.PENDING_ARGS_AVAIL, f"argument {object_id.hex()} lost; recovering it")
         entry.attempt -= 1
         indexes = [i for i, a in enumerate(entry.spec["args"]) if a[0] == ARG_PLASMA and a[1] == object_id]
         for index in indexes:
@@ -487,7 +488,7 @@ class TaskSubmitter:
         if worker.reference_counter.is_owned(object_id):
             error = worker.lineage.reconstruct(object_id)
             if error is not None:
-                self._fail(entry, self._error_entry(error))
+                self._fail(entry, self._error_entry(error), "a lost argument cannot be recovered")
                 return
         else:
             worker.memory_store.delete(object_id)
@@ -510,7 +511,7 @@ class TaskSubmitter:
                 f"The daemon's log is in {self.worker.session_dir}/logs; restart the cluster (or ember.init())."
             )
         while cls.queue:
-            self._fail(cls.queue.popleft(), self._error_entry(error))
+            self._fail(cls.queue.popleft(), self._error_entry(error), type(error).__name__)
 
     # ================================================================ cancel
     def cancel(self, task_id: bytes, force: bool) -> bool:
@@ -519,13 +520,13 @@ class TaskSubmitter:
             return False
         entry.cancelled = True
         error = self._error_entry(TaskCancelledError(task_id.hex()))
-        if entry.status is TaskStatus.PENDING_ARGS_AVAIL:
-            self._fail(entry, error)
-        elif entry.status is TaskStatus.PENDING_NODE_ASSIGNMENT:
+        if entry.state is TaskStatus.PENDING_ARGS_AVAIL:
+            self._fail(entry, error, "cancelled while waiting for arguments")
+        elif entry.state is TaskStatus.PENDING_NODE_ASSIGNMENT:
             cls = self.classes.get(entry.sched_key)
             if cls is not None and entry in cls.queue:
                 cls.queue.remove(entry)
-            self._fail(entry, error)
+            self._fail(entry, error, "cancelled while queued")
         else:
             lease: LeaseState = entry.lease
             if force:

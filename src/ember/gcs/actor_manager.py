@@ -1,6 +1,6 @@
 """Actor lifecycles, owned by the control service.
 
-States keep Ray's names; transitions live in ``_TRANSITIONS``::
+States keep Ray's names; transitions live in ``ACTOR_TRANSITIONS``::
 
     PENDING_CREATION --created--> ALIVE --worker died--> RESTARTING --created--> ALIVE
           |                         |                        |
@@ -20,6 +20,7 @@ import enum
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ember._private.state_machine import History, TransitionTable
 from ember.exceptions import ConnectionLost, RemoteError
 from ember.gcs import persistence as db
 from ember.rpc import Connection, connect
@@ -39,23 +40,24 @@ class ActorState(enum.Enum):
 
 
 A = ActorState
-_TRANSITIONS = {
-    (A.PENDING_CREATION, A.ALIVE),
-    (A.PENDING_CREATION, A.DEAD),
-    (A.PENDING_CREATION, A.RESTARTING),
-    (A.ALIVE, A.RESTARTING),
-    (A.ALIVE, A.DEAD),
-    (A.RESTARTING, A.ALIVE),
-    (A.RESTARTING, A.DEAD),
-    (A.RESTARTING, A.RESTARTING),
-}
+ACTOR_TRANSITIONS: TransitionTable[ActorState] = TransitionTable("actor", {
+    (A.PENDING_CREATION, A.ALIVE): "its constructor finished on a dedicated worker",
+    (A.PENDING_CREATION, A.DEAD): "its constructor raised, it was killed, or its owner died",
+    (A.PENDING_CREATION, A.RESTARTING): "its worker died during creation; restarts remain",
+    (A.ALIVE, A.RESTARTING): "its worker or node died; restarts remain",
+    (A.ALIVE, A.DEAD): "killed, out of restarts, or its owner/handles are gone",
+    (A.RESTARTING, A.ALIVE): "re-created on a new worker",
+    (A.RESTARTING, A.DEAD): "killed or failed while restarting",
+    (A.RESTARTING, A.RESTARTING): "its new worker died too; restarts remain",
+})
 
 
 class ActorEntry:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
         self.actor_id: bytes = spec["actor_id"]
-        self.state = ActorState.PENDING_CREATION
+        self.history = History()
+        ACTOR_TRANSITIONS.start(self, ActorState.PENDING_CREATION, "registered")
         self.address: list[Any] | None = None
         self.worker_id: bytes | None = None
         self.node_id: bytes | None = None
@@ -77,10 +79,13 @@ class ActorEntry:
     def namespace(self) -> str:
         return self.spec.get("namespace") or ""
 
-    def transition(self, new: ActorState) -> None:
-        if (self.state, new) not in _TRANSITIONS:
-            raise RuntimeError(f"illegal actor transition {self.state.value} -> {new.value}")
-        self.state = new
+    @property
+    def label(self) -> str:
+        name = f" {self.name!r}" if self.name else ""
+        return f"actor {self.spec.get('class_name', '')}{name} {self.actor_id.hex()}"
+
+    def transition(self, new: ActorState, reason: str) -> None:
+        ACTOR_TRANSITIONS.move(self, new, reason)
         waiters, self.waiters = self.waiters, []
         for fut in waiters:
             if not fut.done():
@@ -123,7 +128,7 @@ class ActorManager:
         for _, data in self.gcs.storage.items("actors"):
             record = db.unpack(data)
             entry = ActorEntry(record["spec"])
-            entry.state = ActorState(record["state"])
+            ACTOR_TRANSITIONS.start(entry, ActorState(record["state"]), "restored from storage after a restart")
             for field in ("address", "worker_id", "node_id", "lease_id", "pid", "incarnation",
                           "num_restarts", "death_cause", "creation_error", "error_type"):
                 setattr(entry, field, record.get(field))
@@ -274,7 +279,7 @@ class ActorManager:
         if reply.get("s") == "ok":
             entry.address = grant["address"]
             entry.incarnation += 1
-            entry.transition(ActorState.ALIVE)
+            entry.transition(ActorState.ALIVE, f"created on worker pid {entry.pid} (incarnation {entry.incarnation})")
             self._persist(entry)
         else:
             entry.creation_error = reply.get("e")
@@ -305,7 +310,7 @@ class ActorManager:
         entry.address = None
         if max_restarts == -1 or entry.num_restarts < max_restarts:
             entry.num_restarts += 1
-            entry.transition(ActorState.RESTARTING)
+            entry.transition(ActorState.RESTARTING, f"restart {entry.num_restarts}: {detail}")
             self._persist(entry)
             logger.info("restarting actor %s (%s)", entry.actor_id.hex()[:12], detail)
             entry.task = asyncio.get_running_loop().create_task(self._create(entry))
@@ -342,12 +347,8 @@ class ActorManager:
             return
         entry.death_cause = cause
         entry.address = None
-        entry.state = ActorState.DEAD  # from any state
+        entry.transition(ActorState.DEAD, cause)
         self._persist(entry)
-        waiters, entry.waiters = entry.waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
         if entry.name:
             key = (entry.namespace, entry.name)
             if self.named.get(key) == entry.actor_id:

@@ -23,6 +23,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from ember._private.state_machine import History, TransitionTable
 from ember.exceptions import ConnectionLost, RemoteError
 from ember.gcs import persistence as db
 from ember.gcs.placement_policy import place
@@ -41,14 +42,15 @@ class PgState(enum.Enum):
     REMOVED = "REMOVED"  # final
 
 
-_TRANSITIONS = {
-    (PgState.PENDING, PgState.CREATED),
-    (PgState.PENDING, PgState.REMOVED),
-    (PgState.CREATED, PgState.RESCHEDULING),
-    (PgState.CREATED, PgState.REMOVED),
-    (PgState.RESCHEDULING, PgState.CREATED),
-    (PgState.RESCHEDULING, PgState.REMOVED),
-}
+P = PgState
+PG_TRANSITIONS: TransitionTable[PgState] = TransitionTable("placement group", {
+    (P.PENDING, P.CREATED): "every bundle prepared and committed",
+    (P.PENDING, P.REMOVED): "removed before it could be placed",
+    (P.CREATED, P.RESCHEDULING): "a node holding some of its bundles died",
+    (P.CREATED, P.REMOVED): "removed (or its job ended)",
+    (P.RESCHEDULING, P.CREATED): "its lost bundles were placed again",
+    (P.RESCHEDULING, P.REMOVED): "removed while being placed again",
+})
 
 
 class PgEntry:
@@ -60,16 +62,20 @@ class PgEntry:
         self.strategy: str = spec["strategy"]
         self.job: bytes | None = spec.get("job")
         self.detached = spec.get("lifetime") == "detached"
-        self.state = PgState.PENDING
+        self.history = History()
+        PG_TRANSITIONS.start(self, PgState.PENDING, "created")
         self.waiters: list[asyncio.Future[None]] = []
         self.nodes: list[bytes | None] = [None] * len(self.bundles)
         self.task: asyncio.Task[None] | None = None
         self.created_at = time.time()
 
-    def transition(self, new: PgState) -> None:
-        if (self.state, new) not in _TRANSITIONS:
-            raise RuntimeError(f"illegal placement group transition {self.state.value} -> {new.value}")
-        self.state = new
+    @property
+    def label(self) -> str:
+        name = f" {self.name!r}" if self.name else ""
+        return f"placement group{name} {self.pg_id.hex()}"
+
+    def transition(self, new: PgState, reason: str) -> None:
+        PG_TRANSITIONS.move(self, new, reason)
 
     def public(self) -> dict[str, Any]:
         return {
@@ -97,7 +103,7 @@ class PlacementGroupManager:
         for _, data in self.gcs.storage.items("pgs"):
             record = db.unpack(data)
             entry = PgEntry(record["spec"])
-            entry.state = PgState(record["state"])
+            PG_TRANSITIONS.start(entry, PgState(record["state"]), "restored from storage after a restart")
             entry.nodes = list(record["nodes"])
             self.groups[entry.pg_id] = entry
             if entry.state is PgState.REMOVED:
@@ -143,7 +149,7 @@ class PlacementGroupManager:
         entry = self.groups.get(pg_id)
         if entry is None or entry.state is PgState.REMOVED:
             return False
-        entry.transition(PgState.REMOVED)
+        entry.transition(PgState.REMOVED, "removed")
         self._persist(entry)
         self._wake(entry)
         for i, node in enumerate(entry.nodes):
@@ -218,7 +224,7 @@ class PlacementGroupManager:
                 await asyncio.sleep(0.2)
                 continue
             if await self._reserve(entry, missing, choice):
-                entry.transition(PgState.CREATED)
+                entry.transition(PgState.CREATED, f"bundles on nodes {[n.hex()[:12] if n else None for n in entry.nodes]}")
                 self._persist(entry)
                 self._wake(entry)
                 logger.info("placement group %s created", entry.pg_id.hex()[:12])
@@ -286,7 +292,7 @@ class PlacementGroupManager:
                 continue
             entry.nodes = [None if n == node_id else n for n in entry.nodes]
             if entry.state is PgState.CREATED:
-                entry.transition(PgState.RESCHEDULING)
+                entry.transition(PgState.RESCHEDULING, f"node {node_id.hex()[:12]} died")
                 self._persist(entry)
                 logger.info("placement group %s lost bundles on node %s; placing them again",
                             entry.pg_id.hex()[:12], node_id.hex()[:12])

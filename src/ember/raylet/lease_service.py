@@ -153,7 +153,7 @@ class LeaseService:
 
     def _grant(self, req: LeaseRequest, worker: WorkerHandle) -> None:
         lease_id = ids.random_unique_id()
-        worker.transition(WorkerState.LEASED)
+        worker.transition(WorkerState.LEASED, f"lease {lease_id.hex()[:12]}")
         worker.lease_id = lease_id
         res.subtract(self.available, req.hold)
         lease = Lease(lease_id, worker, req.hold, req.conn)

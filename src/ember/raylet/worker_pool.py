@@ -1,6 +1,6 @@
 """Worker processes of one node: starting, registering, idling, dying.
 
-State machine of a worker (transitions in ``_TRANSITIONS``)::
+State machine of a worker (transitions in ``WORKER_TRANSITIONS``)::
 
     STARTING --register--> IDLE --lease--> LEASED --return--> IDLE
         \\                     \\               \\
@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ember._private import ids
+from ember._private.state_machine import History, TransitionTable
 from ember.raylet.worker_launcher import SpawnLauncher
 from ember.rpc import Connection
 
@@ -31,14 +32,15 @@ class WorkerState(enum.Enum):
     DEAD = "DEAD"  # exited or killed; never leaves this state
 
 
-_TRANSITIONS = {
-    (WorkerState.STARTING, WorkerState.IDLE),
-    (WorkerState.STARTING, WorkerState.DEAD),
-    (WorkerState.IDLE, WorkerState.LEASED),
-    (WorkerState.IDLE, WorkerState.DEAD),
-    (WorkerState.LEASED, WorkerState.IDLE),
-    (WorkerState.LEASED, WorkerState.DEAD),
-}
+W = WorkerState
+WORKER_TRANSITIONS: TransitionTable[WorkerState] = TransitionTable("worker", {
+    (W.STARTING, W.IDLE): "registered with its node daemon",
+    (W.STARTING, W.DEAD): "exited before registering",
+    (W.IDLE, W.LEASED): "granted to a lease holder",
+    (W.IDLE, W.DEAD): "exited, was killed or reaped while idle",
+    (W.LEASED, W.IDLE): "its lease was returned",
+    (W.LEASED, W.DEAD): "exited or was killed while leased",
+})
 
 
 class WorkerHandle:
@@ -50,16 +52,19 @@ class WorkerHandle:
         self.err_path = err_path
         self.conn: Connection | None = None
         self.address: list[Any] | None = None
-        self.state = WorkerState.STARTING
+        self.history = History()
+        WORKER_TRANSITIONS.start(self, WorkerState.STARTING, f"spawned as pid {self.pid}")
         self.lease_id: bytes | None = None
         self.started_at = time.monotonic()
         self.idle_since = time.monotonic()
         self.exit_detail = ""
 
-    def transition(self, new: WorkerState) -> None:
-        if (self.state, new) not in _TRANSITIONS:
-            raise RuntimeError(f"illegal worker transition {self.state.value} -> {new.value}")
-        self.state = new
+    @property
+    def label(self) -> str:
+        return f"worker {self.worker_id.hex()} (pid {self.pid})"
+
+    def transition(self, new: WorkerState, reason: str) -> None:
+        WORKER_TRANSITIONS.move(self, new, reason)
         if new is WorkerState.IDLE:
             self.idle_since = time.monotonic()
 
@@ -108,7 +113,7 @@ class WorkerPool:
             return None
         handle.conn = conn
         handle.address = address
-        handle.transition(WorkerState.IDLE)
+        handle.transition(WorkerState.IDLE, "registered")
         self.idle.append(handle)
         return handle
 
@@ -122,7 +127,7 @@ class WorkerPool:
 
     def push_idle(self, handle: WorkerHandle) -> None:
         if handle.state is WorkerState.LEASED:
-            handle.transition(WorkerState.IDLE)
+            handle.transition(WorkerState.IDLE, "lease returned")
             handle.lease_id = None
             self.idle.append(handle)
 
@@ -130,11 +135,11 @@ class WorkerPool:
     def mark_dead(self, handle: WorkerHandle) -> None:
         if handle.state is WorkerState.DEAD:
             return
-        handle.transition(WorkerState.DEAD)
-        if handle in self.idle:
-            self.idle.remove(handle)
         code = handle.proc.poll()
         handle.exit_detail = f"exit code {code}" if code is not None else "connection closed"
+        handle.transition(WorkerState.DEAD, handle.exit_detail)
+        if handle in self.idle:
+            self.idle.remove(handle)
 
     def kill(self, handle: WorkerHandle) -> None:
         if handle.proc.poll() is None:
@@ -156,7 +161,7 @@ class WorkerPool:
                     "worker %s (pid %d) exited with code %s before registering; see %s",
                     wid.hex()[:12], handle.pid, handle.proc.returncode, handle.err_path,
                 )
-                handle.transition(WorkerState.DEAD)
+                handle.transition(WorkerState.DEAD, f"exited with code {handle.proc.returncode} before registering")
                 del self.workers[wid]
 
     def stop_all(self, timeout: float) -> None:
