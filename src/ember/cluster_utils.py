@@ -20,6 +20,9 @@ from ember._private import node as node_mod
 from ember._private.cluster_client import gcs_request, wait_for_nodes
 from ember._private.processes import stop_pid
 
+#: Ray's flag for platforms where several node daemons cannot run on one machine.
+cluster_not_supported = os.name == "nt"
+
 
 class ClusterNode:
     """One node daemon started by a ``Cluster``."""
@@ -156,4 +159,4 @@ class Cluster:
             self.head_node = None
 
 
-__all__ = ["Cluster", "ClusterNode", "wait_for_nodes"]
+__all__ = ["Cluster", "ClusterNode", "cluster_not_supported", "wait_for_nodes"]

@@ -103,6 +103,8 @@ class NodeProcesses:
     def stop(self) -> None:
         """End the node daemon first (it ends its workers), then the control service."""
         timeout = config().process_stop_timeout_s
+        if any(name == "gcs" for name, _proc in self.procs):
+            session.unregister_cluster(self.session_dir)
         for _name, proc in sorted(self.procs, key=lambda p: p[0] != "raylet"):
             stop_pid(proc.pid, timeout, proc)
         self.procs.clear()
@@ -160,6 +162,7 @@ def start_head(
             log_path=os.path.join(logs, "gcs_server.log"), env=env, pass_fds=[gcs_sock.fileno()], detach=detach,
         )
         nodes.procs.append(("gcs", gcs))
+        session.register_cluster(nodes.gcs_address, session_dir)
         session.write_pid_file(session_dir, "gcs", gcs.pid)
     finally:
         gcs_sock.close()

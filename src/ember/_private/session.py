@@ -8,6 +8,13 @@ A session is one cluster's life on this machine::
         pids/            one file per daemon started for this session
     /tmp/ember/session_latest -> the newest session
     /tmp/ember/ember_current_cluster   JSON: address of the head started by `ember start`
+    /tmp/ember/clusters/<host>_<port>  JSON: the session of every head this user started
+                                       here (folder 0700, files 0600), so that a driver or
+                                       a command given only the address finds the token
+
+Token discovery (``cluster_token``) is the one place every client (``init``,
+the CLI, the jobs SDK) asks for a cluster's token: an explicit token, then
+``EMBER_CLUSTER_TOKEN``, then this user's private registry of heads.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import datetime
 import json
 import os
 import secrets
+import socket
+import stat
 from typing import Any
 
 
@@ -116,3 +125,127 @@ def shm_root() -> str:
 
 def object_store_dir(session_name: str, node_id_hex: str) -> str:
     return os.path.join(shm_root(), f"ember_{session_name}_{node_id_hex[:12]}")
+
+
+# ----------------------------------------------------------------------------- heads started here
+def clusters_dir() -> str:
+    """This user's registry of the heads it started on this machine (mode 0700)."""
+    return os.path.join(temp_root(), "clusters")
+
+
+def _normalize_address(address: str) -> str:
+    """``HOST:PORT`` with the host as an IP address (``localhost`` -> ``127.0.0.1``)."""
+    host, sep, port = address.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host:
+        return address.strip()
+    try:
+        host = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)[0][4][0]
+    except (OSError, UnicodeError):
+        pass
+    return f"{host}:{port}"
+
+
+def _registry_path(address: str) -> str:
+    key = _normalize_address(address).replace(":", "_").replace("/", "_")
+    return os.path.join(clusters_dir(), f"{key}.json")
+
+
+def _private_dir(path: str) -> bool:
+    """Create ``path`` mode 0700 if missing; True if it is ours and nobody else can enter it."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
+def register_cluster(gcs_address: str, session_dir: str) -> None:
+    """Record that this user started the head at ``gcs_address`` (its token is in ``session_dir``)."""
+    folder = clusters_dir()
+    if not _private_dir(folder):
+        return  # someone else's folder: discovery is off, EMBER_CLUSTER_TOKEN still works
+    path = _registry_path(gcs_address)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"gcs_address": gcs_address, "session_dir": session_dir}, f)
+    os.replace(tmp, path)
+
+
+def unregister_cluster(session_dir: str) -> None:
+    """Forget every head recorded for ``session_dir`` (it was stopped)."""
+    folder = clusters_dir()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(folder, name)
+        entry = _read_private_json(path)
+        if entry is not None and entry.get("session_dir") == session_dir:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def _read_private_json(path: str) -> dict[str, Any] | None:
+    """A JSON file only this user can read and write, or None (missing, foreign, readable by others)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd) as f:
+        st = os.fstat(f.fileno())
+        if st.st_uid != os.getuid() or st.st_mode & 0o077:
+            return None
+        try:
+            data = json.load(f)
+        except ValueError:
+            return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_private_token(session_dir: str) -> str | None:
+    path = os.path.join(session_dir, "token")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd) as f:
+        st = os.fstat(f.fileno())
+        if st.st_uid != os.getuid() or st.st_mode & 0o077:
+            return None
+        return f.read().strip() or None
+
+
+def discover_token(gcs_address: str) -> str | None:
+    """The token of a head this user started on this machine at ``gcs_address``, if any."""
+    entry = _read_private_json(_registry_path(gcs_address))
+    if entry is not None and isinstance(entry.get("session_dir"), str):
+        token = _read_private_token(entry["session_dir"])
+        if token:
+            return token
+    current = read_current_cluster()
+    if current and _normalize_address(str(current.get("gcs_address", ""))) == _normalize_address(gcs_address):
+        return _read_private_token(str(current.get("session_dir", "")))
+    return None
+
+
+def cluster_token(gcs_address: str, explicit: str | None = None) -> str:
+    """The token to join ``gcs_address``: ``explicit``, ``EMBER_CLUSTER_TOKEN`` or discovered.
+
+    Raises:
+        ConnectionError: none is known; the message says how to give one.
+    """
+    token = explicit or os.environ.get("EMBER_CLUSTER_TOKEN") or discover_token(gcs_address)
+    if not token:
+        raise ConnectionError(
+            f"No token for the cluster at {gcs_address}: it was not started by this user on this "
+            "machine (no entry in "
+            f"{clusters_dir()}). Set EMBER_CLUSTER_TOKEN to the contents of the 'token' file in "
+            "the head's session folder."
+        )
+    return token

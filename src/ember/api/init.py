@@ -205,16 +205,7 @@ def _join_existing(gcs_address: str, token: str | None) -> tuple[str, str]:
 
     from ember.rpc import connect
 
-    token = token or os.environ.get("EMBER_CLUSTER_TOKEN")
-    if token is None:
-        info = session.read_current_cluster()
-        if info and info.get("gcs_address") == gcs_address:
-            token = session.read_token(info["session_dir"])
-    if token is None:
-        raise ConnectionError(
-            f"No token for the cluster at {gcs_address}. Set EMBER_CLUSTER_TOKEN to the contents "
-            "of the 'token' file in the head's session folder."
-        )
+    token = session.cluster_token(gcs_address, token)
 
     async def query() -> list[dict[str, Any]]:
         conn = await connect(gcs_address, token, timeout=5.0)

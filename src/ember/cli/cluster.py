@@ -82,12 +82,10 @@ def start(head: bool, address: str | None, port: int, num_cpus: float | None, nu
             session.write_current_cluster({"gcs_address": nodes.gcs_address, "session_dir": nodes.session_dir})
         else:
             assert address is not None
-            token = token or os.environ.get("EMBER_CLUSTER_TOKEN")
-            info = session.read_current_cluster()
-            if token is None and info and info.get("gcs_address") == address:
-                token = session.read_token(info["session_dir"])
-            if token is None:
-                raise click.ClickException("no cluster token: pass --token or set EMBER_CLUSTER_TOKEN")
+            try:
+                token = session.cluster_token(address, token)
+            except ConnectionError as exc:
+                raise click.ClickException(f"{exc} (or pass --token)") from exc
             session_dir = session.create_session_dir()
             # Created private (not chmod-ed after creation: a reader could open it in between).
             fd = os.open(os.path.join(session_dir, "token"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
@@ -133,12 +131,10 @@ def _address_and_token(address: str | None) -> tuple[str, str]:
     address = address or os.environ.get("EMBER_ADDRESS") or (info or {}).get("gcs_address")
     if not address:
         raise click.ClickException("No running cluster found. Start one with `ember start --head`.")
-    token = os.environ.get("EMBER_CLUSTER_TOKEN")
-    if token is None and info and info.get("gcs_address") == address:
-        token = session.read_token(info["session_dir"])
-    if token is None:
-        raise click.ClickException("no cluster token: set EMBER_CLUSTER_TOKEN")
-    return address, token
+    try:
+        return address, session.cluster_token(address)
+    except ConnectionError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()
@@ -166,6 +162,7 @@ def stop(force: bool) -> None:
         if entry.get("store_dir"):
             shutil.rmtree(entry["store_dir"], ignore_errors=True)
         session.remove_current_cluster(entry["session_dir"])
+        session.unregister_cluster(entry["session_dir"])
     _save_started([])
     click.echo(f"Stopped {stopped} Ember process(es)." if stopped else "No running Ember processes were found.")
 
