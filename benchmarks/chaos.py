@@ -6,7 +6,7 @@
 
 Prints one JSON report (tasks and calls run, kills, values checked, anything
 lost or left behind) and exits non-zero if anything was lost or left behind.
-See ``ember._private.chaos`` for what runs and what is checked.
+See ``ember.bench.chaos`` for what runs and what is checked.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from ember._private import chaos
+from ember.bench import chaos
 
 
 def main() -> int:

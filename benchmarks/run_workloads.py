@@ -3,7 +3,7 @@
     python3 benchmarks/run_workloads.py --runtime ember --out r.json
     /work/rayenv/bin/python benchmarks/run_workloads.py --runtime ray --out r.json
 
-The workload definitions are Ember's own (``src/ember/_private/microbenchmark.py``),
+The workload definitions are Ember's own (``src/ember/bench/microbenchmark.py``),
 loaded *by path*, so the Ray virtualenv needs no Ember installed: that file
 imports only the standard library and takes the runtime module as a
 parameter. Starts a fresh local cluster (``init(num_cpus=N)``), waits
@@ -22,7 +22,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_DEFINITIONS = os.path.join(HERE, "..", "src", "ember", "_private", "microbenchmark.py")
+DEFAULT_DEFINITIONS = os.path.join(HERE, "..", "src", "ember", "bench", "microbenchmark.py")
 
 
 def load_definitions(path: str):

@@ -1,4 +1,4 @@
-"""The chaos battery (``ember._private.chaos``), short profile, plus the leaks it found, pinned down.
+"""The chaos battery (``ember.bench.chaos``), short profile, plus the leaks it found, pinned down.
 
 A three-node cluster runs nested retryable tasks and numbered actor calls while
 workers are SIGKILLed every ~0.5 s and one whole node is killed and replaced.
@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 import ember
-from ember._private import chaos
-from ember._private.cluster_client import gcs_request
 from ember._private.test_utils import wait_for_condition
+from ember.bench import chaos
 from ember.cluster_utils import Cluster
+from ember.rpc.sync_client import gcs_request
 
 MiB = 1024 * 1024
 

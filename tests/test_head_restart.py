@@ -31,9 +31,9 @@ from cli_cluster import cli_env, ember_cli, end_everything, read_pid, session_di
 
 import ember
 from ember._private import runtime
-from ember._private.cluster_client import gcs_request
 from ember._private.processes import pid_alive
 from ember._private.test_utils import free_port, wait_for_condition
+from ember.rpc.sync_client import gcs_request
 
 MiB = 1024 * 1024
 REJOINED = "rejoined the control service"

@@ -603,7 +603,7 @@ def test_object_owned_by_a_worker_of_a_dead_node_raises_owner_died(make_cluster)
 
 # ============================================================================ benchmark
 def test_cross_node_transfer_benchmark_runs_and_cleans_up():
-    from ember._private.microbenchmark import CROSS_NODE_TRANSFER, measure_cross_node_transfer
+    from ember.bench.microbenchmark import CROSS_NODE_TRANSFER, measure_cross_node_transfer
 
     result = measure_cross_node_transfer(ember, np, size=16 * MiB, runs=2, quiet=True)
     assert result["name"] == CROSS_NODE_TRANSFER and result["unit"] == "GB/s"

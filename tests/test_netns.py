@@ -30,11 +30,11 @@ import numpy as np
 import pytest
 
 import ember
-from ember._private.cluster_client import gcs_request
 from ember._private.config import reset_config
 from ember._private.processes import pid_alive, stop_pid
 from ember._private.test_utils import wait_for_condition
 from ember.cluster_utils import Cluster
+from ember.rpc.sync_client import gcs_request
 
 MiB = 1024 * 1024
 STORE = 300 * MiB

@@ -7,11 +7,11 @@ import os
 import pytest
 
 import ember
+from ember._private import resources as res
+from ember._private.placement_policy import place
 from ember._private.test_utils import wait_for_condition
 from ember.cluster_utils import Cluster
 from ember.exceptions import ActorDiedError, RayActorError
-from ember.gcs.placement_policy import place
-from ember.raylet import resources as res
 from ember.util.placement_group import (
     get_placement_group,
     placement_group,

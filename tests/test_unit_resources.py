@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ember.raylet import resources as res
+from ember._private import resources as res
 
 
 def test_fractions_do_not_drift():

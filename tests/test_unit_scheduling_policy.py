@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from ember.raylet import resources as res
+from ember._private import resources as res
 from ember.raylet import scheduling_policy as policy
 
 A, B, C = b"a" * 16, b"b" * 16, b"c" * 16

@@ -17,8 +17,8 @@ import shutil
 from typing import Any
 
 from ember._private import node as node_mod
-from ember._private.cluster_client import gcs_request, wait_for_nodes
 from ember._private.processes import stop_pid
+from ember.rpc.sync_client import gcs_request, wait_for_nodes
 
 #: Ray's flag for platforms where several node daemons cannot run on one machine.
 cluster_not_supported = os.name == "nt"

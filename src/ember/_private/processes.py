@@ -101,3 +101,15 @@ def _reap(pid: int, proc: subprocess.Popen[bytes] | None) -> bool:
         return done == pid
     except ChildProcessError:
         return False
+
+
+def raise_oom_score(pid: int | None = None, score: int = 1000) -> None:
+    """Make the kernel's OOM killer prefer this process (best effort: a container may forbid it)."""
+    path = f"/proc/{pid or 'self'}/oom_score_adj"
+    try:
+        with open(path, "w") as f:
+            f.write(str(score))
+    except OSError as exc:
+        import logging
+
+        logging.getLogger(__name__).debug("could not set %s: %s", path, exc)

@@ -58,7 +58,7 @@ def start(head: bool, address: str | None, port: int, num_cpus: float | None, nu
           storage: str | None) -> None:
     """Start Ember daemons on this machine."""
     from ember._private import node
-    from ember._private.cluster_client import wait_for_nodes
+    from ember.rpc.sync_client import wait_for_nodes
 
     if head == bool(address):
         raise click.UsageError("Give exactly one of --head or --address HOST:PORT.")
@@ -94,7 +94,7 @@ def start(head: bool, address: str | None, port: int, num_cpus: float | None, nu
             nodes = node.NodeProcesses(session_dir, token, node_ip_address, gcs_address=address)
             before = 0
             try:
-                from ember._private.cluster_client import gcs_request
+                from ember.rpc.sync_client import gcs_request
 
                 before = len([n for n in gcs_request(address, token, "get_nodes") if n["Alive"]])
             except Exception as exc:
@@ -171,7 +171,7 @@ def stop(force: bool) -> None:
 @click.option("--address", default=None, help="HOST:PORT of the control service (default: this machine's head).")
 def status(address: str | None) -> None:
     """Show the cluster's nodes, resource use and object store use."""
-    from ember._private.cluster_client import gcs_request
+    from ember.rpc.sync_client import gcs_request
 
     address, token = _address_and_token(address)
     try:
@@ -214,7 +214,7 @@ def status(address: str | None) -> None:
 @click.option("--address", default=None, help="HOST:PORT of the control service (default: this machine's head).")
 def memory(address: str | None) -> None:
     """List every object reference in the cluster by node and owner, with totals."""
-    from ember._private.memory_report import collect, format_report
+    from ember.cli.memory_report import collect, format_report
 
     address, token = _address_and_token(address)
     try:
@@ -229,7 +229,7 @@ def memory(address: str | None) -> None:
 @click.option("--duration", default=2.0, show_default=True, type=float, help="Seconds per benchmark.")
 def microbenchmark(name_filter: str | None, duration: float) -> None:
     """Run Ray's core microbenchmarks against a fresh local cluster."""
-    from ember._private.microbenchmark import run_all
+    from ember.bench.microbenchmark import run_all
 
     run_all(name_filter=name_filter, duration=duration)
 

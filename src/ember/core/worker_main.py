@@ -13,7 +13,7 @@ def main() -> None:
     from ember.core.worker import WORKER, CoreWorker
 
     set_parent_death_signal()
-    from ember.raylet.memory_monitor import raise_oom_score
+    from ember._private.processes import raise_oom_score
 
     raise_oom_score()
     if os.getppid() != int(os.environ.get("EMBER_RAYLET_PID", os.getppid())):

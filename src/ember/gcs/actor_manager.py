@@ -188,7 +188,7 @@ class ActorManager:
 
     # ================================================================ creation
     def _pick_node(self, entry: ActorEntry) -> Any:
-        from ember.raylet import resources as res
+        from ember._private import resources as res
 
         need = res.to_fixed(entry.spec.get("place") or {})
         preferred = entry.spec.get("node_id")

@@ -9,9 +9,9 @@ import os
 import socket
 
 from ember._private import session
-from ember._private.daemon import run_daemon, setup_logging
 from ember.gcs.server import GcsServer
 from ember.rpc import start_server
+from ember.rpc.daemon import run_daemon, setup_logging
 
 logger = logging.getLogger(__name__)
 

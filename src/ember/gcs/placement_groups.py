@@ -23,11 +23,11 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from ember._private import resources as res
+from ember._private.placement_policy import place
 from ember._private.state_machine import History, TransitionTable
 from ember.exceptions import ConnectionLost, RemoteError
 from ember.gcs import persistence as db
-from ember.gcs.placement_policy import place
-from ember.raylet import resources as res
 
 if TYPE_CHECKING:
     from ember.gcs.server import GcsServer

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ember.gcs.placement_policy import bundle_marker, group_resource_names
-from ember.raylet import resources as res
+from ember._private import resources as res
+from ember._private.placement_policy import bundle_marker, group_resource_names
 
 #: Amount of the ``bundle_group_*`` marker resource one bundle provides.
 MARKER_AMOUNT = 1000 * res.UNIT

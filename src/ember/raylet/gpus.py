@@ -6,7 +6,7 @@ with other fractions until that device is full (first fit).
 
 from __future__ import annotations
 
-from ember.raylet.resources import UNIT
+from ember._private.resources import UNIT
 
 
 class GpuAllocator:

@@ -17,7 +17,7 @@ from collections import deque
 from typing import Any
 
 from ember._private import ids
-from ember.raylet import resources as res
+from ember._private import resources as res
 from ember.raylet import scheduling_policy as policy
 from ember.raylet.leases import Lease, LeaseRequest
 from ember.raylet.worker_pool import WorkerHandle, WorkerState

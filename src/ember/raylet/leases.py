@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ember.raylet.resources import Resources
+from ember._private.resources import Resources
 from ember.raylet.worker_pool import WorkerHandle
 from ember.rpc import Connection
 

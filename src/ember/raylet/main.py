@@ -9,8 +9,8 @@ import logging
 import os
 
 from ember._private import session
-from ember._private.daemon import run_daemon, setup_logging
 from ember.raylet.server import Raylet, RayletOptions
+from ember.rpc.daemon import run_daemon, setup_logging
 
 logger = logging.getLogger(__name__)
 

@@ -151,12 +151,3 @@ def choose_victim(candidates: list[Candidate]) -> Candidate | None:
         return None
     return max(candidates, key=lambda c: (c.retriable, c.granted_at))
 
-
-def raise_oom_score(pid: int | None = None, score: int = 1000) -> None:
-    """Make the kernel's OOM killer prefer this process (best effort)."""
-    path = f"/proc/{pid or 'self'}/oom_score_adj"
-    try:
-        with open(path, "w") as f:
-            f.write(str(score))
-    except OSError:
-        pass

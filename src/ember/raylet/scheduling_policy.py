@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from ember.raylet import resources as res
+from ember._private import resources as res
 
 LOCAL = "local"
 SPILLBACK = "spillback"

@@ -17,9 +17,9 @@ from collections import deque
 from typing import Any
 
 from ember._private import ids
+from ember._private import resources as res
 from ember._private.config import config
 from ember.exceptions import ConnectionLost, RemoteError
-from ember.raylet import resources as res
 from ember.raylet import scheduling_policy as policy
 from ember.raylet.lease_service import LeaseService
 from ember.raylet.leases import Lease, LeaseRequest

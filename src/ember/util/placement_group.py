@@ -15,7 +15,7 @@ import ember
 from ember._private import ids, runtime
 from ember._private.ids import BaseID
 from ember._private.object_ref import ObjectRef
-from ember.gcs.placement_policy import STRATEGIES
+from ember._private.placement_policy import STRATEGIES
 
 
 class PlacementGroupID(BaseID):

@@ -60,7 +60,7 @@ def apply_placement_group(resources: dict[str, float], strategy: Any) -> tuple[d
     """
     if not (isinstance(strategy, dict) and strategy.get("type") == "placement_group"):
         return resources, strategy
-    from ember.gcs.placement_policy import bundle_marker, group_resource_names
+    from ember._private.placement_policy import bundle_marker, group_resource_names
 
     pg_hex = strategy["pg_id"].hex()
     index = int(strategy.get("bundle", -1))

@@ -159,7 +159,7 @@ class _Chaos(threading.Thread):
             self.seen_pids.update(_descendants(node.raylet_proc.pid))
 
     def _workers(self, node: Any) -> list[dict[str, Any]]:
-        from ember._private.cluster_client import gcs_request
+        from ember.rpc.sync_client import gcs_request
 
         try:
             info = gcs_request(node.address, self.cluster.token, "get_info", timeout=2.0)
@@ -229,14 +229,14 @@ class _Chaos(threading.Thread):
 
 # ============================================================================ checks after the run
 def _node_infos(cluster: Any) -> list[dict[str, Any]]:
-    from ember._private.cluster_client import gcs_request
+    from ember.rpc.sync_client import gcs_request
 
     return [gcs_request(n.address, cluster.token, "get_info", timeout=5.0) for n in cluster.list_all_nodes()]
 
 
 def _who_holds(cluster: Any, infos: list[dict[str, Any]]) -> str:
     """The objects left in the stores, and every process that still references one of them."""
-    from ember._private.memory_report import collect
+    from ember.cli.memory_report import collect
 
     left = {name: info["store_dir"] for info in infos for name in _listdir(info["store_dir"])}
     try:

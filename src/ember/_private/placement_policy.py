@@ -2,7 +2,7 @@
 
 ``place(bundles, strategy, available)`` returns one node id per bundle, or
 None when the group cannot be placed now. ``available`` maps node id to its
-free resources (fixed point, see ``raylet.resources``).
+free resources (fixed point, see ``_private.resources``).
 
 * STRICT_PACK:   every bundle on one node.
 * PACK:          one node if possible, else as few nodes as possible.
@@ -12,7 +12,7 @@ free resources (fixed point, see ``raylet.resources``).
 
 from __future__ import annotations
 
-from ember.raylet import resources as res
+from ember._private import resources as res
 
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
