@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ember._private.background import BackgroundTasks
 from ember.core.task_executor import ActorExit, Item
 
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ class ActorRuntime:
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._method_groups: dict[str, str] = spec.get("method_groups") or {}
         self._exiting = False
+        #: Calls running as coroutines on an async actor's loop (it lives as long as the process).
+        self._async_calls = BackgroundTasks("async actor calls")
 
     # ================================================================ creation
     def construct(self) -> dict[str, Any]:
@@ -128,7 +131,7 @@ class ActorRuntime:
     def _dispatch(self, spec: dict[str, Any], fut: asyncio.Future[Any]) -> None:
         if self.mode == "async":
             assert self.loop is not None
-            self.loop.create_task(self._invoke_async(spec, fut))
+            self._async_calls.spawn(self._invoke_async(spec, fut), spec["m"], loop=self.loop)
         else:
             pool = self._pools[self._group_of(spec)]
             pool.submit(lambda: self.executor.reply(fut, self._invoke(spec)))
@@ -205,7 +208,7 @@ class ActorRuntime:
                 sys.stderr.flush()
                 os._exit(0)
 
-        worker.loop.call_soon_threadsafe(lambda: worker.loop.create_task(finish()))
+        worker.loop.call_soon_threadsafe(lambda: worker.background.spawn(finish(), "exit the actor", loop=worker.loop))
 
 
 def _creation_task_id(spec: dict[str, Any]) -> bytes:

@@ -157,7 +157,7 @@ class ActorSubmitter:
             return
         if not client.polling and client.state != ActorView.DEAD:
             client.polling = True
-            self.worker.loop.create_task(self._poll(client))
+            self.worker.background.spawn(self._poll(client), "wait for an actor", loop=self.worker.loop)
 
     async def _poll(self, client: ActorClient) -> None:
         try:

@@ -306,6 +306,6 @@ class ObjectAccess:
                 entry = (INLINE, serialization.serialize_error(exc).to_inline())
             self.store_owned_result(object_id, entry)
 
-        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(run()))
+        self.loop.call_soon_threadsafe(lambda: self.background.spawn(run(), "store an awaited result", loop=self.loop))
         return ref
 

@@ -95,7 +95,7 @@ class OwnershipProtocol:
     def _flush_unborrows(self) -> None:
         pending, self._pending_unborrows = self._pending_unborrows, []
         for owner, object_ids in _by_address(pending):
-            self.loop.create_task(self._unborrow(owner, object_ids))
+            self.background.spawn(self._unborrow(owner, object_ids), "unborrow", loop=self.loop)
 
     async def _unborrow(self, owner: Any, object_ids: list[bytes]) -> None:
         try:
@@ -115,7 +115,7 @@ class OwnershipProtocol:
             return
         self.reference_counter.mark_registered(oid for oid, _ in new)
         if self.io is not None and self.io.in_loop_thread():
-            self.loop.create_task(self._register(new))
+            self.background.spawn(self._register(new), "register as borrower", loop=self.loop)
         elif self.io is not None:
             self.io.run(self._register(new))
 
@@ -162,7 +162,7 @@ class OwnershipProtocol:
         new = self.reference_counter.take_new_borrows()
         if new:
             self.reference_counter.mark_registered(oid for oid, _ in new)
-            self._registrations.setdefault(task_id, []).append(self.loop.create_task(self._register(new)))
+            self._registrations.setdefault(task_id, []).append(self.background.spawn(self._register(new), "register as borrower", loop=self.loop))
 
     def rpc_release_handoff(self, conn: Connection, p: dict[str, Any]) -> None:
         self._handoffs.pop(p["tid"], None)
@@ -203,7 +203,7 @@ class OwnershipProtocol:
                 if self.raylet is not None and not self.raylet.closed:
                     self.raylet.notify("free_objects", {"object_ids": object_ids})
             else:
-                self.loop.create_task(self._free_remote(list(address[:2]), object_ids))
+                self.background.spawn(self._free_remote(list(address[:2]), object_ids), "free remote copies", loop=self.loop)
 
     async def _free_remote(self, address: list[Any], object_ids: list[bytes]) -> None:
         try:
@@ -236,7 +236,7 @@ class OwnershipProtocol:
             self.store_owned_result(oid, entry)
         if nested_any and sender is not None:
             # Our holds are in place (registrations are ordered before this on each owner's connection).
-            self.loop.create_task(self._release_handoff_after_registration(sender, task_id))
+            self.background.spawn(self._release_handoff_after_registration(sender, task_id), "release handoff", loop=self.loop)
 
     async def _release_handoff_after_registration(self, sender: Connection, task_id: bytes) -> None:
         pending = self._registrations.pop(task_id, [])
@@ -253,7 +253,7 @@ class OwnershipProtocol:
         store = self.memory_store
         if recover and not self._owns(owner) and not self.reference_counter.is_owned(object_id):
             store.on_ready(object_id, callback)
-            self.loop.create_task(self._recover_then_fetch(object_id, owner))
+            self.background.spawn(self._recover_then_fetch(object_id, owner), "recover then fetch", loop=self.loop)
             return
         if store.contains(object_id) or self.reference_counter.is_owned(object_id) or self._owns(owner):
             store.on_ready(object_id, callback)
@@ -275,7 +275,7 @@ class OwnershipProtocol:
         if object_id in self._fetching or self.memory_store.contains(object_id):
             return
         self._fetching.add(object_id)
-        self.loop.create_task(self._fetch(object_id, owner))
+        self.background.spawn(self._fetch(object_id, owner), "fetch from owner", loop=self.loop)
 
     async def _fetch(self, object_id: bytes, owner: Any) -> None:
         try:

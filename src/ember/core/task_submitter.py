@@ -242,7 +242,7 @@ class TaskSubmitter:
         if grant.get("spillback"):
             # Keep the request counted while we ask the node it named.
             target = grant["spillback"]["address"]
-            task = self.worker.loop.create_task(self.worker.connect_to(target))
+            task = self.worker.background.spawn(self.worker.connect_to(target), "connect after spillback", loop=self.worker.loop)
             task.add_done_callback(partial(self._on_spillback_connected, cls, request_id))
             return
         cls.pending_requests.discard(request_id)
@@ -254,7 +254,8 @@ class TaskSubmitter:
             cls.infeasible_timer.cancel()
             cls.infeasible_timer = None
         cls.infeasible = ""
-        task = self.worker.loop.create_task(self.worker.connect_to(grant["address"]))
+        task = self.worker.background.spawn(self.worker.connect_to(grant["address"]), "connect to a leased worker",
+                                            loop=self.worker.loop)
         task.add_done_callback(partial(self._on_worker_connected, cls, grant, raylet))
 
     def _on_spillback_connected(self, cls: SchedulingClass, request_id: int, task: asyncio.Task[Connection]) -> None:

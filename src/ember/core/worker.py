@@ -23,6 +23,7 @@ from collections import deque
 from typing import Any
 
 from ember._private import ids
+from ember._private.background import BackgroundTasks
 from ember._private.config import config
 from ember._private.object_ref import ObjectRef, is_counted
 from ember.core.actor_submitter import ActorCall, ActorSubmitter
@@ -90,6 +91,8 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         self._pending_unborrows: list[tuple[bytes, Any]] = []
         self._registrations: dict[bytes, list[Any]] = {}
         self.function_manager = FunctionManager(self)
+        #: Every background task this process's runtime starts on its I/O loop.
+        self.background = BackgroundTasks("core worker")
         self.submitter = TaskSubmitter(self)
         self.lineage = Lineage(self)
         self.actor_submitter = ActorSubmitter(self)
@@ -144,7 +147,7 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
             # A worker may start while the control service restarts: connect in the background;
             # calls that need it (gcs_request) wait for it.
             self.gcs = None  # type: ignore[assignment]
-            self.loop.create_task(self._reconnect_gcs())
+            self.background.spawn(self._reconnect_gcs(), "connect to the control service", loop=self.loop)
             return
         self.gcs = await connect(self.gcs_address, self.token, self, info={"role": self.mode})
         if self.mode == DRIVER:
@@ -168,7 +171,7 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
             return
         self._gcs_up.clear()
         logger.warning("lost the connection to the control service (%s); reconnecting", conn.close_reason)
-        self.loop.create_task(self._reconnect_gcs())
+        self.background.spawn(self._reconnect_gcs(), "reconnect to the control service", loop=self.loop)
 
     async def _reconnect_gcs(self) -> None:
         """Wait out a control-service restart: reconnect, re-attach our job, re-subscribe."""
@@ -245,6 +248,7 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
                     fut.result().close("shutting down")
             if self._server is not None:
                 self._server.close()
+            await self.background.close(config().process_stop_timeout_s)
 
         try:
             self.io.run(_close(), timeout=5)

@@ -144,7 +144,7 @@ class ActorManager:
                 self.by_worker[entry.worker_id] = entry.actor_id
             else:
                 # Its creation was under way: start it again once nodes are back.
-                entry.task = asyncio.get_running_loop().create_task(self._create(entry))
+                entry.task = self.gcs.background.spawn(self._create(entry), f"create actor {entry.actor_id.hex()[:12]}")
         if self.actors:
             logger.info("restored %d actors", len(self.actors))
 
@@ -174,7 +174,7 @@ class ActorManager:
         entry = ActorEntry(spec)
         self.actors[entry.actor_id] = entry
         self._persist(entry)
-        entry.task = asyncio.get_running_loop().create_task(self._create(entry))
+        entry.task = self.gcs.background.spawn(self._create(entry), f"create actor {entry.actor_id.hex()[:12]}")
         return {"actor_id": entry.actor_id, "existing": False}
 
     def get_named(self, name: str, namespace: str) -> dict[str, Any] | None:
@@ -313,7 +313,7 @@ class ActorManager:
             entry.transition(ActorState.RESTARTING, f"restart {entry.num_restarts}: {detail}")
             self._persist(entry)
             logger.info("restarting actor %s (%s)", entry.actor_id.hex()[:12], detail)
-            entry.task = asyncio.get_running_loop().create_task(self._create(entry))
+            entry.task = self.gcs.background.spawn(self._create(entry), f"create actor {entry.actor_id.hex()[:12]}")
         else:
             extra = f" and it has used all {max_restarts} restarts (max_restarts)" if max_restarts else ""
             self._mark_dead(entry, f"its worker process (pid {entry.pid}) died: {detail}{extra}")

@@ -111,7 +111,7 @@ class PlacementGroupManager:
             if entry.name:
                 self.named[(entry.namespace, entry.name)] = entry.pg_id
             if entry.state is not PgState.CREATED:
-                entry.task = asyncio.get_running_loop().create_task(self._schedule(entry))
+                entry.task = self.gcs.background.spawn(self._schedule(entry), f"place group {entry.pg_id.hex()[:12]}")
 
     def create(self, spec: dict[str, Any]) -> dict[str, Any]:
         if spec["pg_id"] in self.groups:
@@ -125,7 +125,7 @@ class PlacementGroupManager:
             self.named[key] = entry.pg_id
         self.groups[entry.pg_id] = entry
         self._persist(entry)
-        entry.task = asyncio.get_running_loop().create_task(self._schedule(entry))
+        entry.task = self.gcs.background.spawn(self._schedule(entry), f"place group {entry.pg_id.hex()[:12]}")
         return {"pg_id": entry.pg_id}
 
     def _wake(self, entry: PgEntry) -> None:
@@ -169,7 +169,7 @@ class PlacementGroupManager:
         # The nodes give the resources back in the background (as in Ray, removal is asynchronous).
         placed = [(i, node) for i, node in enumerate(entry.nodes) if node is not None]
         if placed:
-            asyncio.get_running_loop().create_task(self._remove_bundles(pg_id, placed))
+            self.gcs.background.spawn(self._remove_bundles(pg_id, placed), "remove bundles")
         return True
 
     async def _remove_bundles(self, pg_id: bytes, placed: list[tuple[int, bytes]]) -> None:
@@ -196,7 +196,7 @@ class PlacementGroupManager:
             logger.exception("placing placement group %s failed; trying again", entry.pg_id.hex()[:12])
             await asyncio.sleep(0.5)
             if entry.state in (PgState.PENDING, PgState.RESCHEDULING):
-                entry.task = asyncio.get_running_loop().create_task(self._schedule(entry))
+                entry.task = self.gcs.background.spawn(self._schedule(entry), f"place group {entry.pg_id.hex()[:12]}")
 
     async def _schedule_until_placed(self, entry: PgEntry) -> None:
         warned = False
@@ -296,9 +296,9 @@ class PlacementGroupManager:
                 self._persist(entry)
                 logger.info("placement group %s lost bundles on node %s; placing them again",
                             entry.pg_id.hex()[:12], node_id.hex()[:12])
-                entry.task = asyncio.get_running_loop().create_task(self._schedule(entry))
+                entry.task = self.gcs.background.spawn(self._schedule(entry), f"place group {entry.pg_id.hex()[:12]}")
 
     def on_job_finished(self, job_id: bytes) -> None:
         for entry in list(self.groups.values()):
             if entry.job == job_id and not entry.detached and entry.state is not PgState.REMOVED:
-                asyncio.get_running_loop().create_task(self.remove(entry.pg_id))
+                self.gcs.background.spawn(self.remove(entry.pg_id), "remove group")

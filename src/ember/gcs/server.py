@@ -16,6 +16,7 @@ from collections import deque
 from typing import Any
 
 from ember._private import ids
+from ember._private.background import BackgroundTasks
 from ember._private.config import config
 from ember.gcs import persistence as db
 from ember.gcs.actor_manager import ActorManager
@@ -84,7 +85,8 @@ class GcsServer:
         self.instance = os.urandom(4).hex()
         self._log_seq = 0
         self.recent_logs: deque[dict[str, Any]] = deque(maxlen=RECENT_LOG_RECORDS)
-        self._health_task: asyncio.Task[None] | None = None
+        #: Every background task of the control service and its managers.
+        self.background = BackgroundTasks("control service")
         self.actor_manager = ActorManager(self)
         self.pg_manager = PlacementGroupManager(self)
         self._oom_details: dict[bytes, str] = {}
@@ -93,7 +95,7 @@ class GcsServer:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._restore()
-        self._health_task = loop.create_task(self._health_loop())
+        self.background.spawn(self._health_loop(), "health checks", loop=loop)
 
     def _restore(self) -> None:
         """Load what a previous control service on this storage acknowledged."""
@@ -136,12 +138,7 @@ class GcsServer:
         self.storage.put("nodes", entry.info["node_id"], db.pack(record))
 
     async def stop(self) -> None:
-        if self._health_task:
-            self._health_task.cancel()
-            try:
-                await self._health_task
-            except asyncio.CancelledError:
-                pass
+        await self.background.close(config().process_stop_timeout_s)
 
     # -------------------------------------------------------------- pub/sub
     def publish(self, channel: str, data: Any) -> None:

@@ -38,8 +38,8 @@ class ObjectService:
             exc.expected = True  # type: ignore[attr-defined]
             raise
         if p.get("owner_address") and p["owner"] not in self.clients and p["owner"] not in self._owner_watches:
-            self._owner_watches[p["owner"]] = asyncio.get_running_loop().create_task(
-                self._watch_owner(p["owner"], p["owner_address"])
+            self._owner_watches[p["owner"]] = self.background.spawn(
+                self._watch_owner(p["owner"], p["owner_address"]), "watch an object owner"
             )
         return {"reuse": reuse}
 
@@ -135,7 +135,7 @@ class ObjectService:
             for address in self.objects.on_free(oid):
                 by_copy.setdefault((address[0], address[1]), []).append(oid)
         for address, oids in by_copy.items():
-            asyncio.get_running_loop().create_task(self._free_remote(list(address), oids))
+            self.background.spawn(self._free_remote(list(address), oids), "free remote copies")
 
     async def _free_remote(self, address: list[Any], object_ids: list[bytes]) -> None:
         try:

@@ -18,6 +18,7 @@ from typing import Any
 
 from ember._private import ids
 from ember._private import resources as res
+from ember._private.background import BackgroundTasks
 from ember._private.config import config
 from ember.exceptions import ConnectionLost, RemoteError
 from ember.raylet import scheduling_policy as policy
@@ -73,7 +74,8 @@ class Raylet(LeaseService, ObjectService):
         self.gcs: Connection | None = None
         self.address: list[Any] = []
         self.log_monitor = LogMonitor(self._publish_logs)
-        self._tasks: list[asyncio.Task[None]] = []
+        #: Every background task of the node daemon (loops, reconnection, death reports, watches).
+        self.background = BackgroundTasks("node daemon")
         self._server: asyncio.AbstractServer | None = None
         self.stopping = False
         self.cluster_id = ""
@@ -142,11 +144,9 @@ class Raylet(LeaseService, ObjectService):
         self.cluster_id = reply["cluster_id"]
         # Joins and deaths reach the cluster view at once, not at the next report.
         await self.gcs.call("subscribe", {"channels": ["nodes"]})
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._report_loop()), loop.create_task(self._log_loop()),
-            loop.create_task(self._reap_loop()), loop.create_task(self._memory_loop()),
-        ]
+        for loop_coro, name in ((self._report_loop(), "load reports"), (self._log_loop(), "log tailing"),
+                                (self._reap_loop(), "worker reaping"), (self._memory_loop(), "memory monitor")):
+            self.background.spawn(loop_coro, name)
         logger.info("node daemon %s listening on %s:%d", self.node_id.hex()[:12], opts.node_ip, port)
 
     def node_info(self) -> dict[str, Any]:
@@ -171,13 +171,7 @@ class Raylet(LeaseService, ObjectService):
         self.stopping = True
         if self.transfer is not None:
             self.transfer.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await self.background.close(config().process_stop_timeout_s)
         if self._server is not None:
             self._server.close()
         self.pool.stop_all(config().process_stop_timeout_s)
@@ -191,7 +185,7 @@ class Raylet(LeaseService, ObjectService):
         if self.stopping or conn is not self.gcs:
             return
         logger.warning("lost the connection to the control service (%s); reconnecting", conn.close_reason)
-        asyncio.get_running_loop().create_task(self._reconnect_gcs(conn))
+        self.background.spawn(self._reconnect_gcs(conn), "reconnect to the control service")
 
     async def _reconnect_gcs(self, old: Connection) -> None:
         """Keep running while the control service restarts; rejoin it with the same node id."""
@@ -459,7 +453,7 @@ class Raylet(LeaseService, ObjectService):
         self.store.free_owned_by(worker.worker_id, unsealed_only=True)
         self.log_monitor.remove(worker.out_path)
         self.log_monitor.remove(worker.err_path)
-        asyncio.get_running_loop().create_task(self._report_worker_death(worker))
+        self.background.spawn(self._report_worker_death(worker), "report a worker death")
         # Keep the prestarted pool at its size.
         if not self.stopping and len(self.pool.alive()) < self.prestart:
             self._start_worker()

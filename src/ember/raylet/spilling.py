@@ -136,6 +136,8 @@ class Spiller:
         self._pool.submit(_delete, url)
 
     def stop(self) -> None:
+        if self._background is not None:
+            self._background.cancel()
         self._pool.shutdown(wait=True)
         # The location is this node's own folder (see Raylet): remove it and what is left in it.
         if not _is_url(self.location):

@@ -58,6 +58,9 @@ class Connection(asyncio.Protocol):
         self._decoder = framing.FrameDecoder(cfg.max_hello_bytes)
         self._max_frame = cfg.max_frame_bytes
         self._authenticated = False
+        #: Handler coroutines still running (kept so none is garbage-collected mid-flight; they
+        #: finish even if the peer goes away, since some do work that must complete).
+        self._handler_tasks: set[asyncio.Task[Any]] = set()
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
@@ -192,6 +195,8 @@ class Connection(asyncio.Protocol):
             return
         if inspect.isawaitable(result):
             task = asyncio.ensure_future(result)
+            self._handler_tasks.add(task)
+            task.add_done_callback(self._handler_tasks.discard)
             task.add_done_callback(lambda t: self._request_done(msg_id, method, t))
         else:
             self._reply(msg_id, method, result)
@@ -233,6 +238,8 @@ class Connection(asyncio.Protocol):
             return
         if inspect.isawaitable(result):
             task = asyncio.ensure_future(result)
+            self._handler_tasks.add(task)
+            task.add_done_callback(self._handler_tasks.discard)
             task.add_done_callback(_log_task_failure)
 
     # ------------------------------------------------------------------ sending
