@@ -98,6 +98,31 @@ class Config:
     #: Seconds a daemon started by ``ember.init`` waits between checks
     #: that its parent is still alive.
     parent_check_period_s: float = 0.5
+    #: Seconds between sweeps of a node's worker table for exited processes.
+    worker_reap_period_s: float = 0.5
+
+    # --- daemon-to-daemon calls ---------------------------------------------
+    #: Calls the control service makes to a node daemon or a worker (bundles, actor creation).
+    gcs_node_call_timeout_s: float = 10.0
+    #: Seconds one attempt to reach a restarting control service may take.
+    gcs_connect_attempt_timeout_s: float = 2.0
+    #: Backstop for waiters on the node table (placement groups, actors waiting for a node):
+    #: they wake at every change anyway; this bounds a wait if a change is missed.
+    cluster_change_wait_s: float = 1.0
+    #: Pause before trying again to place a group after an unexpected failure.
+    placement_retry_delay_s: float = 0.5
+    #: Seconds a node daemon gives an object's owner to accept its watch connection.
+    owner_watch_connect_timeout_s: float = 10.0
+    #: Longest pause between attempts to watch an owner whose connection was reset.
+    owner_watch_max_backoff_s: float = 2.0
+    #: Seconds a node daemon waits for a worker to answer a question (e.g. does it own objects).
+    worker_query_timeout_s: float = 5.0
+    #: Seconds the fork server has to hand back a new worker's pid.
+    fork_server_launch_timeout_s: float = 10.0
+    #: Seconds a holder has to prepare an object for a pull.
+    object_transfer_prepare_timeout_s: float = 120.0
+    #: Socket timeout of one transfer stream (no byte for this long: the stream fails).
+    object_transfer_socket_timeout_s: float = 30.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Config:

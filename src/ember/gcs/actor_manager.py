@@ -20,6 +20,7 @@ import enum
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ember._private.config import config
 from ember._private.state_machine import History, TransitionTable
 from ember.exceptions import ConnectionLost, RemoteError
 from ember.gcs import persistence as db
@@ -239,7 +240,7 @@ class ActorManager:
                         "actor %s (%s) needs %s, which no node in the cluster has; it waits for one to join",
                         entry.actor_id.hex()[:12], entry.spec.get("class_name"), entry.spec.get("place"),
                     )
-                await asyncio.sleep(0.2)
+                await self.gcs.cluster_changed.wait(config().cluster_change_wait_s)
                 continue
             try:
                 grant = await node.conn.call("request_lease", request, timeout=None)
@@ -266,7 +267,8 @@ class ActorManager:
         entry.lease_id = grant["lease_id"]
         entry.pid = grant.get("pid", 0)
         self.by_worker[entry.worker_id] = entry.actor_id
-        conn: Connection = await connect(grant["address"], self.gcs.token, info={"role": "gcs"}, timeout=10.0)
+        conn: Connection = await connect(grant["address"], self.gcs.token, info={"role": "gcs"},
+                                         timeout=config().gcs_node_call_timeout_s)
         try:
             reply = await conn.call(
                 "create_actor", {**entry.spec, "incarnation": entry.incarnation + 1, "gpus": grant.get("gpu_ids") or []},

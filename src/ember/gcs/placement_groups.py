@@ -24,6 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ember._private import resources as res
+from ember._private.config import config
 from ember._private.placement_policy import place
 from ember._private.state_machine import History, TransitionTable
 from ember.exceptions import ConnectionLost, RemoteError
@@ -194,7 +195,7 @@ class PlacementGroupManager:
             raise
         except Exception:
             logger.exception("placing placement group %s failed; trying again", entry.pg_id.hex()[:12])
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(config().placement_retry_delay_s)
             if entry.state in (PgState.PENDING, PgState.RESCHEDULING):
                 entry.task = self.gcs.background.spawn(self._schedule(entry), f"place group {entry.pg_id.hex()[:12]}")
 
@@ -221,7 +222,7 @@ class PlacementGroupManager:
                         "placement group %s (%s, bundles %s) cannot be placed on the current nodes (%s); "
                         "it waits for nodes to join", entry.pg_id.hex()[:12], entry.strategy, entry.bundles, shapes,
                     )
-                await asyncio.sleep(0.2)
+                await self.gcs.cluster_changed.wait(config().cluster_change_wait_s)
                 continue
             if await self._reserve(entry, missing, choice):
                 entry.transition(PgState.CREATED, f"bundles on nodes {[n.hex()[:12] if n else None for n in entry.nodes]}")
@@ -281,7 +282,7 @@ class PlacementGroupManager:
         if node is None or not node.alive or node.conn is None:
             raise ConnectionLost(f"node {node_id.hex()[:12]} is not connected")
         try:
-            return await node.conn.call(method, payload, timeout=10.0)
+            return await node.conn.call(method, payload, timeout=config().gcs_node_call_timeout_s)
         except RemoteError:
             raise
 

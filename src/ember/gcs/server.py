@@ -65,6 +65,24 @@ class NodeEntry:
         }
 
 
+class ChangeSignal:
+    """Wakes every waiter at the next change of the node table (a join, a death, a load report)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        """Until the next change, or ``timeout`` seconds (a backstop: the caller looks again anyway)."""
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+
 class GcsServer:
     def __init__(self, session_dir: str, token: str, storage: Any = None) -> None:
         self.session_dir = session_dir
@@ -87,6 +105,8 @@ class GcsServer:
         self.recent_logs: deque[dict[str, Any]] = deque(maxlen=RECENT_LOG_RECORDS)
         #: Every background task of the control service and its managers.
         self.background = BackgroundTasks("control service")
+        #: Placement groups and actors waiting for room wait on this instead of polling.
+        self.cluster_changed = ChangeSignal()
         self.actor_manager = ActorManager(self)
         self.pg_manager = PlacementGroupManager(self)
         self._oom_details: dict[bytes, str] = {}
@@ -201,6 +221,7 @@ class GcsServer:
         conn.add_close_callback(lambda c: self._node_disconnected(node_id, c))
         logger.info("node %s joined at %s", node_id.hex()[:12], info["address"])
         self.publish("nodes", entry.to_public())
+        self.cluster_changed.notify()
         return {"cluster_id": self.cluster_id, "release_leases": release}
 
     def _node_disconnected(self, node_id: bytes, conn: Connection) -> None:
@@ -216,6 +237,7 @@ class GcsServer:
         self.publish("nodes", entry.to_public())
         self.actor_manager.on_node_died(entry.info["node_id"], reason)
         self.pg_manager.on_node_died(entry.info["node_id"])
+        self.cluster_changed.notify()
 
     def rpc_report(self, conn: Connection, report: dict[str, Any]) -> list[list[Any]]:
         """A node's load report (its heartbeat); the reply is every live node's load."""
@@ -233,6 +255,7 @@ class GcsServer:
             entry.store_objects = report.get("store_objects", 0)
             entry.store_spilled = report.get("store_spilled", 0)
             entry.last_heartbeat = time.monotonic()
+            self.cluster_changed.notify()
         return self.rpc_get_node_addresses(conn, None)
 
     def rpc_get_nodes(self, conn: Connection, payload: Any) -> list[dict[str, Any]]:

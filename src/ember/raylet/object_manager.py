@@ -18,6 +18,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ember._private.config import config
 from ember.exceptions import ObjectLostError, RemoteError
 from ember.raylet.object_store import ObjectStore
 from ember.raylet.object_transfer import PARALLEL_STREAMS, pull_object
@@ -79,7 +80,7 @@ class ObjectManager:
     async def _transfer(self, object_id: bytes, source: list[Any], size: int, owner: bytes) -> None:
         conn = await self._connect(source)
         transfer_port = conn.peer_info.get("transfer_port")
-        await conn.call("prepare_transfer", {"object_id": object_id}, timeout=120.0)
+        await conn.call("prepare_transfer", {"object_id": object_id}, timeout=config().object_transfer_prepare_timeout_s)
         if self.store.used + size > self.store.capacity:
             await self.make_room(size)
         self.store.reserve(object_id, size, owner, primary=False)

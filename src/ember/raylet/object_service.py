@@ -13,6 +13,7 @@ import asyncio
 import logging
 from typing import Any
 
+from ember._private.config import config
 from ember.exceptions import ConnectionLost, ObjectStoreFullError
 from ember.rpc import Connection, connect
 
@@ -58,7 +59,7 @@ class ObjectService:
         for _ in range(OWNER_WATCH_ATTEMPTS):
             try:
                 return await connect((address[0], address[1]), self.token, None, info={"role": "raylet"},
-                                     timeout=10.0, retry=False)
+                                     timeout=config().owner_watch_connect_timeout_s, retry=False)
             except ConnectionLost as exc:
                 # A core worker listens before its address is handed out: a refusal means it is gone.
                 if isinstance(exc.__cause__, ConnectionRefusedError):
@@ -74,7 +75,7 @@ class ObjectService:
                 failure = None
                 break
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, config().owner_watch_max_backoff_s)
         self._owner_watches.pop(owner, None)
         if failure is not None:
             logger.warning("cannot watch owner %s at %s (its objects here stay until it frees them): %s",

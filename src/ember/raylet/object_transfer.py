@@ -24,6 +24,7 @@ from typing import Any
 
 import msgpack
 
+from ember._private.config import config
 from ember.rpc.framing import HELLO_MAGIC, encode
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class TransferServer:
             threading.Thread(target=self._serve, args=(conn,), name="ember-transfer-conn", daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(30.0)
+        conn.settimeout(config().object_transfer_socket_timeout_s)
         try:
             with conn:
                 hello = _recv_frame(conn)
@@ -114,7 +115,7 @@ class TransferServer:
 
 
 def _fetch_range(address: tuple[str, int], token: str, object_id: bytes, offset: int, length: int, fd: int) -> None:
-    with socket.create_connection(address, timeout=30.0) as sock:
+    with socket.create_connection(address, timeout=config().object_transfer_socket_timeout_s) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
         sock.sendall(encode([HELLO_MAGIC, token, {"role": "transfer"}]))
         sock.sendall(encode({"object_id": object_id, "offset": offset, "length": length}))

@@ -195,7 +195,8 @@ class Raylet(LeaseService, ObjectService):
         delay = 0.05
         while not self.stopping:
             try:
-                conn = await connect(self.opts.gcs_address, self.token, self, info={"role": "raylet"}, timeout=2.0, retry=False)
+                conn = await connect(self.opts.gcs_address, self.token, self, info={"role": "raylet"},
+                                     timeout=config().gcs_connect_attempt_timeout_s, retry=False)
                 held = [[l.lease_id, l.worker.worker_id] for l in self.leases.values() if l.holder is old]
                 reply = await conn.call("register_node", {**self.node_info(), "cluster_id": self.cluster_id, "gcs_leases": held})
             except RemoteError as exc:
@@ -375,7 +376,7 @@ class Raylet(LeaseService, ObjectService):
 
     async def _reap_loop(self) -> None:
         while True:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(config().worker_reap_period_s)
             before = len(self.pool.workers)
             self.pool.reap()
             self._close_idle_owner_watches()
@@ -495,7 +496,7 @@ class Raylet(LeaseService, ObjectService):
             # As in Ray, a worker that owns objects still referenced elsewhere (a task put a value and
             # returned its ref) stays: its exit would lose them. Asked again after another idle period.
             try:
-                owns = worker.conn is None or bool(await worker.conn.call("owns_objects", None, 5.0))
+                owns = worker.conn is None or bool(await worker.conn.call("owns_objects", None, config().worker_query_timeout_s))
             except Exception:
                 owns = True
             if owns:

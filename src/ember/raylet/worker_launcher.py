@@ -19,6 +19,8 @@ import sys
 import time
 from typing import Any
 
+from ember._private.config import config
+
 logger = logging.getLogger(__name__)
 
 
@@ -102,7 +104,9 @@ class ZygoteLauncher:
         self.ready = False
         self._fallback = SpawnLauncher()
 
-    def launch(self, worker_id_hex: str, out_path: str, err_path: str, env: dict[str, str], timeout: float = 10.0) -> Any:
+    def launch(self, worker_id_hex: str, out_path: str, err_path: str, env: dict[str, str],
+               timeout: float | None = None) -> Any:
+        timeout = config().fork_server_launch_timeout_s if timeout is None else timeout
         self.read_available()
         if not self.ready:
             # Still importing: a fresh interpreter now beats waiting for the fork server.
