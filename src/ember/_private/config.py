@@ -124,6 +124,22 @@ class Config:
     #: Socket timeout of one transfer stream (no byte for this long: the stream fails).
     object_transfer_socket_timeout_s: float = 30.0
 
+    # --- jobs (the job API on the head) -------------------------------------
+    #: Seconds a stopped job's entrypoint has after SIGTERM before its processes get SIGKILL.
+    job_stop_timeout_s: float = 3.0
+    #: Finished jobs kept (records and logs); the oldest beyond this are deleted.
+    job_max_finished_kept: int = 1000
+    #: Seconds a finished job is kept after it ended (0: no age limit).
+    job_finished_max_age_s: float = 7 * 24 * 3600.0
+    #: Seconds between the job manager's checks of supervisors and old jobs.
+    job_monitor_period_s: float = 1.0
+    #: Seconds between reads of a job's log file while its logs are followed.
+    job_log_poll_period_s: float = 0.1
+    #: Characters of output quoted in a FAILED job's message.
+    job_failure_log_chars: int = 20000
+    #: Bytes of a job's log kept in the cluster when it ran on a node other than the head.
+    job_log_copy_max_bytes: int = 1024 * 1024
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Config:
         environ = os.environ if environ is None else environ  # type: ignore[assignment]

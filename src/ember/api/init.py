@@ -44,6 +44,10 @@ def _resolve_address(address: str | None) -> str | None:
     if address in (None, "", "local"):
         return None
     if address == "auto":
+        # As in Ray, the environment names the cluster first (a submitted job's driver gets it).
+        env_address = os.environ.get("EMBER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+        if env_address and env_address not in ("auto", "local") and "://" not in env_address:
+            return env_address
         info = session.read_current_cluster()
         if info is None:
             raise ConnectionError(

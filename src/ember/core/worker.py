@@ -154,6 +154,8 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
             job = await self.gcs.call("register_job", {
                 "namespace": self.namespace, "pid": os.getpid(), "address": self.address,
                 "entrypoint": " ".join(sys.argv),
+                # Set by the job supervisor for a submitted job's driver.
+                "submission_id": os.environ.get("EMBER_JOB_SUBMISSION_ID"),
             })
             self.job_id = job["job_id"]
             self.namespace = job["namespace"]

@@ -294,6 +294,7 @@ class GcsServer:
             "end_time": None,
             "status": "RUNNING",
             "entrypoint": info.get("entrypoint", ""),
+            "submission_id": info.get("submission_id"),
         }
         self.jobs[job_id] = entry
         self.persist_job(entry)
@@ -384,7 +385,13 @@ class GcsServer:
 
     # ------------------------------------------------------------------- KV
     def rpc_kv_put(self, conn: Connection, p: dict[str, Any]) -> bool:
-        return self.storage.put("kv:" + p.get("ns", ""), p["key"], p["value"], p.get("overwrite", True))
+        """Write a KV entry. With ``expect`` (bytes, or None for "absent") it is a
+        compare-and-set: written only if the current value is ``expect``; the reply says
+        whether it was (one loop, so no other write comes between the read and the write)."""
+        table = "kv:" + p.get("ns", "")
+        if "expect" in p and self.storage.get(table, p["key"]) != p["expect"]:
+            return False
+        return self.storage.put(table, p["key"], p["value"], p.get("overwrite", True))
 
     def rpc_kv_get(self, conn: Connection, p: dict[str, Any]) -> bytes | None:
         return self.storage.get("kv:" + p.get("ns", ""), p["key"])
