@@ -19,6 +19,9 @@ user code catches them by name)::
     ├── TaskUnschedulableError            no node can ever run the task
     ├── ActorUnschedulableError           no node can ever host the actor
     ├── RuntimeEnvSetupError              a runtime_env could not be built
+    ├── JobSubmissionError                a job API request failed (also a RuntimeError, as in Ray)
+    │   ├── JobServerUnreachableError     ... no HTTP server answered (also a ConnectionError)
+    │   └── JobAuthenticationError        ... the server refused our token (also a PermissionError)
     └── RaySystemError                    Ember itself failed
         └── RpcError                      internal: transport and protocol errors
             ├── ConnectionLost            the peer went away
@@ -291,6 +294,25 @@ class ReferenceCountingAssertionError(ObjectLostError):
 
 class PlasmaObjectNotAvailable(RayError):
     pass
+
+
+class JobSubmissionError(RayError, RuntimeError):
+    """A job API request failed; ``status`` is the HTTP status (0 when none came back)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (str(self), self.status))
+
+
+class JobServerUnreachableError(JobSubmissionError, ConnectionError):
+    """No job server answered at the address (not running, wrong address or port)."""
+
+
+class JobAuthenticationError(JobSubmissionError, PermissionError):
+    """The job server refused the request: missing or wrong cluster token."""
 
 
 __all__ = [name for name, value in globals().items() if isinstance(value, type) and issubclass(value, BaseException)]

@@ -27,6 +27,8 @@ import string
 import time
 from typing import Any
 
+from ember._private.state_machine import TransitionTable
+
 
 class JobStatus(str, enum.Enum):
     """The status of a submitted job (Ray's values)."""
@@ -47,22 +49,23 @@ class JobStatus(str, enum.Enum):
 
 _TERMINAL = {JobStatus.STOPPED, JobStatus.SUCCEEDED, JobStatus.FAILED}
 S = JobStatus
-_TRANSITIONS = {
-    (S.PENDING, S.RUNNING),
-    (S.PENDING, S.STOPPED),
-    (S.PENDING, S.FAILED),
-    (S.RUNNING, S.SUCCEEDED),
-    (S.RUNNING, S.FAILED),
-    (S.RUNNING, S.STOPPED),
-}
+TRANSITIONS: TransitionTable[JobStatus] = TransitionTable("job", {
+    (S.PENDING, S.RUNNING): "its supervisor started the entrypoint",
+    (S.PENDING, S.STOPPED): "stopped before it started",
+    (S.PENDING, S.FAILED): "its supervisor could not be placed, set up or started",
+    (S.RUNNING, S.SUCCEEDED): "the entrypoint exited with 0",
+    (S.RUNNING, S.FAILED): "the entrypoint exited with another code, or its supervisor died",
+    (S.RUNNING, S.STOPPED): "stopped: its processes were ended",
+})
 
 
 class IllegalJobTransition(RuntimeError):
-    """A status change the table does not allow (e.g. out of a final status)."""
+    """A status change the table does not allow. Expected in races (the supervisor and the
+    manager both try to end a job; the first one wins), so not an ``InvalidTransition`` bug."""
 
 
 def check_transition(old: JobStatus, new: JobStatus) -> None:
-    if (old, new) not in _TRANSITIONS:
+    if not TRANSITIONS.allows(old, new):
         raise IllegalJobTransition(f"illegal job status change {old.value} -> {new.value}")
 
 

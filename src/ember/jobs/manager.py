@@ -33,8 +33,13 @@ from ember.jobs.common import (
     new_submission_id,
     now_ms,
 )
-from ember.jobs.store import JobStore, core_worker_call
-from ember.jobs.supervisor import SUPERVISOR_NAMESPACE, JobSupervisor, log_file_name, supervisor_name
+from ember.jobs.store import GcsCall, JobStore
+from ember.jobs.supervisor import (
+    SUPERVISOR_NAMESPACE,
+    JobSupervisor,
+    log_file_name,
+    supervisor_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +56,17 @@ class JobStateError(ValueError):
 
 
 class JobManager:
-    def __init__(self, gcs_address: str, token: str, logs_dir: str) -> None:
+    def __init__(self, gcs_call: GcsCall, gcs_address: str, token: str, logs_dir: str) -> None:
+        """``gcs_call`` reaches the control service (the HTTP server's client: it fails fast
+        while the control service restarts, where a core worker's calls would wait);
+        ``logs_dir`` is this (the head) node's session logs folder."""
         self.gcs_address = gcs_address
         self.token = token
         self.logs_dir = logs_dir
+        self._gcs = gcs_call
+        self._store = JobStore(gcs_call)
         self._worker: Any = None
         self._worker_lock = asyncio.Lock()
-        self._store: JobStore | None = None
         self._head_node_id: str | None = None
         #: Jobs whose supervisor this manager is creating right now (the monitor leaves them be).
         self._submitting: set[str] = set()
@@ -98,15 +107,6 @@ class JobManager:
                 self._worker = await asyncio.get_running_loop().run_in_executor(None, connect)
             return self._worker
 
-    async def store(self) -> JobStore:
-        if self._store is None:
-            self._store = JobStore(core_worker_call(await self._core_worker()))
-        return self._store
-
-    async def _gcs(self, method: str, payload: Any) -> Any:
-        worker = await self._core_worker()
-        return await core_worker_call(worker)(method, payload)
-
     async def head_node_id(self) -> str:
         if self._head_node_id is None:
             nodes = await self._gcs("get_nodes", None)
@@ -122,7 +122,7 @@ class JobManager:
 
         Raises ``ValueError`` for a taken submission id or a bad runtime_env.
         """
-        store = await self.store()
+        store = self._store
         submission_id = request.submission_id or request.job_id or new_submission_id()
         runtime_env = request.runtime_env or {}
         metadata = dict(request.metadata or {})
@@ -179,7 +179,7 @@ class JobManager:
     # ------------------------------------------------------------------ stop / delete
     async def stop_job(self, submission_id: str) -> bool:
         """Stop a job in any state; False if it had already ended."""
-        store = await self.store()
+        store = self._store
         info = await store.get(submission_id)
         if info is None:
             raise JobNotFoundError(submission_id)
@@ -220,7 +220,7 @@ class JobManager:
         return await asyncio.get_running_loop().run_in_executor(None, send)
 
     async def delete_job(self, submission_id: str) -> bool:
-        store = await self.store()
+        store = self._store
         info = await store.get(submission_id)
         if info is None:
             raise JobNotFoundError(submission_id)
@@ -242,7 +242,7 @@ class JobManager:
         return [j for j in jobs if not str(j.get("namespace") or "").startswith(INTERNAL_NAMESPACE_PREFIX)]
 
     async def list_jobs(self) -> list[JobDetails]:
-        store = await self.store()
+        store = self._store
         records, drivers = await asyncio.gather(store.list(), self._driver_jobs())
         by_submission = _latest_driver_by_submission(drivers)
         details = [_submission_details(sid, info, by_submission.get(sid)) for sid, info in records.items()]
@@ -251,7 +251,7 @@ class JobManager:
         return details
 
     async def get_job(self, job_or_submission_id: str) -> JobDetails:
-        store = await self.store()
+        store = self._store
         drivers = await self._driver_jobs()
         by_submission = _latest_driver_by_submission(drivers)
         info = await store.get(job_or_submission_id)
@@ -271,7 +271,7 @@ class JobManager:
         details = await self.get_job(job_or_submission_id)
         if details.type is not JobType.SUBMISSION or details.submission_id is None:
             raise JobStateError("Can only get logs of submission type jobs")
-        info = await (await self.store()).get(details.submission_id)
+        info = await self._store.get(details.submission_id)
         if info is None:
             raise JobNotFoundError(job_or_submission_id)
         return details.submission_id, info
@@ -281,7 +281,7 @@ class JobManager:
         return os.path.join(self.logs_dir, log_file_name(submission_id))
 
     async def get_logs(self, submission_id: str) -> str:
-        store = await self.store()
+        store = self._store
         data = await self._read_log(submission_id, 0, None)
         if data is None:
             data = await store.get_log_copy(submission_id) or b""
@@ -321,7 +321,7 @@ class JobManager:
 
     async def tail_logs(self, submission_id: str) -> AsyncIterator[str]:
         """The job's output as it is written, until the job has ended and all of it was sent."""
-        store = await self.store()
+        store = self._store
         offset = 0
         period = config().job_log_poll_period_s
         while True:
@@ -356,7 +356,7 @@ class JobManager:
 
     async def check_jobs(self) -> None:
         """One pass: fail jobs whose supervisor is gone, resume orphaned supervisors, evict old jobs."""
-        store = await self.store()
+        store = self._store
         records = await store.list()
         for sid, info in records.items():
             if info.status.is_terminal() or sid in self._submitting:
@@ -374,7 +374,7 @@ class JobManager:
         actors = await self._gcs("list_actors", None)
         name = supervisor_name(submission_id)
         dead = [a for a in actors if a["name"] == name and a["namespace"] == SUPERVISOR_NAMESPACE]
-        store = await self.store()
+        store = self._store
         if not dead:
             await store.try_transition(
                 submission_id, JobStatus.FAILED, error_type=JobErrorType.JOB_SUPERVISOR_ACTOR_DIED.value,

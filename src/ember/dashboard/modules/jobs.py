@@ -1,0 +1,136 @@
+"""The job API: Ray's routes and JSON shapes, so Ray's SDK and CLI work against Ember.
+
+    POST   /api/jobs/                      submit      -> {"job_id", "submission_id"}
+    GET    /api/jobs/                      list        -> [JobDetails, ...]
+    GET    /api/jobs/{id}                  one job     -> JobDetails (id: submission or driver job id)
+    POST   /api/jobs/{id}/stop             stop        -> {"stopped": bool}
+    DELETE /api/jobs/{id}                  delete      -> {"deleted": bool} (finished jobs only)
+    GET    /api/jobs/{id}/logs             logs        -> {"logs": str}
+    GET    /api/jobs/{id}/logs/tail        WebSocket: the output as text messages until the job ends
+
+Errors are plain text: 400 for bad input (the message names what is wrong), 404 for an
+unknown job, 503 while the control service is unreachable. Every route needs the
+cluster token (the server's auth middleware): an open job API runs anyone's code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from ember.exceptions import ConnectionLost
+from ember.jobs.common import JobSubmitRequest
+from ember.jobs.manager import JobManager, JobNotFoundError, JobStateError
+
+logger = logging.getLogger(__name__)
+
+_MANAGER = web.AppKey("job_manager", JobManager)
+
+
+def setup(app: web.Application, ctx: Any) -> None:
+    manager = JobManager(ctx.gcs.call, ctx.gcs_address, ctx.token, ctx.logs_dir)
+    app[_MANAGER] = manager
+
+    async def start(app: web.Application) -> None:
+        manager.start()
+
+    async def close(app: web.Application) -> None:
+        await manager.close()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(close)
+    app.middlewares.append(_errors)
+    app.router.add_post("/api/jobs/", submit_job)
+    app.router.add_get("/api/jobs/", list_jobs)
+    app.router.add_get("/api/jobs/{job_id}", get_job)
+    app.router.add_post("/api/jobs/{job_id}/stop", stop_job)
+    app.router.add_delete("/api/jobs/{job_id}", delete_job)
+    app.router.add_get("/api/jobs/{job_id}/logs", get_job_logs)
+    app.router.add_get("/api/jobs/{job_id}/logs/tail", tail_job_logs)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The job API's errors as Ray answers them (plain text with a status code)."""
+    if not request.path.startswith(("/api/jobs", "/api/packages")):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except JobNotFoundError as exc:
+        return web.Response(status=404, text=f"Job {exc.args[0]} does not exist")
+    except JobStateError as exc:
+        return web.Response(status=400, text=str(exc))
+    except (ConnectionLost, ConnectionError, OSError) as exc:
+        return web.Response(status=503, text=f"The cluster's control service is unreachable: {exc}")
+
+
+def _json(data: Any) -> web.Response:
+    return web.Response(text=json.dumps(data), content_type="application/json")
+
+
+async def submit_job(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        return web.Response(status=400, text=f"the request body is not JSON: {exc}")
+    try:
+        submit = JobSubmitRequest.from_json(body)
+        _validate_runtime_env(submit.runtime_env)
+        submission_id = await request.app[_MANAGER].submit(submit)
+    except (TypeError, ValueError) as exc:
+        return web.Response(status=400, text=str(exc))
+    return _json({"job_id": submission_id, "submission_id": submission_id})
+
+
+def _validate_runtime_env(runtime_env: dict[str, Any] | None) -> None:
+    if not runtime_env:
+        return
+    try:
+        from ember.runtime_env.validation import validate
+    except ImportError:
+        return  # runtime environments are not in this build
+    validate(runtime_env)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    jobs = await request.app[_MANAGER].list_jobs()
+    return _json([job.to_json() for job in jobs])
+
+
+async def get_job(request: web.Request) -> web.Response:
+    job = await request.app[_MANAGER].get_job(request.match_info["job_id"])
+    return _json(job.to_json())
+
+
+async def stop_job(request: web.Request) -> web.Response:
+    manager = request.app[_MANAGER]
+    submission_id, _ = await manager.get_submission(request.match_info["job_id"])
+    return _json({"stopped": await manager.stop_job(submission_id)})
+
+
+async def delete_job(request: web.Request) -> web.Response:
+    manager = request.app[_MANAGER]
+    submission_id, _ = await manager.get_submission(request.match_info["job_id"])
+    return _json({"deleted": await manager.delete_job(submission_id)})
+
+
+async def get_job_logs(request: web.Request) -> web.Response:
+    manager = request.app[_MANAGER]
+    submission_id, _ = await manager.get_submission(request.match_info["job_id"])
+    return _json({"logs": await manager.get_logs(submission_id)})
+
+
+async def tail_job_logs(request: web.Request) -> web.StreamResponse:
+    manager = request.app[_MANAGER]
+    submission_id, _ = await manager.get_submission(request.match_info["job_id"])
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for chunk in manager.tail_logs(submission_id):
+        if ws.closed:
+            break
+        await ws.send_str(chunk)
+    await ws.close()
+    return ws
