@@ -9,14 +9,19 @@ folders, so a test can call it in ``finally`` whatever happened.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterable
 from typing import Any
 
 import psutil
+
+from ember._private.processes import pid_alive
+from ember._private.test_utils import wait_for_condition
 
 
 def cli_env(tmpdir: str, **extra: str) -> dict[str, str]:
@@ -124,3 +129,24 @@ def log_text(session_dir: str, pattern: str) -> str:
         except OSError:
             pass
     return "\n".join(out)
+
+
+def restart_gcs(session_dir: str, env: dict[str, str], storage: str | None = None) -> subprocess.Popen[bytes]:
+    """Start the control service again the way gcs_restart_args.json says (optionally on another storage)."""
+    with open(os.path.join(session_dir, "gcs_restart_args.json")) as f:
+        args = json.load(f)
+    if storage is not None:
+        args[args.index("--storage") + 1] = storage
+    log = open(os.path.join(session_dir, "logs", "gcs_server_restarted.log"), "ab")
+    try:
+        return subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    finally:
+        log.close()
+
+
+def kill_gcs(session_dir: str) -> int:
+    pid = read_pid(os.path.join(session_dir, "pids", "gcs.pid"))
+    os.kill(pid, signal.SIGKILL)
+    wait_for_condition(lambda: not pid_alive(pid), timeout=10)
+    return pid

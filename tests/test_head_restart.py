@@ -15,10 +15,8 @@ A node whose recorded cluster id differs from the restarted control service's
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -27,7 +25,16 @@ from typing import Any
 
 import psutil
 import pytest
-from cli_cluster import cli_env, ember_cli, end_everything, read_pid, session_dirs, with_descendants
+from cli_cluster import (
+    cli_env,
+    ember_cli,
+    end_everything,
+    kill_gcs,
+    read_pid,
+    restart_gcs,
+    session_dirs,
+    with_descendants,
+)
 
 import ember
 from ember._private import runtime
@@ -98,20 +105,6 @@ def _start_head(env: dict[str, str], port: int, storage: str | None = None) -> s
     return session_dir
 
 
-def _restart_gcs(session_dir: str, env: dict[str, str], storage: str | None = None) -> subprocess.Popen[bytes]:
-    """Start the control service again the way gcs_restart_args.json says (optionally on another storage)."""
-    with open(os.path.join(session_dir, "gcs_restart_args.json")) as f:
-        args = json.load(f)
-    if storage is not None:
-        args[args.index("--storage") + 1] = storage
-    log = open(os.path.join(session_dir, "logs", "gcs_server_restarted.log"), "ab")
-    try:
-        return subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    finally:
-        log.close()
-
-
 def _raylet_logs(tmpdir: str) -> list[str]:
     import glob
 
@@ -121,13 +114,6 @@ def _raylet_logs(tmpdir: str) -> list[str]:
 def _read(path: str) -> str:
     with open(path, errors="replace") as f:
         return f.read()
-
-
-def _kill_gcs(session_dir: str) -> int:
-    pid = read_pid(os.path.join(session_dir, "pids", "gcs.pid"))
-    os.kill(pid, signal.SIGKILL)
-    wait_for_condition(lambda: not pid_alive(pid), timeout=10)
-    return pid
 
 
 class _StdoutRecorder:
@@ -208,7 +194,7 @@ def test_control_service_restart_keeps_the_cluster(storage, tmp_path, monkeypatc
         rejoined_before = [_read(p).count(REJOINED) for p in raylet_logs]
 
         # ---------------------------------------------------------------- the control service dies
-        _kill_gcs(session_dir)
+        kill_gcs(session_dir)
         (marks / "release").write_text("go")
         assert sorted(ember.get(tasks, timeout=30)) == ["task0", "task1"]  # running tasks complete
         assert ember.get(counter.incr.remote(), timeout=30) == 12  # the existing actor answers
@@ -229,7 +215,7 @@ def test_control_service_restart_keeps_the_cluster(storage, tmp_path, monkeypatc
 
         # ---------------------------------------------------------------- restart
         t0 = time.monotonic()
-        restarted = _restart_gcs(session_dir, env)
+        restarted = restart_gcs(session_dir, env)
         wait_for_condition(lambda: gcs_request(address, token, "ping", timeout=1.0) == "pong", timeout=30)
         accepting = time.monotonic() - t0
 
@@ -290,8 +276,8 @@ def test_node_of_another_cluster_refuses_to_rejoin(tmp_path):
         assert workers  # prestarted workers (and the fork server)
         old_id = gcs_request(address, token, "cluster_info")["cluster_id"]
 
-        _kill_gcs(session_dir)
-        restarted = _restart_gcs(session_dir, env, storage=f"sqlite:///{tmp_path / 'another.sqlite'}")
+        kill_gcs(session_dir)
+        restarted = restart_gcs(session_dir, env, storage=f"sqlite:///{tmp_path / 'another.sqlite'}")
         wait_for_condition(lambda: gcs_request(address, token, "ping", timeout=1.0) == "pong", timeout=30)
         new_id = gcs_request(address, token, "cluster_info")["cluster_id"]
         assert new_id != old_id
