@@ -21,6 +21,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ember._private.background import BackgroundTasks
 from ember._private.config import config
 from ember.jobs.common import (
     DriverInfo,
@@ -72,20 +73,14 @@ class JobManager:
         self._submitting: set[str] = set()
         #: Supervisors this manager asked to run (so that the monitor asks only the others).
         self._asked_to_run: set[str] = set()
-        self._monitor_task: asyncio.Task[None] | None = None
+        self._background = BackgroundTasks("job manager")
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        self._monitor_task = asyncio.get_running_loop().create_task(self._monitor())
+        self._background.spawn(self._monitor(), "job monitor")
 
     async def close(self) -> None:
-        if self._monitor_task is not None:
-            self._monitor_task.cancel()
-            try:
-                await self._monitor_task
-            except asyncio.CancelledError:
-                pass
-            self._monitor_task = None
+        await self._background.close(config().process_stop_timeout_s)
         if self._worker is not None:
             from ember.api.init import shutdown
 

@@ -26,6 +26,7 @@ import os
 import signal
 from typing import Any
 
+from ember._private.background import BackgroundTasks
 from ember._private.config import config
 from ember.jobs.common import JobErrorType, JobStatus
 from ember.jobs.store import JobStore, core_worker_call
@@ -116,6 +117,8 @@ class JobSupervisor:
         self._head_node_id = head_node_id
         self._store = JobStore(core_worker_call(self._worker))
         self._log_path = os.path.join(self._worker.session_dir, "logs", log_file_name(submission_id))
+        #: Owns the run (one task: later ``run`` calls wait for it); the actor's exit ends it.
+        self._background = BackgroundTasks("job supervisor")
         self._run_task: asyncio.Task[str] | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._stop_requested = False
@@ -126,7 +129,7 @@ class JobSupervisor:
     async def run(self) -> str:
         """Run the job to its end (a second call waits for the first); returns its final status."""
         if self._run_task is None:
-            self._run_task = asyncio.get_running_loop().create_task(self._run())
+            self._run_task = self._background.spawn(self._run(), "job run")
         status = await asyncio.shield(self._run_task)
         from ember.api.actor import exit_actor
 
