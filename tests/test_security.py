@@ -19,6 +19,7 @@ import pytest
 import ember
 from ember._private import runtime
 from ember._private.test_utils import wait_for_condition
+from ember.exceptions import ErrorCode
 from ember.rpc import connect
 from ember.rpc.framing import (
     ERROR,
@@ -277,8 +278,8 @@ def test_unknown_methods_and_bad_payloads_get_error_replies(ember_shared, target
             for body in decoder.feed(chunk):
                 message = decode_body(body)
                 replies[message[1]] = message
-    assert replies[1][0] == ERROR and replies[1][2] == "UnknownMethod"
-    assert replies[2][0] == ERROR and replies[2][2] == "UnknownMethod"
+    assert replies[1][0] == ERROR and replies[1][2] == ErrorCode.NO_SUCH_METHOD
+    assert replies[2][0] == ERROR and replies[2][2] == ErrorCode.NO_SUCH_METHOD
     assert replies[3][0] == ERROR
     assert replies[4] == [REPLY, 4, "pong"]
     _assert_healthy(address)

@@ -124,7 +124,9 @@ def test_ember_errors_survive_pickling_unchanged(cls):
     if cls is RayTaskError:
         error = RayTaskError("fn", "Traceback ...", ValueError("v"), 12, "127.0.0.1", "ab" * 16)
     elif cls is RemoteError:
-        error = RemoteError("Code", "message")
+        from ember.exceptions import ErrorCode
+
+        error = RemoteError(ErrorCode.BAD_REQUEST, "message")
     else:
         try:
             error = cls("a message")

@@ -34,6 +34,7 @@ with ``raise ... from exc`` so the original cause is kept.
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 
@@ -78,13 +79,43 @@ class FrameError(RpcError):
     """A frame was malformed, or larger than the configured limit."""
 
 
+class ErrorCode(enum.IntEnum):
+    """Why a call failed, as it crosses the wire in an ERROR frame (see ``ERROR_TABLE``)."""
+
+    INTERNAL = 1  # the handler raised something unexpected (a bug: the peer logged it)
+    BAD_REQUEST = 2  # the request was wrong (a ValueError, TypeError or LookupError)
+    NO_SUCH_METHOD = 3
+    CANCELLED = 4  # the handler was cancelled (its daemon is stopping)
+    FRAME_TOO_LARGE = 5  # the reply would exceed the frame limit
+    OBJECT_STORE_FULL = 6
+    TASK_UNSCHEDULABLE = 7  # no node can ever satisfy the request
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> ErrorCode:
+        """The code a peer sent; anything unknown or malformed counts as INTERNAL."""
+        try:
+            return cls(raw)
+        except ValueError:
+            return cls.INTERNAL
+
+
 class RemoteError(RpcError):
     """The peer answered a call with an error (code + human message)."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
+
+    def __reduce__(self) -> Any:
+        return (RemoteError, (self.code, self.message))
+
+    def to_exception(self) -> BaseException:
+        """The user-facing error this wire error stands for (itself if it has none)."""
+        for exc_type, code in ERROR_TABLE:
+            if code is self.code and exc_type is not RpcError:
+                return exc_type(self.message)
+        return self
 
 
 class RayTaskError(RayError):
@@ -316,3 +347,24 @@ class JobAuthenticationError(JobSubmissionError, PermissionError):
 
 
 __all__ = [name for name, value in globals().items() if isinstance(value, type) and issubclass(value, BaseException)]
+
+
+#: The one table between exceptions and wire codes, both ways: a handler's exception is
+#: sent as the code of the first row it is an instance of (else INTERNAL), and a received
+#: code becomes the first row's exception type (``RemoteError.to_exception``).
+ERROR_TABLE: tuple[tuple[type[BaseException], ErrorCode], ...] = (
+    (ObjectStoreFullError, ErrorCode.OBJECT_STORE_FULL),
+    (TaskUnschedulableError, ErrorCode.TASK_UNSCHEDULABLE),
+    (FrameError, ErrorCode.FRAME_TOO_LARGE),
+    (ValueError, ErrorCode.BAD_REQUEST),
+    (TypeError, ErrorCode.BAD_REQUEST),
+    (LookupError, ErrorCode.BAD_REQUEST),
+)
+
+
+def error_code_of(exc: BaseException) -> ErrorCode:
+    """The wire code for a handler's exception."""
+    for exc_type, code in ERROR_TABLE:
+        if isinstance(exc, exc_type):
+            return code
+    return ErrorCode.INTERNAL

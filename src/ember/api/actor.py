@@ -132,13 +132,13 @@ class ActorClass:
             "strategy": strategy,
             "pg": pg_id,
         }
-        from ember.exceptions import RemoteError
+        from ember.exceptions import ErrorCode, RemoteError
 
         try:
             reply = worker.gcs_call("register_actor", spec)
         except RemoteError as exc:
-            if exc.code == "ValueError":  # e.g. the name is taken in this namespace
-                raise ValueError(exc.message) from None
+            if exc.code is ErrorCode.BAD_REQUEST:  # e.g. the name is taken in this namespace
+                raise exc.to_exception() from None
             raise
         if reply.get("existing"):
             return ActorHandle(reply["actor_id"], reply.get("meta") or meta)

@@ -19,6 +19,7 @@ from ember._private.object_ref import ObjectRef, is_counted
 from ember.core.memory_store import INLINE, PLASMA, Entry
 from ember.exceptions import (
     ConnectionLost,
+    ErrorCode,
     GetTimeoutError,
     ObjectLostError,
     ObjectStoreFullError,
@@ -72,8 +73,8 @@ class ObjectAccess:
             reply = self.raylet_call("create_object", {"object_id": object_id, "size": size, "owner": owner_id,
                                                        "owner_address": owner_address})
         except RemoteError as exc:
-            if exc.code == "ObjectStoreFullError":
-                raise ObjectStoreFullError(exc.message) from None
+            if exc.code is ErrorCode.OBJECT_STORE_FULL:
+                raise exc.to_exception() from None
             raise
         path = os.path.join(self.store_dir, object_id.hex())
         try:

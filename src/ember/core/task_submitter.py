@@ -25,6 +25,7 @@ from ember.core.memory_store import INLINE, Entry
 from ember.core.task_state import TaskEntry, TaskStatus
 from ember.exceptions import (
     ConnectionLost,
+    ErrorCode,
     LocalRayletDiedError,
     NodeDiedError,
     OutOfMemoryError,
@@ -231,8 +232,8 @@ class TaskSubmitter:
         if exc is not None:
             cls.pending_requests.discard(request_id)
             self._request_class.pop(request_id, None)
-            if isinstance(exc, RemoteError) and exc.code == "TaskUnschedulableError":
-                self._fail_class(cls, TaskUnschedulableError(exc.message))
+            if isinstance(exc, RemoteError) and exc.code is ErrorCode.TASK_UNSCHEDULABLE:
+                self._fail_class(cls, exc.to_exception())
             elif raylet is not self.worker.raylet and isinstance(exc, ConnectionLost):
                 self._dispatch(cls)  # that node went away: ask the local node again
             else:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ember._private.config import config
 from ember._private.state_machine import History, TransitionTable
-from ember.exceptions import ConnectionLost, RemoteError
+from ember.exceptions import ConnectionLost, ErrorCode, RemoteError
 from ember.gcs import persistence as db
 from ember.rpc import Connection, connect
 
@@ -249,7 +249,7 @@ class ActorManager:
                 request["spilled"] = False
                 continue
             except RemoteError as exc:
-                if exc.code == "TaskUnschedulableError":
+                if exc.code is ErrorCode.TASK_UNSCHEDULABLE:
                     entry.error_type = "ActorUnschedulableError"
                     self._mark_dead(entry, f"it cannot be scheduled: {exc.message}")
                     return

@@ -25,7 +25,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ember._private.config import config
-from ember.exceptions import AuthenticationError, ConnectionLost, FrameError, RemoteError
+from ember.exceptions import (
+    AuthenticationError,
+    ConnectionLost,
+    ErrorCode,
+    FrameError,
+    RemoteError,
+    error_code_of,
+)
 from ember.rpc import framing
 from ember.rpc.fault_injection import Fault, fault_for, rng
 from ember.rpc.framing import ERROR, HELLO_MAGIC, NOTIFY, REPLY, REQUEST
@@ -174,7 +181,7 @@ class Connection(asyncio.Protocol):
         elif kind == ERROR and len(message) == 4:
             fut = self._pending.pop(message[1], None)
             if fut is not None and not fut.done():
-                fut.set_exception(RemoteError(str(message[2]), str(message[3])))
+                fut.set_exception(RemoteError(ErrorCode.from_wire(message[2]), str(message[3])))
         else:
             raise FrameError(f"unknown message kind {kind!r}")
 
@@ -186,7 +193,7 @@ class Connection(asyncio.Protocol):
     def _handle_request(self, msg_id: Any, method: str, payload: Any) -> None:
         fn = self._lookup(method)
         if fn is None:
-            self._send_error(msg_id, "UnknownMethod", f"no such method: {method!r}")
+            self._send_error(msg_id, ErrorCode.NO_SUCH_METHOD, f"no such method: {method!r}")
             return
         try:
             result = fn(self, payload)
@@ -205,11 +212,11 @@ class Connection(asyncio.Protocol):
         try:
             self.send([REPLY, msg_id, result])
         except FrameError as exc:  # too large to send: the caller gets an error, not a dropped connection
-            self._send_error(msg_id, "FrameError", f"the reply to {method}: {exc}")
+            self._send_error(msg_id, ErrorCode.FRAME_TOO_LARGE, f"the reply to {method}: {exc}")
 
     def _request_done(self, msg_id: Any, method: str, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
-            self._send_error(msg_id, "Cancelled", f"{method} was cancelled")
+            self._send_error(msg_id, ErrorCode.CANCELLED, f"{method} was cancelled")
             return
         exc = task.exception()
         if exc is not None:
@@ -218,13 +225,13 @@ class Connection(asyncio.Protocol):
             self._reply(msg_id, method, task.result())
 
     def _handler_failed(self, msg_id: Any, method: str, exc: BaseException) -> None:
-        expected = getattr(exc, "expected", False) or isinstance(exc, (ValueError, KeyError, LookupError))
-        if not expected:
+        code = error_code_of(exc)
+        if code is ErrorCode.INTERNAL and not getattr(exc, "expected", False):
             logger.exception("handler %s failed", method, exc_info=exc)
-        self._send_error(msg_id, type(exc).__name__, str(exc))
+        self._send_error(msg_id, code, str(exc))
 
-    def _send_error(self, msg_id: Any, code: str, message: str) -> None:
-        self.send([ERROR, msg_id, code, message])
+    def _send_error(self, msg_id: Any, code: ErrorCode, message: str) -> None:
+        self.send([ERROR, msg_id, int(code), message])
 
     def _handle_notify(self, method: str, payload: Any) -> None:
         fn = self._lookup(method)
