@@ -229,3 +229,26 @@ def test_job_running_across_a_control_service_restart_finishes_with_its_record(h
     finally:
         restarted.kill()
         restarted.wait(timeout=10)
+
+
+def test_job_with_entrypoint_resources_runs_on_the_node_that_has_them(head, tmp_path):
+    side_env = dict(head.env, EMBER_CLUSTER_TOKEN=head.token)
+    joined = ember_cli(["start", "--address", head.address, "--num-cpus", "1", "--resources", '{"side": 1}',
+                        "--object-store-memory", str(64 * 1024 * 1024)], side_env)
+    assert joined.returncode == 0, joined.stdout + joined.stderr
+    nodes = gcs_request(head.address, head.token, "get_nodes")
+    side = next(n["NodeID"] for n in nodes if n["Alive"] and n["Resources"].get("side"))
+    go = tmp_path / "go"
+    job = head.submit(f"echo on the side node; while [ ! -e {go} ]; do sleep 0.05; done; echo done",
+                      entrypoint_resources={"side": 1})
+    running = head.wait_status(job, JobStatus.RUNNING)
+    assert running.driver_node_id == side
+    # Its log is on the other node: read through its supervisor while it runs...
+    wait_for_condition(lambda: "on the side node" in head.run(head.manager.get_logs(job)))
+    go.touch()
+    head.wait_status(job, JobStatus.SUCCEEDED)
+    # ... and from the copy it left in the cluster once it ended.
+    wait_for_condition(lambda: gcs_request(head.address, head.token, "get_named_actor",
+                                           {"name": supervisor_name(job), "namespace": SUPERVISOR_NAMESPACE}) is None)
+    assert head.run(head.manager.get_logs(job)) == "on the side node\ndone\n"
+    assert not os.path.exists(os.path.join(head.session_dir, "logs", f"job-driver-{job}.log"))
