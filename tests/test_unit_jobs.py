@@ -118,12 +118,20 @@ def test_read_tail(tmp_path):
     assert read_tail(str(tmp_path / "missing"), 5) == ""
 
 
-def test_sdk_address_rules(monkeypatch):
+def test_sdk_address_rules(monkeypatch, tmp_path):
+    from ember._private import session
     from ember.job_submission.sdk import resolve_address
 
     for name in ("EMBER_ADDRESS", "RAY_ADDRESS"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("EMBER_TMPDIR", str(tmp_path))
     assert resolve_address(None) == "http://127.0.0.1:8265"
+    # The head started here last, with its HTTP server's address recorded in its session.
+    session_dir = tmp_path / "session_x"
+    session_dir.mkdir()
+    (session_dir / session.DASHBOARD_URL_FILE).write_text('{"url": "127.0.0.1:18265", "pid": 1}')
+    session.write_current_cluster({"gcs_address": "127.0.0.1:1", "session_dir": str(session_dir)})
+    assert resolve_address(None) == "http://127.0.0.1:18265"
     monkeypatch.setenv("RAY_ADDRESS", "http://head:8265/")
     assert resolve_address(None) == "http://head:8265"
     monkeypatch.setenv("EMBER_ADDRESS", "10.0.0.1:6379")  # a control-service address: not for HTTP
@@ -131,3 +139,23 @@ def test_sdk_address_rules(monkeypatch):
     assert resolve_address("h:1") == "http://h:1"
     with pytest.raises(ValueError, match="http"):
         resolve_address("ray://h:10001")
+
+
+def test_token_discovery_by_http_address_reads_only_this_users_private_records(monkeypatch, tmp_path):
+    import os
+
+    from ember._private import session
+    from ember.job_submission.sdk import find_token
+
+    monkeypatch.delenv("EMBER_CLUSTER_TOKEN", raising=False)
+    monkeypatch.setenv("EMBER_TMPDIR", str(tmp_path))
+    session_dir = session.create_session_dir()
+    token = session.create_token(session_dir)
+    (tmp_path / os.path.basename(session_dir) / session.DASHBOARD_URL_FILE).write_text('{"url": "localhost:18265"}')
+    session.register_cluster("127.0.0.1:16379", session_dir)
+    assert find_token("http://127.0.0.1:18265") == token
+    assert find_token("http://127.0.0.1:18266") is None  # another server gets no token
+    os.chmod(os.path.join(session_dir, "token"), 0o644)  # readable by others: not trusted
+    assert find_token("http://127.0.0.1:18265") is None
+    monkeypatch.setenv("EMBER_CLUSTER_TOKEN", "explicit")
+    assert find_token("http://127.0.0.1:18266") == "explicit"

@@ -249,3 +249,55 @@ def cluster_token(gcs_address: str, explicit: str | None = None) -> str:
             "the head's session folder."
         )
     return token
+
+
+# ----------------------------------------------------------------------------- HTTP servers of heads
+#: A head's HTTP server records its ``host:port`` here (``{"url": ..., "pid": ...}``).
+DASHBOARD_URL_FILE = "dashboard.json"
+
+
+def dashboard_url(session_dir: str) -> str | None:
+    """``host:port`` of the HTTP server of the head whose session is ``session_dir``, if it runs one."""
+    try:
+        with open(os.path.join(session_dir, DASHBOARD_URL_FILE)) as f:
+            url = json.load(f).get("url")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return url if isinstance(url, str) and url else None
+
+
+def _registered_session_dirs() -> list[str]:
+    """Session folders of the heads this user started on this machine (the current one first)."""
+    found: list[str] = []
+    current = read_current_cluster()
+    if current and isinstance(current.get("session_dir"), str):
+        found.append(current["session_dir"])
+    try:
+        names = sorted(os.listdir(clusters_dir()))
+    except OSError:
+        names = []
+    for name in names:
+        entry = _read_private_json(os.path.join(clusters_dir(), name))
+        if entry is not None and isinstance(entry.get("session_dir"), str) and entry["session_dir"] not in found:
+            found.append(entry["session_dir"])
+    return found
+
+
+def local_dashboard_url() -> str | None:
+    """``host:port`` of the HTTP server of the head started last on this machine (``ember start``)."""
+    current = read_current_cluster()
+    return dashboard_url(str(current.get("session_dir", ""))) if current else None
+
+
+def discover_token_for_http(netloc: str) -> str | None:
+    """The token of a head this user started here whose HTTP server is at ``netloc`` (``host:port``).
+
+    Only this user's private records are read, so a server at some other address never
+    receives a token it was not meant to have.
+    """
+    wanted = _normalize_address(netloc)
+    for session_dir in _registered_session_dirs():
+        url = dashboard_url(session_dir)
+        if url and _normalize_address(url) == wanted:
+            return _read_private_token(session_dir)
+    return None

@@ -29,7 +29,8 @@ REQUEST_TIMEOUT_S = 30.0
 
 def resolve_address(address: str | None) -> str:
     """The job server's URL: ``address``, else ``EMBER_ADDRESS``/``RAY_ADDRESS`` when they are
-    http(s) URLs, else ``http://127.0.0.1:8265``; ``host:port`` means ``http://host:port``."""
+    http(s) URLs, else the HTTP server of the head ``ember start`` started last on this
+    machine, else ``http://127.0.0.1:8265``; ``host:port`` means ``http://host:port``."""
     if not address:
         for name in ("EMBER_ADDRESS", "RAY_ADDRESS"):
             value = os.environ.get(name, "")
@@ -37,7 +38,9 @@ def resolve_address(address: str | None) -> str:
                 address = value
                 break
         else:
-            address = DEFAULT_ADDRESS
+            from ember._private import session
+
+            address = session.local_dashboard_url() or DEFAULT_ADDRESS
     if "://" not in address:
         address = "http://" + address
     scheme = address.split("://", 1)[0]
@@ -57,11 +60,7 @@ def find_token(address: str) -> str | None:
         return token
     from ember._private import session
 
-    netloc = urllib.parse.urlsplit(address).netloc
-    finder = getattr(session, "discover_token_for_http", None)
-    if finder is not None:
-        return finder(netloc)
-    return session.discover_token(netloc)
+    return session.discover_token_for_http(urllib.parse.urlsplit(address).netloc)
 
 
 class JobSubmissionClient:
