@@ -16,14 +16,13 @@ from typing import Any
 from ember import actor, exceptions
 from ember._private.ids import JobID, NodeID, TaskID, WorkerID
 from ember._private.object_ref import ObjectRef
+from ember._private.version import __version__ as __version__
 from ember.api.actor import ActorClass, get_actor, kill, method
 from ember.api.cluster_info import available_resources, cluster_resources, nodes
 from ember.api.init import init, is_initialized, shutdown
 from ember.api.objects import cancel, get, put, wait
 from ember.api.remote_function import RemoteFunction
 from ember.runtime_context import get_runtime_context
-
-__version__ = "0.1.0"
 
 
 def get_gpu_ids() -> list[int]:

@@ -140,6 +140,16 @@ class Config:
     #: Bytes of a job's log kept in the cluster when it ran on a node other than the head.
     job_log_copy_max_bytes: int = 1024 * 1024
 
+    # --- metrics -----------------------------------------------------------
+    #: Seconds a process that records metrics batches them before sending them to its node daemon.
+    metrics_report_period_s: float = 1.0
+    #: Most metric series (name + label values) a node daemon keeps; records of new ones beyond are dropped (and counted).
+    metrics_max_series: int = 20000
+    #: Seconds a metrics scraper has to send its request before the connection is closed.
+    metrics_request_timeout_s: float = 10.0
+    #: Seconds a scrape waits for the control service's actor and task counts (head node).
+    metrics_gcs_timeout_s: float = 2.0
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Config:
         environ = os.environ if environ is None else environ  # type: ignore[assignment]

@@ -134,6 +134,7 @@ def start_head(
     parent_pid: int | None = None,
     extra_env: dict[str, str] | None = None,
     storage: str | None = None,
+    metrics_export_port: int = 0,
 ) -> NodeProcesses:
     """Start a control service and one node daemon in a new session.
 
@@ -170,6 +171,7 @@ def start_head(
         start_raylet(
             nodes, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
             object_store_memory=object_store_memory, detach=detach, env=env, is_head=True,
+            metrics_export_port=metrics_export_port,
         )
     except BaseException:
         nodes.stop()
@@ -188,7 +190,9 @@ def start_raylet(
     env: dict[str, str] | None = None,
     is_head: bool = False,
     port: int = 0,
+    metrics_export_port: int = 0,
 ) -> None:
+    """Start a node daemon; ``metrics_export_port`` is its Prometheus port (0: a free one)."""
     store = int(object_store_memory) if object_store_memory else default_object_store_memory()
     if store <= 0:
         raise ValueError("object_store_memory must be positive")
@@ -197,6 +201,11 @@ def start_raylet(
     nodes.node_id = node_id
     nodes.store_dir = session.object_store_dir(os.path.basename(nodes.session_dir), node_id.hex())
     sock = bind_listener(nodes.node_ip, port)
+    try:
+        metrics_sock = bind_listener(nodes.node_ip, metrics_export_port)
+    except OSError:
+        sock.close()
+        raise
     try:
         nodes.raylet_address = f"{nodes.node_ip}:{sock.getsockname()[1]}"
         args = [
@@ -209,14 +218,16 @@ def start_raylet(
             "--object-store-memory", str(store),
             "--store-dir", nodes.store_dir,
             "--node-id", node_id.hex(),
+            "--metrics-listen-fd", str(metrics_sock.fileno()),
         ]
         if is_head:
             args.append("--head")
         proc = spawn(
             args, log_path=os.path.join(nodes.session_dir, "logs", f"raylet-{node_id.hex()[:12]}.log"),
-            env=env, pass_fds=[sock.fileno()], detach=detach,
+            env=env, pass_fds=[sock.fileno(), metrics_sock.fileno()], detach=detach,
         )
         nodes.procs.append(("raylet", proc))
         session.write_pid_file(nodes.session_dir, f"raylet-{node_id.hex()[:12]}", proc.pid)
     finally:
         sock.close()
+        metrics_sock.close()

@@ -11,6 +11,7 @@ from typing import Any
 
 from ember._private import runtime, session
 from ember._private.node import NodeProcesses, start_head
+from ember.core import metrics_recorder
 from ember.core.worker import DRIVER, CoreWorker
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def init(
     logging_level: int | str = logging.INFO,
     _node_ip_address: str | None = None,
     _token: str | None = None,
+    _metrics_export_port: int | None = None,
     **kwargs: Any,
 ) -> RayContext:
     """Start a local cluster, or connect to a running one.
@@ -108,7 +110,7 @@ def init(
         log_to_driver: print workers' output in this terminal.
     """
     global _local_nodes, _atexit_registered
-    allowed_ignored = {"dashboard_host", "dashboard_port", "configure_logging", "log_style", "_temp_dir", "_system_config", "local_mode", "job_config", "_enable_object_reconstruction", "_plasma_directory", "_metrics_export_port", "storage", "_memory"}
+    allowed_ignored = {"dashboard_host", "dashboard_port", "configure_logging", "log_style", "_temp_dir", "_system_config", "local_mode", "job_config", "_enable_object_reconstruction", "_plasma_directory", "storage", "_memory"}
     unknown = set(kwargs) - allowed_ignored
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
@@ -131,6 +133,7 @@ def init(
             nodes = start_head(
                 node_ip=node_ip, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                 object_store_memory=object_store_memory, parent_pid=os.getpid(),
+                metrics_export_port=_metrics_export_port or 0,
             )
             _local_nodes = nodes
             token = nodes.token
@@ -157,6 +160,7 @@ def init(
                 _local_nodes = None
             raise
         runtime.set_core_worker(worker)
+        metrics_recorder.kick_if_used()
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True

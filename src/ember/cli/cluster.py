@@ -53,9 +53,11 @@ def _save_started(entries: list[dict[str, Any]]) -> None:
 @click.option("--node-ip-address", default="127.0.0.1", show_default=True, help="Address daemons listen on.")
 @click.option("--token", default=None, help="Cluster token when joining (default: EMBER_CLUSTER_TOKEN or this machine's head).")
 @click.option("--storage", default=None, help="Control service storage: sqlite:///path (default: in the session folder), redis://host:port or memory://.")
+@click.option("--metrics-export-port", type=click.IntRange(0, 65535), default=0,
+              help="Port this node serves Prometheus metrics on (default: a free port, shown by ember.nodes()).")
 def start(head: bool, address: str | None, port: int, num_cpus: float | None, num_gpus: float | None,
           resources: str | None, object_store_memory: int | None, node_ip_address: str, token: str | None,
-          storage: str | None) -> None:
+          storage: str | None, metrics_export_port: int) -> None:
     """Start Ember daemons on this machine."""
     from ember._private import node
     from ember.rpc.sync_client import wait_for_nodes
@@ -73,6 +75,7 @@ def start(head: bool, address: str | None, port: int, num_cpus: float | None, nu
             nodes = node.start_head(
                 node_ip=node_ip_address, port=port, num_cpus=num_cpus, num_gpus=num_gpus,
                 resources=custom, object_store_memory=object_store_memory, detach=True, storage=storage,
+                metrics_export_port=metrics_export_port,
             )
             try:
                 wait_for_nodes(nodes.gcs_address, nodes.token, 1)
@@ -100,7 +103,8 @@ def start(head: bool, address: str | None, port: int, num_cpus: float | None, nu
             except Exception as exc:
                 raise click.ClickException(f"cannot reach the control service at {address}: {exc}") from exc
             node.start_raylet(nodes, num_cpus=num_cpus, num_gpus=num_gpus, resources=custom,
-                              object_store_memory=object_store_memory, detach=True)
+                              object_store_memory=object_store_memory, detach=True,
+                              metrics_export_port=metrics_export_port)
             wait_for_nodes(address, token, before + 1)
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ember._private.background import BackgroundTasks
+from ember.core import metrics_recorder
 from ember.core.task_executor import ActorExit, Item
 
 if TYPE_CHECKING:
@@ -204,6 +205,8 @@ class ActorRuntime:
                     timeout=5.0,
                 )
             finally:
+                metrics_recorder.flush_if_used(worker)
+                await asyncio.sleep(0)  # the batch goes out with this loop iteration's writes
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(0)

@@ -26,6 +26,7 @@ from ember._private import ids
 from ember._private.background import BackgroundTasks
 from ember._private.config import config
 from ember._private.object_ref import ObjectRef, is_counted
+from ember.core import metrics_recorder
 from ember.core.actor_submitter import ActorCall, ActorSubmitter
 from ember.core.function_manager import FunctionManager
 from ember.core.lineage import Lineage
@@ -240,6 +241,7 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         self.shutting_down = True
 
         async def _close() -> None:
+            metrics_recorder.flush_if_used(self)
             self.submitter.release_idle_leases()
             await asyncio.sleep(0)
             for conn in [self.raylet, self.gcs]:

@@ -18,6 +18,7 @@ from typing import Any
 from ember._private import ids
 from ember._private.background import BackgroundTasks
 from ember._private.config import config
+from ember.gcs import metrics_discovery
 from ember.gcs import persistence as db
 from ember.gcs.actor_manager import ActorManager
 from ember.gcs.placement_groups import PlacementGroupManager
@@ -60,6 +61,7 @@ class NodeEntry:
             "ObjectStoreSpilled": self.store_spilled,
             "ObjectStoreDir": info.get("store_dir", ""),
             "IsHead": bool(info.get("is_head")),
+            "MetricsExportPort": info.get("metrics_export_port", 0),
             "DeathReason": self.death_reason,
             "alive": self.alive,
         }
@@ -115,6 +117,8 @@ class GcsServer:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._restore()
+        metrics_discovery.write_prometheus_config(self.session_dir)
+        self._write_metrics_discovery()
         self.background.spawn(self._health_loop(), "health checks", loop=loop)
 
     def _restore(self) -> None:
@@ -222,6 +226,7 @@ class GcsServer:
         logger.info("node %s joined at %s", node_id.hex()[:12], info["address"])
         self.publish("nodes", entry.to_public())
         self.cluster_changed.notify()
+        self._write_metrics_discovery()
         return {"cluster_id": self.cluster_id, "release_leases": release}
 
     def _node_disconnected(self, node_id: bytes, conn: Connection) -> None:
@@ -235,9 +240,14 @@ class GcsServer:
         self.persist_node(entry)
         logger.warning("node %s is dead: %s", entry.info["node_id"].hex()[:12], reason)
         self.publish("nodes", entry.to_public())
+        self._write_metrics_discovery()
         self.actor_manager.on_node_died(entry.info["node_id"], reason)
         self.pg_manager.on_node_died(entry.info["node_id"])
         self.cluster_changed.notify()
+
+    def _write_metrics_discovery(self) -> None:
+        """Prometheus's list of every live node's metrics port (joins and deaths change it)."""
+        metrics_discovery.write_discovery(self.session_dir, [e.to_public() for e in self.nodes.values()])
 
     def rpc_report(self, conn: Connection, report: dict[str, Any]) -> list[list[Any]]:
         """A node's load report (its heartbeat); the reply is every live node's load."""

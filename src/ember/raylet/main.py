@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store-dir", required=True)
     parser.add_argument("--node-id", default="")
     parser.add_argument("--head", action="store_true")
+    parser.add_argument("--metrics-export-port", type=int, default=0)
+    parser.add_argument("--metrics-listen-fd", type=int, default=-1)
     args = parser.parse_args(argv)
     setup_logging("raylet")
     token = session.read_token(args.session_dir)
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
         store_dir=args.store_dir,
         node_id=bytes.fromhex(args.node_id) if args.node_id else None,
         is_head=args.head,
+        metrics_export_port=args.metrics_export_port,
+        metrics_listen_fd=args.metrics_listen_fd,
     )
 
     async def serve(stop: asyncio.Event) -> None:

@@ -25,6 +25,7 @@ from ember.raylet import scheduling_policy as policy
 from ember.raylet.lease_service import LeaseService
 from ember.raylet.leases import Lease, LeaseRequest
 from ember.raylet.log_monitor import LogMonitor
+from ember.raylet.metrics_service import MetricsService
 from ember.raylet.object_manager import ObjectManager
 from ember.raylet.object_service import ObjectService
 from ember.raylet.object_store import ObjectStore
@@ -49,9 +50,11 @@ class RayletOptions:
         self.store_dir: str = kw["store_dir"]
         self.node_id: bytes = kw.get("node_id") or ids.random_unique_id()
         self.is_head: bool = kw.get("is_head", False)
+        self.metrics_export_port: int = kw.get("metrics_export_port") or 0
+        self.metrics_listen_fd: int = kw.get("metrics_listen_fd", -1)
 
 
-class Raylet(LeaseService, ObjectService):
+class Raylet(LeaseService, ObjectService, MetricsService):
     def __init__(self, opts: RayletOptions, token: str) -> None:
         self.opts = opts
         self.token = token
@@ -107,6 +110,7 @@ class Raylet(LeaseService, ObjectService):
         self.spiller = Spiller(self.store, spill_location, cfg.object_spilling_threshold)
         self.objects = ObjectManager(self.store, self.node_id, self._connect_raylet, token, self.spiller.make_room)
         self.transfer: Any = None
+        self._init_metrics()
 
     # ================================================================ start/stop
     async def start(self) -> None:
@@ -132,6 +136,7 @@ class Raylet(LeaseService, ObjectService):
             "EMBER_TOKEN": self.token,
             "EMBER_RAYLET_PID": str(os.getpid()),
         }
+        await self._start_metrics()
         if config().use_fork_server:
             from ember.raylet.worker_launcher import ZygoteLauncher
 
@@ -160,6 +165,7 @@ class Raylet(LeaseService, ObjectService):
             "hostname": socket.gethostname(),
             "is_head": self.opts.is_head,
             "pid": os.getpid(),
+            "metrics_export_port": self.metrics_export_port,
         }
 
     def _sealed_path(self, object_id: bytes) -> str | None:
@@ -174,6 +180,7 @@ class Raylet(LeaseService, ObjectService):
         await self.background.close(config().process_stop_timeout_s)
         if self._server is not None:
             self._server.close()
+        await self._stop_metrics()
         self.pool.stop_all(config().process_stop_timeout_s)
         self.log_monitor.poll()
         self.store.destroy()
@@ -521,6 +528,7 @@ class Raylet(LeaseService, ObjectService):
     def rpc_register_client(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any]:
         conn.state["client_id"] = p["client_id"]
         conn.state["address"] = p.get("address")
+        conn.state["pid"] = p.get("pid")
         self.store.owner_names[p["client_id"]] = f"driver pid {p.get('pid', '?')}"
         self.clients[p["client_id"]] = conn
         return self._client_info()

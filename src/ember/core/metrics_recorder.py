@@ -1,0 +1,164 @@
+"""This process's application metrics, aggregated and sent to the node daemon in batches.
+
+A record (``Counter.inc``, ``Gauge.set``, ``Histogram.observe``) only updates a
+dict under a lock: counters add up, gauges keep the last value, histograms
+count buckets. The first record after a flush arms one timer on the core
+worker's event loop; ``metrics_report_period_s`` later the loop sends what
+accumulated as one ``report_metrics`` notification to the node daemon
+(``ember.raylet.metrics_service``). A process that records nothing never
+imports this module or arms a timer. Records made before ``ember.init()``
+wait here and go with the first batch after it; ``shutdown`` sends the last
+batch.
+
+Message shape (msgpack)::
+
+    {"worker_id": bytes, "defs": [[kind, name, description, tag_keys, boundaries], ...],
+     "points": [[name, tag_values, value], ...]}
+
+where a counter's value is the increase since the last batch, a gauge's is its
+last value and a histogram's is ``[bucket_counts, sum, count]`` since the last
+batch (``len(boundaries) + 1`` buckets, the last one unbounded).
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from ember._private import runtime
+from ember._private.config import config
+
+COUNTER = "counter"
+GAUGE = "gauge"
+HISTOGRAM = "histogram"
+KINDS = (COUNTER, GAUGE, HISTOGRAM)
+
+
+@dataclass(frozen=True)
+class MetricDefinition:
+    kind: str
+    name: str
+    description: str
+    tag_keys: tuple[str, ...]
+    boundaries: tuple[float, ...] = ()
+
+    def same_shape(self, other: MetricDefinition) -> bool:
+        """Whether records of both can share one series (the description may differ)."""
+        return (self.kind, self.tag_keys, self.boundaries) == (other.kind, other.tag_keys, other.boundaries)
+
+    def describe(self) -> str:
+        extra = f", boundaries {list(self.boundaries)}" if self.boundaries else ""
+        return f"{self.kind} with tag_keys {self.tag_keys}{extra}"
+
+    def to_wire(self) -> list[Any]:
+        return [self.kind, self.name, self.description, list(self.tag_keys), list(self.boundaries)]
+
+
+class MetricsRecorder:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.definitions: dict[str, MetricDefinition] = {}
+        #: (name, tag values) -> counter increase / gauge value / [buckets, sum, count].
+        self._pending: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._armed = False
+        self._timer: Any = None
+
+    def define(self, definition: MetricDefinition) -> None:
+        """Register a metric; the same name again must have the same type, tag keys and boundaries."""
+        with self._lock:
+            known = self.definitions.get(definition.name)
+            if known is None:
+                self.definitions[definition.name] = definition
+            elif not known.same_shape(definition):
+                raise ValueError(
+                    f"Metric {definition.name!r} is already defined in this process as a "
+                    f"{known.describe()}; cannot define it again as a {definition.describe()}."
+                )
+
+    def record(self, definition: MetricDefinition, tags: tuple[str, ...], value: float) -> None:
+        key = (definition.name, tags)
+        with self._lock:
+            if definition.kind == COUNTER:
+                self._pending[key] = self._pending.get(key, 0.0) + value
+            elif definition.kind == GAUGE:
+                self._pending[key] = value
+            else:
+                entry = self._pending.get(key)
+                if entry is None:
+                    entry = self._pending[key] = [[0] * (len(definition.boundaries) + 1), 0.0, 0]
+                # Prometheus buckets are "less than or equal": a value on a boundary counts in it.
+                entry[0][bisect.bisect_left(definition.boundaries, value)] += 1
+                entry[1] += value
+                entry[2] += 1
+            if self._armed:
+                return
+            worker = runtime.core_worker_or_none()
+            if worker is None or worker.loop is None:
+                return  # sent once ember.init() has started a core worker (kick)
+            self._armed = True
+        worker.loop.call_soon_threadsafe(self._arm, worker)
+
+    def kick(self) -> None:
+        """Arm the timer for records made before this process had a core worker."""
+        with self._lock:
+            if self._armed or not self._pending:
+                return
+            worker = runtime.core_worker_or_none()
+            if worker is None or worker.loop is None:
+                return
+            self._armed = True
+        worker.loop.call_soon_threadsafe(self._arm, worker)
+
+    def _arm(self, worker: Any) -> None:
+        self._timer = worker.loop.call_later(config().metrics_report_period_s, self.flush, worker)
+
+    def take_batch(self) -> dict[str, Any] | None:
+        """What accumulated since the last batch, as the message to send (None if nothing)."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._armed = False
+            if not pending:
+                return None
+            names = {name for name, _ in pending}
+            defs = [self.definitions[name].to_wire() for name in names]
+        points = [[name, list(tags), value] for (name, tags), value in pending.items()]
+        return {"defs": defs, "points": points}
+
+    def flush(self, worker: Any) -> None:
+        """Send the batch to the node daemon (on the core worker's loop)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch = self.take_batch()
+        conn = worker.raylet
+        if batch is None or conn is None or conn.closed:
+            return  # the node daemon is gone: so is the exporter these records were for
+        batch["worker_id"] = worker.worker_id
+        conn.notify("report_metrics", batch)
+
+
+_recorder: MetricsRecorder | None = None
+_recorder_lock = threading.Lock()
+
+
+def get_recorder() -> MetricsRecorder:
+    global _recorder
+    if _recorder is None:
+        with _recorder_lock:
+            if _recorder is None:
+                _recorder = MetricsRecorder()
+    return _recorder
+
+
+def flush_if_used(worker: Any) -> None:
+    """Send what this process recorded now (shutdown, actor exit); on the core worker's loop."""
+    if _recorder is not None:
+        _recorder.flush(worker)
+
+
+def kick_if_used() -> None:
+    """Called once a driver's core worker runs: send records made before ``init``."""
+    if _recorder is not None:
+        _recorder.kick()

@@ -1,0 +1,135 @@
+"""The node daemon's metrics: what its processes report, its own, and the metrics port.
+
+Mixed into ``Raylet``. Processes send application metrics in batches
+(``report_metrics``, see ``ember.core.metrics_recorder``); a scrape of the
+metrics port (``metrics_http``) builds every family at that moment: the
+application metrics, resources, object store, node CPU and memory, per-
+component memory and CPU, and on the head node the control service's actor
+counts. Nothing is computed between scrapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+from ember._private import resources as res
+from ember._private.config import config
+from ember._private.version import __version__
+from ember.exceptions import ConnectionLost, RemoteError
+from ember.raylet import metric_families, system_metrics
+from ember.raylet.metric_families import COUNTER, Family
+from ember.raylet.metrics_http import MetricsHttpServer
+from ember.raylet.user_metrics import UserMetrics
+from ember.raylet.worker_pool import WorkerState
+from ember.rpc import Connection
+
+if TYPE_CHECKING:
+    from ember.raylet.server import Raylet
+
+logger = logging.getLogger(__name__)
+
+
+class MetricsService:
+    def _init_metrics(self: Raylet) -> None:
+        session = system_metrics.session_name(self.opts.session_dir)
+        self._raylet_labels = {
+            "Component": "raylet", "NodeAddress": self.opts.node_ip, "SessionName": session, "Version": __version__,
+        }
+        self._node_labels = {
+            "IsHeadNode": "true" if self.opts.is_head else "false",
+            "RayNodeType": "head" if self.opts.is_head else "worker",
+            "SessionName": session, "Version": __version__, "ip": self.opts.node_ip,
+        }
+        self.user_metrics = UserMetrics(config().metrics_max_series, {
+            "NodeAddress": self.opts.node_ip, "SessionName": session, "Version": __version__,
+        })
+        self._os_sampler = system_metrics.OsSampler()
+        self.metrics_server: MetricsHttpServer | None = None
+
+    async def _start_metrics(self: Raylet) -> None:
+        opts = self.opts
+        if opts.metrics_listen_fd >= 0:
+            sock = socket.socket(fileno=opts.metrics_listen_fd)
+        else:
+            from ember._private.node import bind_listener
+
+            sock = bind_listener(opts.node_ip, opts.metrics_export_port)
+        self.metrics_server = MetricsHttpServer(sock, self._render_metrics, config().metrics_request_timeout_s)
+        await self.metrics_server.start()
+
+    async def _stop_metrics(self: Raylet) -> None:
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+
+    @property
+    def metrics_export_port(self: Raylet) -> int:
+        return self.metrics_server.port if self.metrics_server is not None else 0
+
+    def rpc_report_metrics(self: Raylet, conn: Connection, batch: dict[str, Any]) -> None:
+        self.user_metrics.report(batch["worker_id"], batch)
+
+    async def _render_metrics(self: Raylet, accept: str) -> tuple[bytes, str]:
+        families = await self.metric_families()
+        return metric_families.render(families, accept)
+
+    async def metric_families(self: Raylet) -> list[Family]:
+        """Every metric of this node now."""
+        families = self.user_metrics.families()
+        families.append(Family(
+            "ember_metrics_dropped_records", COUNTER,
+            "Application metric records this node dropped (conflicting definitions or too many series).",
+            tuple(self._raylet_labels), [(tuple(self._raylet_labels.values()), float(self.user_metrics.dropped))],
+        ))
+        families.append(system_metrics.resources(res.to_float(self.total), res.to_float(self.available), self._raylet_labels))
+        stats = dict(self.store.stats())
+        stats["unsealed"] = sum(e.size for e in self.store.objects.values() if not e.sealed)
+        families += system_metrics.object_store(stats, self._raylet_labels)
+        gcs_pid = None
+        if self.opts.is_head:
+            actors, gcs_pid = await self._gcs_counts()
+            if actors is not None:
+                cluster_labels = {k: v for k, v in self._raylet_labels.items() if k != "Component"}
+                families.append(system_metrics.actors(actors, cluster_labels))
+        components = self._components(gcs_pid)
+        labels = {k: self._node_labels[k] for k in ("SessionName", "Version", "ip")}
+        families += await asyncio.get_running_loop().run_in_executor(None, self._sample_os, components, labels)
+        return families
+
+    def _sample_os(self: Raylet, components: list[tuple[str, int]], labels: dict[str, str]) -> list[Family]:
+        """The node's and its processes' CPU and memory (in a thread: it reads /proc)."""
+        return self._os_sampler.node(self._node_labels) + self._os_sampler.components(components, labels)
+
+    async def _gcs_counts(self: Raylet) -> tuple[list[dict[str, Any]] | None, int | None]:
+        """The control service's actor table and pid (head node; None when it does not answer)."""
+        if self.gcs is None or self.gcs.closed:
+            return None, None
+        timeout = config().metrics_gcs_timeout_s
+        try:
+            actors, info = await asyncio.gather(
+                self.gcs.call("list_actors", None, timeout), self.gcs.call("cluster_info", None, timeout),
+            )
+        except (ConnectionLost, RemoteError, asyncio.TimeoutError) as exc:
+            logger.debug("no actor counts for this scrape: %s", exc)
+            return None, None
+        return actors, info.get("pid")
+
+    def _components(self: Raylet, gcs_pid: int | None) -> list[tuple[str, int]]:
+        """(Ray's component name, pid) of every Ember process of this node."""
+        out = [("raylet", os.getpid())]
+        if gcs_pid:
+            out.append(("gcs", int(gcs_pid)))
+        launcher = self.pool.launcher
+        zygote = getattr(launcher, "proc", None)
+        if zygote is not None and zygote.poll() is None:
+            out.append(("ember::fork_server", zygote.pid))
+        for worker in self.pool.alive():
+            out.append(("ray::IDLE" if worker.state is WorkerState.IDLE else "ray::worker", worker.pid))
+        for conn in self.clients.values():
+            pid = conn.state.get("pid")
+            if pid and "worker" not in conn.state:
+                out.append(("driver", int(pid)))
+        return out
