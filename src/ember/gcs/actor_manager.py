@@ -119,6 +119,8 @@ class ActorManager:
         self.actors: dict[bytes, ActorEntry] = {}
         self.named: dict[tuple[str, str], bytes] = {}
         self.by_worker: dict[bytes, bytes] = {}
+        #: SPREAD actors placed per node (round robin across the nodes that can host them).
+        self._spread_picks: dict[bytes, int] = {}
 
     # ================================================================ registration
     def _persist(self, entry: ActorEntry) -> None:
@@ -195,10 +197,18 @@ class ActorManager:
         preferred = entry.spec.get("node_id")
         candidates = [n for n in self.gcs.nodes.values() if n.alive and n.conn is not None]
         candidates.sort(key=lambda n: n.info["node_id"] != preferred)
-        for node in candidates:
-            if res.fits(need, res.to_fixed(node.info["resources"])):
-                return node
-        return None
+        feasible = [n for n in candidates if res.fits(need, res.to_fixed(n.info["resources"]))]
+        if not feasible:
+            return None
+        if entry.spec.get("strategy") == "SPREAD":
+            # Spread actors here, where every node is known: a node daemon's view of the
+            # cluster lags joins, so round robin there can miss a node that just joined.
+            ready = [n for n in feasible if res.fits(need, res.to_fixed(n.available))]
+            picks = self._spread_picks
+            choice = min(ready or feasible, key=lambda n: (picks.get(n.info["node_id"], 0), n.info["node_id"]))
+            picks[choice.info["node_id"]] = picks.get(choice.info["node_id"], 0) + 1
+            return choice
+        return feasible[0]
 
     async def _create(self, entry: ActorEntry) -> None:
         try:
@@ -233,6 +243,8 @@ class ActorManager:
             tries += 1
             if node is None or not node.alive:
                 node = self._pick_node(entry)
+                # A SPREAD actor's node was chosen here: that node must host it (no second spreading).
+                request["spilled"] = node is not None and entry.spec.get("strategy") == "SPREAD"
             if node is None:
                 if not warned:
                     warned = True
