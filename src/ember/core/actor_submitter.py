@@ -77,6 +77,8 @@ ACTOR_VIEW_TRANSITIONS: TransitionTable[ActorView] = TransitionTable("actor view
 class ActorClient:
     """What one caller knows about one actor."""
 
+    state: ActorView
+
     def __init__(self, actor_id: bytes) -> None:
         self.actor_id = actor_id
         self.history = History()

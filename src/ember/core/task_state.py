@@ -40,6 +40,8 @@ TASK_TRANSITIONS: TransitionTable[TaskStatus] = TransitionTable("task", {
 class TaskEntry:
     """What the owner keeps about one task until it finishes."""
 
+    state: TaskStatus
+
     __slots__ = (
         "spec", "name", "return_ids", "retries_left", "retry_exceptions", "arg_ids",
         "deps_pending", "state", "history", "lease", "cancelled", "force_cancel", "sched_key",

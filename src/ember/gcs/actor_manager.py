@@ -54,6 +54,7 @@ ACTOR_TRANSITIONS: TransitionTable[ActorState] = TransitionTable("actor", {
 
 
 class ActorEntry:
+    state: ActorState
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
         self.actor_id: bytes = spec["actor_id"]

@@ -55,6 +55,7 @@ PG_TRANSITIONS: TransitionTable[PgState] = TransitionTable("placement group", {
 
 
 class PgEntry:
+    state: PgState
     def __init__(self, spec: dict[str, Any]) -> None:
         self.pg_id: bytes = spec["pg_id"]
         self.name: str = spec.get("name") or ""

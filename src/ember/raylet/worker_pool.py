@@ -44,6 +44,7 @@ WORKER_TRANSITIONS: TransitionTable[WorkerState] = TransitionTable("worker", {
 
 
 class WorkerHandle:
+    state: WorkerState
     def __init__(self, worker_id: bytes, proc: Any, out_path: str, err_path: str) -> None:
         self.worker_id = worker_id
         self.proc = proc
