@@ -28,6 +28,9 @@ user code catches them by name)::
             ├── AuthenticationError       bad or missing cluster token
             └── FrameError                a malformed or oversized frame
 
+Bad input is a plain ``ValueError``/``TypeError`` as in Ray; a malformed
+``runtime_env`` raises ``RuntimeEnvValueError``, which is both.
+
 Lower-layer errors are translated to these in exactly one place per layer,
 with ``raise ... from exc`` so the original cause is kept.
 """
@@ -89,6 +92,7 @@ class ErrorCode(enum.IntEnum):
     FRAME_TOO_LARGE = 5  # the reply would exceed the frame limit
     OBJECT_STORE_FULL = 6
     TASK_UNSCHEDULABLE = 7  # no node can ever satisfy the request
+    RUNTIME_ENV_SETUP_FAILED = 8  # a lease's runtime env could not be built on the node
 
     @classmethod
     def from_wire(cls, raw: Any) -> ErrorCode:
@@ -299,6 +303,11 @@ class RuntimeEnvSetupError(RayError):
     """A runtime environment could not be set up."""
 
 
+class RuntimeEnvValueError(ValueError, TypeError):
+    """A malformed ``runtime_env`` (names the key). Ray raises ``TypeError`` for wrong
+    types and ``ValueError`` for wrong values; this is both, so either ``except`` works."""
+
+
 class LocalRayletDiedError(RaySystemError):
     """This process lost its connection to its node daemon."""
 
@@ -355,6 +364,7 @@ __all__ = [name for name, value in globals().items() if isinstance(value, type) 
 ERROR_TABLE: tuple[tuple[type[BaseException], ErrorCode], ...] = (
     (ObjectStoreFullError, ErrorCode.OBJECT_STORE_FULL),
     (TaskUnschedulableError, ErrorCode.TASK_UNSCHEDULABLE),
+    (RuntimeEnvSetupError, ErrorCode.RUNTIME_ENV_SETUP_FAILED),
     (FrameError, ErrorCode.FRAME_TOO_LARGE),
     (ValueError, ErrorCode.BAD_REQUEST),
     (TypeError, ErrorCode.BAD_REQUEST),

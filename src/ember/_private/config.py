@@ -79,6 +79,22 @@ class Config:
     #: Idle workers beyond the prestart count exit after this many seconds.
     idle_worker_kill_s: float = 10.0
 
+    # --- runtime environments ----------------------------------------------
+    #: Largest working_dir / py_modules package (zipped) a driver uploads (Ray: 512 MiB).
+    runtime_env_max_package_bytes: int = 512 * 1024 * 1024
+    #: Packages are stored in the control service in chunks of this size (below the frame limit).
+    runtime_env_chunk_bytes: int = 8 * 1024 * 1024
+    #: Where nodes unpack packages and build virtualenvs (default: the session's runtime_resources/).
+    runtime_env_dir: str = ""
+    #: Unpacked packages and virtualenvs unused (no worker) for this many seconds are removed.
+    runtime_env_unused_ttl_s: float = 600.0
+    #: Seconds between checks for unused packages and virtualenvs.
+    runtime_env_gc_period_s: float = 30.0
+    #: Build pip/uv virtualenvs with uv when it is installed (else venv + pip).
+    runtime_env_use_uv: bool = True
+    #: Last lines of an installer's output quoted in a RuntimeEnvSetupError.
+    runtime_env_error_lines: int = 40
+
     # --- memory monitor ----------------------------------------------------
     #: Fraction of node (or cgroup) memory above which a worker is ended (1.0: off).
     memory_usage_threshold: float = 0.95

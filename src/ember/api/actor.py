@@ -107,6 +107,7 @@ class ActorClass:
             if group not in groups:
                 raise ValueError(f"Method {name} uses concurrency group {group!r}, which concurrency_groups= does not define.")
         namespace = options.get("namespace") or worker.namespace
+        env_key, env = worker.renv.effective(options.get("runtime_env"))
         spec = {
             "actor_id": actor_id,
             "job": worker.current_job_id,
@@ -132,6 +133,8 @@ class ActorClass:
             "strategy": strategy,
             "pg": pg_id,
         }
+        if env_key:
+            spec["renv"] = [env_key, env]
         from ember.exceptions import ErrorCode, RemoteError
 
         try:

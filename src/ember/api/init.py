@@ -108,6 +108,9 @@ def init(
         namespace: the namespace of this job (default: an anonymous one).
         ignore_reinit_error: make a second ``init`` a no-op instead of an error.
         log_to_driver: print workers' output in this terminal.
+        runtime_env: the job's runtime environment, the default of every task and actor
+            it starts (merged with a submitted job's, ``EMBER_JOB_RUNTIME_ENV``). Local
+            ``working_dir`` / ``py_modules`` folders are uploaded now.
     """
     global _local_nodes, _atexit_registered
     allowed_ignored = {"dashboard_host", "dashboard_port", "configure_logging", "log_style", "_temp_dir", "_system_config", "local_mode", "job_config", "_enable_object_reconstruction", "_plasma_directory", "storage", "_memory"}
@@ -122,6 +125,9 @@ def init(
                 "Maybe you called ember.init twice by accident? This error can be suppressed by "
                 "passing ignore_reinit_error=True, or call ember.shutdown() first."
             )
+        from ember.runtime_env.resolve import job_env
+
+        job_runtime_env = job_env(runtime_env)  # a malformed env fails here, before anything starts
         gcs_address = _resolve_address(address)
         if gcs_address is not None and any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)):
             raise ValueError(
@@ -148,10 +154,12 @@ def init(
         worker = CoreWorker(
             DRIVER, gcs_address=gcs_address, raylet_address=raylet_address, token=token,
             node_ip=node_ip, namespace=namespace, log_to_driver=log_to_driver,
-            job_config={"sys_path": _driver_sys_path(), "runtime_env": runtime_env or {}},
+            job_config={"sys_path": _driver_sys_path(), "runtime_env": {}},
         )
         try:
             worker.start()
+            if job_runtime_env:
+                _set_job_runtime_env(worker, job_runtime_env)
             _wait_for_local_node(worker)
         except BaseException:
             worker.shutdown()
@@ -165,6 +173,15 @@ def init(
             atexit.register(shutdown)
             _atexit_registered = True
         return RayContext(_context_info())
+
+
+def _set_job_runtime_env(worker: CoreWorker, env: dict[str, Any]) -> None:
+    """Upload the job env's local folders (once) and make it the parent env of this driver's tasks."""
+    import json
+
+    wire = worker.renv.resolve_job_env(env)
+    worker.job_config["runtime_env"] = wire
+    worker.gcs_call("kv_put", {"ns": "job", "key": worker.job_id, "value": json.dumps(worker.job_config).encode()})
 
 
 def _wait_for_local_node(worker: CoreWorker) -> None:

@@ -36,6 +36,13 @@ def _number(name: str, value: Any, minimum: float = 0) -> None:
         raise ValueError(f"The option {name}= must be a number >= {minimum:g}, got {value!r}.")
 
 
+def _check_runtime_env(value: Any) -> None:
+    """A malformed runtime_env raises here, naming the key (not later, on a node)."""
+    from ember.runtime_env.validation import validate
+
+    validate(value)
+
+
 def validate_task_options(options: dict[str, Any]) -> dict[str, Any]:
     for key, value in options.items():
         if key not in TASK_DEFAULTS:
@@ -64,6 +71,8 @@ def validate_task_options(options: dict[str, Any]) -> dict[str, Any]:
                     raise TypeError("The option retry_exceptions= must be a bool or a list of exception classes.")
         elif key == "name" and value is not None and not isinstance(value, str):
             raise TypeError(f"The option name= must be a string, got {type(value).__name__}.")
+        elif key == "runtime_env" and value is not None:
+            _check_runtime_env(value)
         elif key == "scheduling_strategy" and value is not None:
             if isinstance(value, str) and value not in ("DEFAULT", "SPREAD"):
                 raise ValueError(f"Unknown scheduling_strategy {value!r}: use 'DEFAULT', 'SPREAD' or a strategy object.")
@@ -141,6 +150,8 @@ def validate_actor_options(options: dict[str, Any]) -> dict[str, Any]:
         elif key in ("name", "namespace") and value is not None:
             if not isinstance(value, str) or (key == "name" and not value):
                 raise TypeError(f"The option {key}= must be a non-empty string, got {value!r}.")
+        elif key == "runtime_env" and value is not None:
+            _check_runtime_env(value)
         elif key == "get_if_exists" and not isinstance(value, bool):
             raise TypeError("The option get_if_exists= must be a bool.")
     if options.get("get_if_exists") and not options.get("name"):

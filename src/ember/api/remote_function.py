@@ -36,7 +36,7 @@ class RemoteFunction:
         return self._remote(args, kwargs, self._default_options)
 
     def options(self, **options: Any) -> _FunctionWithOptions:
-        """A copy of this function with some options changed."""
+        """A copy of this function with some options changed (checked now: a bad one raises here)."""
         validate_task_options(options)
         return _FunctionWithOptions(self, {**self._default_options, **options})
 
@@ -89,6 +89,7 @@ class RemoteFunction:
         resources = task_resources(options)
         strategy = strategy_to_wire(options.get("scheduling_strategy"))
         resources, strategy = apply_placement_group(resources, strategy)
+        env_key, env = worker.renv.effective(options.get("runtime_env"))
         address = worker.address
         spec = {
             "tid": task_id,
@@ -109,9 +110,11 @@ class RemoteFunction:
         entry = TaskEntry(
             spec, name, return_ids, options["max_retries"],
             retry_exceptions if retry_exceptions is True or not retry_exceptions else tuple(retry_exceptions),
-            arg_ids, (tuple(sorted(resources.items())), repr(strategy)), resources,
+            arg_ids, (tuple(sorted(resources.items())), repr(strategy), env_key), resources,
         )
         entry.strategy = strategy
+        if env_key:
+            entry.renv = [env_key, env]
         worker.submit_task(entry)
         if num_returns == 1:
             return refs[0]

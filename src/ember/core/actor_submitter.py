@@ -32,7 +32,13 @@ from ember._private import serialization
 from ember._private.state_machine import History, TransitionTable
 from ember.core.memory_store import INLINE, Entry
 from ember.core.task_submitter import ARG_PLASMA, ARG_REF, ARG_VALUE
-from ember.exceptions import ActorDiedError, ActorUnschedulableError, RayActorError, RayError
+from ember.exceptions import (
+    ActorDiedError,
+    ActorUnschedulableError,
+    RayActorError,
+    RayError,
+    RuntimeEnvSetupError,
+)
 from ember.rpc import Connection
 
 if TYPE_CHECKING:
@@ -222,6 +228,8 @@ class ActorSubmitter:
                 pass
         if info.get("error_type") == "ActorUnschedulableError":
             error: BaseException = ActorUnschedulableError(message)
+        elif info.get("error_type") == "RuntimeEnvSetupError":
+            error = RuntimeEnvSetupError(message)
         else:
             error = ActorDiedError(message, actor_id=client.actor_id.hex())
         client.death_error = error

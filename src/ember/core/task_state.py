@@ -45,7 +45,7 @@ class TaskEntry:
     __slots__ = (
         "spec", "name", "return_ids", "retries_left", "retry_exceptions", "arg_ids",
         "deps_pending", "state", "history", "lease", "cancelled", "force_cancel", "sched_key",
-        "resources", "attempt", "strategy", "pushes",
+        "resources", "attempt", "strategy", "pushes", "renv",
     )
 
     def __init__(self, spec: dict[str, Any], name: str, return_ids: list[bytes], retries: int,
@@ -69,6 +69,8 @@ class TaskEntry:
         #: copy of the same push (to be deduplicated) from a new attempt.
         self.pushes = 0
         self.strategy: Any = None
+        #: [key, wire env] of the task's runtime env, None for the default env.
+        self.renv: list[Any] | None = None
         TASK_TRANSITIONS.start(self, TaskStatus.PENDING_ARGS_AVAIL, "submitted")
 
     @property

@@ -70,10 +70,12 @@ class LeaseState:
 
 
 class SchedulingClass:
-    __slots__ = ("key", "resources", "queue", "leases", "pending_requests", "infeasible", "infeasible_timer", "strategy")
+    __slots__ = ("key", "resources", "queue", "leases", "pending_requests", "infeasible", "infeasible_timer", "strategy", "renv")
 
-    def __init__(self, key: Any, resources: dict[str, float], strategy: Any = None) -> None:
+    def __init__(self, key: Any, resources: dict[str, float], strategy: Any = None, renv: list[Any] | None = None) -> None:
         self.strategy = strategy
+        #: [key, wire env] of the class's runtime env (part of the class key), None for the default.
+        self.renv = renv
         self.key = key
         self.resources = resources
         self.queue: deque[TaskEntry] = deque()
@@ -131,7 +133,7 @@ class TaskSubmitter:
         entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT, reason)
         cls = self.classes.get(entry.sched_key)
         if cls is None:
-            cls = self.classes[entry.sched_key] = SchedulingClass(entry.sched_key, entry.resources, entry.strategy)
+            cls = self.classes[entry.sched_key] = SchedulingClass(entry.sched_key, entry.resources, entry.strategy, entry.renv)
         cls.queue.append(entry)
         self._dispatch(cls)
 
@@ -201,12 +203,15 @@ class TaskSubmitter:
         raylet = raylet or self.worker.raylet
         cls.pending_requests.add(request_id)
         self._request_class[request_id] = cls
-        fut = raylet.call_future("request_lease", {
+        request = {
             "request_id": request_id, "resources": cls.resources, "strategy": cls.strategy,
             "prefer": self._locality_hint(cls),
             "spilled": raylet is not self.worker.raylet,
             "retriable": any(e.retries_left != 0 for e in cls.queue) if cls.queue else True,
-        })
+        }
+        if cls.renv is not None:
+            request["renv"] = cls.renv
+        fut = raylet.call_future("request_lease", request)
         fut.add_done_callback(partial(self._on_lease_reply, cls, request_id, raylet))
 
     @staticmethod
@@ -232,7 +237,7 @@ class TaskSubmitter:
         if exc is not None:
             cls.pending_requests.discard(request_id)
             self._request_class.pop(request_id, None)
-            if isinstance(exc, RemoteError) and exc.code is ErrorCode.TASK_UNSCHEDULABLE:
+            if isinstance(exc, RemoteError) and exc.code in (ErrorCode.TASK_UNSCHEDULABLE, ErrorCode.RUNTIME_ENV_SETUP_FAILED):
                 self._fail_class(cls, exc.to_exception())
             elif raylet is not self.worker.raylet and isinstance(exc, ConnectionLost):
                 self._dispatch(cls)  # that node went away: ask the local node again

@@ -122,6 +122,12 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         self.shutting_down = False
         self._inline_limit = config().max_direct_call_object_size
         self.on_raylet_lost: Any = None
+        from ember.runtime_env.resolve import WORKER_ENV_VAR, EnvResolver
+
+        #: This process's runtime env (a worker's: the one it was started in; a driver's: its job's,
+        #: set by ``init``) and the effective envs of what it submits.
+        parent_env = json.loads(os.environ.get(WORKER_ENV_VAR) or "{}") if mode == WORKER else {}
+        self.renv = EnvResolver(parent_env, self.gcs_call)
 
     # ================================================================ lifecycle
     def start(self) -> None:

@@ -231,6 +231,8 @@ class ActorManager:
             "request_id": entry.actor_id + entry.num_restarts.to_bytes(4, "big") + entry.incarnation.to_bytes(4, "big"),
             "strategy": entry.spec.get("strategy"), "spilled": False,
         }
+        if entry.spec.get("renv"):
+            request["renv"] = entry.spec["renv"]
         node = None
         warned = False
         base_id = request["request_id"]
@@ -265,6 +267,10 @@ class ActorManager:
                 if exc.code is ErrorCode.TASK_UNSCHEDULABLE:
                     entry.error_type = "ActorUnschedulableError"
                     self._mark_dead(entry, f"it cannot be scheduled: {exc.message}")
+                    return
+                if exc.code is ErrorCode.RUNTIME_ENV_SETUP_FAILED:
+                    entry.error_type = "RuntimeEnvSetupError"
+                    self._mark_dead(entry, f"its runtime_env could not be set up. {exc.message}")
                     return
                 raise
             if grant.get("spillback"):

@@ -120,13 +120,23 @@ class LeaseService:
         """Grant every pending request that fits, in arrival order."""
         if not self.pending:
             return
-        waiting_for_worker = 0
+        #: Requests waiting for a worker, per runtime env ("" is the default env).
+        waiting_for_worker: dict[str, int] = {}
         still_pending: deque[LeaseRequest] = deque()
         blocked_on_resources = False
+        failures = self.renv_agent.take_failures()
         while self.pending:
             req = self.pending.popleft()
             if req.future.done():
                 continue
+            env_key, env = req.payload.get("renv") or ("", None)
+            if env_key:
+                if env_key in failures:
+                    self._fail_runtime_env(req, failures[env_key])
+                    continue
+                if self.renv_agent.context(env_key, env) is None:
+                    still_pending.append(req)  # its env is being built on this node
+                    continue
             if not res.fits(req.resources, self.total):
                 # Warned after the next cluster view, unless another node can take it by then.
                 still_pending.append(req)
@@ -135,17 +145,21 @@ class LeaseService:
                 blocked_on_resources = True
                 still_pending.append(req)
                 continue
-            worker = self.pool.pop_idle()
+            worker = self.pool.pop_idle(env_key)
             if worker is None:
-                waiting_for_worker += 1
+                waiting_for_worker[env_key] = waiting_for_worker.get(env_key, 0) + 1
                 still_pending.append(req)
                 continue
             self._grant(req, worker)
         self.pending = still_pending
-        starting = self.pool.num_starting()
-        while waiting_for_worker > starting and self.pool.can_start(self._num_blocked()) and not self.stopping:
-            self._start_worker()
-            starting += 1
+        for env_key, waiting in waiting_for_worker.items():
+            starting = self.pool.num_starting(env_key)
+            while waiting > starting and not self.stopping:
+                # A full pool makes room by ending an idle worker of another env.
+                if not self.pool.can_start(self._num_blocked()) and not self.pool.evict_idle(env_key):
+                    break
+                self._start_worker(env_key)
+                starting += 1
         if blocked_on_resources:
             for holder in {id(l.holder): l.holder for l in self.leases.values()}.values():
                 if holder is not self.gcs:
@@ -162,7 +176,7 @@ class LeaseService:
         lease.granted_at = time.monotonic()
         self.leases[lease_id] = lease
         # Keep a worker warm so the next lease (often an actor) does not wait for a process start.
-        if not self.pool.idle and not self.pool.num_starting() and self.pool.can_start(self._num_blocked()) and not self.stopping:
+        if not worker.env_key and not self.pool.idle and not self.pool.num_starting() and self.pool.can_start(self._num_blocked()) and not self.stopping:
             self._start_worker()
         req.future.set_result({
             "lease_id": lease_id,
@@ -172,6 +186,13 @@ class LeaseService:
             "pid": worker.pid,
             "gpu_ids": lease.gpu_ids,
         })
+
+    def _fail_runtime_env(self, req: LeaseRequest, message: str) -> None:
+        from ember.exceptions import RuntimeEnvSetupError
+
+        err = RuntimeEnvSetupError(f"Failed to set up runtime environment on node {self.node_id.hex()[:12]}: {message}")
+        err.expected = True  # type: ignore[attr-defined]
+        req.future.set_exception(err)
 
     def _warn_infeasible(self, req: LeaseRequest) -> None:
         if req.warned_infeasible:

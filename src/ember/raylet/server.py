@@ -71,6 +71,10 @@ class Raylet(LeaseService, ObjectService, MetricsService):
         max_workers = cfg.max_workers if cfg.max_workers > 0 else 4 * max(num_cpus, 1) + 8
         self.logs_dir = os.path.join(opts.session_dir, "logs")
         self.pool = WorkerPool(self.logs_dir, {}, max_workers, self._schedule)
+        from ember.raylet.runtime_env_agent import RuntimeEnvAgent
+
+        renv_root = cfg.runtime_env_dir or os.path.join(opts.session_dir, "runtime_resources")
+        self.renv_agent = RuntimeEnvAgent(renv_root, lambda: self.gcs, self._schedule)
         self.pending: deque[LeaseRequest] = deque()
         self.leases: dict[bytes, Lease] = {}
         self.clients: dict[bytes, Connection] = {}
@@ -181,6 +185,7 @@ class Raylet(LeaseService, ObjectService, MetricsService):
         if self._server is not None:
             self._server.close()
         await self._stop_metrics()
+        await self.renv_agent.stop()
         self.pool.stop_all(config().process_stop_timeout_s)
         self.log_monitor.poll()
         self.store.destroy()
@@ -388,6 +393,7 @@ class Raylet(LeaseService, ObjectService, MetricsService):
             self.pool.reap()
             self._close_idle_owner_watches()
             await self._kill_surplus_idle()
+            self.renv_agent.collect({w.env_key for w in self.pool.alive()})
             if len(self.pool.workers) != before:
                 self._schedule()
 
@@ -484,8 +490,8 @@ class Raylet(LeaseService, ObjectService, MetricsService):
         logger.info("worker %s (pid %d) died: %s", worker.worker_id.hex()[:12], worker.pid, detail)
         self.notify_gcs("worker_died", {"worker_id": worker.worker_id, "node_id": self.node_id, "pid": worker.pid, "detail": detail})
 
-    def _start_worker(self) -> WorkerHandle:
-        handle = self.pool.start_worker()
+    def _start_worker(self, env_key: str = "") -> WorkerHandle:
+        handle = self.pool.start_worker(env_key, *self.renv_agent.prepared(env_key)) if env_key else self.pool.start_worker()
         self.log_monitor.add(handle.out_path, handle.pid, False)
         self.log_monitor.add(handle.err_path, handle.pid, True)
         return handle
@@ -495,7 +501,7 @@ class Raylet(LeaseService, ObjectService, MetricsService):
         now = time.monotonic()
         idle = [w for w in self.pool.alive() if w.state is WorkerState.IDLE]
         surplus = len(self.pool.alive()) - self.prestart
-        for worker in sorted(idle, key=lambda w: w.idle_since):
+        for worker in sorted(idle, key=lambda w: (w.env_key == "", w.idle_since)):  # other envs' first
             if surplus <= 0:
                 break
             if now - worker.idle_since <= timeout:

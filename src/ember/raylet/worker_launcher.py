@@ -70,15 +70,22 @@ class ForkedProcess:
 
 
 class SpawnLauncher:
-    def launch(self, worker_id_hex: str, out_path: str, err_path: str, env: dict[str, str]) -> Any:
+    """Starts ``python -m ember.core.worker_main`` (``python``: another interpreter, e.g. a venv's)."""
+
+    def __init__(self, python: str | None = None) -> None:
+        self.python = python or sys.executable
+
+    def launch(self, worker_id_hex: str, out_path: str, err_path: str, env: dict[str, str],
+               cwd: str | None = None, sys_path: list[str] | None = None) -> Any:
+        # sys_path reaches the new interpreter through PYTHONPATH, which the env already holds.
         full_env = dict(os.environ)
         full_env.update(env)
         full_env["EMBER_WORKER_ID"] = worker_id_hex
         full_env["PYTHONUNBUFFERED"] = "1"
         with open(out_path, "ab", buffering=0) as out, open(err_path, "ab", buffering=0) as err:
             return subprocess.Popen(
-                [sys.executable, "-m", "ember.core.worker_main"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=full_env, close_fds=True,
+                [self.python, "-m", "ember.core.worker_main"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=full_env, close_fds=True, cwd=cwd,
             )
 
     def stop(self) -> None:
@@ -105,13 +112,13 @@ class ZygoteLauncher:
         self._fallback = SpawnLauncher()
 
     def launch(self, worker_id_hex: str, out_path: str, err_path: str, env: dict[str, str],
-               timeout: float | None = None) -> Any:
+               cwd: str | None = None, sys_path: list[str] | None = None, timeout: float | None = None) -> Any:
         timeout = config().fork_server_launch_timeout_s if timeout is None else timeout
         self.read_available()
         if not self.ready:
             # Still importing: a fresh interpreter now beats waiting for the fork server.
-            return self._fallback.launch(worker_id_hex, out_path, err_path, env)
-        request = {"worker_id": worker_id_hex, "out": out_path, "err": err_path, "env": env}
+            return self._fallback.launch(worker_id_hex, out_path, err_path, env, cwd, sys_path)
+        request = {"worker_id": worker_id_hex, "out": out_path, "err": err_path, "env": env, "cwd": cwd, "sys_path": sys_path or []}
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write((json.dumps(request) + "\n").encode())

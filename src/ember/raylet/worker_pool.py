@@ -10,17 +10,21 @@ State machine of a worker (transitions in ``WORKER_TRANSITIONS``)::
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import os
 import subprocess
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ember._private import ids
 from ember._private.state_machine import History, TransitionTable
 from ember.raylet.worker_launcher import SpawnLauncher
 from ember.rpc import Connection
+
+if TYPE_CHECKING:
+    from ember.runtime_env.process_context import ProcessContext
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +49,12 @@ WORKER_TRANSITIONS: TransitionTable[WorkerState] = TransitionTable("worker", {
 
 class WorkerHandle:
     state: WorkerState
-    def __init__(self, worker_id: bytes, proc: Any, out_path: str, err_path: str) -> None:
+    def __init__(self, worker_id: bytes, proc: Any, out_path: str, err_path: str, env_key: str = "") -> None:
         self.worker_id = worker_id
+        #: The runtime env this worker runs in ("" for the default one): it only takes leases of that env.
+        self.env_key = env_key
+        #: Killed to make room for a worker of another env; no longer counts against the cap.
+        self.evicted = False
         self.proc = proc
         self.pid = proc.pid
         self.out_path = out_path
@@ -84,27 +92,55 @@ class WorkerPool:
     def alive(self) -> list[WorkerHandle]:
         return [w for w in self.workers.values() if w.state is not WorkerState.DEAD]
 
-    def num_starting(self) -> int:
-        return sum(1 for w in self.workers.values() if w.state is WorkerState.STARTING)
+    def num_starting(self, env_key: str | None = None) -> int:
+        return sum(
+            1 for w in self.workers.values()
+            if w.state is WorkerState.STARTING and (env_key is None or w.env_key == env_key)
+        )
 
     def can_start(self, blocked: int = 0) -> bool:
         """Whether another worker may start; workers blocked in ``get`` do not count,
         so nested tasks can always make progress."""
-        return len(self.alive()) - blocked < self.max_workers
+        return sum(1 for w in self.alive() if not w.evicted) - blocked < self.max_workers
+
+    def evict_idle(self, env_key: str) -> bool:
+        """Kill the longest-idle worker of another env to make room for one of ``env_key``."""
+        others = [w for w in self.idle if w.state is WorkerState.IDLE and w.env_key != env_key and not w.evicted]
+        if not others:
+            return False
+        victim = min(others, key=lambda w: w.idle_since)
+        self.idle.remove(victim)
+        victim.evicted = True
+        self.kill(victim)
+        return True
 
     # -------------------------------------------------------------- starting
-    def start_worker(self) -> WorkerHandle:
+    def start_worker(self, env_key: str = "", ctx: ProcessContext | None = None, env_wire: dict[str, Any] | None = None) -> WorkerHandle:
+        """Start a worker, in the runtime env ``ctx`` describes when given.
+
+        A worker needing another interpreter (pip/uv venv, py_executable) starts fresh;
+        the others are forked by the fork server, which moves them to the env's folder
+        and path before the runtime starts.
+        """
         worker_id = ids.random_unique_id()
         name = worker_id.hex()[:16]
         out_path = os.path.join(self.logs_dir, f"worker-{name}.out")
         err_path = os.path.join(self.logs_dir, f"worker-{name}.err")
+        env = self.env
+        place: dict[str, Any] = {}
+        launcher = self.launcher
+        if ctx is not None:
+            env = {**self.env, **ctx.env_vars, "EMBER_RUNTIME_ENV": json.dumps(env_wire or {})}
+            place = {"cwd": ctx.cwd, "sys_path": ctx.sys_path}
+            if ctx.python is not None:
+                launcher = SpawnLauncher(ctx.python)
         try:
-            proc = self.launcher.launch(worker_id.hex(), out_path, err_path, self.env)
+            proc = launcher.launch(worker_id.hex(), out_path, err_path, env, **place)
         except RuntimeError as exc:
             logger.warning("fork server failed (%s); starting workers as new interpreters", exc)
             self.launcher = SpawnLauncher()
-            proc = self.launcher.launch(worker_id.hex(), out_path, err_path, self.env)
-        handle = WorkerHandle(worker_id, proc, out_path, err_path)
+            proc = self.launcher.launch(worker_id.hex(), out_path, err_path, env, **place)
+        handle = WorkerHandle(worker_id, proc, out_path, err_path, env_key)
         self.workers[worker_id] = handle
         return handle
 
@@ -119,10 +155,14 @@ class WorkerPool:
         return handle
 
     # --------------------------------------------------------------- leasing
-    def pop_idle(self) -> WorkerHandle | None:
-        while self.idle:
-            handle = self.idle.pop()
-            if handle.state is WorkerState.IDLE:
+    def pop_idle(self, env_key: str = "") -> WorkerHandle | None:
+        """The most recently idle worker of ``env_key`` (a task never runs in another env's worker)."""
+        for index in range(len(self.idle) - 1, -1, -1):
+            handle = self.idle[index]
+            if handle.state is not WorkerState.IDLE:
+                del self.idle[index]
+            elif handle.env_key == env_key:
+                del self.idle[index]
                 return handle
         return None
 

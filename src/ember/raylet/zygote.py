@@ -2,7 +2,8 @@
 and forks a new worker in a millisecond or two on request.
 
 Protocol (one JSON object per line): the node daemon writes
-``{"worker_id", "out", "err", "env"}`` to our stdin; we fork and answer
+``{"worker_id", "out", "err", "env", "cwd", "sys_path"}`` to our stdin
+(``cwd`` / ``sys_path``: a runtime env's working_dir and modules); we fork and answer
 ``{"worker_id", "pid"}`` on stdout; when a child exits we write
 ``{"exited": pid, "code": returncode}`` (negative: killed by that signal).
 End of input means the node daemon is gone: we exit, and our children,
@@ -48,6 +49,13 @@ def _child(request: dict[str, object], zygote_pid: int) -> None:
         os.close(fd)
     os.environ.update({str(k): str(v) for k, v in dict(request.get("env") or {}).items()})  # type: ignore[arg-type]
     os.environ["EMBER_WORKER_ID"] = str(request["worker_id"])
+    if request.get("cwd"):
+        try:
+            os.chdir(str(request["cwd"]))
+        except OSError as exc:
+            print(f"worker cannot enter its working_dir: {exc}", file=sys.stderr, flush=True)
+            os._exit(1)
+    sys.path[0:0] = [str(p) for p in list(request.get("sys_path") or [])]  # type: ignore[call-overload]
     os.environ["EMBER_RAYLET_PID"] = str(zygote_pid)
     import random
 

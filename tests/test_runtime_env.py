@@ -1,0 +1,279 @@
+"""Runtime environments on real clusters: env_vars, working_dir, py_modules, pip, failures.
+
+The pip tests run without the internet: they build a tiny wheel here and
+install it with ``--no-index --find-links``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import stat
+import time
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import ember
+from ember._private.config import reset_config
+from ember.cluster_utils import Cluster
+from ember.exceptions import RuntimeEnvSetupError
+from ember.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+
+@ember.remote
+def getenv(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+@ember.remote
+def where() -> dict[str, Any]:
+    import sys
+
+    return {"cwd": os.getcwd(), "files": sorted(os.listdir(".")), "python": sys.executable, "pid": os.getpid()}
+
+
+@ember.remote
+def import_value(module: str) -> Any:
+    import importlib
+
+    return importlib.import_module(module).VALUE
+
+
+@ember.remote
+def can_import(module: str) -> bool:
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def build_wheel(folder: str, name: str = "ember_tiny_pkg", version: str = "1.0", value: str = "tiny") -> str:
+    """A pure-Python wheel written by hand (no build tools, no network)."""
+    files = {
+        f"{name}/__init__.py": f"VALUE = {value!r}\n".encode(),
+        f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{name}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: ember-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{name}-{version}.dist-info/RECORD,,")
+    files[f"{name}-{version}.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{name}-{version}-py3-none-any.whl")
+    with zipfile.ZipFile(path, "w") as zf:
+        for inner, data in files.items():
+            zf.writestr(inner, data)
+    return path
+
+
+def offline_pip(wheels: str, *packages: str) -> dict[str, Any]:
+    return {"pip": {"packages": list(packages), "pip_install_options": ["--no-index", "--find-links", wheels]}}
+
+
+# ============================================================================ env_vars
+def test_env_vars_reach_only_their_task(ember_shared: Any) -> None:
+    with_x = getenv.options(runtime_env={"env_vars": {"EMBER_TEST_X": "1"}})
+    refs = [with_x.remote("EMBER_TEST_X"), getenv.remote("EMBER_TEST_X")]
+    assert ember.get(refs) == ["1", None]
+    # Pooled per env: the env's worker is reused, and the default one never gets X.
+    assert ember.get([with_x.remote("EMBER_TEST_X") for _ in range(4)]) == ["1"] * 4
+    assert ember.get([getenv.remote("EMBER_TEST_X") for _ in range(4)]) == [None] * 4
+
+
+def test_actor_env_vars_and_nested_inheritance(ember_shared: Any) -> None:
+    @ember.remote
+    class Probe:
+        def get(self, name: str) -> str | None:
+            return os.environ.get(name)
+
+        def child(self, name: str) -> Any:
+            # A task started by this actor inherits its env, merged with the child's own.
+            own = getenv.options(runtime_env={"env_vars": {"CHILD": "c"}})
+            return ember.get([getenv.remote(name), own.remote(name), own.remote("CHILD")])
+
+    probe = Probe.options(runtime_env={"env_vars": {"ACTOR_VAR": "a"}}).remote()
+    plain = Probe.remote()
+    assert ember.get(probe.get.remote("ACTOR_VAR")) == "a"
+    assert ember.get(plain.get.remote("ACTOR_VAR")) is None
+    assert ember.get(probe.child.remote("ACTOR_VAR")) == ["a", "a", "c"]
+    ember.kill(probe)
+    ember.kill(plain)
+
+
+def test_malformed_env_raises_at_options(ember_shared: Any) -> None:
+    with pytest.raises(ValueError, match="'not_a_key'"):
+        getenv.options(runtime_env={"not_a_key": 1})
+    with pytest.raises(ValueError, match="'env_vars'"):
+        getenv.options(runtime_env={"env_vars": {"X": 1}})
+
+    class Plain:
+        pass
+
+    with pytest.raises(ValueError, match="'pip'"):
+        ember.remote(Plain).options(runtime_env={"pip": 42})
+    with pytest.raises(ValueError, match="'working_dir'"):
+        getenv.options(runtime_env={"working_dir": "/no/such/folder/for/ember"})
+    with pytest.raises(ValueError, match="'env_vars'"):
+        ember.remote(runtime_env={"env_vars": ["X"]})(lambda: None)
+
+
+def test_job_env_vars_merge_with_task_env_vars(ember_start: Any) -> None:
+    ember_start(num_cpus=2, runtime_env={"env_vars": {"JOB_A": "job", "SHARED": "job"}})
+    assert ember.get(getenv.remote("JOB_A")) == "job"
+    task = getenv.options(runtime_env={"env_vars": {"SHARED": "task", "TASK_B": "task"}})
+    assert ember.get([task.remote("JOB_A"), task.remote("SHARED"), task.remote("TASK_B")]) == ["job", "task", "task"]
+    assert ember.get(getenv.remote("SHARED")) == "job"
+
+
+def test_submitted_job_env_merges_with_init(ember_start: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBER_JOB_RUNTIME_ENV", '{"env_vars": {"FROM_JOB": "j"}}')
+    ember_start(num_cpus=2, runtime_env={"env_vars": {"FROM_INIT": "i"}})
+    assert ember.get([getenv.remote("FROM_JOB"), getenv.remote("FROM_INIT")]) == ["j", "i"]
+
+
+# ============================================================================ working_dir and py_modules
+@pytest.fixture
+def two_nodes() -> Iterator[Cluster]:
+    """A head and a second node, one CPU each, and this driver connected."""
+    os.environ["EMBER_resource_report_period_s"] = "0.1"
+    reset_config()
+    cluster = Cluster(initialize_head=False, shutdown_at_exit=False)
+    try:
+        cluster.add_node(num_cpus=1, object_store_memory=100 * 1024 * 1024)
+        cluster.add_node(num_cpus=1, object_store_memory=100 * 1024 * 1024)
+        cluster.wait_for_nodes()
+        cluster.connect()
+        yield cluster
+    finally:
+        ember.shutdown()
+        cluster.shutdown()
+        os.environ.pop("EMBER_resource_report_period_s", None)
+        reset_config()
+
+
+def _on(node: Any) -> NodeAffinitySchedulingStrategy:
+    return NodeAffinitySchedulingStrategy(node.node_id, soft=False)
+
+
+def test_working_dir_imports_on_two_nodes(two_nodes: Cluster, tmp_path: Any) -> None:
+    wd = tmp_path / "project"
+    (wd / "data").mkdir(parents=True)
+    (wd / "wd_module_renv.py").write_text("VALUE = 'from working_dir'\n")
+    (wd / "data" / "big.bin").write_bytes(b"x" * 1000)
+    (wd / "notes.tmp").write_text("x")
+    (wd / ".gitignore").write_text("*.tmp\n")
+    env = {"working_dir": str(wd), "excludes": ["data/"]}
+    nodes = [two_nodes.head_node, *two_nodes.worker_nodes]
+    values = ember.get([import_value.options(runtime_env=env, scheduling_strategy=_on(n)).remote("wd_module_renv") for n in nodes])
+    assert values == ["from working_dir"] * 2
+    places = ember.get([where.options(runtime_env=env, scheduling_strategy=_on(n)).remote() for n in nodes])
+    for place in places:
+        assert place["files"] == [".gitignore", "wd_module_renv.py"]  # excludes and .gitignore honoured
+        assert "runtime_resources" in place["cwd"]
+    assert not ember.get(can_import.remote("wd_module_renv"))  # default workers never see it
+
+
+def test_py_modules_folder_and_wheel(two_nodes: Cluster, tmp_path: Any) -> None:
+    package = tmp_path / "mods" / "renv_pkg_mod"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("VALUE = 'package'\n")
+    wheel = build_wheel(str(tmp_path / "wheels"), name="renv_wheel_mod", value="wheel")
+    env = {"py_modules": [str(package), wheel]}
+    assert ember.get(import_value.options(runtime_env=env).remote("renv_pkg_mod")) == "package"
+    assert ember.get(import_value.options(runtime_env=env).remote("renv_wheel_mod")) == "wheel"
+    assert ember.get(can_import.remote("renv_pkg_mod")) is False
+
+
+def test_remote_zip_uri_and_zip_slip(two_nodes: Cluster, tmp_path: Any) -> None:
+    good = tmp_path / "good.zip"
+    with zipfile.ZipFile(good, "w") as zf:
+        zf.writestr("project/uri_mod_renv.py", "VALUE = 'from uri'\n")
+    env = {"working_dir": f"file://{good}"}
+    assert ember.get(import_value.options(runtime_env=env).remote("uri_mod_renv")) == "from uri"
+
+    evil = tmp_path / "evil.zip"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("ok.py", "")
+        info = zipfile.ZipInfo("../../escaped_by_zip_slip.py")
+        info.external_attr = (stat.S_IFREG | 0o644) << 16
+        zf.writestr(info, "pwned = True\n")
+    evil.write_bytes(buffer.getvalue())
+    with pytest.raises(RuntimeEnvSetupError, match="escapes its folder"):
+        ember.get(where.options(runtime_env={"working_dir": f"file://{evil}"}).remote())
+    # A local zip is checked before upload.
+    with pytest.raises(ValueError, match="escapes its folder"):
+        ember.get(where.options(runtime_env={"working_dir": str(evil)}).remote())
+    with pytest.raises(RuntimeEnvSetupError, match="does not exist"):
+        ember.get(where.options(runtime_env={"working_dir": f"file://{tmp_path}/missing.zip"}).remote())
+    assert ember.get(getenv.remote("HOME")) is not None  # the node is fine
+
+
+# ============================================================================ pip
+@pytest.fixture
+def pip_cluster() -> Iterator[Cluster]:
+    cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={"num_cpus": 2, "object_store_memory": 100 * 1024 * 1024})
+    try:
+        cluster.connect()
+        yield cluster
+    finally:
+        ember.shutdown()
+        cluster.shutdown()
+
+
+def test_pip_package_in_one_task_only_and_reused_by_a_second_job(pip_cluster: Cluster, tmp_path: Any) -> None:
+    wheels = str(tmp_path / "wheels")
+    build_wheel(wheels, value="installed")
+    env = offline_pip(wheels, "ember_tiny_pkg")
+    started = time.monotonic()
+    assert ember.get(import_value.options(runtime_env=env).remote("ember_tiny_pkg")) == "installed"
+    first = time.monotonic() - started
+    info = ember.get(where.options(runtime_env=env).remote())
+    assert "/venvs/" in info["python"]
+    assert ember.get(can_import.remote("ember_tiny_pkg")) is False
+
+    # A second job (a new driver on the same cluster) starts without installing again, even in a
+    # new worker (other env_vars: another worker pool, the same virtualenv).
+    marker = os.path.join(info["python"].rsplit("/bin/", 1)[0], ".ember_ready")
+    built_at = os.stat(marker).st_mtime_ns
+    ember.shutdown()
+    pip_cluster.connect()
+    started = time.monotonic()
+    again = {**env, "env_vars": {"SECOND_JOB": "1"}}
+    assert ember.get(import_value.options(runtime_env=again).remote("ember_tiny_pkg")) == "installed"
+    second = time.monotonic() - started
+    assert ember.get(where.options(runtime_env=again).remote())["python"] == info["python"]
+    assert os.stat(marker).st_mtime_ns == built_at, "the second job built the virtualenv again"
+    print(f"\npip env: first task {first:.2f}s (virtualenv built), second job's first task {second:.2f}s (reused, new worker)")
+
+
+def test_bad_package_fails_that_task_only(pip_cluster: Cluster, tmp_path: Any) -> None:
+    wheels = str(tmp_path / "wheels")
+    os.makedirs(wheels)
+    bad = where.options(runtime_env=offline_pip(wheels, "ember_no_such_package_zz"))
+    started = time.monotonic()
+    with pytest.raises(RuntimeEnvSetupError) as info:
+        ember.get(bad.remote(), timeout=120)
+    assert "ember_no_such_package_zz" in str(info.value).replace("-", "_")
+    assert "installer output" in str(info.value)
+    print(f"\nbad package reported after {time.monotonic() - started:.2f}s")
+
+    @ember.remote
+    class Needy:
+        def ping(self) -> str:
+            return "pong"
+
+    actor = Needy.options(runtime_env=offline_pip(wheels, "ember_no_such_package_zz")).remote()
+    with pytest.raises(RuntimeEnvSetupError, match="runtime_env could not be set up"):
+        ember.get(actor.ping.remote(), timeout=120)
+    assert ember.get(getenv.remote("HOME")) is not None  # others keep running
