@@ -4,10 +4,11 @@ Layers, lowest first::
 
     _private, exceptions          ids, config, serialization, object files, resources, placement policy
     rpc                           frames, connections, the daemon harness, one-shot control-service calls
+    runtime_env                   runtime-env validation, packages, node-side setup (used by core, raylet, api)
     core | raylet | gcs           core worker | node daemon | control service (peers that never import
                                   each other, except the fork server, which exists to pre-import the worker)
     api, runtime_context, actor   the user-facing runtime (init, remote, get/put/wait, handles)
-    top: util, cli, bench, dashboard, jobs, runtime_env, autoscaler, ... and the package root
+    top: util, cli, bench, dashboard, jobs, autoscaler, ... and the package root
 
 Modules not named here are the top layer: they may import anything, nothing low may import them.
 """
@@ -23,7 +24,7 @@ SRC = pathlib.Path(__file__).resolve().parent.parent / "src"
 
 LAYER_OF = {
     "_private": 0, "exceptions": 0,
-    "rpc": 1,
+    "rpc": 1, "runtime_env": 1,
     "core": 2, "raylet": 2, "gcs": 2,
     "api": 3, "runtime_context": 3, "actor": 3,
 }
