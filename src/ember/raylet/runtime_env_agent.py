@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ember._private.background import BackgroundTasks
 from ember._private.config import config
 from ember.exceptions import ConnectionLost
 from ember.runtime_env import local_files, virtualenvs
@@ -50,6 +51,7 @@ class RuntimeEnvAgent:
         self._last_used: dict[str, float] = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="ember-renv-setup")
         self._gc_task: asyncio.Task[None] | None = None
+        self._background = BackgroundTasks("runtime env agent")
 
     # ------------------------------------------------------------ queries
     def context(self, key: str, env: dict[str, Any]) -> ProcessContext | None:
@@ -58,8 +60,7 @@ class RuntimeEnvAgent:
             self._last_used[key] = time.monotonic()
             return ctx
         if key not in self._setups and key not in self._failures:
-            loop = asyncio.get_running_loop()
-            self._setups[key] = loop.create_task(self._setup(key, env))
+            self._setups[key] = self._background.spawn(self._setup(key, env), f"set up runtime env {key}")
         return None
 
     def prepared(self, key: str) -> tuple[ProcessContext, dict[str, Any]]:
@@ -140,8 +141,7 @@ class RuntimeEnvAgent:
                 for fd in self._held.pop(key, []):
                     os.close(fd)
         if self._gc_task is None or self._gc_task.done():
-            loop = asyncio.get_running_loop()
-            self._gc_task = loop.create_task(self._collect_files(ttl))
+            self._gc_task = self._background.spawn(self._collect_files(ttl), "remove unused runtime env files")
 
     async def _collect_files(self, ttl: float) -> None:
         loop = asyncio.get_running_loop()
@@ -156,14 +156,7 @@ class RuntimeEnvAgent:
     # ------------------------------------------------------------ stop
     async def stop(self) -> None:
         virtualenvs.kill_running_installs()
-        tasks = [t for t in [*self._setups.values(), self._gc_task] if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await self._background.close(config().process_stop_timeout_s)
         self._executor.shutdown(wait=False, cancel_futures=True)
         for fds in self._held.values():
             for fd in fds:
