@@ -183,6 +183,33 @@ def test_working_dir_imports_on_two_nodes(two_nodes: Cluster, tmp_path: Any) -> 
     assert not ember.get(can_import.remote("wd_module_renv"))  # default workers never see it
 
 
+def test_job_working_dir_and_concurrent_pip_setup_on_two_nodes(two_nodes: Cluster, tmp_path: Any) -> None:
+    # Many tasks on two nodes of one machine ask for the same virtualenv at once: built once.
+    wheels = str(tmp_path / "wheels")
+    build_wheel(wheels, value="shared")
+    env = offline_pip(wheels, "ember_tiny_pkg")
+    nodes = [two_nodes.head_node, *two_nodes.worker_nodes]
+    refs = [where.options(runtime_env=env, scheduling_strategy=_on(n)).remote() for n in nodes for _ in range(3)]
+    pythons = {info["python"] for info in ember.get(refs, timeout=120)}
+    assert len(pythons) == 1 and "/venvs/" in next(iter(pythons))
+    log = next(iter(pythons)).rsplit("/bin/", 1)[0] + ".log"
+    assert sum(line.startswith("$ ") and " install " in line for line in open(log)) == 1
+
+    # A job-level working_dir (init(runtime_env=)) applies to every task of the job.
+    wd = tmp_path / "job_wd"
+    wd.mkdir()
+    (wd / "job_wd_module_renv.py").write_text("VALUE = 'job level'\n")
+    ember.shutdown()
+    ember.init(address=two_nodes.address, _token=two_nodes.token, runtime_env={"working_dir": str(wd)})
+    assert ember.get([import_value.options(scheduling_strategy=_on(n)).remote("job_wd_module_renv") for n in nodes]) == ["job level"] * 2
+    # A task's own env_vars keep the job's working_dir (merged); its own working_dir replaces it.
+    merged = import_value.options(runtime_env={"env_vars": {"A": "1"}})
+    assert ember.get(merged.remote("job_wd_module_renv")) == "job level"
+    other = tmp_path / "other_wd"
+    other.mkdir()
+    assert ember.get(can_import.options(runtime_env={"working_dir": str(other)}).remote("job_wd_module_renv")) is False
+
+
 def test_py_modules_folder_and_wheel(two_nodes: Cluster, tmp_path: Any) -> None:
     package = tmp_path / "mods" / "renv_pkg_mod"
     package.mkdir(parents=True)
@@ -277,3 +304,26 @@ def test_bad_package_fails_that_task_only(pip_cluster: Cluster, tmp_path: Any) -
     with pytest.raises(RuntimeEnvSetupError, match="runtime_env could not be set up"):
         ember.get(actor.ping.remote(), timeout=120)
     assert ember.get(getenv.remote("HOME")) is not None  # others keep running
+
+
+def test_unused_env_files_are_removed(ember_start: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    for name, value in {"EMBER_runtime_env_unused_ttl_s": "1", "EMBER_runtime_env_gc_period_s": "0.2",
+                        "EMBER_idle_worker_kill_s": "0.3"}.items():
+        monkeypatch.setenv(name, value)
+    reset_config()
+    try:
+        wd = tmp_path / "short_lived"
+        wd.mkdir()
+        (wd / "marker.txt").write_text("x")
+        ember_start(num_cpus=1)
+        place = ember.get(where.options(runtime_env={"working_dir": str(wd)}).remote())
+        assert place["files"] == ["marker.txt"]
+        from ember._private.test_utils import wait_for_condition
+
+        # Its worker is reaped when idle, then the env is released and its folder removed.
+        wait_for_condition(lambda: not os.path.exists(place["cwd"]), timeout=30)
+        # Used again later: unpacked again.
+        assert ember.get(where.options(runtime_env={"working_dir": str(wd)}).remote())["files"] == ["marker.txt"]
+    finally:
+        monkeypatch.undo()
+        reset_config()

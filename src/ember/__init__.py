@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ember import actor, exceptions
+from ember import actor, exceptions, runtime_env
 from ember._private.ids import JobID, NodeID, TaskID, WorkerID
 from ember._private.object_ref import ObjectRef
 from ember._private.version import __version__ as __version__
@@ -59,6 +59,6 @@ def _make_remote(target: Any, options: dict[str, Any]) -> Any:
 __all__ = [
     "JobID", "NodeID", "ObjectRef", "RemoteFunction", "TaskID", "WorkerID",
     "ActorClass", "actor", "available_resources", "cancel", "get_actor", "get_gpu_ids", "kill", "method", "cluster_resources", "exceptions", "get",
-    "get_runtime_context", "init", "is_initialized", "nodes", "put", "remote",
+    "get_runtime_context", "init", "is_initialized", "nodes", "put", "remote", "runtime_env",
     "shutdown", "wait",
 ]

@@ -72,9 +72,9 @@ class Raylet(LeaseService, ObjectService, MetricsService):
         self.logs_dir = os.path.join(opts.session_dir, "logs")
         self.pool = WorkerPool(self.logs_dir, {}, max_workers, self._schedule)
         from ember.raylet.runtime_env_agent import RuntimeEnvAgent
+        from ember.runtime_env.process_context import resources_dir
 
-        renv_root = cfg.runtime_env_dir or os.path.join(opts.session_dir, "runtime_resources")
-        self.renv_agent = RuntimeEnvAgent(renv_root, lambda: self.gcs, self._schedule)
+        self.renv_agent = RuntimeEnvAgent(resources_dir(opts.session_dir), lambda: self.gcs, self._schedule)
         self.pending: deque[LeaseRequest] = deque()
         self.leases: dict[bytes, Lease] = {}
         self.clients: dict[bytes, Connection] = {}

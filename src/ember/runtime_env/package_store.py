@@ -11,8 +11,10 @@ service (``CoreWorker.gcs_call`` in a driver, a thread-safe bridge to the
 event loop in a node daemon), so every process role can use it.
 
 Public helpers for other parts (jobs):
-    ``upload_working_dir(path, store, excludes)`` -> URI of the folder's package;
-    ``materialize.ensure_package(uri, store, resources_dir)`` -> local folder.
+    ``package_working_dir(path, excludes)`` -> (URI, zip bytes), no cluster needed
+    (an HTTP client uploads the bytes; the server calls ``store.put(uri, data)``);
+    ``upload_working_dir(path, store, excludes)`` -> URI, packaged and stored once;
+    ``process_context.materialize_working_dir(uri, store, root)`` -> local folder on a node.
 """
 
 from __future__ import annotations
@@ -97,6 +99,18 @@ def _package_bytes(key: str, path: str, excludes: list[str] | None, include_fold
         raise RuntimeEnvValueError(f"runtime_env[{key!r}]: {exc}") from None
 
 
+def package_working_dir(path: str, excludes: list[str] | None = None) -> tuple[str, bytes]:
+    """(URI, zip bytes) of a local folder or .zip file as a working_dir, without touching the cluster.
+
+    Raises ``RuntimeEnvValueError`` naming ``working_dir`` for a missing folder, one that is
+    too large, or a zip with unsafe entries.
+    """
+    if not os.path.exists(path):
+        raise RuntimeEnvValueError(f"runtime_env['working_dir'] names {path!r}, which does not exist.")
+    data, suffix = _package_bytes("working_dir", path, excludes, include_folder_name=False)
+    return packaging.package_uri(data, suffix), data
+
+
 def upload_working_dir(path: str, store: PackageStore, excludes: list[str] | None = None) -> str:
     """Package a local folder (or .zip file) as a working_dir, store it in the cluster once; its URI.
 
@@ -105,8 +119,7 @@ def upload_working_dir(path: str, store: PackageStore, excludes: list[str] | Non
     """
     if "://" in path:
         return path
-    data, suffix = _package_bytes("working_dir", path, excludes, include_folder_name=False)
-    uri = packaging.package_uri(data, suffix)
+    uri, data = package_working_dir(path, excludes)
     store.put(uri, data)
     return uri
 

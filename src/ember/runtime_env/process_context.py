@@ -47,6 +47,34 @@ class ProcessContext:
         return dataclasses.asdict(self)
 
 
+def resources_dir(session_dir: str) -> str:
+    """Where this machine keeps unpacked packages and virtualenvs (``runtime_env_dir`` or the session's)."""
+    from ember._private.config import config
+
+    return config().runtime_env_dir or os.path.join(session_dir, "runtime_resources")
+
+
+def _fetcher(store: PackageStore) -> Any:
+    def fetch(uri: str) -> bytes:
+        return store.get(uri) if is_cluster_uri(uri) else local_files.fetch_remote(uri)
+
+    return fetch
+
+
+def materialize_working_dir(uri: str, store: PackageStore, root: str) -> str:
+    """The local folder of a working_dir URI (``gcs://`` package or remote zip), unpacked once per machine.
+
+    For a job's entrypoint: ``root`` is ``resources_dir(session_dir)``.
+
+    Raises:
+        SetupFailed: the package is missing, unreadable or unsafe (message for the user).
+    """
+    try:
+        return local_files.ensure_package(uri, _fetcher(store), root)
+    except PackageError as exc:
+        raise SetupFailed(str(exc)) from None
+
+
 def setup_timeout(env: dict[str, Any]) -> float | None:
     timeout = (env.get("config") or {}).get("setup_timeout_seconds", DEFAULT_SETUP_TIMEOUT_S)
     return None if timeout == -1 else float(timeout)
@@ -59,12 +87,7 @@ def prepare(env: dict[str, Any], store: PackageStore, root: str) -> ProcessConte
     """
     timeout = setup_timeout(env)
     started = time.monotonic()
-
-    def fetch(uri: str) -> bytes:
-        if is_cluster_uri(uri):
-            return store.get(uri)
-        return local_files.fetch_remote(uri)
-
+    fetch = _fetcher(store)
     ctx = ProcessContext()
     try:
         if env.get("working_dir"):
