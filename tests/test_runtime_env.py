@@ -327,3 +327,57 @@ def test_unused_env_files_are_removed(ember_start: Any, monkeypatch: pytest.Monk
     finally:
         monkeypatch.undo()
         reset_config()
+
+
+def test_startup_variables_get_a_fresh_interpreter(ember_shared: Any) -> None:
+    @ember.remote
+    def hash_randomization() -> int:
+        import sys
+
+        return sys.flags.hash_randomization
+
+    # Python reads PYTHONHASHSEED only when it starts: the worker is a new interpreter, not a fork.
+    default = ember.get(hash_randomization.remote())
+    seed = "0" if default else "random"
+    assert ember.get(hash_randomization.options(runtime_env={"env_vars": {"PYTHONHASHSEED": seed}}).remote()) == 1 - default
+
+
+def test_full_pool_makes_room_for_another_env(ember_start: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBER_max_workers", "2")
+    reset_config()
+    try:
+        ember_start(num_cpus=2)  # two prestarted default workers fill the pool
+        assert ember.get([getenv.remote("HOME") for _ in range(4)]) == [os.environ["HOME"]] * 4
+        envs = [{"env_vars": {"POOL_ENV": str(i)}} for i in range(3)]
+        assert ember.get([getenv.options(runtime_env=e).remote("POOL_ENV") for e in envs], timeout=60) == ["0", "1", "2"]
+        assert ember.get(getenv.remote("POOL_ENV"), timeout=60) is None
+    finally:
+        monkeypatch.undo()
+        reset_config()
+
+
+def test_pip_without_uv(pip_cluster_no_uv: Cluster, tmp_path: Any) -> None:
+    wheels = str(tmp_path / "wheels")
+    build_wheel(wheels, name="ember_tiny_pip_only", value="pip")
+    started = time.monotonic()
+    info = ember.get(where.options(runtime_env=offline_pip(wheels, "ember_tiny_pip_only")).remote(), timeout=180)
+    value = ember.get(import_value.options(runtime_env=offline_pip(wheels, "ember_tiny_pip_only")).remote("ember_tiny_pip_only"))
+    assert value == "pip"
+    log = info["python"].rsplit("/bin/", 1)[0] + ".log"
+    assert " -m pip " in open(log).read() and "uv venv" not in open(log).read()
+    print(f"\nvenv + pip (no uv): {time.monotonic() - started:.2f}s")
+
+
+@pytest.fixture
+def pip_cluster_no_uv(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    monkeypatch.setenv("EMBER_runtime_env_use_uv", "0")
+    reset_config()
+    cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={"num_cpus": 1, "object_store_memory": 100 * 1024 * 1024})
+    try:
+        cluster.connect()
+        yield cluster
+    finally:
+        ember.shutdown()
+        cluster.shutdown()
+        monkeypatch.undo()
+        reset_config()

@@ -118,9 +118,9 @@ class WorkerPool:
     def start_worker(self, env_key: str = "", ctx: ProcessContext | None = None, env_wire: dict[str, Any] | None = None) -> WorkerHandle:
         """Start a worker, in the runtime env ``ctx`` describes when given.
 
-        A worker needing another interpreter (pip/uv venv, py_executable) starts fresh;
-        the others are forked by the fork server, which moves them to the env's folder
-        and path before the runtime starts.
+        A worker needing another interpreter (pip/uv venv, py_executable) or start-up
+        variables (PYTHON*, LD_*) starts fresh; the others are forked by the fork server,
+        which moves them to the env's folder and path before the runtime starts.
         """
         worker_id = ids.random_unique_id()
         name = worker_id.hex()[:16]
@@ -132,7 +132,7 @@ class WorkerPool:
         if ctx is not None:
             env = {**self.env, **ctx.env_vars, "EMBER_RUNTIME_ENV": json.dumps(env_wire or {})}
             place = {"cwd": ctx.cwd, "sys_path": ctx.sys_path}
-            if ctx.python is not None:
+            if ctx.fresh_interpreter:
                 launcher = SpawnLauncher(ctx.python)
         try:
             proc = launcher.launch(worker_id.hex(), out_path, err_path, env, **place)

@@ -23,6 +23,9 @@ from ember.runtime_env.package_store import PackageStore
 from ember.runtime_env.packaging import PackageError, is_cluster_uri
 from ember.runtime_env.validation import DEFAULT_SETUP_TIMEOUT_S
 
+#: Variables read when an interpreter starts: a forked worker would ignore them.
+STARTUP_VARIABLE_PREFIXES = ("PYTHON", "LD_", "MALLOC_")
+
 
 class SetupFailed(Exception):
     """The runtime env could not be built on this node (message for the user)."""
@@ -42,6 +45,9 @@ class ProcessContext:
     env_vars: dict[str, str] = dataclasses.field(default_factory=dict)
     #: Resource folders in use (held by the node daemon while workers use them).
     resources: list[str] = dataclasses.field(default_factory=list)
+    #: The worker must be a new interpreter, not a fork of one already running: another
+    #: interpreter, or variables Python or the loader read only at start-up (PYTHON*, LD_*).
+    fresh_interpreter: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -121,5 +127,9 @@ def prepare(env: dict[str, Any], store: PackageStore, root: str) -> ProcessConte
     if ctx.sys_path:
         inherited = os.environ.get("PYTHONPATH", "")
         ctx.env_vars["PYTHONPATH"] = os.pathsep.join(ctx.sys_path + ([inherited] if inherited else []))
-    ctx.env_vars.update(env.get("env_vars") or {})
+    user_vars = env.get("env_vars") or {}
+    ctx.env_vars.update(user_vars)
+    ctx.fresh_interpreter = ctx.python is not None or any(
+        name.startswith(STARTUP_VARIABLE_PREFIXES) and name != "PYTHONPATH" for name in user_vars
+    )
     return ctx
