@@ -252,3 +252,24 @@ def test_job_with_entrypoint_resources_runs_on_the_node_that_has_them(head, tmp_
                                            {"name": supervisor_name(job), "namespace": SUPERVISOR_NAMESPACE}) is None)
     assert head.run(head.manager.get_logs(job)) == "on the side node\ndone\n"
     assert not os.path.exists(os.path.join(head.session_dir, "logs", f"job-driver-{job}.log"))
+
+
+def test_jobs_outlive_the_manager_that_submitted_them(head, tmp_path):
+    """The HTTP server (and its manager) may crash: running jobs go on, and a job still waiting
+    for its resources starts once they appear, asked to run by the next manager."""
+    go = tmp_path / "go"
+    running = head.submit(f"echo running; while [ ! -e {go} ]; do sleep 0.05; done")
+    waiting = head.submit("echo finally", entrypoint_resources={"later": 1})
+    head.wait_status(running, JobStatus.RUNNING)
+    head.run(head.manager.close())  # its driver connection ends: what it created and did not detach dies
+    head.manager = head.run(head._make_manager())
+    assert head.details(running).status is JobStatus.RUNNING
+    go.touch()
+    assert head.wait_status(running, JobStatus.SUCCEEDED, JobStatus.FAILED).status is JobStatus.SUCCEEDED
+    assert head.details(waiting).status is JobStatus.PENDING
+    joined = ember_cli(["start", "--address", head.address, "--num-cpus", "1", "--resources", '{"later": 1}',
+                        "--object-store-memory", str(64 * 1024 * 1024)], dict(head.env, EMBER_CLUSTER_TOKEN=head.token))
+    assert joined.returncode == 0, joined.stdout + joined.stderr
+    done = head.wait_status(waiting, JobStatus.SUCCEEDED, JobStatus.FAILED)
+    assert done.status is JobStatus.SUCCEEDED, done.message
+    assert head.run(head.manager.get_logs(waiting)) == "finally\n"
