@@ -412,6 +412,11 @@ class GcsServer:
     def rpc_kv_keys(self, conn: Connection, p: dict[str, Any]) -> list[bytes]:
         return self.storage.keys("kv:" + p.get("ns", ""), p.get("prefix", b""))
 
+    def rpc_kv_items(self, conn: Connection, p: dict[str, Any]) -> list[list[bytes]]:
+        """Every ``[key, value]`` of a namespace whose key starts with ``prefix`` (one round trip)."""
+        prefix = p.get("prefix", b"")
+        return [[k, v] for k, v in self.storage.items("kv:" + p.get("ns", "")) if k.startswith(prefix)]
+
     # --------------------------------------------------------------- status
     def rpc_cluster_info(self, conn: Connection, payload: Any) -> dict[str, Any]:
         return {"cluster_id": self.cluster_id, "session_dir": self.session_dir, "pid": os.getpid()}

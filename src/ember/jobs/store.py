@@ -78,9 +78,8 @@ class JobStore:
             return None
 
     async def list(self) -> dict[str, JobInfo]:
-        keys = await self._call("kv_keys", {"ns": NAMESPACE})
-        infos = await asyncio.gather(*(self.get(bytes(k).decode()) for k in keys))
-        return {bytes(k).decode(): info for k, info in zip(keys, infos) if info is not None}
+        items = await self._call("kv_items", {"ns": NAMESPACE})
+        return {bytes(k).decode(): JobInfo.decode(v) for k, v in items}
 
     async def delete(self, submission_id: str) -> bool:
         key = submission_id.encode()
