@@ -89,20 +89,27 @@ def _script(tmp_path: Any, name: str, text: str) -> str:
     return str(path)
 
 
-def test_job_runs_its_driver_with_env_vars_and_records_the_outcome(head, tmp_path):
-    driver = _script(tmp_path, "driver.py", (
+def test_job_runs_its_driver_in_its_runtime_env_and_records_the_outcome(head, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "helper.py").write_text("def answer():\n    return 6 * 7\n")
+    (work / "driver.py").write_text(
         "import os, ember\n"
         "ember.init()\n"
         "print('X=' + os.environ['X'], 'SID=' + os.environ['EMBER_JOB_SUBMISSION_ID'])\n"
-        "print('answer', ember.get(ember.remote(lambda: 6 * 7).remote()))\n"
-    ))
-    ok = head.submit(f"{PY} {driver}", runtime_env={"env_vars": {"X": "1"}}, metadata={"team": "a"},
-                     submission_id="my-job-1")
+        "@ember.remote\n"
+        "def in_a_worker():\n"
+        "    import helper\n"  # the job's working_dir reaches its tasks' workers
+        "    return helper.answer(), os.environ['X']\n"
+        "print('answer', ember.get(in_a_worker.remote()))\n"
+    )
+    ok = head.submit(f"{PY} driver.py", runtime_env={"env_vars": {"X": "1"}, "working_dir": str(work)},
+                     metadata={"team": "a"}, submission_id="my-job-1")
     failing = head.submit("echo boom; echo last words >&2; exit 3")
     done = head.wait_status(ok, JobStatus.SUCCEEDED, JobStatus.FAILED)
     logs = head.run(head.manager.get_logs(ok))
     assert done.status is JobStatus.SUCCEEDED, (done.message, logs)
-    assert "X=1 SID=my-job-1" in logs and "answer 42" in logs
+    assert "X=1 SID=my-job-1" in logs and "answer (42, '1')" in logs
     assert done.driver_exit_code == 0 and done.metadata == {"team": "a"} and done.end_time >= done.start_time
     # The driver registered with its submission id: the job's driver job id and pid are known.
     assert done.type is JobType.SUBMISSION and done.job_id and done.driver_info.pid
@@ -273,3 +280,15 @@ def test_jobs_outlive_the_manager_that_submitted_them(head, tmp_path):
     done = head.wait_status(waiting, JobStatus.SUCCEEDED, JobStatus.FAILED)
     assert done.status is JobStatus.SUCCEEDED, done.message
     assert head.run(head.manager.get_logs(waiting)) == "finally\n"
+
+
+def test_runtime_env_problems_fail_the_job_or_the_request(head):
+    # Malformed: refused before anything is stored.
+    with pytest.raises(ValueError, match="env_vars"):
+        head.submit("true", runtime_env={"env_vars": {"A": 1}})
+    assert head.run(head.manager.list_jobs()) == []
+    # Well-formed but impossible to set up on the node: the job FAILS saying why.
+    job = head.submit("echo never", runtime_env={"working_dir": "gcs://_ember_pkg_0000000000000000.zip"})
+    failed = head.wait_status(job, JobStatus.FAILED, JobStatus.SUCCEEDED)
+    assert failed.status is JobStatus.FAILED and failed.error_type == "RUNTIME_ENV_SETUP_FAILURE"
+    assert "_ember_pkg_0000000000000000" in failed.message

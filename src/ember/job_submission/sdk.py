@@ -95,12 +95,14 @@ class JobSubmissionClient:
         return self._address
 
     # ------------------------------------------------------------------ HTTP
-    def _request(self, method: str, path: str, body: Any = None) -> Any:
-        data = None
+    def _request(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> Any:
+        data = raw
         headers = dict(self._headers)
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
+        elif raw is not None:
+            headers["Content-Type"] = "application/octet-stream"
         request = urllib.request.Request(self._address + path, data=data, method=method, headers=headers)
         context = None
         if self._address.startswith("https://") and self._verify is False:
@@ -118,7 +120,12 @@ class JobSubmissionClient:
                 f"Could not reach the job server at {self._address}: {reason}. Is the cluster running "
                 "(`ember start --head`), and is this the address of its HTTP server?"
             ) from None
-        return json.loads(text) if text else None
+        if not text:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
 
     def _raise_for(self, status: int, text: str) -> None:
         if status in (401, 403):
@@ -156,23 +163,16 @@ class JobSubmissionClient:
         return str(self._request("POST", "/api/jobs/", body)["submission_id"])
 
     def _prepare_runtime_env(self, runtime_env: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Validate the runtime_env here (a bad one fails before anything is sent); local
-        folders become absolute paths."""
+        """Validate the runtime_env here (a bad one fails before anything is sent, with a
+        ``ValueError`` naming the key) and upload local ``working_dir`` / ``py_modules``
+        folders to the cluster (``PUT /api/packages/gcs/...``, once per content), as Ray's
+        SDK does: the job then refers to them by URI, from any node."""
         if runtime_env is None:
             return None
-        if hasattr(runtime_env, "to_dict") and not isinstance(runtime_env, dict):
-            runtime_env = runtime_env.to_dict()
-        if not isinstance(runtime_env, dict):
-            raise TypeError(f"runtime_env must be a dict, got {type(runtime_env).__name__}")
-        env = dict(runtime_env)
-        working_dir = env.get("working_dir")
-        if isinstance(working_dir, str) and "://" not in working_dir:
-            env["working_dir"] = os.path.abspath(os.path.expanduser(working_dir))
-        try:
-            from ember.runtime_env.validation import validate
-        except ImportError:
-            return env
-        return validate(env)
+        from ember.runtime_env.package_store import upload_local_paths
+        from ember.runtime_env.validation import validate
+
+        return upload_local_paths(validate(runtime_env), _HttpPackageStore(self))
 
     def stop_job(self, job_id: str) -> bool:
         """Ask the job to stop (any state); False if it had already ended."""
@@ -221,3 +221,21 @@ def _quote(job_id: str) -> str:
     if not isinstance(job_id, str) or not job_id:
         raise ValueError(f"a job id must be a non-empty string, got {job_id!r}")
     return urllib.parse.quote(job_id, safe="")
+
+
+class _HttpPackageStore:
+    """The package store as the job API offers it (what ``upload_local_paths`` needs: ``put``)."""
+
+    def __init__(self, client: JobSubmissionClient) -> None:
+        self._client = client
+
+    def put(self, uri: str, data: bytes) -> None:
+        protocol, name = uri.split("://", 1)
+        path = f"/api/packages/{protocol}/{urllib.parse.quote(name, safe='')}"
+        try:
+            self._client._request("GET", path)
+            return  # already there: content-addressed, so the same bytes
+        except JobSubmissionError as exc:
+            if exc.status != 404:
+                raise
+        self._client._request("PUT", path, raw=data)

@@ -117,9 +117,12 @@ class JobManager:
 
         Raises ``ValueError`` for a taken submission id or a bad runtime_env.
         """
+        from ember.runtime_env.validation import validate
+
         store = self._store
         submission_id = request.submission_id or request.job_id or new_submission_id()
         runtime_env = request.runtime_env or {}
+        validate(runtime_env)  # a bad one fails here (ValueError naming the key), before any record
         metadata = dict(request.metadata or {})
         info = JobInfo(
             status=JobStatus.PENDING, entrypoint=request.entrypoint, start_time=now_ms(),
@@ -159,6 +162,9 @@ class JobManager:
             options["memory"] = info.entrypoint_memory
         if info.entrypoint_resources:
             options["resources"] = dict(info.entrypoint_resources)
+        if info.runtime_env:
+            # Set up by the node daemon like any actor's; local folders are uploaded from here.
+            options["runtime_env"] = dict(info.runtime_env)
         if not info.requests_entrypoint_resources():
             # Nothing to place it by: it runs on the head, next to the HTTP server (as in Ray).
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=False)
@@ -336,6 +342,47 @@ class JobManager:
             if ended:
                 return
             await asyncio.sleep(period)
+
+    # ------------------------------------------------------------------ packages
+    def _package_store(self) -> Any:
+        """renv's package store, called from a worker thread through this loop's client."""
+        from ember.runtime_env.package_store import PackageStore
+
+        loop = asyncio.get_running_loop()
+
+        def call(method: str, payload: Any) -> Any:
+            return asyncio.run_coroutine_threadsafe(self._gcs(method, payload), loop).result()
+
+        return PackageStore(call)
+
+    async def package_exists(self, uri: str) -> bool:
+        store = self._package_store()
+        return await asyncio.get_running_loop().run_in_executor(None, store.exists, uri)
+
+    async def store_package(self, uri: str, data: bytes) -> None:
+        """Store an uploaded package (a working_dir or py_modules zip) under ``uri``.
+
+        Raises ``ValueError`` if it is over ``runtime_env_max_package_bytes`` or not a safe zip.
+        """
+        from ember.runtime_env import packaging
+
+        limit = config().runtime_env_max_package_bytes
+        if len(data) > limit:
+            raise ValueError(f"the package is {len(data)} bytes, over the limit of {limit} (runtime_env_max_package_bytes)")
+        store = self._package_store()
+
+        def check_and_put() -> None:
+            import io
+            import zipfile
+
+            try:
+                with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                    packaging.check_entries(zf)
+            except (zipfile.BadZipFile, packaging.PackageError) as exc:
+                raise ValueError(f"the package {uri} is not a usable zip: {exc}") from None
+            store.put(uri, data)
+
+        await asyncio.get_running_loop().run_in_executor(None, check_and_put)
 
     # ------------------------------------------------------------------ monitor
     async def _monitor(self) -> None:

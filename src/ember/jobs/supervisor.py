@@ -8,7 +8,10 @@ server or of the control service does not touch a running job (the supervisor wr
 the outcome itself once the control service is back). Without entrypoint resources it
 holds nothing and is pinned to the head node (as in Ray).
 
-The entrypoint runs as a shell command in a new session (its own process group), with
+The supervisor actor is created with the job's runtime_env, so its node daemon sets
+that up as for any actor (a failure is ``RuntimeEnvSetupError``: the job FAILS with
+RUNTIME_ENV_SETUP_FAILURE). The entrypoint runs as a shell command in a new session
+(its own process group) in that env (cwd = working_dir, as in Ray), with
 ``EMBER_ADDRESS`` and the cluster token set so that its driver connects by itself,
 ``EMBER_JOB_SUBMISSION_ID``, and the job's runtime_env in ``EMBER_JOB_RUNTIME_ENV``
 (``init()`` applies it as the job's default). Output goes to
@@ -30,6 +33,7 @@ from ember._private.background import BackgroundTasks
 from ember._private.config import config
 from ember.jobs.common import JobErrorType, JobStatus
 from ember.jobs.store import JobStore, core_worker_call
+from ember.runtime_env.resolve import JOB_ENV_VAR, WORKER_ENV_VAR
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +41,7 @@ logger = logging.getLogger(__name__)
 SUPERVISOR_NAMESPACE = "_ember_internal_jobs"
 #: Environment a worker gets from its node daemon that a driver must not inherit.
 _WORKER_ONLY_ENV = ("EMBER_WORKER_ID", "EMBER_RAYLET_PID", "EMBER_RAYLET_ADDRESS", "EMBER_GCS_ADDRESS",
-                    "EMBER_NODE_IP", "EMBER_TOKEN")
+                    "EMBER_NODE_IP", "EMBER_TOKEN", WORKER_ENV_VAR)
 
 
 def supervisor_name(submission_id: str) -> str:
@@ -63,13 +67,20 @@ def read_tail(path: str, max_chars: int) -> str:
 
 def driver_environment(base: dict[str, str], *, gcs_address: str, token: str, submission_id: str,
                        runtime_env: dict[str, Any] | None) -> dict[str, str]:
-    """The entrypoint's environment: ours without worker-only variables, plus the cluster's."""
+    """The entrypoint's environment: ours without worker-only variables, plus the cluster's.
+
+    The supervisor runs in the job's runtime env (its node daemon built it: cwd, PATH of a
+    pip virtualenv, PYTHONPATH, env_vars), so the entrypoint inherits it. The driver gets the
+    job's env as this worker received it (``EMBER_RUNTIME_ENV``: local folders already
+    uploaded, so any node can use it) to apply as its job's default.
+    """
     env = {k: v for k, v in base.items() if k not in _WORKER_ONLY_ENV}
+    wire = base.get(WORKER_ENV_VAR) or ""
     env.update({
         "EMBER_ADDRESS": gcs_address,
         "EMBER_CLUSTER_TOKEN": token,
         "EMBER_JOB_SUBMISSION_ID": submission_id,
-        "EMBER_JOB_RUNTIME_ENV": json.dumps(runtime_env or {}),
+        JOB_ENV_VAR: wire if wire not in ("", "{}") else json.dumps(runtime_env or {}),
         "PYTHONUNBUFFERED": "1",  # output reaches the log as it is printed
     })
     env.pop("RAY_ADDRESS", None)  # it may name the HTTP server; EMBER_ADDRESS is the cluster
@@ -177,11 +188,11 @@ class JobSupervisor:
             submission_id=sid, runtime_env=self._runtime_env,
         )
         try:
-            cwd = self._working_dir()
             with open(self._log_path, "ab", buffering=0) as log:
+                # cwd: this worker's, the job's working_dir when it has one (as in Ray).
                 self._proc = await asyncio.create_subprocess_shell(
                     self._entrypoint, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                    cwd=cwd, env=env, start_new_session=True,
+                    env=env, start_new_session=True,
                 )
         except (OSError, ValueError) as exc:
             await self._store.try_transition(
@@ -208,16 +219,6 @@ class JobSupervisor:
             info = await self._store.get(sid)
             return info.status.value if info else JobStatus.STOPPED.value
         return final.status.value
-
-    def _working_dir(self) -> str | None:
-        working_dir = self._runtime_env.get("working_dir")
-        if not working_dir:
-            return None
-        if "://" not in working_dir:
-            if not os.path.isdir(working_dir):
-                raise ValueError(f"runtime_env working_dir {working_dir!r} is not a folder on this node")
-            return working_dir
-        raise ValueError(f"runtime_env working_dir {working_dir!r}: packages are not supported yet")
 
     def _failure_message(self, code: int) -> str:
         if code < 0:

@@ -8,6 +8,8 @@
     DELETE /api/jobs/{id}                  delete      -> {"deleted": bool} (finished jobs only)
     GET    /api/jobs/{id}/logs             logs        -> {"logs": str}
     GET    /api/jobs/{id}/logs/tail        WebSocket: the output as text messages until the job ends
+    GET    /api/packages/gcs/{name}        200 if the package (an uploaded working_dir) is stored, else 404
+    PUT    /api/packages/gcs/{name}        store a package (the body is the zip; checked for unsafe entries)
 
 Errors are plain text: 400 for bad input (the message names what is wrong), 404 for an
 unknown job, 503 while the control service is unreachable. Every route needs the
@@ -53,6 +55,8 @@ def setup(app: web.Application, ctx: Any) -> None:
     app.router.add_delete("/api/jobs/{job_id}", delete_job)
     app.router.add_get("/api/jobs/{job_id}/logs", get_job_logs)
     app.router.add_get("/api/jobs/{job_id}/logs/tail", tail_job_logs)
+    app.router.add_get("/api/packages/{protocol}/{package_name}", package_exists)
+    app.router.add_put("/api/packages/{protocol}/{package_name}", upload_package)
 
 
 @web.middleware
@@ -97,21 +101,10 @@ async def submit_job(request: web.Request) -> web.Response:
         return web.Response(status=400, text=f"the request body is not JSON: {exc}")
     try:
         submit = JobSubmitRequest.from_json(body)
-        _validate_runtime_env(submit.runtime_env)
         submission_id = await request.app[_MANAGER].submit(submit)
     except (TypeError, ValueError) as exc:
         return web.Response(status=400, text=str(exc))
     return _json({"job_id": submission_id, "submission_id": submission_id})
-
-
-def _validate_runtime_env(runtime_env: dict[str, Any] | None) -> None:
-    if not runtime_env:
-        return
-    try:
-        from ember.runtime_env.validation import validate
-    except ImportError:
-        return  # runtime environments are not in this build
-    validate(runtime_env)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -153,3 +146,29 @@ async def tail_job_logs(request: web.Request) -> web.StreamResponse:
         await ws.send_str(chunk)
     await ws.close()
     return ws
+
+
+async def package_exists(request: web.Request) -> web.Response:
+    uri = _package_uri(request)
+    if await request.app[_MANAGER].package_exists(uri):
+        return web.Response()
+    return web.Response(status=404, text=f"Package {uri} does not exist")
+
+
+async def upload_package(request: web.Request) -> web.Response:
+    uri = _package_uri(request)
+    try:
+        await request.app[_MANAGER].store_package(uri, await request.read())
+    except ValueError as exc:
+        return web.Response(status=400, text=str(exc))
+    return web.Response()
+
+
+def _package_uri(request: web.Request) -> str:
+    """``gcs://<name>``: packages live in the cluster (Ray's SDK uploads under this scheme)."""
+    protocol, name = request.match_info["protocol"], request.match_info["package_name"]
+    if protocol != "gcs":
+        raise web.HTTPBadRequest(text=f"packages are uploaded under gcs://, not {protocol}://")
+    if not name.endswith((".zip", ".whl")) or "/" in name or name.startswith("."):
+        raise web.HTTPBadRequest(text=f"bad package name {name!r}: expected <name>.zip or <name>.whl")
+    return f"gcs://{name}"
