@@ -292,3 +292,16 @@ def test_runtime_env_problems_fail_the_job_or_the_request(head):
     failed = head.wait_status(job, JobStatus.FAILED, JobStatus.SUCCEEDED)
     assert failed.status is JobStatus.FAILED and failed.error_type == "RUNTIME_ENV_SETUP_FAILURE"
     assert "_ember_pkg_0000000000000000" in failed.message
+
+
+def test_a_dead_supervisor_fails_its_job_and_takes_the_entrypoint_with_it(head, tmp_path):
+    pid_file = tmp_path / "pid"
+    job = head.submit(f"echo $$ > {pid_file}.tmp && mv {pid_file}.tmp {pid_file} && exec sleep 1000")
+    entrypoint_pid = int(wait_for_file(str(pid_file), timeout=60))
+    supervisor = gcs_request(head.address, head.token, "get_named_actor",
+                             {"name": supervisor_name(job), "namespace": SUPERVISOR_NAMESPACE})
+    os.kill(supervisor["pid"], 9)
+    failed = head.wait_status(job, JobStatus.FAILED, JobStatus.SUCCEEDED, JobStatus.STOPPED)
+    assert failed.status is JobStatus.FAILED and failed.error_type == "JOB_SUPERVISOR_ACTOR_DIED"
+    assert "Job supervisor actor died" in failed.message
+    wait_for_condition(lambda: not pid_alive(entrypoint_pid), timeout=10)

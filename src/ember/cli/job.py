@@ -130,7 +130,11 @@ def submit(address: str | None, submission_id: str | None, runtime_env_json: str
         click.echo(f"  Status:  ember job status {job_id}\n  Logs:    ember job logs --follow {job_id}\n"
                    f"  Stop:    ember job stop {job_id}", err=True)
         return
-    _follow(client, job_id)
+    try:
+        _follow(client, job_id)
+    except KeyboardInterrupt:
+        click.echo(f"\nStopped following; the job goes on. Stop it with: ember job stop {job_id}", err=True)
+        raise SystemExit(130) from None
     status = _wait_for_end(client, job_id)
     info = _call(client.get_job_info, job_id)
     if status is JobStatus.SUCCEEDED:

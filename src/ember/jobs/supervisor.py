@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import signal
+import sys
 from typing import Any
 
 from ember._private.background import BackgroundTasks
@@ -114,6 +115,25 @@ def _signal_job(pgid: int, procs: list[Any], sig: int) -> None:
             pass
 
 
+def _die_with_parent() -> Any:
+    """A ``preexec_fn`` asking Linux to SIGKILL the entrypoint if its supervisor dies (e.g. its
+    node is stopped): libc is loaded here, so the child only makes one system call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def in_child() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+
+    return in_child
+
+
 class JobSupervisor:
     """Runs one job's entrypoint and records its outcome (an async actor: ``stop`` runs while ``run`` waits)."""
 
@@ -192,7 +212,7 @@ class JobSupervisor:
                 # cwd: this worker's, the job's working_dir when it has one (as in Ray).
                 self._proc = await asyncio.create_subprocess_shell(
                     self._entrypoint, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                    env=env, start_new_session=True,
+                    env=env, start_new_session=True, preexec_fn=_die_with_parent(),
                 )
         except (OSError, ValueError) as exc:
             await self._store.try_transition(
