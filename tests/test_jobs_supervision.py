@@ -152,7 +152,7 @@ def test_stop_pending_job_ends_it_before_anything_runs(head, tmp_path):
     assert not marker.exists()
 
 
-def test_stop_running_job_ends_its_driver_children_and_actors(head, tmp_path):
+def test_stop_running_job_ends_its_driver_children_tasks_and_actors(head, tmp_path):
     driver = _script(tmp_path, "driver.py", (
         "import os, subprocess, sys, ember\n"
         "from ember._private.test_utils import write_file_atomic\n"
@@ -161,7 +161,14 @@ def test_stop_running_job_ends_its_driver_children_and_actors(head, tmp_path):
         "class A:\n"
         "    def pid(self):\n"
         "        return os.getpid()\n"
+        "@ember.remote\n"
+        "def busy():\n"
+        f"    write_file_atomic({str(tmp_path / 'task_pid')!r}, str(os.getpid()))\n"
+        "    import time\n"
+        "    while True:\n"
+        "        time.sleep(0.05)\n"
         "a = A.remote()\n"
+        "running = busy.remote()\n"
         "child = subprocess.Popen(['sleep', '1000'])\n"
         f"write_file_atomic({str(tmp_path / 'pids')!r}, f'{{os.getpid()}} {{child.pid}} {{ember.get(a.pid.remote())}}')\n"
         "print('ready', flush=True)\n"
@@ -169,12 +176,13 @@ def test_stop_running_job_ends_its_driver_children_and_actors(head, tmp_path):
     ))
     job = head.submit(f"{PY} {driver}")
     pids = [int(p) for p in wait_for_file(str(tmp_path / "pids"), timeout=60).split()]
+    pids.append(int(wait_for_file(str(tmp_path / "task_pid"), timeout=60)))
     assert head.details(job).status is JobStatus.RUNNING
     assert all(pid_alive(p) for p in pids)
     assert head.run(head.manager.stop_job(job)) is True
     stopped = head.wait_status(job, JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED)
     assert stopped.status is JobStatus.STOPPED, stopped.message
-    # The driver, what it started and its actor's worker are all gone.
+    # The driver, what it started, its running task's worker and its actor's worker are all gone.
     wait_for_condition(lambda: not any(pid_alive(p) for p in pids), timeout=30)
     assert "ready" in head.run(head.manager.get_logs(job))
 
