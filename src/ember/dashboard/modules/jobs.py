@@ -18,6 +18,7 @@ cluster token (the server's auth middleware): an open job API runs anyone's code
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -140,10 +141,22 @@ async def tail_job_logs(request: web.Request) -> web.StreamResponse:
     submission_id, _ = await manager.get_submission(request.match_info["job_id"])
     ws = web.WebSocketResponse()
     await ws.prepare(request)
-    async for chunk in manager.tail_logs(submission_id):
-        if ws.closed:
-            break
-        await ws.send_str(chunk)
+
+    async def send() -> None:
+        async for chunk in manager.tail_logs(submission_id):
+            await ws.send_str(chunk)
+
+    # The client may leave first: its close (or a dropped connection) ends the stream at once.
+    sender = asyncio.ensure_future(send())
+    client_left = asyncio.ensure_future(ws.receive())
+    try:
+        await asyncio.wait({sender, client_left}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sender, client_left):
+            task.cancel()
+        results = await asyncio.gather(sender, client_left, return_exceptions=True)
+    if isinstance(results[0], Exception) and not isinstance(results[0], (ConnectionResetError, asyncio.CancelledError)):
+        logger.warning("streaming the logs of job %s failed: %r", submission_id, results[0])
     await ws.close()
     return ws
 
