@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from ember.jobs.common import (
@@ -159,3 +161,40 @@ def test_token_discovery_by_http_address_reads_only_this_users_private_records(m
     assert find_token("http://127.0.0.1:18265") is None
     monkeypatch.setenv("EMBER_CLUSTER_TOKEN", "explicit")
     assert find_token("http://127.0.0.1:18266") == "explicit"
+
+
+def _store_on_a_control_service(tmp_path):
+    """A JobStore over a real control service's KV handlers (in this process, no network)."""
+    from ember.gcs.server import GcsServer
+    from ember.gcs.storage import SqliteStorage
+    from ember.jobs.store import JobStore
+
+    gcs = GcsServer(str(tmp_path), "token", SqliteStorage(str(tmp_path / "gcs.sqlite")))
+
+    async def call(method, payload):
+        await asyncio.sleep(0)  # let the other writer in between every request
+        return getattr(gcs, "rpc_" + method)(None, payload)
+
+    return JobStore(call), gcs
+
+
+def test_store_status_changes_are_compare_and_set(tmp_path):
+    store, gcs = _store_on_a_control_service(tmp_path)
+
+    async def scenario():
+        info = JobInfo(status=JobStatus.PENDING, entrypoint="x")
+        assert await store.create("j", info) and not await store.create("j", info)
+        await store.transition("j", JobStatus.RUNNING)
+        # The supervisor (SUCCEEDED) and the manager (STOPPED) race: one wins, the other is refused.
+        results = await asyncio.gather(store.try_transition("j", JobStatus.SUCCEEDED),
+                                       store.try_transition("j", JobStatus.STOPPED))
+        assert sum(r is not None for r in results) == 1
+        winner = next(r for r in results if r is not None)
+        assert (await store.get("j")).status is winner.status
+        with pytest.raises(KeyError):
+            await store.transition("missing", JobStatus.RUNNING)
+        assert set(await store.list()) == {"j"}
+        assert await store.delete("j") and await store.get("j") is None
+
+    asyncio.run(scenario())
+    gcs.storage.close()

@@ -42,13 +42,10 @@ class JobStore:
         return None if data is None else JobInfo.decode(data)
 
     async def create(self, submission_id: str, info: JobInfo) -> bool:
-        """Store a new record; False if one with this id exists."""
-        data = info.encode()
-        key = submission_id.encode()
-        if await self._call("kv_put", {"ns": NAMESPACE, "key": key, "value": data, "expect": None}):
-            return True
-        # A resent request (the control service restarted) may have written it already.
-        return await self._call("kv_get", {"ns": NAMESPACE, "key": key}) == data
+        """Store a new record; False if one with this id exists (even an identical one: two
+        submissions with the same id must not both start a supervisor)."""
+        return bool(await self._call("kv_put", {"ns": NAMESPACE, "key": submission_id.encode(),
+                                                "value": info.encode(), "expect": None}))
 
     async def transition(self, submission_id: str, status: JobStatus, **fields: Any) -> JobInfo:
         """Move the record to ``status`` with ``fields`` set.
