@@ -172,7 +172,7 @@ class JobSubmissionClient:
         from ember.runtime_env.package_store import upload_local_paths
         from ember.runtime_env.validation import validate
 
-        return upload_local_paths(validate(runtime_env), _HttpPackageStore(self))
+        return upload_local_paths(validate(runtime_env), _HttpPackageStore(self))  # type: ignore[arg-type]
 
     def stop_job(self, job_id: str) -> bool:
         """Ask the job to stop (any state); False if it had already ended."""

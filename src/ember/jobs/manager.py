@@ -261,9 +261,9 @@ class JobManager:
         for job in drivers:
             if job["job_id"].hex() == job_or_submission_id:
                 sid = job.get("submission_id")
-                info = await store.get(sid) if sid else None
+                info = await store.get(str(sid)) if sid else None
                 if info is not None:
-                    return _submission_details(sid, info, by_submission.get(sid))
+                    return _submission_details(str(sid), info, by_submission.get(str(sid)))
                 return _driver_details(job)
         raise JobNotFoundError(job_or_submission_id)
 
@@ -350,8 +350,11 @@ class JobManager:
 
         loop = asyncio.get_running_loop()
 
+        async def request(method: str, payload: Any) -> Any:
+            return await self._gcs(method, payload)
+
         def call(method: str, payload: Any) -> Any:
-            return asyncio.run_coroutine_threadsafe(self._gcs(method, payload), loop).result()
+            return asyncio.run_coroutine_threadsafe(request(method, payload), loop).result()
 
         return PackageStore(call)
 
