@@ -147,8 +147,10 @@ class Config:
     job_max_finished_kept: int = 1000
     #: Seconds a finished job is kept after it ended (0: no age limit).
     job_finished_max_age_s: float = 7 * 24 * 3600.0
-    #: Seconds between the job manager's checks of supervisors and old jobs.
+    #: Seconds between the job manager's checks of unfinished jobs' supervisors.
     job_monitor_period_s: float = 1.0
+    #: Seconds between its reads of every job record (jobs it did not submit; deleting old ones).
+    job_full_check_period_s: float = 30.0
     #: Seconds between reads of a job's log file while its logs are followed.
     job_log_poll_period_s: float = 0.1
     #: Characters of output quoted in a FAILED job's message.

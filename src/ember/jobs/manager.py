@@ -73,6 +73,8 @@ class JobManager:
         self._submitting: set[str] = set()
         #: Supervisors this manager asked to run (so that the monitor asks only the others).
         self._asked_to_run: set[str] = set()
+        #: Jobs not yet final, checked every monitor pass (every record only every full pass).
+        self._unfinished: set[str] = set()
         self._background = BackgroundTasks("job manager")
 
     # ------------------------------------------------------------------ lifecycle
@@ -131,6 +133,7 @@ class JobManager:
             entrypoint_memory=request.entrypoint_memory, entrypoint_resources=request.entrypoint_resources,
         )
         self._submitting.add(submission_id)
+        self._unfinished.add(submission_id)
         try:
             if not await store.create(submission_id, info):
                 raise ValueError(f"Job with submission_id {submission_id} already exists. "
@@ -390,21 +393,34 @@ class JobManager:
     # ------------------------------------------------------------------ monitor
     async def _monitor(self) -> None:
         period = config().job_monitor_period_s
+        every = max(1, round(config().job_full_check_period_s / period))
+        passes = 0
         while True:
             try:
-                await self.check_jobs()
+                await self.check_jobs(full=passes % every == 0)
+                passes += 1
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("checking jobs failed; trying again in %gs", period)
             await asyncio.sleep(period)
 
-    async def check_jobs(self) -> None:
-        """One pass: fail jobs whose supervisor is gone, resume orphaned supervisors, evict old jobs."""
+    async def check_jobs(self, full: bool = True) -> None:
+        """One pass over the unfinished jobs: fail those whose supervisor is gone, resume orphaned
+        supervisors. A ``full`` pass reads every record (finding unfinished jobs this manager did
+        not submit) and deletes old finished jobs; the others read only the unfinished ones."""
         store = self._store
-        records = await store.list()
+        if full:
+            records = await store.list()
+            self._unfinished = {sid for sid, info in records.items() if not info.status.is_terminal()}
+        else:
+            found = {sid: await store.get(sid) for sid in list(self._unfinished)}
+            records = {sid: info for sid, info in found.items() if info is not None}
         for sid, info in records.items():
-            if info.status.is_terminal() or sid in self._submitting:
+            if info.status.is_terminal():
+                self._unfinished.discard(sid)
+                continue
+            if sid in self._submitting:
                 continue
             actor = await self._gcs("get_named_actor", {"name": supervisor_name(sid), "namespace": SUPERVISOR_NAMESPACE})
             if actor is None:
@@ -413,7 +429,8 @@ class JobManager:
                 # Created by a manager that is gone with its run request: ask again (idempotent).
                 if await self._ask_supervisor(sid, "run"):
                     self._asked_to_run.add(sid)
-        await self._evict(store, records)
+        if full:
+            await self._evict(store, records)
 
     async def _supervisor_gone(self, submission_id: str, info: JobInfo) -> None:
         actors = await self._gcs("list_actors", None)
