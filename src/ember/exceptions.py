@@ -93,6 +93,7 @@ class ErrorCode(enum.IntEnum):
     OBJECT_STORE_FULL = 6
     TASK_UNSCHEDULABLE = 7  # no node can ever satisfy the request
     RUNTIME_ENV_SETUP_FAILED = 8  # a lease's runtime env could not be built on the node
+    ACTOR_UNSCHEDULABLE = 9  # a node cannot start another actor process (a real limit was reached)
 
     @classmethod
     def from_wire(cls, raw: Any) -> ErrorCode:
@@ -364,6 +365,7 @@ __all__ = [name for name, value in globals().items() if isinstance(value, type) 
 ERROR_TABLE: tuple[tuple[type[BaseException], ErrorCode], ...] = (
     (ObjectStoreFullError, ErrorCode.OBJECT_STORE_FULL),
     (TaskUnschedulableError, ErrorCode.TASK_UNSCHEDULABLE),
+    (ActorUnschedulableError, ErrorCode.ACTOR_UNSCHEDULABLE),
     (RuntimeEnvSetupError, ErrorCode.RUNTIME_ENV_SETUP_FAILED),
     (FrameError, ErrorCode.FRAME_TOO_LARGE),
     (ValueError, ErrorCode.BAD_REQUEST),

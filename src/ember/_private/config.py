@@ -72,8 +72,13 @@ class Config:
     use_fork_server: bool = True
     #: Workers the node daemon starts ahead of demand (default: num_cpus).
     num_prestart_workers: int = -1
-    #: Most worker processes one node runs at once (default: 4 x num_cpus + 8).
+    #: Most task worker processes one node runs at once (default: 4 x num_cpus + 8). Actors'
+    #: processes do not count: they are limited by file descriptors, memory and the next field.
     max_workers: int = -1
+    #: Most actor processes one node runs at once (0: no cap but the machine's limits).
+    max_actor_workers: int = 0
+    #: Workers one node starts at once (default: 2 x num_cpus, at least 4); more wait their turn.
+    worker_maximum_startup_concurrency: int = -1
     #: Seconds a worker has to register with its node daemon after starting.
     worker_register_timeout_s: float = 30.0
     #: Idle workers beyond the prestart count exit after this many seconds.
@@ -109,6 +114,8 @@ class Config:
     resource_report_period_s: float = 0.2
     #: Seconds between reads of worker log files.
     log_poll_period_s: float = 0.05
+    #: ... a file quiet for a while is read less often, down to once per this many seconds.
+    log_poll_idle_period_s: float = 0.5
     #: Seconds to wait for a process to exit after SIGTERM before SIGKILL.
     process_stop_timeout_s: float = 3.0
     #: Seconds a daemon started by ``ember.init`` waits between checks

@@ -11,6 +11,7 @@ from typing import Any
 
 from ember._private import runtime, session
 from ember._private.node import NodeProcesses, start_head
+from ember._private.processes import raise_fd_limit
 from ember.core import metrics_recorder
 from ember.core.worker import DRIVER, CoreWorker
 
@@ -129,6 +130,8 @@ def init(
 
         job_runtime_env = job_env(runtime_env)  # a malformed env fails here, before anything starts
         gcs_address = _resolve_address(address)
+        # A driver holds a connection per actor it calls (and its daemons inherit the limit).
+        raise_fd_limit()
         if gcs_address is not None and any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)):
             raise ValueError(
                 "When connecting to an existing cluster, num_cpus, num_gpus, resources and "

@@ -229,7 +229,7 @@ class ActorManager:
             "resources": entry.spec.get("place") or {}, "hold": entry.spec.get("hold") or {},
             # Unique per creation attempt: node daemons answer a repeated request id with the same grant.
             "request_id": entry.actor_id + entry.num_restarts.to_bytes(4, "big") + entry.incarnation.to_bytes(4, "big"),
-            "strategy": entry.spec.get("strategy"), "spilled": False,
+            "strategy": entry.spec.get("strategy"), "spilled": False, "actor": True,
         }
         if entry.spec.get("renv"):
             request["renv"] = entry.spec["renv"]
@@ -264,7 +264,7 @@ class ActorManager:
                 request["spilled"] = False
                 continue
             except RemoteError as exc:
-                if exc.code is ErrorCode.TASK_UNSCHEDULABLE:
+                if exc.code in (ErrorCode.TASK_UNSCHEDULABLE, ErrorCode.ACTOR_UNSCHEDULABLE):
                     entry.error_type = "ActorUnschedulableError"
                     self._mark_dead(entry, f"it cannot be scheduled: {exc.message}")
                     return

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--storage", default="memory://", help="memory://, sqlite:///path or redis://host:port")
     args = parser.parse_args(argv)
     setup_logging("gcs")
+    from ember._private.processes import raise_fd_limit
+
+    raise_fd_limit()  # a connection per driver, node and actor being created
     token = session.read_token(args.session_dir)
     session.write_pid_file(args.session_dir, "gcs", os.getpid())  # a restarted control service too
 

@@ -18,7 +18,9 @@ from typing import Any
 
 from ember._private import ids
 from ember._private import resources as res
+from ember._private.config import config
 from ember.raylet import scheduling_policy as policy
+from ember.raylet import worker_limits
 from ember.raylet.leases import Lease, LeaseRequest
 from ember.raylet.worker_pool import WorkerHandle, WorkerState
 from ember.rpc import Connection
@@ -121,7 +123,7 @@ class LeaseService:
         if not self.pending:
             return
         #: Requests waiting for a worker, per runtime env ("" is the default env).
-        waiting_for_worker: dict[str, int] = {}
+        waiting_for_worker: dict[str, list[LeaseRequest]] = {}
         still_pending: deque[LeaseRequest] = deque()
         blocked_on_resources = False
         failures = self.renv_agent.take_failures()
@@ -145,30 +147,90 @@ class LeaseService:
                 blocked_on_resources = True
                 still_pending.append(req)
                 continue
+            max_actors = config().max_actor_workers
+            if req.for_actor and 0 < max_actors <= self.pool.num_dedicated():
+                reason = worker_limits.max_actors_reason(self.pool.num_dedicated(), max_actors)
+                self._refuse_actors([req], reason, queued=False)
+                continue
             worker = self.pool.pop_idle(env_key)
             if worker is None:
-                waiting_for_worker[env_key] = waiting_for_worker.get(env_key, 0) + 1
+                waiting_for_worker.setdefault(env_key, []).append(req)
                 still_pending.append(req)
                 continue
             self._grant(req, worker)
         self.pending = still_pending
         for env_key, waiting in waiting_for_worker.items():
-            starting = self.pool.num_starting(env_key)
-            while waiting > starting and not self.stopping:
-                # A full pool makes room by ending an idle worker of another env.
-                if not self.pool.can_start(self._num_blocked()) and not self.pool.evict_idle(env_key):
-                    break
-                self._start_worker(env_key)
-                starting += 1
+            if self.stopping:
+                break
+            self._start_workers_for(env_key, waiting)
         if blocked_on_resources:
             for holder in {id(l.holder): l.holder for l in self.leases.values()}.values():
                 if holder is not self.gcs:
                     holder.notify("release_idle_leases", None)
 
+    def _start_workers_for(self, env_key: str, waiting: list[LeaseRequest]) -> None:
+        """Start workers of runtime env ``env_key`` for requests that found none idle.
+
+        Actors first and without the task-worker cap, within the node's real
+        limits: the actors beyond them fail now with the reason (never a silent
+        wait). Then tasks, up to ``max_workers`` (a full pool makes room by
+        ending an idle worker of another env).
+        """
+        actors = [req for req in waiting if req.for_actor]
+        remaining = len(waiting)
+        starting = self.pool.num_starting(env_key)
+        wanted = len(actors) - starting
+        if wanted > 0:
+            room = self._actor_worker_room(wanted)
+            if room.count < wanted:
+                self._refuse_actors(actors[len(actors) - (wanted - room.count):], room.reason)
+                remaining -= wanted - room.count
+            for _ in range(room.count):
+                if not self.pool.launch_ready():
+                    return  # one registers (or the fork server gets ready) soon: _schedule runs again then
+                self._start_worker(env_key)
+                starting += 1
+        while remaining > starting and self.pool.launch_ready():
+            if not self.pool.can_start(self._num_blocked()) and not self.pool.evict_idle(env_key):
+                break
+            self._start_worker(env_key)
+            starting += 1
+
+    def _actor_worker_room(self, wanted: int) -> worker_limits.Room:
+        from ember.raylet import memory_monitor
+
+        cfg = config()
+        threshold = cfg.memory_usage_threshold
+        return worker_limits.actor_worker_room(
+            wanted,
+            actor_workers=self.pool.num_dedicated(),
+            max_actor_workers=cfg.max_actor_workers,
+            fds_open=worker_limits.open_fds(),
+            fd_limit=self.fd_limit,
+            memory_fraction=memory_monitor.read_memory().fraction if threshold < 1.0 else 0.0,
+            memory_threshold=threshold,
+        )
+
+    def _refuse_actors(self, requests: list[LeaseRequest], reason: str, queued: bool = True) -> None:
+        from ember.exceptions import ActorUnschedulableError
+
+        for req in requests:
+            if queued:
+                self.pending.remove(req)
+            if not req.future.done():
+                err = ActorUnschedulableError(
+                    f"Node {self.node_id.hex()[:12]} ({self.opts.node_ip}) cannot start another actor process: {reason}"
+                )
+                err.expected = True  # type: ignore[attr-defined]
+                req.future.set_exception(err)
+
     def _grant(self, req: LeaseRequest, worker: WorkerHandle) -> None:
         lease_id = ids.random_unique_id()
         worker.transition(WorkerState.LEASED, f"lease {lease_id.hex()[:12]}")
         worker.lease_id = lease_id
+        worker.dedicated = req.for_actor
+        self.log_monitor.wake(worker.out_path)
+        self.log_monitor.wake(worker.err_path)
         res.subtract(self.available, req.hold)
         lease = Lease(lease_id, worker, req.hold, req.conn)
         lease.gpu_ids = self.gpus.allocate(req.hold.get("GPU", 0))

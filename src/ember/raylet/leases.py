@@ -18,7 +18,7 @@ from ember.rpc import Connection
 
 
 class LeaseRequest:
-    __slots__ = ("request_id", "conn", "resources", "hold", "future", "warned_infeasible", "payload")
+    __slots__ = ("request_id", "conn", "resources", "hold", "future", "warned_infeasible", "payload", "for_actor")
 
     def __init__(self, request_id: Any, conn: Connection, resources: Resources, future: asyncio.Future[Any], payload: dict[str, Any]) -> None:
         self.request_id = request_id
@@ -28,6 +28,8 @@ class LeaseRequest:
         self.future = future
         self.warned_infeasible = False
         self.payload = payload
+        #: An actor's lease: its worker is dedicated to the actor for the actor's life.
+        self.for_actor = bool(payload.get("actor"))
 
 
 class Lease:

@@ -75,12 +75,16 @@ class Raylet(LeaseService, ObjectService, MetricsService):
         from ember.runtime_env.process_context import resources_dir
 
         self.renv_agent = RuntimeEnvAgent(resources_dir(opts.session_dir), lambda: self.gcs, self._schedule)
+        from ember._private.processes import raise_fd_limit
+
+        #: Each worker costs this daemon descriptors; actors are limited by them, not by max_workers.
+        self.fd_limit = raise_fd_limit()
         self.pending: deque[LeaseRequest] = deque()
         self.leases: dict[bytes, Lease] = {}
         self.clients: dict[bytes, Connection] = {}
         self.gcs: Connection | None = None
         self.address: list[Any] = []
-        self.log_monitor = LogMonitor(self._publish_logs)
+        self.log_monitor = LogMonitor(self._publish_logs, period_s=cfg.log_poll_period_s, idle_period_s=cfg.log_poll_idle_period_s)
         #: Every background task of the node daemon (loops, reconnection, death reports, watches).
         self.background = BackgroundTasks("node daemon")
         self._server: asyncio.AbstractServer | None = None
@@ -144,7 +148,13 @@ class Raylet(LeaseService, ObjectService, MetricsService):
         if config().use_fork_server:
             from ember.raylet.worker_launcher import ZygoteLauncher
 
-            self.pool.launcher = ZygoteLauncher(os.path.join(self.logs_dir, f"zygote-{self.node_id.hex()[:12]}.log"))
+            launcher = ZygoteLauncher(os.path.join(self.logs_dir, f"zygote-{self.node_id.hex()[:12]}.log"))
+            self.pool.launcher = launcher
+            # Its "ready" line releases the workers that waited for it (see WorkerPool.launch_ready).
+            asyncio.get_running_loop().add_reader(launcher.output_fd, self._on_fork_server_output, launcher)
+        self.pool.spawn_budget = max(2, self.prestart)
+        startup = config().worker_maximum_startup_concurrency
+        self.pool.startup_concurrency = startup if startup > 0 else max(4, 2 * int(self.opts.resources.get("CPU", 0)))
         for _ in range(self.prestart):
             self._start_worker()
         self.gcs = await connect(opts.gcs_address, self.token, self, info={"role": "raylet"})
@@ -157,6 +167,14 @@ class Raylet(LeaseService, ObjectService, MetricsService):
                                 (self._reap_loop(), "worker reaping"), (self._memory_loop(), "memory monitor")):
             self.background.spawn(loop_coro, name)
         logger.info("node daemon %s listening on %s:%d", self.node_id.hex()[:12], opts.node_ip, port)
+
+    def _on_fork_server_output(self, launcher: Any) -> None:
+        was_ready = launcher.ready
+        launcher.read_available()
+        if launcher.dead or launcher is not self.pool.launcher:
+            asyncio.get_running_loop().remove_reader(launcher.output_fd)
+        if launcher.ready and not was_ready:
+            self._schedule()
 
     def node_info(self) -> dict[str, Any]:
         return {
@@ -186,8 +204,11 @@ class Raylet(LeaseService, ObjectService, MetricsService):
             self._server.close()
         await self._stop_metrics()
         await self.renv_agent.stop()
+        output_fd = getattr(self.pool.launcher, "output_fd", None)
+        if output_fd is not None and not self.pool.launcher.dead:
+            asyncio.get_running_loop().remove_reader(output_fd)
         self.pool.stop_all(config().process_stop_timeout_s)
-        self.log_monitor.poll()
+        self.log_monitor.poll(force=True)
         self.store.destroy()
         self.spiller.stop()
         if self.gcs is not None:

@@ -103,6 +103,7 @@ class ZygoteLauncher:
             )
         assert self.proc.stdout is not None and self.proc.stdin is not None
         self._out = self.proc.stdout.fileno()
+        self.output_fd = self._out
         os.set_blocking(self._out, False)
         self._buffer = b""
         self.exit_codes: dict[int, int] = {}

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ember._private import ids
 from ember._private.state_machine import History, TransitionTable
-from ember.raylet.worker_launcher import SpawnLauncher
+from ember.raylet.worker_launcher import ForkedProcess, SpawnLauncher
 from ember.rpc import Connection
 
 if TYPE_CHECKING:
@@ -64,6 +64,10 @@ class WorkerHandle:
         self.history = History()
         WORKER_TRANSITIONS.start(self, WorkerState.STARTING, f"spawned as pid {self.pid}")
         self.lease_id: bytes | None = None
+        #: Leased to an actor for its whole life: not counted against the task-worker cap.
+        self.dedicated = False
+        #: Forked by the fork server (False: a fresh interpreter, ~2x the memory and 0.1 s of CPU).
+        self.forked = False
         self.started_at = time.monotonic()
         self.idle_since = time.monotonic()
         self.exit_detail = ""
@@ -87,6 +91,10 @@ class WorkerPool:
         self.on_change = on_change
         self.workers: dict[bytes, WorkerHandle] = {}
         self.idle: list[WorkerHandle] = []
+        #: Fresh interpreters that may be starting at once while the fork server warms up.
+        self.spawn_budget = 2
+        #: Workers that may be starting (forked, not yet registered) at once.
+        self.startup_concurrency = 8
 
     # ------------------------------------------------------------- counting
     def alive(self) -> list[WorkerHandle]:
@@ -98,10 +106,18 @@ class WorkerPool:
             if w.state is WorkerState.STARTING and (env_key is None or w.env_key == env_key)
         )
 
+    def num_dedicated(self) -> int:
+        return sum(1 for w in self.workers.values() if w.dedicated and w.state is not WorkerState.DEAD)
+
     def can_start(self, blocked: int = 0) -> bool:
-        """Whether another worker may start; workers blocked in ``get`` do not count,
-        so nested tasks can always make progress."""
-        return sum(1 for w in self.alive() if not w.evicted) - blocked < self.max_workers
+        """Whether another worker may start for tasks (``max_workers``).
+
+        Workers blocked in ``get`` do not count, so nested tasks can always make
+        progress; actors' workers do not count either: an actor holds its process
+        for its life (as in Ray, actors are limited by real limits, not this cap).
+        Workers evicted to make room for another env's no longer count.
+        """
+        return sum(1 for w in self.alive() if not w.evicted and not w.dedicated) - blocked < self.max_workers
 
     def evict_idle(self, env_key: str) -> bool:
         """Kill the longest-idle worker of another env to make room for one of ``env_key``."""
@@ -113,6 +129,27 @@ class WorkerPool:
         victim.evicted = True
         self.kill(victim)
         return True
+
+    def launch_ready(self) -> bool:
+        """Whether another worker may start now (the caller retries when one registers).
+
+        At most ``startup_concurrency`` start at once (as Ray's
+        ``maximum_startup_concurrency``): on a small machine a burst of a thousand
+        actors would otherwise fork a thousand interpreters that fight for the
+        CPUs, and starve this daemon's own loop. While the fork server warms up (a
+        few hundred ms after the node starts), workers start as fresh interpreters,
+        but only ``spawn_budget`` at a time: they cost twice the memory of a fork.
+        """
+        starting = [w for w in self.workers.values() if w.state is WorkerState.STARTING]
+        if len(starting) >= self.startup_concurrency:
+            return False
+        launcher = self.launcher
+        if getattr(launcher, "ready", True) or getattr(launcher, "dead", False):
+            return True
+        launcher.read_available()
+        if launcher.ready:
+            return True
+        return sum(1 for w in starting if not w.forked) < self.spawn_budget
 
     # -------------------------------------------------------------- starting
     def start_worker(self, env_key: str = "", ctx: ProcessContext | None = None, env_wire: dict[str, Any] | None = None) -> WorkerHandle:
@@ -141,6 +178,7 @@ class WorkerPool:
             self.launcher = SpawnLauncher()
             proc = self.launcher.launch(worker_id.hex(), out_path, err_path, env, **place)
         handle = WorkerHandle(worker_id, proc, out_path, err_path, env_key)
+        handle.forked = isinstance(proc, ForkedProcess)
         self.workers[worker_id] = handle
         return handle
 
