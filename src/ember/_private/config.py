@@ -112,6 +112,8 @@ class Config:
     heartbeat_period_s: float = 1.0
     #: Seconds between resource reports a node sends when nothing changes.
     resource_report_period_s: float = 0.2
+    #: ... and a node reports a change of its available resources after at most this long.
+    resource_report_min_interval_s: float = 0.02
     #: Seconds between reads of worker log files.
     log_poll_period_s: float = 0.05
     #: ... a file quiet for a while is read less often, down to once per this many seconds.

@@ -28,5 +28,19 @@ def cluster_resources() -> dict[str, float]:
 
 
 def available_resources() -> dict[str, float]:
-    """Resources not in use right now (as of the nodes' latest reports)."""
-    return _sum("AvailableResources")
+    """Resources not in use right now (as of the nodes' latest reports, sent within
+    ``resource_report_min_interval_s`` of a change).
+
+    Every resource the live nodes have is listed, at 0 when all of it is in use
+    (Ray leaves such a resource out; code that indexes ``["CPU"]`` then fails
+    exactly when the cluster is busy).
+    """
+    total: dict[str, float] = {}
+    for node in nodes():
+        if not node["Alive"]:
+            continue
+        for name in node["Resources"]:
+            total.setdefault(name, 0.0)
+        for name, value in node["AvailableResources"].items():
+            total[name] = total.get(name, 0.0) + max(value, 0.0)
+    return total

@@ -95,12 +95,14 @@ class LeaseService:
         if lease.blocked:
             give_back.pop("CPU", None)  # already given back while blocked
         res.add(self.available, give_back)
+        self.report_now()
 
     def rpc_notify_blocked(self, conn: Connection, p: Any) -> None:
         lease = self._lease_of(conn)
         if lease is not None and not lease.blocked:
             lease.blocked = True
             res.add(self.available, lease.cpu)
+            self.report_now()
             self._schedule()
 
     def rpc_notify_unblocked(self, conn: Connection, p: Any) -> None:
@@ -108,6 +110,7 @@ class LeaseService:
         if lease is not None and lease.blocked:
             lease.blocked = False
             res.subtract(self.available, lease.cpu)
+            self.report_now()
 
     def _num_blocked(self) -> int:
         return sum(1 for lease in self.leases.values() if lease.blocked)
@@ -232,6 +235,7 @@ class LeaseService:
         self.log_monitor.wake(worker.out_path)
         self.log_monitor.wake(worker.err_path)
         res.subtract(self.available, req.hold)
+        self.report_now()
         lease = Lease(lease_id, worker, req.hold, req.conn)
         lease.gpu_ids = self.gpus.allocate(req.hold.get("GPU", 0))
         lease.retriable = bool(req.payload.get("retriable", True))

@@ -89,6 +89,8 @@ class Raylet(LeaseService, ObjectService, MetricsService):
         self.background = BackgroundTasks("node daemon")
         self._server: asyncio.AbstractServer | None = None
         self.stopping = False
+        #: Set to send a load report now (see _report_loop).
+        self._report_wakeup = asyncio.Event()
         self.cluster_id = ""
         self._gcs_backlog: list[tuple[str, Any]] = []
         #: Worker output read while the control service was away (the newest, bounded).
@@ -288,9 +290,17 @@ class Raylet(LeaseService, ObjectService, MetricsService):
         self.report_now()
 
     async def _report_loop(self) -> None:
+        """Report every ``resource_report_period_s``, and soon after any change of what is
+        available (at most one report per ``resource_report_min_interval_s``), so that
+        ``available_resources()`` and other nodes' views are current."""
         period = config().resource_report_period_s
-        self._report_wakeup = asyncio.Event()
+        min_interval = config().resource_report_min_interval_s
+        last_sent = 0.0
         while True:
+            wait = last_sent + min_interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            last_sent = time.monotonic()
             if self.gcs is not None and not self.gcs.closed:
                 stats = self.store.stats()
                 try:
