@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ember.exceptions import RuntimeEnvValueError
-from ember.runtime_env.package_store import PackageStore, upload_local_paths
 from ember.runtime_env.validation import merge, validate
 
 #: Set by the job supervisor for a submitted job's driver: the job's runtime_env (JSON).
@@ -77,13 +76,24 @@ class EnvResolver:
         hit = self._cache.get(spelling)
         if hit is None:
             merged = merge(self.parent, validate(option_env))
-            wire = upload_local_paths(merged, PackageStore(self._gcs_call))  # type: ignore[arg-type]
+            wire = self._upload(merged)
             hit = self._cache[spelling] = (env_key(wire), wire)
         return hit
 
     def resolve_job_env(self, validated: dict[str, Any]) -> dict[str, Any]:
         """Upload a driver's validated job env; it becomes this process's parent env."""
-        wire = upload_local_paths(validated, PackageStore(self._gcs_call))
+        wire = self._upload(validated)
         self.parent = wire
         self.parent_key = env_key(wire)
         return wire
+
+    def _upload(self, env: dict[str, Any]) -> dict[str, Any]:
+        if "working_dir" not in env and "py_modules" not in env:
+            env.pop("excludes", None)
+            return env
+        from ember.runtime_env.package_store import (  # zips: only when needed
+            PackageStore,
+            upload_local_paths,
+        )
+
+        return upload_local_paths(env, PackageStore(self._gcs_call))
