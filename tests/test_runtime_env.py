@@ -381,3 +381,19 @@ def pip_cluster_no_uv(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
         cluster.shutdown()
         monkeypatch.undo()
         reset_config()
+
+
+def test_setup_timeout_ends_a_stuck_install(pip_cluster: Cluster) -> None:
+    import socket
+
+    # An index that accepts connections and never answers: the installer hangs until the timeout.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        index = f"http://127.0.0.1:{silent.getsockname()[1]}/simple"
+        env = {"pip": {"packages": ["ember_never_answered"], "pip_install_options": ["--index-url", index]},
+               "config": {"setup_timeout_seconds": 2}}
+        started = time.monotonic()
+        with pytest.raises(RuntimeEnvSetupError, match="setup timeout"):
+            ember.get(where.options(runtime_env=env).remote(), timeout=120)
+        assert time.monotonic() - started < 60

@@ -230,3 +230,24 @@ def test_installer_timeout_is_enforced(tmp_path: Any) -> None:
     with pytest.raises(virtualenvs.InstallError, match="setup timeout"):
         virtualenvs._run(["sleep", "30"], str(tmp_path / "log"), time.monotonic() + 0.3, dict(os.environ))
     assert time.monotonic() - started < 10
+
+
+def test_a_daemon_using_a_resource_does_not_block_another_building_it(tmp_path: Any) -> None:
+    import threading
+
+    root = str(tmp_path)
+    data = packaging.zip_directory(str(_make_dir(tmp_path / "src")))
+    uri = packaging.package_uri(data)
+    dest = os.path.join(root, "packages", packaging.package_name(uri))
+    os.makedirs(os.path.dirname(dest))
+    held = local_files.hold_shared(dest)  # another daemon has workers in an env that uses it
+    try:
+        done: list[str] = []
+        builder = threading.Thread(target=lambda: done.append(local_files.ensure_package(uri, lambda u: data, root)), daemon=True)
+        builder.start()
+        builder.join(20)
+        assert done == [dest], "building waited for the other daemon's use of the resource"
+        # While it is held, it is never collected, however old.
+        assert local_files.collect_unused(root, ttl_s=0, now=time.time() + 3600) == []
+    finally:
+        os.close(held)

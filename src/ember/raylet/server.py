@@ -500,7 +500,7 @@ class Raylet(LeaseService, ObjectService, MetricsService):
         self.log_monitor.remove(worker.err_path)
         self.background.spawn(self._report_worker_death(worker), "report a worker death")
         # Keep the prestarted pool at its size.
-        if not self.stopping and len(self.pool.alive()) < self.prestart:
+        if not self.stopping and sum(1 for w in self.pool.alive() if not w.env_key) < self.prestart:
             self._start_worker()
         self._schedule()
 
@@ -531,11 +531,10 @@ class Raylet(LeaseService, ObjectService, MetricsService):
         timeout = config().idle_worker_kill_s
         now = time.monotonic()
         idle = [w for w in self.pool.alive() if w.state is WorkerState.IDLE]
-        surplus = len(self.pool.alive()) - self.prestart
-        for worker in sorted(idle, key=lambda w: (w.env_key == "", w.idle_since)):  # other envs' first
-            if surplus <= 0:
-                break
-            if now - worker.idle_since <= timeout:
+        # The prestarted pool is of default workers; a runtime env's idle workers all go.
+        surplus = sum(1 for w in self.pool.alive() if not w.env_key) - self.prestart
+        for worker in sorted(idle, key=lambda w: w.idle_since):
+            if (surplus <= 0 and not worker.env_key) or now - worker.idle_since <= timeout:
                 continue
             # As in Ray, a worker that owns objects still referenced elsewhere (a task put a value and
             # returned its ref) stays: its exit would lose them. Asked again after another idle period.
@@ -548,7 +547,7 @@ class Raylet(LeaseService, ObjectService, MetricsService):
                 continue
             if worker.state is WorkerState.IDLE:
                 self.pool.kill(worker)
-                surplus -= 1
+                surplus -= 0 if worker.env_key else 1
 
     # ================================================================ RPC: workers
     def rpc_register_worker(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any]:

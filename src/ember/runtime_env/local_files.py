@@ -4,12 +4,18 @@ Everything lives under one folder per node machine (``runtime_env_dir``, by
 default the session's ``runtime_resources/``), shared by the node daemons of
 that machine. Each resource ``X`` has companions:
 
-* ``X.lock``: taken exclusively while ``X`` is built (so many workers or nodes
-  asking at once build it once), shared by every daemon while it uses ``X``;
-* ``X.used``: touched whenever ``X`` is used; ``collect_unused`` removes what no
-  daemon holds and nobody used for ``runtime_env_unused_ttl_s``.
+* ``X.lock``: taken exclusively while ``X`` is built, so many workers or nodes
+  asking at once build it once;
+* ``X.use``: held shared by whoever checks for, builds or uses ``X`` (a node
+  daemon keeps it while it has workers in the env); ``collect_unused`` removes
+  ``X`` only when it gets this lock exclusively, without waiting;
+* ``X.used``: touched whenever ``X`` is used; what nobody used for
+  ``runtime_env_unused_ttl_s`` may be removed.
 
-A resource appears by an atomic rename, so its existence means it is complete.
+Two files, because one would deadlock: a daemon holding its use of ``X`` shared
+would starve another daemon waiting to take it exclusively to build ``X``.
+A resource appears by an atomic rename (or a marker), so its existence means it
+is complete.
 """
 
 from __future__ import annotations
@@ -39,9 +45,19 @@ def exclusive(path: str) -> Iterator[None]:
 
 def hold_shared(path: str) -> int:
     """Mark ``path`` in use by this process until the returned descriptor is closed."""
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path + ".use", os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(fd, fcntl.LOCK_SH)
     return fd
+
+
+@contextlib.contextmanager
+def in_use(path: str) -> Iterator[None]:
+    """Keep ``path`` from being collected while it is checked for, built and touched."""
+    fd = hold_shared(path)
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 def touch_used(path: str) -> None:
@@ -61,13 +77,14 @@ def ensure_package(uri: str, fetch: Callable[[str], bytes], root: str) -> str:
     """
     dest = os.path.join(root, "packages", packaging.package_name(uri))
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    if not os.path.isdir(dest):
-        with exclusive(dest):
-            if not os.path.isdir(dest):
-                data = fetch(uri)
-                strip = not packaging.is_cluster_uri(uri) and not uri.endswith(".whl")
-                packaging.unpack(data, dest, strip_top_folder=strip)
-    touch_used(dest)
+    with in_use(dest):
+        if not os.path.isdir(dest):
+            with exclusive(dest):
+                if not os.path.isdir(dest):
+                    data = fetch(uri)
+                    strip = not packaging.is_cluster_uri(uri) and not uri.endswith(".whl")
+                    packaging.unpack(data, dest, strip_top_folder=strip)
+        touch_used(dest)
     return dest
 
 
@@ -97,16 +114,12 @@ def collect_unused(root: str, ttl_s: float, now: float | None = None) -> list[st
         except FileNotFoundError:
             continue
         for name in names:
-            if name.startswith(".") or name.endswith((".lock", ".used", ".log")):
+            if name.startswith(".") or name.endswith((".lock", ".use", ".used", ".log")):
                 continue
             path = os.path.join(folder, name)
-            try:
-                used = os.path.getmtime(path + ".used")
-            except FileNotFoundError:
-                used = os.path.getmtime(path)
-            if now - used < ttl_s:
+            if now - _last_used(path) < ttl_s:
                 continue
-            fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path + ".use", os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -114,13 +127,25 @@ def collect_unused(root: str, ttl_s: float, now: float | None = None) -> list[st
                     if exc.errno in (errno.EAGAIN, errno.EACCES):
                         continue  # in use by some daemon
                     raise
+                if now - _last_used(path) < ttl_s or not os.path.exists(path):
+                    continue  # used (or removed) between the first look and the lock
                 trash = os.path.join(folder, f".removing_{name}_{os.getpid()}")
                 os.rename(path, trash)
                 shutil.rmtree(trash, ignore_errors=True)
-                # The lock file stays: a builder may be waiting on it right now.
+                # The lock files stay: someone may be waiting on them right now.
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path + ".used")
                 removed.append(path)
             finally:
                 os.close(fd)
     return removed
+
+
+def _last_used(path: str) -> float:
+    try:
+        return os.path.getmtime(path + ".used")
+    except FileNotFoundError:
+        try:
+            return os.path.getmtime(path)
+        except FileNotFoundError:
+            return time.time()

@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from ember._private.config import config
-from ember.runtime_env.local_files import exclusive, touch_used
+from ember.runtime_env.local_files import exclusive, in_use, touch_used
 
 #: Installer processes running now (ended when the node daemon stops).
 _running: set[subprocess.Popen[bytes]] = set()
@@ -118,20 +118,21 @@ def ensure_virtualenv(kind: str, spec: dict[str, Any], root: str, timeout_s: flo
     dest = os.path.join(root, "venvs", venv_key(kind, spec))
     ready = os.path.join(dest, ".ember_ready")
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    if not os.path.exists(ready):
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        with exclusive(dest):
-            if not os.path.exists(ready):
-                # Built in place (scripts name the venv's folder); the marker says it is complete.
-                shutil.rmtree(dest, ignore_errors=True)  # a build a killed daemon left half done
-                try:
-                    _build(kind, spec, dest, root, deadline)
-                except BaseException:
-                    shutil.rmtree(dest, ignore_errors=True)
-                    raise
-                with open(ready, "w"):
-                    pass
-    touch_used(dest)
+    with in_use(dest):
+        if not os.path.exists(ready):
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            with exclusive(dest):
+                if not os.path.exists(ready):
+                    # Built in place (scripts name the venv's folder); the marker says it is complete.
+                    shutil.rmtree(dest, ignore_errors=True)  # a build a killed daemon left half done
+                    try:
+                        _build(kind, spec, dest, root, deadline)
+                    except BaseException:
+                        shutil.rmtree(dest, ignore_errors=True)
+                        raise
+                    with open(ready, "w"):
+                        pass
+        touch_used(dest)
     return dest
 
 
