@@ -397,3 +397,22 @@ def test_setup_timeout_ends_a_stuck_install(pip_cluster: Cluster) -> None:
         with pytest.raises(RuntimeEnvSetupError, match="setup timeout"):
             ember.get(where.options(runtime_env=env).remote(), timeout=120)
         assert time.monotonic() - started < 60
+
+
+def test_py_executable(ember_shared: Any, tmp_path: Any) -> None:
+    import sys
+
+    wrapper = tmp_path / "python-wrapper"
+    wrapper.write_text(f"#!/bin/sh\nexport WRAPPED_BY=wrapper\nexec {sys.executable} \"$@\"\n")
+    wrapper.chmod(0o755)
+    assert ember.get(getenv.options(runtime_env={"py_executable": str(wrapper)}).remote("WRAPPED_BY")) == "wrapper"
+
+    broken = tmp_path / "broken-python"
+    broken.write_text("#!/bin/sh\necho 'this interpreter is broken' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    # Its workers die before they start: after a few tries the task fails with their output.
+    with pytest.raises(RuntimeEnvSetupError, match="this interpreter is broken"):
+        ember.get(getenv.options(runtime_env={"py_executable": str(broken)}).remote("X"), timeout=60)
+    with pytest.raises(RuntimeEnvSetupError, match="not an executable"):
+        ember.get(getenv.options(runtime_env={"py_executable": str(tmp_path / "missing")}).remote("X"), timeout=60)
+    assert ember.get(getenv.remote("WRAPPED_BY")) is None

@@ -191,13 +191,27 @@ class LeaseService:
             for _ in range(room.count):
                 if not self.pool.launch_ready():
                     return  # one registers (or the fork server gets ready) soon: _schedule runs again then
-                self._start_worker(env_key)
+                if not self._start_env_worker(env_key):
+                    return
                 starting += 1
         while remaining > starting and self.pool.launch_ready():
             if not self.pool.can_start(self._num_blocked()) and not self.pool.evict_idle(env_key):
                 break
-            self._start_worker(env_key)
+            if not self._start_env_worker(env_key):
+                return
             starting += 1
+
+    def _start_env_worker(self, env_key: str) -> bool:
+        """Start a worker of ``env_key``; False (the env failed) when its interpreter cannot run."""
+        try:
+            self._start_worker(env_key)
+        except OSError as exc:
+            if not env_key:
+                raise
+            self.renv_agent.report_failure(env_key, f"could not start a worker in it: {exc}")
+            asyncio.get_running_loop().call_soon(self._schedule)
+            return False
+        return True
 
     def _actor_worker_room(self, wanted: int) -> worker_limits.Room:
         from ember.raylet import memory_monitor
@@ -252,6 +266,22 @@ class LeaseService:
             "pid": worker.pid,
             "gpu_ids": lease.gpu_ids,
         })
+
+    def fail_envs_whose_workers_crash(self, limit: int = 3) -> None:
+        """An env whose workers keep exiting before they register (a broken interpreter or
+        package) fails its requests with the last worker's error output, instead of looping."""
+        for env_key, err_paths in list(self.pool.failed_starts.items()):
+            if len(err_paths) < limit:
+                continue
+            del self.pool.failed_starts[env_key]
+            try:
+                with open(err_paths[-1], errors="replace") as f:
+                    tail = "\n".join(f.read().splitlines()[-20:])
+            except OSError:
+                tail = "(no output)"
+            self.renv_agent.report_failure(
+                env_key, f"{len(err_paths)} workers exited before they could start in it; the last one wrote:\n{tail}")
+            self._schedule()
 
     def _fail_runtime_env(self, req: LeaseRequest, message: str) -> None:
         from ember.exceptions import RuntimeEnvSetupError

@@ -67,6 +67,14 @@ class RuntimeEnvAgent:
         """The context and wire env of a ready env (``context`` returned it)."""
         return self._contexts[key], self._envs[key]
 
+    def report_failure(self, key: str, message: str) -> None:
+        """Workers of a ready env cannot start: forget it; its waiting requests fail with ``message``."""
+        self._contexts.pop(key, None)
+        self._envs.pop(key, None)
+        for fd in self._held.pop(key, []):
+            os.close(fd)
+        self._failures[key] = message
+
     def take_failures(self) -> dict[str, str]:
         failures, self._failures = self._failures, {}
         return failures

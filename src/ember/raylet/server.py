@@ -424,6 +424,7 @@ class Raylet(LeaseService, ObjectService, MetricsService):
             self.pool.reap()
             self._close_idle_owner_watches()
             await self._kill_surplus_idle()
+            self.fail_envs_whose_workers_crash()
             self.renv_agent.collect({w.env_key for w in self.pool.alive()})
             if len(self.pool.workers) != before:
                 self._schedule()

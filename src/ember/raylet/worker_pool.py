@@ -95,6 +95,8 @@ class WorkerPool:
         self.spawn_budget = 2
         #: Workers that may be starting (forked, not yet registered) at once.
         self.startup_concurrency = 8
+        #: Runtime envs whose workers exited before registering: env key -> their stderr files.
+        self.failed_starts: dict[str, list[str]] = {}
 
     # ------------------------------------------------------------- counting
     def alive(self) -> list[WorkerHandle]:
@@ -188,6 +190,7 @@ class WorkerPool:
             return None
         handle.conn = conn
         handle.address = address
+        self.failed_starts.pop(handle.env_key, None)
         handle.transition(WorkerState.IDLE, "registered")
         self.idle.append(handle)
         return handle
@@ -242,6 +245,8 @@ class WorkerPool:
                 )
                 handle.transition(WorkerState.DEAD, f"exited with code {handle.proc.returncode} before registering")
                 del self.workers[wid]
+                if handle.env_key:
+                    self.failed_starts.setdefault(handle.env_key, []).append(handle.err_path)
 
     def stop_all(self, timeout: float) -> None:
         for handle in self.workers.values():

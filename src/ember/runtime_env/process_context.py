@@ -123,7 +123,12 @@ def prepare(env: dict[str, Any], store: PackageStore, root: str) -> ProcessConte
         ctx.env_vars["PATH"] = os.path.join(venv, "bin") + os.pathsep + os.environ.get("PATH", "")
         ctx.resources.append(venv)
     if env.get("py_executable"):
-        ctx.python = env["py_executable"]
+        import shutil
+
+        python = shutil.which(env["py_executable"])
+        if python is None:
+            raise SetupFailed(f"py_executable {env['py_executable']!r} is not an executable on this node")
+        ctx.python = python
     if ctx.sys_path:
         inherited = os.environ.get("PYTHONPATH", "")
         ctx.env_vars["PYTHONPATH"] = os.pathsep.join(ctx.sys_path + ([inherited] if inherited else []))
