@@ -76,6 +76,14 @@ def build_wheel(folder: str, name: str = "ember_tiny_pkg", version: str = "1.0",
     return path
 
 
+def own_cluster_needed() -> None:
+    """A test with a Cluster of its own: the module's shared cluster stops first (the next shared test restarts it)."""
+    from conftest import _shared, _stop_shared
+
+    if _shared:
+        _stop_shared()
+
+
 def offline_pip(wheels: str, *packages: str) -> dict[str, Any]:
     return {"pip": {"packages": list(packages), "pip_install_options": ["--no-index", "--find-links", wheels]}}
 
@@ -88,6 +96,13 @@ def test_env_vars_reach_only_their_task(ember_shared: Any) -> None:
     # Pooled per env: the env's worker is reused, and the default one never gets X.
     assert ember.get([with_x.remote("EMBER_TEST_X") for _ in range(4)]) == ["1"] * 4
     assert ember.get([getenv.remote("EMBER_TEST_X") for _ in range(4)]) == [None] * 4
+
+    @ember.remote(runtime_env={"env_vars": {"DECORATED": "yes"}})
+    def decorated() -> str | None:
+        return os.environ.get("DECORATED")
+
+    assert ember.get(decorated.remote()) == "yes"
+    assert ember.get(decorated.options(runtime_env={"env_vars": {"DECORATED": "no"}}).remote()) == "no"
 
 
 def test_actor_env_vars_and_nested_inheritance(ember_shared: Any) -> None:
@@ -145,6 +160,7 @@ def test_submitted_job_env_merges_with_init(ember_start: Any, monkeypatch: pytes
 @pytest.fixture
 def two_nodes() -> Iterator[Cluster]:
     """A head and a second node, one CPU each, and this driver connected."""
+    own_cluster_needed()
     os.environ["EMBER_resource_report_period_s"] = "0.1"
     reset_config()
     cluster = Cluster(initialize_head=False, shutdown_at_exit=False)
@@ -249,6 +265,7 @@ def test_remote_zip_uri_and_zip_slip(two_nodes: Cluster, tmp_path: Any) -> None:
 # ============================================================================ pip
 @pytest.fixture
 def pip_cluster() -> Iterator[Cluster]:
+    own_cluster_needed()
     cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={"num_cpus": 2, "object_store_memory": 100 * 1024 * 1024})
     try:
         cluster.connect()
@@ -370,6 +387,7 @@ def test_pip_without_uv(pip_cluster_no_uv: Cluster, tmp_path: Any) -> None:
 
 @pytest.fixture
 def pip_cluster_no_uv(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    own_cluster_needed()
     monkeypatch.setenv("EMBER_runtime_env_use_uv", "0")
     reset_config()
     cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={"num_cpus": 1, "object_store_memory": 100 * 1024 * 1024})
@@ -416,3 +434,33 @@ def test_py_executable(ember_shared: Any, tmp_path: Any) -> None:
     with pytest.raises(RuntimeEnvSetupError, match="not an executable"):
         ember.get(getenv.options(runtime_env={"py_executable": str(tmp_path / "missing")}).remote("X"), timeout=60)
     assert ember.get(getenv.remote("WRAPPED_BY")) is None
+
+
+def test_job_env_is_installed_eagerly_at_init(pip_cluster: Cluster, tmp_path: Any) -> None:
+    import glob
+
+    from ember._private import runtime
+    from ember._private.test_utils import wait_for_condition
+
+    wheels = str(tmp_path / "wheels")
+    build_wheel(wheels, name="ember_eager_pkg", value="eager")
+    ember.shutdown()
+    ember.init(address=pip_cluster.address, _token=pip_cluster.token, runtime_env=offline_pip(wheels, "ember_eager_pkg"))
+    venvs = os.path.join(runtime.core_worker().session_dir, "runtime_resources", "venvs", "*", ".ember_ready")
+    # Built before any task asks for it.
+    wait_for_condition(lambda: len(glob.glob(venvs)) == 1, timeout=60)
+    assert ember.get(import_value.remote("ember_eager_pkg")) == "eager"
+
+
+def test_malformed_env_in_a_lease_request_is_refused(ember_shared: Any) -> None:
+    from ember._private import runtime
+    from ember.exceptions import ErrorCode, RemoteError
+
+    worker = runtime.core_worker()
+    for bad in (5, ["key"], ["", {}], ["key", "not a dict"]):
+        with pytest.raises(RemoteError) as info:
+            worker.raylet_call("request_lease", {"request_id": f"bad-{bad!r}", "resources": {"CPU": 1}, "renv": bad})
+        assert info.value.code is ErrorCode.BAD_REQUEST and "bad runtime env" in info.value.message
+        with pytest.raises(RemoteError):
+            worker.raylet_call("prepare_runtime_env", bad)
+    assert ember.get(getenv.options(runtime_env={"env_vars": {"STILL": "fine"}}).remote("STILL")) == "fine"

@@ -185,6 +185,10 @@ def _set_job_runtime_env(worker: CoreWorker, env: dict[str, Any]) -> None:
     wire = worker.renv.resolve_job_env(env)
     worker.job_config["runtime_env"] = wire
     worker.gcs_call("kv_put", {"ns": "job", "key": worker.job_id, "value": json.dumps(worker.job_config).encode()})
+    if (wire.get("config") or {}).get("eager_install", True) and worker.renv.parent_key:
+        # As Ray's eager_install (on this driver's node): the env is built while the driver
+        # gets going, not when its first task asks for a worker.
+        worker.loop.call_soon_threadsafe(worker.raylet.notify, "prepare_runtime_env", [worker.renv.parent_key, wire])
 
 
 def _wait_for_local_node(worker: CoreWorker) -> None:

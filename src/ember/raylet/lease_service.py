@@ -45,6 +45,8 @@ class LeaseService:
             request = res.to_fixed(p.get("resources") or {})
         except (TypeError, ValueError) as exc:
             raise ValueError(f"bad resource request: {exc}") from exc
+        if p.get("renv") is not None:
+            _check_renv(p["renv"])
         req = LeaseRequest(p.get("request_id"), conn, request, fut, p)
         hold = p.get("hold")
         req.hold = res.to_fixed(hold) if hold is not None else request
@@ -68,6 +70,12 @@ class LeaseService:
         self.pending.append(req)
         self._schedule()
         return fut
+
+    def rpc_prepare_runtime_env(self, conn: Connection, p: Any) -> None:
+        """Build a runtime env ahead of its first lease (a job's env, ``eager_install``)."""
+        _check_renv(p)
+        if self.renv_agent.context(p[0], p[1]) is not None:
+            self.renv_agent.touch(p[0])
 
     def rpc_cancel_lease_request(self, conn: Connection, p: dict[str, Any]) -> None:
         for req in list(self.pending):
@@ -305,3 +313,9 @@ class LeaseService:
         )
         req.conn.notify("infeasible", {"request_id": req.request_id, "message": message})
 
+
+def _check_renv(renv: Any) -> None:
+    """A request's ``renv`` must be [key, env dict] (checked before it reaches scheduling)."""
+    if not (isinstance(renv, (list, tuple)) and len(renv) == 2 and isinstance(renv[0], str) and renv[0]
+            and isinstance(renv[1], dict)):
+        raise ValueError(f"bad runtime env in the request: {renv!r:.200}")
