@@ -177,6 +177,22 @@ class Config:
     #: Seconds a scrape waits for the control service's actor and task counts (head node).
     metrics_gcs_timeout_s: float = 2.0
 
+    # --- web UI --------------------------------------------------------------
+    #: Seconds a view's document is reused for every open page before it is rebuilt.
+    dashboard_ui_refresh_s: float = 1.0
+    #: Seconds between samples of cluster use for the Overview charts ...
+    dashboard_history_period_s: float = 2.0
+    #: ... and how many samples are kept (300 x 2 s = the last 10 minutes).
+    dashboard_history_samples: int = 300
+    #: Rows a page lists at most (failed tasks, actor calls, jobs); it always shows the total.
+    dashboard_ui_rows: int = 200
+    #: Largest log read one request returns, in bytes.
+    dashboard_log_read_bytes: int = 256 * 1024
+    #: Matching lines a log search returns at most (the total is always counted).
+    dashboard_log_search_matches: int = 500
+    #: Seconds the UI waits for a node daemon's answer.
+    dashboard_node_timeout_s: float = 2.0
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Config:
         environ = os.environ if environ is None else environ  # type: ignore[assignment]

@@ -128,3 +128,27 @@ def raise_fd_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft
+
+
+def resident_bytes(pid: int | None) -> int | None:
+    """Resident memory (RSS) of ``pid`` in bytes, or None if it is gone or unreadable."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import psutil
+
+        try:
+            return int(psutil.Process(pid).memory_info().rss)
+        except (psutil.Error, OSError):
+            return None
+
+
+def host_memory() -> dict[str, int]:
+    """This machine's memory: ``{"total": bytes, "used": bytes}`` (used = total - available)."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return {"total": int(vm.total), "used": int(vm.total - vm.available)}

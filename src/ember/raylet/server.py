@@ -20,6 +20,7 @@ from ember._private import ids
 from ember._private import resources as res
 from ember._private.background import BackgroundTasks
 from ember._private.config import config
+from ember._private.processes import host_memory, resident_bytes
 from ember.exceptions import ConnectionLost, RemoteError
 from ember.raylet import scheduling_policy as policy
 from ember.raylet.lease_service import LeaseService
@@ -624,8 +625,19 @@ class Raylet(LeaseService, ObjectService, MetricsService):
         info["available"] = res.to_float(self.available)
         info["store"] = self.store.stats()
         info["workers"] = [
-            {"worker_id": w.worker_id, "pid": w.pid, "state": w.state.value} for w in self.pool.alive()
+            {
+                "worker_id": w.worker_id, "pid": w.pid, "state": w.state.value,
+                "rss": resident_bytes(w.pid),
+                "log_files": [os.path.basename(w.out_path), os.path.basename(w.err_path)],
+            }
+            for w in self.pool.alive()
         ]
+        # For the dashboard: this node's own processes and its host's memory.
+        zygote = getattr(getattr(self.pool.launcher, "proc", None), "pid", None)
+        info["processes"] = [
+            {"name": "node daemon", "pid": os.getpid(), "rss": resident_bytes(os.getpid())},
+        ] + ([{"name": "fork server", "pid": zygote, "rss": resident_bytes(zygote)}] if zygote else [])
+        info["host_memory"] = host_memory()
         return info
 
     def rpc_list_clients(self, conn: Connection, p: Any) -> list[list[Any]]:

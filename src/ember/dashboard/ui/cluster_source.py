@@ -1,0 +1,92 @@
+"""What the UI reads from the cluster: the control service's tables and each node daemon's own view.
+
+The control service gives nodes, jobs (drivers) and actors; a node daemon's ``get_info``
+gives its workers, their memory, its own processes and its host's memory. Ids arrive as
+bytes and are turned into hex here, once, so the documents deal in strings only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from ember._private.processes import resident_bytes
+from ember.exceptions import RpcError
+
+if TYPE_CHECKING:
+    from ember.dashboard.context import DashboardContext
+    from ember.dashboard.gcs_client import GcsClient
+
+logger = logging.getLogger(__name__)
+
+
+def hexify(value: Any) -> Any:
+    """Bytes become hex strings, recursively through lists and dicts."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    if isinstance(value, dict):
+        return {(k.hex() if isinstance(k, bytes) else k): hexify(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [hexify(v) for v in value]
+    return value
+
+
+class ClusterSource:
+    """Reads the cluster for the UI; one reopening connection per node daemon."""
+
+    def __init__(self, ctx: DashboardContext, node_timeout_s: float) -> None:
+        self.ctx = ctx
+        self._node_timeout_s = node_timeout_s
+        self._node_clients: dict[str, GcsClient] = {}
+        self._gcs_pid: int | None = None
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        return hexify(await self.ctx.gcs.call("get_nodes"))
+
+    async def jobs(self) -> list[dict[str, Any]]:
+        return hexify(await self.ctx.gcs.call("get_jobs"))
+
+    async def actors(self) -> list[dict[str, Any]]:
+        return hexify(await self.ctx.gcs.call("list_actors"))
+
+    async def node_info(self, node: dict[str, Any]) -> dict[str, Any] | None:
+        """The node daemon's ``get_info`` (workers, processes, host memory), or None if unreachable."""
+        if not node.get("Alive"):
+            return None
+        address = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
+        client = self._node_clients.get(node["NodeID"])
+        if client is None:
+            from ember.dashboard.gcs_client import (
+                GcsClient,  # one reopening connection, like the control service's
+            )
+
+            client = self._node_clients[node["NodeID"]] = GcsClient(address, self.ctx.token, self._node_timeout_s)
+        try:
+            return hexify(await client.call("get_info", None, self._node_timeout_s))
+        except (RpcError, asyncio.TimeoutError, OSError) as exc:
+            logger.info("node %s did not answer get_info: %s", node["NodeID"][:12], exc)
+            return None
+
+    async def node_infos(self, nodes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """``get_info`` of every live node, asked at once; nodes that did not answer are left out."""
+        alive = [n for n in nodes if n.get("Alive")]
+        for node_id in set(self._node_clients) - {n["NodeID"] for n in alive}:
+            self._node_clients.pop(node_id).close()
+        answers = await asyncio.gather(*(self.node_info(n) for n in alive))
+        return {n["NodeID"]: info for n, info in zip(alive, answers) if info is not None}
+
+    async def head_processes(self) -> list[dict[str, Any]]:
+        """The head's own services (control service, this HTTP server) with their memory."""
+        if self._gcs_pid is None:
+            self._gcs_pid = int((await self.ctx.gcs.call("cluster_info"))["pid"])
+        return [
+            {"name": "control service", "pid": self._gcs_pid, "rss": resident_bytes(self._gcs_pid)},
+            {"name": "dashboard (HTTP server)", "pid": os.getpid(), "rss": resident_bytes(os.getpid())},
+        ]
+
+    def close(self) -> None:
+        for client in self._node_clients.values():
+            client.close()
+        self._node_clients.clear()
