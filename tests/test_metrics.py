@@ -141,6 +141,49 @@ def test_system_metrics_under_rays_names(ember_env, ember_start):
     del held
 
 
+@ember.remote
+def wait_for_gate(path: str) -> None:
+    from ember._private.test_utils import wait_for_file
+
+    wait_for_file(path, timeout=60)
+
+
+@ember.remote(max_retries=0)
+def fails() -> None:
+    raise ValueError("expected")
+
+
+def test_ray_tasks_counts_tasks_and_actor_calls_by_state(ember_env, ember_start, tmp_path):
+    ember_env(**FAST)
+    ember_start(num_cpus=2)
+    gate = str(tmp_path / "gate")
+    address = _metrics_address()
+    ember.get([count_in_task.remote(1) for _ in range(3)])
+    with pytest.raises(ember.exceptions.RayTaskError):
+        ember.get(fails.remote())
+    server = Server.remote()
+    ember.get([server.serve.remote(1) for _ in range(2)])
+    blocked = wait_for_gate.remote(gate)
+
+    def counts() -> dict[tuple[str, str, str], float]:
+        return {(s.labels["Name"], s.labels["State"], s.labels["Source"]): s.value
+                for s in select(scrape(address), "ray_tasks") if s.value}
+
+    expected = {
+        ("count_in_task", "FINISHED", "owner"): 3, ("fails", "FAILED", "owner"): 1,
+        ("Server.serve", "FINISHED", "owner"): 2,
+        ("wait_for_gate", "SUBMITTED_TO_WORKER", "owner"): 1, ("wait_for_gate", "RUNNING", "executor"): 1,
+    }
+    wait_for_condition(lambda: {k: v for k, v in counts().items() if k[0] != "Server.__init__"} == expected, timeout=10)
+    (row,) = [s for s in select(scrape(address), "ray_tasks", Name="fails") if s.value]
+    assert row.labels["IsRetry"] == "0" and row.labels["JobId"] == runtime.core_worker().job_id.hex()
+    with open(gate, "w") as f:
+        f.write("go")
+    ember.get(blocked)
+    expected = {k: v for k, v in expected.items() if k[0] != "wait_for_gate"} | {("wait_for_gate", "FINISHED", "owner"): 1}
+    wait_for_condition(lambda: {k: v for k, v in counts().items() if k[0] != "Server.__init__"} == expected, timeout=10)
+
+
 def test_discovery_file_follows_nodes_joining_and_dying(ember_env, own_cluster):
     from ember.cluster_utils import Cluster
 

@@ -187,6 +187,8 @@ class ActorRuntime:
                 reply = {"s": "exit"}
             except Exception as exc:
                 reply = self.executor.error_reply(spec["name"], exc)
+            finally:
+                self.worker.clear_task_context()
         self.executor.reply(fut, reply)
 
     # ================================================================ exit

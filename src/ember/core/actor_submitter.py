@@ -140,6 +140,7 @@ class ActorSubmitter:
             self._fail(call, client.death_error or ActorDiedError("The actor is dead."))
             return
         client.queue.append(call)
+        self.worker.task_counts.actor_call_submitted()
         for index, arg in enumerate(call.spec["args"]):
             if arg[0] == ARG_REF:
                 call.deps_pending += 1
@@ -295,12 +296,14 @@ class ActorSubmitter:
     # ================================================================ results
     def _finish(self, call: ActorCall, returns: list[Any]) -> None:
         call.done = True
+        self.worker.task_counts.actor_call_ended(call.spec, failed=False)
         self._release(call)
         client = self.clients.get(call.spec["aid"])
         self.worker.store_results(call.spec["tid"], call.return_ids, returns, client.conn if client else None)
 
     def _store(self, call: ActorCall, entry: Entry) -> None:
         call.done = True
+        self.worker.task_counts.actor_call_ended(call.spec, failed=True)
         self._release(call)
         for oid in call.return_ids:
             self.worker.store_owned_result(oid, entry)

@@ -13,7 +13,8 @@ batch.
 Message shape (msgpack)::
 
     {"worker_id": bytes, "defs": [[kind, name, description, tag_keys, boundaries], ...],
-     "points": [[name, tag_values, value], ...]}
+     "points": [[name, tag_values, value], ...],
+     "tasks": [[name, state, is_retry, source, job_id, count], ...]}   # only when they changed
 
 where a counter's value is the increase since the last batch, a gauge's is its
 last value and a histogram's is ``[bucket_counts, sum, count]`` since the last
@@ -64,6 +65,8 @@ class MetricsRecorder:
         self._pending: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._armed = False
         self._timer: Any = None
+        #: The process's task counts changed since the last batch.
+        self._tasks_changed = False
 
     def define(self, definition: MetricDefinition) -> None:
         """Register a metric; the same name again must have the same type, tag keys and boundaries."""
@@ -100,6 +103,22 @@ class MetricsRecorder:
             self._armed = True
         worker.loop.call_soon_threadsafe(self._arm, worker)
 
+    def poke(self) -> None:
+        """The task counts changed: send them with the next batch (hot path: usually one read)."""
+        self._tasks_changed = True
+        if not self._armed:
+            self._arm_soon()
+
+    def _arm_soon(self) -> None:
+        with self._lock:
+            if self._armed:
+                return
+            worker = runtime.core_worker_or_none()
+            if worker is None or worker.loop is None:
+                return
+            self._armed = True
+        worker.loop.call_soon_threadsafe(self._arm, worker)
+
     def kick(self) -> None:
         """Arm the timer for records made before this process had a core worker."""
         with self._lock:
@@ -114,24 +133,31 @@ class MetricsRecorder:
     def _arm(self, worker: Any) -> None:
         self._timer = worker.loop.call_later(config().metrics_report_period_s, self.flush, worker)
 
-    def take_batch(self) -> dict[str, Any] | None:
-        """What accumulated since the last batch, as the message to send (None if nothing)."""
+    def take_batch(self, task_counts: Any = None) -> dict[str, Any] | None:
+        """What accumulated since the last batch, as the message to send (None if nothing).
+
+        ``task_counts`` (the core worker's ``TaskCounts``) adds the task counts if they changed.
+        """
         with self._lock:
             pending, self._pending = self._pending, {}
+            tasks_changed, self._tasks_changed = self._tasks_changed, False
             self._armed = False
-            if not pending:
-                return None
             names = {name for name, _ in pending}
             defs = [self.definitions[name].to_wire() for name in names]
-        points = [[name, list(tags), value] for (name, tags), value in pending.items()]
-        return {"defs": defs, "points": points}
+        batch: dict[str, Any] = {}
+        if pending:
+            batch["defs"] = defs
+            batch["points"] = [[name, list(tags), value] for (name, tags), value in pending.items()]
+        if tasks_changed and task_counts is not None:
+            batch["tasks"] = task_counts.snapshot()
+        return batch or None
 
     def flush(self, worker: Any) -> None:
         """Send the batch to the node daemon (on the core worker's loop)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        batch = self.take_batch()
+        batch = self.take_batch(getattr(worker, "task_counts", None))
         conn = worker.raylet
         if batch is None or conn is None or conn.closed:
             return  # the node daemon is gone: so is the exporter these records were for

@@ -34,6 +34,7 @@ from ember.core.memory_store import PLASMA, MemoryStore
 from ember.core.object_access import ObjectAccess
 from ember.core.ownership_protocol import OwnershipProtocol
 from ember.core.reference_counter import ReferenceCounter
+from ember.core.task_counts import TaskCounts
 from ember.core.task_executor import ACTOR_CALL, CREATE_ACTOR, TASK, TaskExecutor
 from ember.core.task_state import TaskEntry
 from ember.core.task_submitter import ARG_REF, ARG_VALUE, TaskSubmitter
@@ -104,6 +105,8 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         self._last_log: list[Any] | None = None
         self._creation_args: dict[bytes, list[bytes]] = {}
         self.executor = TaskExecutor(self) if mode == WORKER else None
+        #: This process's tasks by state, for ray_tasks (sent with its metrics batches).
+        self.task_counts = TaskCounts(self, metrics_recorder.get_recorder().poke)
         self.io: EventLoopThread | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.raylet: Connection = None  # type: ignore[assignment]
@@ -242,6 +245,7 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
             self.on_raylet_lost()
 
     def shutdown(self) -> None:
+        self.task_counts.close()
         if self.io is None or self.shutting_down:
             return
         self.shutting_down = True
@@ -276,8 +280,12 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
 
     def set_task_context(self, spec: dict[str, Any]) -> None:
         _task_context.set((spec["tid"], spec["job"], spec["name"]))
+        self.task_counts.running(spec["name"], spec["job"], 1)
 
     def clear_task_context(self) -> None:
+        ctx = _task_context.get()
+        if ctx is not None:
+            self.task_counts.running(ctx[2], ctx[1], -1)
         _task_context.set(None)
 
     @property

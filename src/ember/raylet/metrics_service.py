@@ -48,6 +48,8 @@ class MetricsService:
             "NodeAddress": self.opts.node_ip, "SessionName": session, "Version": __version__,
         })
         self._os_sampler = system_metrics.OsSampler()
+        #: Each local process's task counts (its latest report), dropped when it disconnects.
+        self.task_counts: dict[bytes, list[list[Any]]] = {}
         self.metrics_server: MetricsHttpServer | None = None
 
     async def _start_metrics(self: Raylet) -> None:
@@ -70,7 +72,15 @@ class MetricsService:
         return self.metrics_server.port if self.metrics_server is not None else 0
 
     def rpc_report_metrics(self: Raylet, conn: Connection, batch: dict[str, Any]) -> None:
-        self.user_metrics.report(batch["worker_id"], batch)
+        worker_id = batch["worker_id"]
+        if "points" in batch:
+            self.user_metrics.report(worker_id, batch)
+        tasks = batch.get("tasks")
+        if tasks is not None:
+            if worker_id not in self.task_counts:
+                # A process's counts go with it (as in Ray, whose per-process gauges stop).
+                conn.add_close_callback(lambda _conn: self.task_counts.pop(worker_id, None))
+            self.task_counts[worker_id] = tasks
 
     async def _render_metrics(self: Raylet, accept: str) -> tuple[bytes, str]:
         families = await self.metric_families()
@@ -84,6 +94,8 @@ class MetricsService:
             "Application metric records this node dropped (conflicting definitions or too many series).",
             tuple(self._raylet_labels), [(tuple(self._raylet_labels.values()), float(self.user_metrics.dropped))],
         ))
+        cluster_labels = {k: v for k, v in self._raylet_labels.items() if k != "Component"}
+        families.append(system_metrics.tasks(self.task_counts.values(), cluster_labels))
         families.append(system_metrics.resources(res.to_float(self.total), res.to_float(self.available), self._raylet_labels))
         stats = dict(self.store.stats())
         stats["unsealed"] = sum(e.size for e in self.store.objects.values() if not e.sealed)
@@ -92,7 +104,6 @@ class MetricsService:
         if self.opts.is_head:
             actors, gcs_pid = await self._gcs_counts()
             if actors is not None:
-                cluster_labels = {k: v for k, v in self._raylet_labels.items() if k != "Component"}
                 families.append(system_metrics.actors(actors, cluster_labels))
         components = self._components(gcs_pid)
         labels = {k: self._node_labels[k] for k in ("SessionName", "Version", "ip")}

@@ -144,5 +144,18 @@ def actors(rows: list[dict[str, Any]], labels: dict[str, str]) -> Family:
     ])
 
 
+def tasks(rows_by_process: Iterable[list[list[Any]]], labels: dict[str, str]) -> Family:
+    """``ray_tasks{Name, State, IsRetry, Source, JobId}``: the counts this node's processes reported, summed."""
+    tally: _Tally[tuple[str, str, str, str, str]] = _Tally()
+    for rows in rows_by_process:
+        for name, state, is_retry, source, job_id, count in rows:
+            tally[(str(name), str(state), str(is_retry), str(source), bytes(job_id).hex())] += int(count)
+    names = ("Name", "State", "IsRetry", "Source", "JobId", "Component", *labels)
+    fixed = ("core_worker", *labels.values())
+    return gauge("ray_tasks", "Current number of tasks currently in a particular state.", names, [
+        ((*key, *fixed), float(n)) for key, n in sorted(tally.items())
+    ])
+
+
 def session_name(session_dir: str) -> str:
     return os.path.basename(session_dir.rstrip("/"))
