@@ -13,6 +13,15 @@ alternates the same way.
 
 The table's ratio is Ember/Ray throughput, so > 1 means Ember is faster; for
 the init row it is Ray's seconds over Ember's (> 1: Ember starts faster).
+
+Ray runs in an interpreter of its own, never the one Ember runs in. Point the
+script at it with ``--ray-python PATH`` or ``EMBER_RAY_PYTHON=PATH``
+(default: ``/work/rayenv/bin/python``); to make one::
+
+    python3 -m venv ~/rayenv && ~/rayenv/bin/pip install ray
+    python3 benchmarks/compare_with_ray.py --ray-python ~/rayenv/bin/python
+
+Without a usable Ray the script says so in one line and exits with status 1.
 """
 
 from __future__ import annotations
@@ -32,7 +41,20 @@ sys.path.insert(0, HERE)
 
 from run_workloads import DEFAULT_DEFINITIONS, load_definitions  # noqa: E402
 
-RAY_PYTHON = "/work/rayenv/bin/python"
+RAY_PYTHON = os.environ.get("EMBER_RAY_PYTHON", "/work/rayenv/bin/python")
+
+
+def ray_problem(python: str) -> str | None:
+    """Why ``python`` cannot run the Ray side (None: it can)."""
+    if not os.path.isfile(python) or not os.access(python, os.X_OK):
+        return f"no Python interpreter at {python}"
+    try:
+        proc = subprocess.run([python, "-c", "import ray"], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{python} did not run: {exc}"
+    if proc.returncode != 0:
+        return f"{python} cannot import ray"
+    return None
 
 
 def _env() -> dict[str, str]:
@@ -86,11 +108,18 @@ def main() -> None:
     parser.add_argument("--cooldown", type=float, default=1.0,
                         help="Seconds between runs, for the previous cluster's processes to exit.")
     parser.add_argument("--init-runs", type=int, default=3, help="Alternations for 'init to first task result'.")
-    parser.add_argument("--ray-python", default=RAY_PYTHON)
+    parser.add_argument("--ray-python", default=RAY_PYTHON,
+                        help="An interpreter with Ray installed (default: $EMBER_RAY_PYTHON or %(default)s).")
     parser.add_argument("--definitions", default=os.path.abspath(DEFAULT_DEFINITIONS))
     parser.add_argument("--timeout", type=float, default=900.0, help="Seconds before one run is given up.")
     parser.add_argument("--json", default=None, help="Also write the table as JSON to this file.")
     args = parser.parse_args()
+    problem = ray_problem(args.ray_python)
+    if problem is not None:
+        sys.exit(f"compare_with_ray: Ray is needed for the comparison but {problem}; install Ray in a "
+                 "virtualenv (python3 -m venv ~/rayenv && ~/rayenv/bin/pip install ray) and pass "
+                 "--ray-python ~/rayenv/bin/python (or set EMBER_RAY_PYTHON). `ember microbenchmark` "
+                 "runs the Ember side alone.")
 
     defs = load_definitions(args.definitions)
     runtimes = [("ember", sys.executable), ("ray", args.ray_python)]

@@ -25,11 +25,12 @@ from ember.rpc.sync_client import gcs_request
 MiB = 1024 * 1024
 
 
-def test_chaos_short_profile(capsys):
+def test_chaos_short_profile(record_property):
     report = chaos.run("short", seed=int(os.environ.get("EMBER_CHAOS_SEED", "7")))
-    with capsys.disabled():
-        figures = {k: v for k, v in report.items() if k != "problems"}
-        print(f"\nchaos (short): {figures}")
+    figures = {k: v for k, v in report.items() if k != "problems"}
+    # Captured: shown by `pytest -rA` (and kept in JUnit XML), not in the plain `-q` output.
+    print(f"chaos (short): {figures}")
+    record_property("chaos_short", figures)
     problems = "\n".join(report["problems"] or [])
     assert report["worker_kills"] >= 10 and report["node_kills"] == 1, report
     assert report["trees_checked"] > 0 and report["actor_calls_run"] > 0, report

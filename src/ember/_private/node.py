@@ -135,14 +135,48 @@ def start_head(
     extra_env: dict[str, str] | None = None,
     storage: str | None = None,
     metrics_export_port: int = 0,
+    link_latest: bool = True,
 ) -> NodeProcesses:
     """Start a control service and one node daemon in a new session.
 
     ``storage`` is where the control service keeps its tables; detached heads
     (``ember start``) default to SQLite in the session folder so that a
-    restarted control service resumes the cluster.
+    restarted control service resumes the cluster. ``session_latest`` points at
+    the new session once its daemons are started (``link_latest=False``: the
+    caller links it when it has seen them come up). A start that fails before
+    any daemon runs removes the session folder.
     """
     session_dir = session.create_session_dir()
+    try:
+        nodes = _start_head_in(
+            session_dir, node_ip=node_ip, port=port, num_cpus=num_cpus, num_gpus=num_gpus,
+            resources=resources, object_store_memory=object_store_memory, detach=detach,
+            parent_pid=parent_pid, extra_env=extra_env, storage=storage,
+            metrics_export_port=metrics_export_port,
+        )
+    except BaseException:
+        session.discard_session_dir(session_dir)
+        raise
+    if link_latest:
+        session.link_latest(session_dir)
+    return nodes
+
+
+def _start_head_in(
+    session_dir: str,
+    *,
+    node_ip: str,
+    port: int,
+    num_cpus: float | None,
+    num_gpus: float | None,
+    resources: dict[str, float] | None,
+    object_store_memory: int | None,
+    detach: bool,
+    parent_pid: int | None,
+    extra_env: dict[str, str] | None,
+    storage: str | None,
+    metrics_export_port: int,
+) -> NodeProcesses:
     if storage is None:
         storage = f"sqlite:///{os.path.join(session_dir, 'gcs.sqlite')}" if detach else "memory://"
     token = session.create_token(session_dir)

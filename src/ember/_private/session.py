@@ -23,6 +23,7 @@ import datetime
 import json
 import os
 import secrets
+import shutil
 import socket
 import stat
 from typing import Any
@@ -37,20 +38,35 @@ def current_cluster_file() -> str:
 
 
 def create_session_dir() -> str:
+    """A new session folder with ``logs/`` and ``pids/``; ``session_latest`` is moved by ``link_latest``.
+
+    Callers link it once the session's daemons have started, and ``discard_session_dir`` a
+    session that failed before anything was written to it, so that a failed start leaves
+    neither an empty folder nor a ``session_latest`` pointing at one.
+    """
     root = temp_root()
     os.makedirs(root, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
     path = os.path.join(root, f"session_{stamp}_{os.getpid()}")
     os.makedirs(os.path.join(path, "logs"))
     os.makedirs(os.path.join(path, "pids"))
-    latest = os.path.join(root, "session_latest")
+    return path
+
+
+def link_latest(session_dir: str) -> None:
+    """Point ``<temp root>/session_latest`` at ``session_dir`` (atomically)."""
+    latest = os.path.join(os.path.dirname(session_dir), "session_latest")
     tmp_link = f"{latest}.{os.getpid()}"
     try:
-        os.symlink(path, tmp_link)
+        os.symlink(session_dir, tmp_link)
         os.replace(tmp_link, latest)
     except OSError:
         pass
-    return path
+
+
+def discard_session_dir(session_dir: str) -> None:
+    """Remove the folder of a session that never started (nothing in it is worth keeping)."""
+    shutil.rmtree(session_dir, ignore_errors=True)
 
 
 def create_token(session_dir: str) -> str:

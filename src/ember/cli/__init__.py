@@ -11,8 +11,11 @@ import sys
 
 import click
 
+from ember import __version__
+
 
 @click.group()
+@click.version_option(__version__, prog_name="ember", message="%(prog)s %(version)s")
 def main() -> None:
     """Ember: run Ray programs on every core of this machine or across a cluster."""
 

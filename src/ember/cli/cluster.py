@@ -76,6 +76,7 @@ def start(head: bool, address: str | None, port: int, num_cpus: float | None, nu
                 node_ip=node_ip_address, port=port, num_cpus=num_cpus, num_gpus=num_gpus,
                 resources=custom, object_store_memory=object_store_memory, detach=True, storage=storage,
                 metrics_export_port=metrics_export_port,
+                link_latest=False,
             )
             try:
                 wait_for_nodes(nodes.gcs_address, nodes.token, 1)
@@ -89,23 +90,27 @@ def start(head: bool, address: str | None, port: int, num_cpus: float | None, nu
                 token = session.cluster_token(address, token)
             except ConnectionError as exc:
                 raise click.ClickException(f"{exc} (or pass --token)") from exc
-            session_dir = session.create_session_dir()
-            # Created private (not chmod-ed after creation: a reader could open it in between).
-            fd = os.open(os.path.join(session_dir, "token"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(token)
-            nodes = node.NodeProcesses(session_dir, token, node_ip_address, gcs_address=address)
-            before = 0
-            try:
-                from ember.rpc.sync_client import gcs_request
+            from ember.rpc.sync_client import gcs_request
 
+            try:
                 before = len([n for n in gcs_request(address, token, "get_nodes") if n["Alive"]])
             except Exception as exc:
                 raise click.ClickException(f"cannot reach the control service at {address}: {exc}") from exc
-            node.start_raylet(nodes, num_cpus=num_cpus, num_gpus=num_gpus, resources=custom,
-                              object_store_memory=object_store_memory, detach=True,
-                              metrics_export_port=metrics_export_port)
+            session_dir = session.create_session_dir()
+            try:
+                # Created private (not chmod-ed after creation: a reader could open it in between).
+                fd = os.open(os.path.join(session_dir, "token"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(token)
+                nodes = node.NodeProcesses(session_dir, token, node_ip_address, gcs_address=address)
+                node.start_raylet(nodes, num_cpus=num_cpus, num_gpus=num_gpus, resources=custom,
+                                  object_store_memory=object_store_memory, detach=True,
+                                  metrics_export_port=metrics_export_port)
+            except BaseException:
+                session.discard_session_dir(session_dir)
+                raise
             wait_for_nodes(address, token, before + 1)
+        session.link_latest(nodes.session_dir)
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     entries = _load_started()
@@ -233,7 +238,11 @@ def memory(address: str | None) -> None:
 @click.option("--duration", default=2.0, show_default=True, type=float, help="Seconds per benchmark.")
 def microbenchmark(name_filter: str | None, duration: float) -> None:
     """Run Ray's core microbenchmarks against a fresh local cluster."""
-    from ember.bench.microbenchmark import run_all
+    from ember.bench import microbenchmark as bench
 
-    run_all(name_filter=name_filter, duration=duration)
+    names = [bench.INIT_TO_FIRST_RESULT, bench.CROSS_NODE_TRANSFER, *bench.WORKLOAD_NAMES]
+    if not any(bench.selected(name, name_filter) for name in names):
+        listing = "\n  ".join(names)
+        raise click.ClickException(f"no benchmark name contains {name_filter!r}; the benchmarks are:\n  {listing}")
+    bench.run_all(name_filter=name_filter, duration=duration)
 

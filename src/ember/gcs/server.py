@@ -234,11 +234,19 @@ class GcsServer:
         if entry is not None and entry.conn is conn and entry.alive:
             self._mark_node_dead(entry, "its node daemon disconnected")
 
-    def _mark_node_dead(self, entry: NodeEntry, reason: str) -> None:
+    def rpc_unregister_node(self, conn: Connection, p: dict[str, Any]) -> None:
+        """A node daemon stopping on purpose leaves the cluster before it closes its connection."""
+        entry = self.nodes.get(p["node_id"])
+        if entry is not None and entry.conn is conn and entry.alive:
+            self._mark_node_dead(entry, "its node daemon was stopped", expected=True)
+
+    def _mark_node_dead(self, entry: NodeEntry, reason: str, expected: bool = False) -> None:
         entry.alive = False
         entry.death_reason = reason
         self.persist_node(entry)
-        logger.warning("node %s is dead: %s", entry.info["node_id"].hex()[:12], reason)
+        # A node stopped on purpose is news, not a problem: only an unexpected death warns.
+        level = logging.INFO if expected else logging.WARNING
+        logger.log(level, "node %s is dead: %s", entry.info["node_id"].hex()[:12], reason)
         self.publish("nodes", entry.to_public())
         self._write_metrics_discovery()
         self.actor_manager.on_node_died(entry.info["node_id"], reason)

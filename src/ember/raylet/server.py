@@ -214,6 +214,12 @@ class Raylet(LeaseService, ObjectService, MetricsService):
         self.log_monitor.poll(force=True)
         self.store.destroy()
         self.spiller.stop()
+        if self.gcs is not None and not self.gcs.closed:
+            # Its workers are gone: leave the cluster, so the control service records a stop, not a death.
+            try:
+                await self.gcs.call("unregister_node", {"node_id": self.node_id}, config().process_stop_timeout_s)
+            except (ConnectionLost, RemoteError) as exc:
+                logger.info("could not tell the control service this node is stopping: %s", exc)
         if self.gcs is not None:
             self.gcs.close("node daemon stopping")
 
@@ -486,7 +492,7 @@ class Raylet(LeaseService, ObjectService, MetricsService):
                 req.future.cancel()
         for lease in [l for l in self.leases.values() if l.holder is conn]:
             # The holder may have left tasks running: the worker cannot be trusted.
-            self.pool.kill(lease.worker)
+            self.pool.kill(lease.worker, "the process holding its lease disconnected")
             self._release_lease(lease)
         self._schedule()
 
@@ -513,7 +519,9 @@ class Raylet(LeaseService, ObjectService, MetricsService):
                 break
             await asyncio.sleep(0.01)
         code = worker.proc.poll()
-        if code is None:
+        if worker.end_reason:
+            detail = f"the node daemon ended it: {worker.end_reason}"
+        elif code is None:
             detail = "it closed its connection to the node daemon"
         elif code < 0:
             detail = f"it was killed by signal {-code}"
@@ -548,7 +556,7 @@ class Raylet(LeaseService, ObjectService, MetricsService):
                 worker.idle_since = time.monotonic()
                 continue
             if worker.state is WorkerState.IDLE:
-                self.pool.kill(worker)
+                self.pool.kill(worker, f"idle for over {timeout:g}s beyond the pool's size")
                 surplus -= 0 if worker.env_key else 1
 
     # ================================================================ RPC: workers

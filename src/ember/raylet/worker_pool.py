@@ -71,6 +71,8 @@ class WorkerHandle:
         self.started_at = time.monotonic()
         self.idle_since = time.monotonic()
         self.exit_detail = ""
+        #: Why the node daemon ended this worker itself ("" when it died on its own).
+        self.end_reason = ""
 
     @property
     def label(self) -> str:
@@ -223,7 +225,10 @@ class WorkerPool:
         if handle in self.idle:
             self.idle.remove(handle)
 
-    def kill(self, handle: WorkerHandle) -> None:
+    def kill(self, handle: WorkerHandle, reason: str = "") -> None:
+        """SIGKILL the worker; ``reason`` (why the node daemon chose to) is what its death report says."""
+        if reason and not handle.end_reason:
+            handle.end_reason = reason
         if handle.proc.poll() is None:
             try:
                 handle.proc.kill()
