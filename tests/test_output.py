@@ -192,8 +192,9 @@ def test_every_process_has_a_log_file(ember_shared):
         assert "node daemon" in f.read()
 
 
-def test_worker_log_file_holds_its_output(ember_shared):
+def test_worker_log_file_holds_its_output(ember_shared, capfd, monkeypatch):
     worker = runtime.core_worker()
+    captured = _Captured(capfd, monkeypatch)
 
     @ember.remote
     def write_out():
@@ -210,6 +211,8 @@ def test_worker_log_file_holds_its_output(ember_shared):
             return "line for the log file" in f.read()
 
     wait_for_condition(logged, timeout=10)
+    # The driver prints it too: wait for it here, or it lands after this test, past pytest's capture.
+    captured.wait_for("line for the log file")
 
 
 def test_session_latest_points_at_the_newest_session(ember_shared):

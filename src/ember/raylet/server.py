@@ -506,7 +506,9 @@ class Raylet(LeaseService, ObjectService, MetricsService):
         self.store.free_owned_by(worker.worker_id, unsealed_only=True)
         self.log_monitor.remove(worker.out_path)
         self.log_monitor.remove(worker.err_path)
-        self.background.spawn(self._report_worker_death(worker), "report a worker death")
+        if not self.stopping:
+            # A stopping node leaves the cluster as a whole (unregister_node): no death to report.
+            self.background.spawn(self._report_worker_death(worker), "report a worker death")
         # Keep the prestarted pool at its size.
         if not self.stopping and sum(1 for w in self.pool.alive() if not w.env_key) < self.prestart:
             self._start_worker()
