@@ -15,6 +15,9 @@ from __future__ import annotations
 from ember._private import resources as res
 
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+#: Reserved (as in Ray): the marker resource of placed bundles (``bundle_group_*``); neither a
+#: bundle nor a task may name it.
+BUNDLE_RESOURCE = "bundle"
 
 
 def _total(bundles: list[res.Resources]) -> res.Resources:

@@ -8,7 +8,7 @@ from typing import Any
 from ember._private import ids, runtime
 from ember._private.object_ref import ObjectRef, _serialization_context
 from ember.api.options import ACTOR_DEFAULTS, actor_resources, validate_actor_options
-from ember.util.scheduling_strategies import apply_placement_group, strategy_to_wire
+from ember.util.scheduling_strategies import apply_placement_group, resolve_strategy
 
 _METHOD_OPTIONS = "__ember_method_options__"
 
@@ -95,7 +95,7 @@ class ActorClass:
         actor_id = ids.random_unique_id()
         wire_args, kw_names, arg_ids = worker.encode_args(args, kwargs, f"{self.__name__}.__init__")
         place, hold = actor_resources(options)
-        strategy = strategy_to_wire(options.get("scheduling_strategy"))
+        strategy, pg_group = resolve_strategy(options, worker.captured_placement_group, [place, hold], f"actor {self.__name__}")
         pg_id = strategy["pg_id"] if isinstance(strategy, dict) and strategy.get("type") == "placement_group" else None
         place, _ = apply_placement_group(place, strategy)
         hold, strategy = apply_placement_group(hold, strategy)
@@ -133,6 +133,8 @@ class ActorClass:
             "strategy": strategy,
             "pg": pg_id,
         }
+        if pg_group is not None:
+            spec["pg_group"] = pg_group  # [id, capture]: get_current_placement_group() and its children's group
         if env_key:
             spec["renv"] = [env_key, env]
         from ember.exceptions import ErrorCode, RemoteError

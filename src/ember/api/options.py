@@ -9,6 +9,8 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+from ember._private.placement_policy import BUNDLE_RESOURCE
+
 TASK_DEFAULTS: dict[str, Any] = {
     "num_returns": 1,
     "num_cpus": 1,
@@ -59,6 +61,11 @@ def validate_task_options(options: dict[str, Any]) -> dict[str, Any]:
             for rname, amount in value.items():
                 if rname in ("CPU", "GPU"):
                     raise ValueError(f"Use num_{rname.lower()}s= instead of resources={{'{rname}': ...}}.")
+                if rname == BUNDLE_RESOURCE:
+                    raise ValueError(
+                        f"The resource should not include `{BUNDLE_RESOURCE}`, which is reserved for placement "
+                        f"groups. resources: {value}"
+                    )
                 _number(f"resources[{rname!r}]", amount)
         elif key == "max_retries":
             if isinstance(value, bool) or not isinstance(value, int) or value < -1:

@@ -10,7 +10,7 @@ from ember._private import ids, runtime
 from ember._private.object_ref import ObjectRef
 from ember.api.options import TASK_DEFAULTS, task_resources, validate_task_options
 from ember.core.task_state import TaskEntry
-from ember.util.scheduling_strategies import apply_placement_group, strategy_to_wire
+from ember.util.scheduling_strategies import apply_placement_group, resolve_strategy
 
 
 class RemoteFunction:
@@ -87,7 +87,7 @@ class RemoteFunction:
         return_ids = [ids.return_object_id(task_id, i + 1) for i in range(num_returns)]
         wire_args, kw_names, arg_ids = worker.encode_args(args, kwargs, name)
         resources = task_resources(options)
-        strategy = strategy_to_wire(options.get("scheduling_strategy"))
+        strategy, pg_group = resolve_strategy(options, worker.captured_placement_group, [resources], f"task {name}")
         resources, strategy = apply_placement_group(resources, strategy)
         env_key, env = worker.renv.effective(options.get("runtime_env"))
         address = worker.address
@@ -102,6 +102,8 @@ class RemoteFunction:
             "rids": return_ids,
             "owner": address,
         }
+        if pg_group is not None:
+            spec["pg_group"] = pg_group  # [id, capture]: get_current_placement_group() and its children's group
         counter = worker.reference_counter
         for rid in return_ids:
             counter.add_owned(rid, address)

@@ -58,6 +58,7 @@ class ActorRuntime:
         try:
             cls = worker.function_manager.load(spec["fid"], spec["job"])
             worker.actor_id = spec["actor_id"]
+            worker.actor_placement_group = spec.get("pg_group")
             worker.set_gpu_ids(spec.get("gpus"))
             worker.set_task_context({**call_spec, "tid": _creation_task_id(spec)})
             self.executor.mark(spec["job"].hex(), spec["class_name"])

@@ -54,6 +54,10 @@ WORKER = "worker"
 _task_context: contextvars.ContextVar[tuple[bytes, bytes, str] | None] = contextvars.ContextVar(
     "ember_task_context", default=None
 )
+#: [placement group id, capture children] of the running task, or None.
+_task_placement_group: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "ember_task_placement_group", default=None
+)
 
 
 class CoreWorker(OwnershipProtocol, ObjectAccess):
@@ -99,6 +103,8 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         self.lineage = Lineage(self)
         self.actor_submitter = ActorSubmitter(self)
         self.actor_id: bytes | None = None
+        #: [placement group id, capture children] of this actor, or None.
+        self.actor_placement_group: list[Any] | None = None
         self.gpu_ids: list[int] = []
         self._auto_destroy_actors: set[bytes] = set()
         #: [control-service instance, sequence number] of the last log record printed here.
@@ -281,12 +287,27 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
     def set_task_context(self, spec: dict[str, Any]) -> None:
         _task_context.set((spec["tid"], spec["job"], spec["name"]))
         self.task_counts.running(spec["name"], spec["job"], 1)
+        _task_placement_group.set(spec.get("pg_group"))
 
     def clear_task_context(self) -> None:
         ctx = _task_context.get()
         if ctx is not None:
             self.task_counts.running(ctx[2], ctx[1], -1)
         _task_context.set(None)
+        _task_placement_group.set(None)
+
+    @property
+    def current_placement_group(self) -> bytes | None:
+        """The group the running task or this actor runs in, if any."""
+        group = _task_placement_group.get() or self.actor_placement_group
+        return group[0] if group else None
+
+    @property
+    def captured_placement_group(self) -> bytes | None:
+        """The group the running task or this actor puts its children in
+        (``placement_group_capture_child_tasks=True``), if any."""
+        group = _task_placement_group.get() or self.actor_placement_group
+        return group[0] if group and group[1] else None
 
     @property
     def current_task_id(self) -> bytes | None:

@@ -15,11 +15,16 @@ import ember
 from ember._private import ids, runtime
 from ember._private.ids import BaseID
 from ember._private.object_ref import ObjectRef
-from ember._private.placement_policy import STRATEGIES
+from ember._private.placement_policy import BUNDLE_RESOURCE, STRATEGIES
 
 
 class PlacementGroupID(BaseID):
     __slots__ = ()
+
+
+#: Bundles of the groups this process has seen (a group's bundles never change): checking
+#: every task a captured group's children submit must not cost a control-service call each.
+_known_bundles: dict[bytes, list[dict[str, float]]] = {}
 
 
 class PlacementGroup:
@@ -32,8 +37,12 @@ class PlacementGroup:
     @property
     def bundle_specs(self) -> list[dict[str, float]]:
         if self.bundle_cache is None:
+            self.bundle_cache = _known_bundles.get(self.id.binary())
+        if self.bundle_cache is None:
             info = placement_group_table(self)
             self.bundle_cache = [info["bundles"][i] for i in sorted(info["bundles"])]
+            if self.bundle_cache:
+                _known_bundles[self.id.binary()] = self.bundle_cache
         return self.bundle_cache
 
     @property
@@ -80,6 +89,11 @@ def _validate_bundles(bundles: Any) -> list[dict[str, float]]:
                 raise ValueError(f"bundle {i}: resource {name!r} must be a number >= 0, got {amount!r}")
         if all(v == 0 for v in bundle.values()):
             raise ValueError(f"bundle {i} requests no resources: {bundle!r}")
+        if BUNDLE_RESOURCE in bundle:
+            raise ValueError(
+                f"bundle {i}: {BUNDLE_RESOURCE!r} is a system reserved resource, which is not allowed to be used "
+                f"in placement groups: {bundle!r}"
+            )
         out.append({str(k): float(v) for k, v in bundle.items()})
     return out
 
@@ -145,7 +159,7 @@ def get_current_placement_group() -> PlacementGroup | None:
     """The group the current task or actor runs in, when it was scheduled into one with
     ``placement_group_capture_child_tasks=True``; else None."""
     worker = runtime.core_worker_or_none()
-    pg = getattr(worker, "current_placement_group", None) if worker is not None else None
+    pg = worker.current_placement_group if worker is not None else None
     return PlacementGroup(PlacementGroupID(pg)) if pg else None
 
 

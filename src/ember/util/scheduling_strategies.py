@@ -36,7 +36,9 @@ class PlacementGroupSchedulingStrategy:
         self.placement_group_bundle_index = placement_group_bundle_index
         self.placement_group_capture_child_tasks = placement_group_capture_child_tasks
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self) -> dict[str, Any] | None:
+        if self.placement_group is None:
+            return None  # Ray's escape: not in any group, even inside a task that captures its children
         return {
             "type": "placement_group",
             "pg_id": self.placement_group.id.binary(),
@@ -83,3 +85,62 @@ def strategy_to_wire(strategy: Any) -> Any:
     if to_wire is None:
         raise ValueError(f"Unknown scheduling_strategy {strategy!r}")
     return to_wire()
+
+
+def resolve_strategy(
+    options: dict[str, Any], captured_pg: bytes | None, demands: list[dict[str, float]], what: str,
+) -> tuple[Any, list[Any] | None]:
+    """The wire strategy of a task or actor, and ``[group id, capture children]`` when it runs in a group.
+
+    * ``scheduling_strategy=PlacementGroupSchedulingStrategy(pg, ...)`` (or the older
+      ``placement_group=`` options): that group; with ``placement_group=None``, no group.
+    * No strategy, inside a task or actor that captures its children
+      (``placement_group_capture_child_tasks=True``, ``captured_pg``): the same group,
+      any bundle, and its children are captured too (as in Ray).
+
+    Raises:
+        ValueError: a demand fits no bundle of the group (it could never run), or the
+            bundle index is out of range, as Ray does at ``.remote()``.
+    """
+    strategy = options.get("scheduling_strategy")
+    legacy = options.get("placement_group")
+    if strategy is None and legacy not in (None, "default"):
+        strategy = PlacementGroupSchedulingStrategy(
+            legacy, options.get("placement_group_bundle_index", -1),
+            options.get("placement_group_capture_child_tasks"),
+        )
+    if strategy is None and captured_pg is not None:
+        from ember.util.placement_group import PlacementGroup, PlacementGroupID
+
+        strategy = PlacementGroupSchedulingStrategy(PlacementGroup(PlacementGroupID(captured_pg)), -1, True)
+    if isinstance(strategy, PlacementGroupSchedulingStrategy) and strategy.placement_group is not None:
+        _check_demands_fit(strategy, demands, what)
+        group = [strategy.placement_group.id.binary(), bool(strategy.placement_group_capture_child_tasks)]
+        return strategy_to_wire(strategy), group
+    return strategy_to_wire(strategy), None
+
+
+def _check_demands_fit(strategy: PlacementGroupSchedulingStrategy, demands: list[dict[str, float]], what: str) -> None:
+    group = strategy.placement_group
+    index = strategy.placement_group_bundle_index
+    try:
+        bundles = group.bundle_specs
+    except (KeyError, TypeError):
+        return  # unknown to the control service (removed): the task fails when it is scheduled
+    if not bundles:
+        return
+    if not isinstance(index, int) or isinstance(index, bool) or not -1 <= index < len(bundles):
+        raise ValueError(
+            f"placement_group_bundle_index must be -1 (any bundle) or in [0, {len(bundles)}) for a group of "
+            f"{len(bundles)} bundles, got {index!r}."
+        )
+    candidates = bundles if index == -1 else [bundles[index]]
+    for demand in demands:
+        needed = {name: amount for name, amount in demand.items() if amount > 0}
+        if not any(all(bundle.get(name, 0) >= amount for name, amount in needed.items()) for bundle in candidates):
+            where = "any bundle" if index == -1 else f"bundle {index}"
+            raise ValueError(
+                f"Cannot schedule {what} with the placement group because the resource request {needed} cannot "
+                f"fit into {where} of the placement group, {bundles}. Request less (num_cpus=0 for an actor "
+                "that needs no CPU to be placed), or create the group with a bigger bundle."
+            )
