@@ -7,10 +7,11 @@ import os
 
 import pytest
 
-from ember.dashboard.ui.documents import _job_row, progress_state
 from ember.dashboard.ui.history import ClusterHistory
+from ember.dashboard.ui.jobs_source import job_row_from_details, job_row_from_driver
 from ember.dashboard.ui.log_files import LogFiles
 from ember.dashboard.ui.shared_document import DocumentCache, SharedDocument
+from ember.dashboard.ui.task_counts import TaskCounts, fold
 from ember.dashboard.ui.trace import chrome_trace
 
 
@@ -69,10 +70,11 @@ def test_a_link_out_of_the_logs_folder_is_refused(logs, tmp_path):
 def test_log_files_are_grouped_by_node(logs):
     open(os.path.join(logs.logs_dir, "raylet-bbbbbbbbbbbb.log"), "w").close()
     nodes = [{"NodeID": "a" * 32, "IsHead": True}, {"NodeID": "b" * 32, "IsHead": False}]
-    logs.learn_owners({"b" * 32: {"workers": [{"log_files": ["worker-abc.out"]}]}})
+    logs.learn_owners({"b" * 32: {"workers": [{"pid": 9, "log_files": ["worker-abc.out", "worker-abc.err"]}]}})
     groups = logs.by_node(nodes)
     assert [f["name"] for f in groups["b" * 32]] == ["raylet-bbbbbbbbbbbb.log", "worker-abc.out"]
     assert groups["a" * 32] == []
+    assert logs.stdout_of("b" * 32, 9) == "worker-abc.out" and logs.stdout_of("a" * 32, 9) is None
 
 
 def test_history_is_a_bounded_ring_with_rates():
@@ -136,10 +138,45 @@ def test_chrome_trace_has_one_complete_event_per_execution():
     assert sum(1 for e in trace if e["ph"] == "M") == 1
 
 
-def test_job_rows_merge_a_submission_with_its_driver():
-    row = _job_row({"job_id": "02000000", "start_time": 10.0, "end_time": 12.0, "status": "SUCCEEDED",
-                    "entrypoint": "x.py"},
-                   {"submission_id": "raysubmit_1", "status": "FAILED", "entrypoint": "python x.py",
-                    "start_time": 9000, "end_time": 13000, "message": "exit 1"})
-    assert (row["id"], row["kind"], row["status"], row["duration"]) == ("raysubmit_1", "SUBMISSION", "FAILED", 4.0)
-    assert progress_state("PENDING_NODE_ASSIGNMENT") == "PENDING" and progress_state("FAILED") == "FAILED"
+def test_job_rows_from_the_jobs_api_and_from_driver_records():
+    row = job_row_from_details({"type": "SUBMISSION", "job_id": "02000000", "submission_id": "raysubmit_1",
+                                "status": "FAILED", "entrypoint": "python x.py", "start_time": 9000,
+                                "end_time": 13000, "message": "exit 1", "driver_info": {"pid": "12"}})
+    assert (row["id"], row["kind"], row["status"], row["duration"], row["message"]) == (
+        "raysubmit_1", "SUBMISSION", "FAILED", 4.0, "exit 1")
+    driver = job_row_from_driver({"job_id": "01000000", "start_time": 10.0, "end_time": None, "status": "RUNNING",
+                                  "entrypoint": "x.py", "driver_pid": 5})
+    assert (driver["id"], driver["kind"], driver["status"]) == ("01000000", "DRIVER", "RUNNING")
+    assert driver["duration"] > 0
+
+
+def test_task_counts_fold_owner_and_executor_rows_exactly():
+    job = bytes.fromhex("01000000")
+    rows = [
+        ["f", "FINISHED", "0", "owner", job, 45], ["f", "FAILED", "0", "owner", job, 3],
+        ["f", "FAILED", "1", "owner", job, 2], ["f", "SUBMITTED_TO_WORKER", "0", "owner", job, 4],
+        ["f", "PENDING_NODE_ASSIGNMENT", "0", "owner", job, 6], ["f", "RUNNING", "0", "executor", job, 3],
+        ["g", "RUNNING", "0", "executor", job, 1],
+    ]
+    counts = fold(rows)
+    assert counts[("01000000", "f")] == {"PENDING": 7, "RUNNING": 3, "FINISHED": 45, "FAILED": 5}
+    assert counts[("01000000", "g")] == {"PENDING": 0, "RUNNING": 1, "FINISHED": 0, "FAILED": 0}
+
+
+def test_task_counts_of_a_job_whose_driver_left_are_kept_and_no_longer_pending():
+    reports = [[["f", "FINISHED", "0", "owner", b"\x01", 10], ["f", "PENDING_ARGS_AVAIL", "0", "owner", b"\x01", 2]]]
+
+    async def fetch():
+        return reports[-1]
+
+    async def main():
+        counts = TaskCounts(fetch, remembered_jobs=1)
+        assert await counts.state_counts() == {"PENDING": 2, "RUNNING": 0, "FINISHED": 10, "FAILED": 0}
+        reports.append([])  # the driver disconnected: its node daemon dropped its counts
+        assert await counts.function_counts("01") == [
+            {"name": "f", "counts": {"PENDING": 0, "RUNNING": 0, "FINISHED": 10, "FAILED": 0}}]
+        reports.append([["g", "FINISHED", "0", "owner", b"\x02", 1]])
+        assert await counts.function_counts("01") == []  # only the newest job is remembered
+        assert (await counts.state_counts("02"))["FINISHED"] == 1
+
+    asyncio.run(main())

@@ -186,6 +186,8 @@ class Config:
     dashboard_history_samples: int = 300
     #: Rows a page lists at most (failed tasks, actor calls, jobs); it always shows the total.
     dashboard_ui_rows: int = 200
+    #: Jobs whose last task counts the UI keeps after their driver has gone.
+    dashboard_ui_remembered_jobs: int = 1000
     #: Largest log read one request returns, in bytes.
     dashboard_log_read_bytes: int = 256 * 1024
     #: Matching lines a log search returns at most (the total is always counted).

@@ -650,6 +650,11 @@ class Raylet(LeaseService, ObjectService, MetricsService):
         info["host_memory"] = host_memory()
         return info
 
+    def rpc_task_counts(self, conn: Connection, p: Any) -> list[list[Any]]:
+        """Tasks by name, state and job as this node's processes last reported them (``ray_tasks``):
+        ``[name, state, is_retry, source, job id, count]`` rows, for the dashboard's progress bars."""
+        return [row for rows in self.task_counts.values() for row in rows]
+
     def rpc_list_clients(self, conn: Connection, p: Any) -> list[list[Any]]:
         """Addresses of the core workers on this node (drivers and workers), for inspection tools."""
         out = []

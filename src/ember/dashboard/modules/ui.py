@@ -21,8 +21,10 @@ from ember.dashboard import auth
 from ember.dashboard.ui.cluster_source import ClusterSource
 from ember.dashboard.ui.documents import Documents
 from ember.dashboard.ui.history import ClusterHistory
+from ember.dashboard.ui.jobs_source import JobsSource
 from ember.dashboard.ui.log_files import LogFiles
 from ember.dashboard.ui.shared_document import DocumentCache, SharedDocument
+from ember.dashboard.ui.task_counts import TaskCounts
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "static")
 #: Served without the token: they hold no cluster data.
@@ -46,7 +48,9 @@ def setup(app: web.Application, ctx: DashboardContext) -> None:
     logs = LogFiles(ctx.logs_dir, cfg.dashboard_log_read_bytes, cfg.dashboard_log_search_matches)
     history = ClusterHistory(lambda: documents.history_sample(), cfg.dashboard_history_period_s,
                              cfg.dashboard_history_samples)
-    documents = Documents(cluster, logs, tasks_source(ctx), history, cfg.dashboard_ui_rows)
+    jobs = JobsSource(ctx, cfg.dashboard_node_timeout_s)
+    counts = TaskCounts(cluster.task_count_rows, remembered_jobs=cfg.dashboard_ui_remembered_jobs)
+    documents = Documents(cluster, logs, counts, tasks_source(ctx), history, cfg.dashboard_ui_rows, jobs)
     ttl = cfg.dashboard_ui_refresh_s
     single = {name: SharedDocument(getattr(documents, name), ttl)
               for name in ("overview", "nodes", "jobs", "actors", "log_index")}
@@ -61,6 +65,7 @@ def setup(app: web.Application, ctx: DashboardContext) -> None:
 
     async def stop_sources(app: web.Application) -> None:
         cluster.close()
+        await jobs.close()
 
     app.on_startup.append(start_history)
     app.on_cleanup.append(stop_sources)

@@ -53,21 +53,31 @@ class ClusterSource:
 
     async def node_info(self, node: dict[str, Any]) -> dict[str, Any] | None:
         """The node daemon's ``get_info`` (workers, processes, host memory), or None if unreachable."""
+        return await self._ask_node(node, "get_info")
+
+    async def _ask_node(self, node: dict[str, Any], method: str) -> Any:
+        """``method`` on ``node``'s daemon, or None if it is dead or does not answer."""
         if not node.get("Alive"):
             return None
-        address = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
         client = self._node_clients.get(node["NodeID"])
         if client is None:
             from ember.dashboard.gcs_client import (
                 GcsClient,  # one reopening connection, like the control service's
             )
 
+            address = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
             client = self._node_clients[node["NodeID"]] = GcsClient(address, self.ctx.token, self._node_timeout_s)
         try:
-            return hexify(await client.call("get_info", None, self._node_timeout_s))
+            return hexify(await client.call(method, None, self._node_timeout_s))
         except (RpcError, asyncio.TimeoutError, OSError) as exc:
-            logger.info("node %s did not answer get_info: %s", node["NodeID"][:12], exc)
+            logger.info("node %s did not answer %s: %s", node["NodeID"][:12], method, exc)
             return None
+
+    async def task_count_rows(self) -> list[list[Any]]:
+        """Every node daemon's ``ray_tasks`` rows (``[name, state, is_retry, source, job, count]``)."""
+        nodes = [n for n in await self.nodes() if n.get("Alive")]
+        answers = await asyncio.gather(*(self._ask_node(n, "task_counts") for n in nodes))
+        return [row for rows in answers if rows for row in rows]
 
     async def node_infos(self, nodes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """``get_info`` of every live node, asked at once; nodes that did not answer are left out."""

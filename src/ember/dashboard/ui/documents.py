@@ -13,26 +13,14 @@ from typing import Any, Protocol
 
 from ember.dashboard.ui.cluster_source import ClusterSource
 from ember.dashboard.ui.history import ClusterHistory
+from ember.dashboard.ui.jobs_source import JobsSource, job_row_from_details, job_row_from_driver
 from ember.dashboard.ui.log_files import LogFiles
-
-#: Task states the pages group as "pending" (Ray's names before a worker runs the task).
-PENDING_STATES = ("PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER",
-                  "PENDING_ACTOR_TASK_ARGS_FETCH", "PENDING_ACTOR_TASK_ORDERING_OR_CONCURRENCY",
-                  "NIL", "PENDING")
+from ember.dashboard.ui.task_counts import TaskCounts
 
 
-def progress_state(state: str) -> str:
-    """A task state folded into the four the progress bars show."""
-    if state in ("RUNNING", "FINISHED", "FAILED"):
-        return state
-    return "PENDING"
+class TaskEvents(Protocol):
+    """What the pages need to know about single tasks (from the task events)."""
 
-
-class TaskSource(Protocol):
-    """What the pages need to know about tasks (from the task events)."""
-
-    async def state_counts(self, job_id: str | None = None) -> dict[str, int]: ...
-    async def function_counts(self, job_id: str) -> list[dict[str, Any]]: ...
     async def failed_tasks(self, job_id: str, limit: int) -> tuple[int, list[dict[str, Any]]]: ...
     async def actor_calls(self, actor_id: str, limit: int) -> tuple[dict[str, int], int, list[dict[str, Any]]]: ...
     async def executions(self, since: float) -> list[dict[str, Any]]: ...
@@ -40,9 +28,10 @@ class TaskSource(Protocol):
 
 
 class Documents:
-    def __init__(self, cluster: ClusterSource, logs: LogFiles, tasks: TaskSource | None,
-                 history: ClusterHistory, rows: int, jobs_source: Any = None) -> None:
+    def __init__(self, cluster: ClusterSource, logs: LogFiles, counts: TaskCounts, tasks: TaskEvents | None,
+                 history: ClusterHistory, rows: int, jobs_source: JobsSource | None = None) -> None:
         self.cluster = cluster
+        self.counts = counts
         self.logs = logs
         self.tasks = tasks
         self.history = history
@@ -51,11 +40,7 @@ class Documents:
 
     # ------------------------------------------------------------------ shared
     async def _task_counts(self, job_id: str | None = None) -> dict[str, int]:
-        counts = {"PENDING": 0, "RUNNING": 0, "FINISHED": 0, "FAILED": 0}
-        if self.tasks is not None:
-            for state, n in (await self.tasks.state_counts(job_id)).items():
-                counts[progress_state(state)] += n
-        return counts
+        return await self.counts.state_counts(job_id)
 
     async def history_sample(self) -> dict[str, float]:
         nodes = await self.cluster.nodes()
@@ -165,15 +150,11 @@ class Documents:
 
     # -------------------------------------------------------------------- jobs
     async def _job_rows(self) -> list[dict[str, Any]]:
-        rows = []
-        submitted: dict[str, dict[str, Any]] = {}
-        if self.jobs_source is not None:
-            for job in await self.jobs_source.list_jobs():
-                submitted[job.get("job_id") or job["submission_id"]] = job
-        for job in await self.cluster.jobs():
-            entry = submitted.pop(job["job_id"], None)
-            rows.append(_job_row(job, entry))
-        rows.extend(_job_row(None, entry) for entry in submitted.values())
+        details = await self.jobs_source.list_jobs() if self.jobs_source is not None else None
+        if details is not None:
+            rows = [job_row_from_details(d) for d in details]
+        else:
+            rows = [job_row_from_driver(j) for j in await self.cluster.jobs()]
         rows.sort(key=lambda r: r["start_time"] or 0, reverse=True)
         return rows
 
@@ -187,8 +168,9 @@ class Documents:
             raise KeyError(f"no job {job_key}")
         functions: list[dict[str, Any]] = []
         failed_total, failed_rows = 0, []
+        if row["job_id"]:
+            functions = await self.counts.function_counts(row["job_id"])
         if self.tasks is not None and row["job_id"]:
-            functions = await self.tasks.function_counts(row["job_id"])
             failed_total, failed_rows = await self.tasks.failed_tasks(row["job_id"], self.rows)
         driver_log = None
         if row["submission_id"]:
@@ -213,9 +195,21 @@ class Documents:
             raise KeyError(f"no actor {actor_id}")
         counts: dict[str, int] = {}
         total, rows = 0, []
+        scope = "actor"
         if self.tasks is not None:
             counts, total, rows = await self.tasks.actor_calls(actor_id, self.rows)
-        return {"actor": self._actor_row(found), "calls": {"counts": counts, "total": total, "rows": rows},
+        else:
+            # Without task events: the exact counts of calls to this class's methods in its job.
+            scope = "class"
+            prefix = f"{found.get('class_name', '')}."
+            for fn in await self.counts.function_counts(found.get("job_id") or ""):
+                if fn["name"].startswith(prefix):
+                    for state, n in fn["counts"].items():
+                        if n:
+                            counts[state] = counts.get(state, 0) + n
+            total = sum(counts.values())
+        return {"actor": self._actor_row(found),
+                "calls": {"counts": counts, "total": total, "rows": rows, "scope": scope},
                 "tasks_recorded": self.tasks is not None}
 
     def _actor_row(self, a: dict[str, Any]) -> dict[str, Any]:
@@ -225,7 +219,7 @@ class Documents:
             "namespace": a.get("namespace") or "", "state": a["state"], "node_id": a.get("node_id") or "",
             "pid": a.get("pid"), "num_restarts": a.get("num_restarts", 0), "job_id": a.get("job_id") or "",
             "death_cause": death if a["state"] == "DEAD" or a.get("num_restarts") else (death or ""),
-            "log_file": None,
+            "log_file": self.logs.stdout_of(a.get("node_id") or "", a.get("pid")),
         }
 
     # ------------------------------------------------------------- task stream
@@ -264,24 +258,6 @@ class Documents:
                         "state": "ALIVE" if n.get("Alive") else "DEAD",
                         "files": [{"name": f["name"], "size": f["size"]} for f in groups.get(n["NodeID"], [])]})
         return {"nodes": out}
-
-
-def _job_row(job: dict[str, Any] | None, submitted: dict[str, Any] | None) -> dict[str, Any]:
-    """One row of the jobs table from a driver record and/or a submission record (Ray's JobDetails)."""
-    s = submitted or {}
-    j = job or {}
-    start = s.get("start_time") / 1000 if s.get("start_time") else j.get("start_time")
-    end = s.get("end_time") / 1000 if s.get("end_time") else j.get("end_time")
-    status = s.get("status") or j.get("status") or "PENDING"
-    duration = (end or time.time()) - start if start else None
-    job_id = j.get("job_id") or s.get("job_id") or ""
-    return {
-        "id": s.get("submission_id") or job_id, "job_id": job_id, "submission_id": s.get("submission_id") or "",
-        "kind": "SUBMISSION" if s else "DRIVER", "status": status,
-        "entrypoint": s.get("entrypoint") or j.get("entrypoint") or "",
-        "start_time": start, "end_time": end, "duration": duration, "message": s.get("message") or "",
-        "driver_pid": j.get("driver_pid"),
-    }
 
 
 def _host_memory(alive: list[dict[str, Any]], infos: dict[str, dict[str, Any]]) -> dict[str, int]:

@@ -24,6 +24,8 @@ class LogFiles:
         self.max_matches = max_matches
         # worker log file -> node id, learned from node daemons while the worker lived.
         self._owner: OrderedDict[str, str] = OrderedDict()
+        # (node id, worker pid) -> its stdout file, for links from actors to their output.
+        self._by_pid: OrderedDict[tuple[str, int], str] = OrderedDict()
         self._remembered = remembered_workers
 
     def learn_owners(self, infos: dict[str, dict[str, Any]]) -> None:
@@ -32,8 +34,16 @@ class LogFiles:
                 for name in worker.get("log_files", ()):
                     self._owner[name] = node_id
                     self._owner.move_to_end(name)
-        while len(self._owner) > self._remembered:
-            self._owner.popitem(last=False)
+                if worker.get("log_files"):
+                    self._by_pid[(node_id, worker["pid"])] = worker["log_files"][0]
+                    self._by_pid.move_to_end((node_id, worker["pid"]))
+        for remembered in (self._owner, self._by_pid):
+            while len(remembered) > self._remembered:
+                remembered.popitem(last=False)
+
+    def stdout_of(self, node_id: str, pid: int | None) -> str | None:
+        """The stdout log file of the worker ``pid`` on ``node_id``, if a node daemon named it."""
+        return self._by_pid.get((node_id, pid)) if pid else None
 
     def owner_of(self, name: str, node_ids: list[str], head_id: str) -> str:
         match = _NODE_FILE.match(name)

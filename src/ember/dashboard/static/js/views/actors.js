@@ -56,6 +56,7 @@ export function renderActor(root, params) {
     const c = data.calls;
     fill(calls, 
       h("p", { class: "summary" }, Object.entries(c.counts).map(([s, n]) => `${fmtNumber(n)} ${s.toLowerCase()}`).join(", ") || "No calls yet."),
+      c.scope === "class" ? h("p", { class: "note" }, `Counts of calls to ${a.class_name} methods in this actor's job (this cluster records no per-call events).`) : null,
       table([
         { title: "Call", get: (t) => h("code", {}, shortId(t.task_id)) },
         { title: "Method", get: (t) => t.name },
