@@ -464,3 +464,52 @@ def test_malformed_env_in_a_lease_request_is_refused(ember_shared: Any) -> None:
         with pytest.raises(RemoteError):
             worker.raylet_call("prepare_runtime_env", bad)
     assert ember.get(getenv.options(runtime_env={"env_vars": {"STILL": "fine"}}).remote("STILL")) == "fine"
+
+
+def test_packages_of_finished_jobs_are_removed_from_the_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from ember._private import runtime
+    from ember._private.test_utils import wait_for_condition
+    from ember.runtime_env.package_store import package_working_dir
+
+    own_cluster_needed()
+    monkeypatch.setenv("EMBER_runtime_env_package_grace_s", "0")
+    reset_config()
+    cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={"num_cpus": 1, "object_store_memory": 100 * 1024 * 1024})
+    try:
+        folders = {}
+        for name in ("first", "second"):
+            folders[name] = tmp_path / name
+            folders[name].mkdir()
+            (folders[name] / f"{name}_mod_renv.py").write_text(f"VALUE = {name!r}\n")
+        uris = {name: package_working_dir(str(path))[0] for name, path in folders.items()}
+
+        def stored(uri: str) -> bool:
+            return runtime.core_worker().gcs_call("kv_get", {"ns": "runtime_env", "key": uri.encode()}) is not None
+
+        cluster.connect()
+        assert ember.get(import_value.options(runtime_env={"working_dir": str(folders["first"])}).remote("first_mod_renv")) == "first"
+        assert stored(uris["first"])
+        ember.shutdown()  # the first job ends: nothing uses its package any more
+        cluster.connect()
+        wait_for_condition(lambda: not stored(uris["first"]), timeout=20)
+        assert ember.get(import_value.options(runtime_env={"working_dir": str(folders["second"])}).remote("second_mod_renv")) == "second"
+        # Another job ending does not remove what a running job uses.
+        subprocess.run([sys.executable, "-c", f"import ember; ember.init(address={cluster.address!r}, _token={cluster.token!r}); ember.shutdown()"],
+                       check=True, timeout=60)
+        me = runtime.core_worker().job_id
+
+        def others_finished() -> bool:
+            jobs = runtime.core_worker().gcs_call("get_jobs", None)
+            return len(jobs) == 3 and all(j["status"] != "RUNNING" for j in jobs if j["job_id"] != me)
+
+        wait_for_condition(others_finished, timeout=20)
+        assert stored(uris["second"])
+        assert ember.get(import_value.options(runtime_env={"working_dir": str(folders["second"])}).remote("second_mod_renv")) == "second"
+    finally:
+        ember.shutdown()
+        cluster.shutdown()
+        monkeypatch.undo()
+        reset_config()

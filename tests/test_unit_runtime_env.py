@@ -251,3 +251,39 @@ def test_a_daemon_using_a_resource_does_not_block_another_building_it(tmp_path: 
         assert local_files.collect_unused(root, ttl_s=0, now=time.time() + 3600) == []
     finally:
         os.close(held)
+
+
+def test_package_collection_keeps_what_running_jobs_and_live_actors_use() -> None:
+    import enum
+    from types import SimpleNamespace
+
+    from ember.gcs import package_gc
+    from ember.gcs.storage import InMemoryStorage
+
+    class State(enum.Enum):
+        ALIVE = "ALIVE"
+        DEAD = "DEAD"
+
+    storage = InMemoryStorage()
+    now = time.time()
+
+    def store(uri: str, created: float) -> None:
+        storage.put(package_gc.PACKAGES, uri.encode(), json.dumps({"size": 2, "chunks": 2, "created": created}).encode())
+        for index in range(2):
+            storage.put(package_gc.PACKAGES, f"{uri}#{index}".encode(), b"x")
+
+    for name in ("running", "finished", "actor", "dead_actor", "fresh"):
+        store(f"gcs://_ember_pkg_{name}.zip", now - (10 if name == "fresh" else 3600))
+    storage.put(package_gc.PINS, f"{b'R'.hex()}:gcs://_ember_pkg_running.zip".encode(), b"1")
+    storage.put(package_gc.PINS, f"{b'F'.hex()}:gcs://_ember_pkg_finished.zip".encode(), b"1")
+    actors = {
+        b"a": SimpleNamespace(state=State.ALIVE, spec={"renv": ["k", {"py_modules": ["gcs://_ember_pkg_actor.zip"]}]}),
+        b"d": SimpleNamespace(state=State.DEAD, spec={"renv": ["k", {"working_dir": "gcs://_ember_pkg_dead_actor.zip"}]}),
+    }
+    gcs = SimpleNamespace(storage=storage, jobs={b"R": {"status": "RUNNING"}, b"F": {"status": "SUCCEEDED"}},
+                          actor_manager=SimpleNamespace(actors=actors))
+    deleted = package_gc.collect(gcs, now=now)  # type: ignore[arg-type]
+    assert sorted(deleted) == ["gcs://_ember_pkg_dead_actor.zip", "gcs://_ember_pkg_finished.zip"]
+    left = {k.decode() for k in storage.keys(package_gc.PACKAGES)}
+    assert "gcs://_ember_pkg_finished.zip#0" not in left and "gcs://_ember_pkg_running.zip#1" in left
+    assert [k.decode().split(":", 1)[0] for k in storage.keys(package_gc.PINS)] == [b"R".hex()]  # finished job's pin gone

@@ -95,6 +95,8 @@ class Config:
     runtime_env_unused_ttl_s: float = 600.0
     #: Seconds between checks for unused packages and virtualenvs.
     runtime_env_gc_period_s: float = 30.0
+    #: A package stored in the cluster less than this long ago is kept even if no job pins it yet.
+    runtime_env_package_grace_s: float = 600.0
     #: Build pip/uv virtualenvs with uv when it is installed (else venv + pip).
     runtime_env_use_uv: bool = True
     #: Last lines of an installer's output quoted in a RuntimeEnvSetupError.

@@ -136,7 +136,7 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         #: This process's runtime env (a worker's: the one it was started in; a driver's: its job's,
         #: set by ``init``) and the effective envs of what it submits.
         parent_env = json.loads(os.environ.get(WORKER_ENV_VAR) or "{}") if mode == WORKER else {}
-        self.renv = EnvResolver(parent_env, self.gcs_call)
+        self.renv = EnvResolver(parent_env, self.gcs_call, lambda: self.current_job_id)
 
     # ================================================================ lifecycle
     def start(self) -> None:

@@ -346,6 +346,9 @@ class GcsServer:
             self.publish("jobs", {"job_id": job_id, "status": entry["status"]})
             self.actor_manager.on_job_finished(job_id)
             self.pg_manager.on_job_finished(job_id)
+            from ember.gcs import package_gc
+
+            package_gc.collect(self)
 
     def rpc_get_jobs(self, conn: Connection, payload: Any) -> list[dict[str, Any]]:
         return list(self.jobs.values())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,8 @@ from ember.runtime_env import packaging
 from ember.runtime_env.packaging import PackageError
 
 NAMESPACE = "runtime_env"
+#: ``<job hex>:<uri>``: the job uses the package (``gcs/package_gc.py`` keeps it while the job runs).
+PINS_NAMESPACE = "runtime_env_pins"
 
 GcsCall = Callable[[str, Any], Any]
 
@@ -37,8 +40,10 @@ GcsCall = Callable[[str, Any], Any]
 class PackageStore:
     """Chunked packages in the control service's KV store."""
 
-    def __init__(self, call: GcsCall, chunk_bytes: int | None = None) -> None:
+    def __init__(self, call: GcsCall, chunk_bytes: int | None = None, job_hex: str | None = None) -> None:
         self._call = call
+        #: The job whose uploads and uses pin packages (None: no pinning, e.g. a node fetching).
+        self.job_hex = job_hex
         cfg = config()
         self.chunk_bytes = max(1024, min(chunk_bytes or cfg.runtime_env_chunk_bytes, cfg.max_frame_bytes // 2))
 
@@ -49,15 +54,21 @@ class PackageStore:
     def exists(self, uri: str) -> bool:
         return self._get(uri) is not None
 
+    def pin(self, uri: str) -> None:
+        """Keep ``uri`` stored while this store's job runs (before it is checked or used)."""
+        if self.job_hex and packaging.is_cluster_uri(uri):
+            self._call("kv_put", {"ns": PINS_NAMESPACE, "key": f"{self.job_hex}:{uri}".encode(), "value": b"1", "overwrite": True})
+
     def put(self, uri: str, data: bytes) -> None:
-        """Store ``data`` under ``uri`` unless it is there already."""
+        """Store ``data`` under ``uri`` unless it is there already (pinned first, so it cannot vanish in between)."""
+        self.pin(uri)
         if self.exists(uri):
             return
         step = self.chunk_bytes
         chunks = [data[i:i + step] for i in range(0, len(data), step)] or [b""]
         for index, chunk in enumerate(chunks):
             self._call("kv_put", {"ns": NAMESPACE, "key": f"{uri}#{index}".encode(), "value": chunk, "overwrite": True})
-        manifest = json.dumps({"size": len(data), "chunks": len(chunks)}).encode()
+        manifest = json.dumps({"size": len(data), "chunks": len(chunks), "created": time.time()}).encode()
         self._call("kv_put", {"ns": NAMESPACE, "key": uri.encode(), "value": manifest, "overwrite": True})
 
     def get(self, uri: str) -> bytes:

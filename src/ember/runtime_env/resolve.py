@@ -62,17 +62,19 @@ def job_env(init_env: Any) -> dict[str, Any]:
 class EnvResolver:
     """The parent env of one process and the effective envs of its submissions (cached)."""
 
-    def __init__(self, parent_wire: dict[str, Any], gcs_call: Callable[[str, Any], Any]) -> None:
+    def __init__(self, parent_wire: dict[str, Any], gcs_call: Callable[[str, Any], Any],
+                 job_id: Callable[[], bytes] | None = None) -> None:
         self.parent = parent_wire
         self.parent_key = env_key(parent_wire)
         self._gcs_call = gcs_call
-        self._cache: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._job_id = job_id  # the job submitting now: it pins the packages it uses
+        self._cache: dict[tuple[bytes, str], tuple[str, dict[str, Any]]] = {}
 
     def effective(self, option_env: Any) -> tuple[str, dict[str, Any]]:
         """(key, wire env) of a task or actor given ``runtime_env=option_env`` (None: inherit)."""
         if option_env is None:
             return self.parent_key, self.parent
-        spelling = json.dumps(option_env, sort_keys=True, default=repr)
+        spelling = (self._job_id() if self._job_id else b"", json.dumps(option_env, sort_keys=True, default=repr))
         hit = self._cache.get(spelling)
         if hit is None:
             merged = merge(self.parent, validate(option_env))
@@ -88,6 +90,7 @@ class EnvResolver:
         return wire
 
     def _upload(self, env: dict[str, Any]) -> dict[str, Any]:
+        """Local folders uploaded; every package the env uses pinned by the current job."""
         if "working_dir" not in env and "py_modules" not in env:
             env.pop("excludes", None)
             return env
@@ -96,4 +99,10 @@ class EnvResolver:
             upload_local_paths,
         )
 
-        return upload_local_paths(env, PackageStore(self._gcs_call))
+        job_id = self._job_id() if self._job_id else b""
+        store = PackageStore(self._gcs_call, job_hex=job_id.hex() if job_id.strip(b"\0") else None)
+        wire = upload_local_paths(env, store)
+        for uri in [wire.get("working_dir"), *(wire.get("py_modules") or [])]:
+            if uri:
+                store.pin(uri)
+        return wire
