@@ -140,7 +140,7 @@ class ActorSubmitter:
             self._fail(call, client.death_error or ActorDiedError("The actor is dead."))
             return
         client.queue.append(call)
-        self.worker.task_counts.actor_call_submitted()
+        self.worker.task_counts.changed()
         for index, arg in enumerate(call.spec["args"]):
             if arg[0] == ARG_REF:
                 call.deps_pending += 1
@@ -261,6 +261,7 @@ class ActorSubmitter:
             if call.done:
                 continue
             client.in_flight[call.spec["tid"]] = call
+            self.worker.task_counts.changed()
             call.pushed_to = client.incarnation
             # Sequence numbers let the actor run this caller's calls in order even if the
             # network reorders them; seq_base says every earlier call is finished.

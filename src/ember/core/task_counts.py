@@ -10,8 +10,9 @@ The hot path stays small: finished and failed counts change in one observer of
 the task state machine that only acts on edges into or out of a terminal state,
 and in the two places an actor call ends; running counts change where a task's
 context is set and cleared. Live states are counted when a batch is taken, by
-walking the submitter's live tasks. A change arms the metrics recorder's timer;
-the counts ride in its batches (``metrics_recorder``).
+walking the submitter's live tasks and actor calls. Every change (a live one too)
+pokes the metrics recorder, which sends the counts with its next batch
+(``metrics_recorder``): at most one message per ``metrics_report_period_s``.
 """
 
 from __future__ import annotations
@@ -63,13 +64,14 @@ class TaskCounts:
         if new in _TERMINAL:
             assert isinstance(entry, TaskEntry)
             self._add((entry.name, new.value, _is_retry(entry, new), OWNER, entry.spec["job"]), 1)
-        elif old is None:  # submitted: counted as pending in the next batch
-            self._on_change()
         elif old in _TERMINAL:  # a finished task's lost result is being reconstructed
             assert isinstance(entry, TaskEntry)
             self._add((entry.name, old.value, _is_retry(entry, old), OWNER, entry.spec["job"]), -1)
+        else:  # live states are counted when the batch is taken
+            self._on_change()
 
-    def actor_call_submitted(self) -> None:
+    def changed(self) -> None:
+        """A live state changed (an actor call queued or pushed): send the counts again."""
         self._on_change()
 
     def actor_call_ended(self, spec: dict[str, Any], failed: bool) -> None:
