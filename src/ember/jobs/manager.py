@@ -270,15 +270,13 @@ class JobManager:
                 return _driver_details(job)
         raise JobNotFoundError(job_or_submission_id)
 
-    async def get_submission(self, job_or_submission_id: str) -> tuple[str, JobInfo]:
-        """The submission id and record of a submitted job (``JobStateError`` for driver jobs)."""
+    async def submission_id_of(self, job_or_submission_id: str, action: str) -> str:
+        """The submission id of a submitted job named by either id; ``JobStateError`` for a
+        driver that was not submitted (``action`` says what cannot be done to it)."""
         details = await self.get_job(job_or_submission_id)
         if details.type is not JobType.SUBMISSION or details.submission_id is None:
-            raise JobStateError("Can only get logs of submission type jobs")
-        info = await self._store.get(details.submission_id)
-        if info is None:
-            raise JobNotFoundError(job_or_submission_id)
-        return details.submission_id, info
+            raise JobStateError(f"Can only {action} submission type jobs")
+        return details.submission_id
 
     # ------------------------------------------------------------------ logs
     def _local_log_path(self, submission_id: str) -> str:

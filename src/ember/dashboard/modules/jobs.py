@@ -120,25 +120,25 @@ async def get_job(request: web.Request) -> web.Response:
 
 async def stop_job(request: web.Request) -> web.Response:
     manager = request.app[_MANAGER]
-    submission_id, _ = await manager.get_submission(request.match_info["job_id"])
+    submission_id = await manager.submission_id_of(request.match_info["job_id"], "stop")
     return _json({"stopped": await manager.stop_job(submission_id)})
 
 
 async def delete_job(request: web.Request) -> web.Response:
     manager = request.app[_MANAGER]
-    submission_id, _ = await manager.get_submission(request.match_info["job_id"])
+    submission_id = await manager.submission_id_of(request.match_info["job_id"], "delete")
     return _json({"deleted": await manager.delete_job(submission_id)})
 
 
 async def get_job_logs(request: web.Request) -> web.Response:
     manager = request.app[_MANAGER]
-    submission_id, _ = await manager.get_submission(request.match_info["job_id"])
+    submission_id = await manager.submission_id_of(request.match_info["job_id"], "get logs of")
     return _json({"logs": await manager.get_logs(submission_id)})
 
 
 async def tail_job_logs(request: web.Request) -> web.StreamResponse:
     manager = request.app[_MANAGER]
-    submission_id, _ = await manager.get_submission(request.match_info["job_id"])
+    submission_id = await manager.submission_id_of(request.match_info["job_id"], "get logs of")
     ws = web.WebSocketResponse()
     await ws.prepare(request)
 
