@@ -199,7 +199,7 @@ class JobSubmissionClient:
         import aiohttp
 
         url = self._address.replace("http", "ws", 1) + f"/api/jobs/{_quote(job_id)}/logs/tail"
-        ssl: Any = None if self._verify is not False else False
+        ssl: Any = self._verify is not False  # True: verify certificates (the default)
         try:
             async with aiohttp.ClientSession(headers=self._headers) as session:
                 async with session.ws_connect(url, ssl=ssl, timeout=aiohttp.ClientWSTimeout(ws_close=10)) as ws:
