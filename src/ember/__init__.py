@@ -53,6 +53,14 @@ def _make_remote(target: Any, options: dict[str, Any]) -> Any:
         return ActorClass(target, validate_actor_options(options))
     if not callable(target):
         raise TypeError(f"@remote expects a function or a class, got {type(target).__name__}.")
+    import inspect
+
+    if inspect.iscoroutinefunction(target):
+        raise ValueError(
+            "'async def' should not be used for remote tasks. You can wrap the async function "
+            f"with `asyncio.run({getattr(target, '__name__', 'f')}())`, or make it a method of an "
+            "async actor."
+        )
     return RemoteFunction(target, options)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from ember._private import runtime
@@ -84,11 +84,35 @@ class ObjectRef:
         """A ``concurrent.futures.Future`` that resolves to the value."""
         return runtime.core_worker().get_future(self)
 
+    def _on_completed(self, py_callback: Callable[[Any], None]) -> None:
+        """Call ``py_callback(value)`` once the value is ready (the error object if the task
+        failed), on a callback thread (so the callback may itself call ``get``)."""
+        future = self.future()
+
+        def done(f: concurrent.futures.Future[Any]) -> None:
+            exc = f.exception()
+            _callback_thread().submit(py_callback, exc if exc is not None else f.result())
+
+        future.add_done_callback(done)
+
     def as_future(self) -> asyncio.Future[Any]:
         return asyncio.wrap_future(self.future())
 
     def __await__(self) -> Generator[Any, None, Any]:
         return asyncio.wrap_future(self.future()).__await__()
+
+
+_callbacks: concurrent.futures.ThreadPoolExecutor | None = None
+_callbacks_lock = threading.Lock()
+
+
+def _callback_thread() -> concurrent.futures.ThreadPoolExecutor:
+    """The thread that runs ``_on_completed`` callbacks (made at the first use)."""
+    global _callbacks
+    with _callbacks_lock:
+        if _callbacks is None:
+            _callbacks = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ember-ref-callbacks")
+        return _callbacks
 
 
 def _rebuild_ref(object_id: bytes, owner: Any) -> ObjectRef:

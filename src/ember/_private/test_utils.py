@@ -13,6 +13,22 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+#: Ray's test helpers that need the public API live one layer up, in ``ember._common.test_utils``;
+#: ``ember._private.test_utils`` gives them too, as Ray's path does.
+_FROM_COMMON = {
+    "BatchQueue", "DEFAULT_DRIVER_TIMEOUT_SECONDS", "Semaphore", "SignalActor", "kill_actor_and_wait_for_failure",
+    "placement_group_assert_no_leak", "run_string_as_driver", "run_string_as_driver_nonblocking",
+    "wait_for_pid_to_exit",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_COMMON:
+        from ember._common import test_utils
+
+        return getattr(test_utils, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 def wait_for_condition(
     condition_predictor: Callable[..., Any],

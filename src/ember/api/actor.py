@@ -38,7 +38,8 @@ def _worker() -> Any:
 
 def _class_meta(cls: type) -> dict[str, Any]:
     methods: dict[str, dict[str, Any]] = {}
-    is_async = False
+    # An ``async def __init__`` makes the actor async: its constructor runs on the actor's event loop.
+    is_async = inspect.iscoroutinefunction(getattr(cls, "__init__", None))
     for name, member in inspect.getmembers(cls):
         if not callable(member) or (name.startswith("__") and name != "__call__"):
             continue
@@ -95,6 +96,7 @@ class ActorClass:
         actor_id = ids.random_unique_id()
         wire_args, kw_names, arg_ids = worker.encode_args(args, kwargs, f"{self.__name__}.__init__")
         place, hold = actor_resources(options)
+        requested = dict(hold)
         strategy, pg_group = resolve_strategy(options, worker.captured_placement_group, [place, hold], f"actor {self.__name__}")
         pg_id = strategy["pg_id"] if isinstance(strategy, dict) and strategy.get("type") == "placement_group" else None
         place, _ = apply_placement_group(place, strategy)
@@ -118,7 +120,7 @@ class ActorClass:
             "owner": worker.address,
             "name": options.get("name"),
             "namespace": namespace,
-            "detached": options.get("lifetime") == "detached",
+            "detached": (options.get("lifetime") or worker.default_actor_lifetime) == "detached",
             "get_if_exists": bool(options.get("get_if_exists")),
             "max_restarts": options["max_restarts"],
             "max_task_retries": options["max_task_retries"],
@@ -128,6 +130,7 @@ class ActorClass:
             "is_async": meta["is_async"],
             "place": place,
             "hold": hold,
+            "res": requested,
             "meta": meta,
             "node_id": worker.node_id,
             "strategy": strategy,

@@ -118,6 +118,17 @@ def init(
     unknown = set(kwargs) - allowed_ignored
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    from ember.api.job_config import JobConfig, validate_namespace
+
+    job_config = kwargs.get("job_config")
+    if job_config is not None and not isinstance(job_config, JobConfig):
+        raise TypeError(f"job_config= must be an ember.job_config.JobConfig, got {type(job_config).__name__}")
+    if namespace is not None:
+        validate_namespace(namespace)
+    elif job_config is not None:
+        namespace = job_config.ray_namespace
+    if runtime_env is None and job_config is not None and job_config.runtime_env:
+        runtime_env = job_config.runtime_env
     with _lock:
         if runtime.core_worker_or_none() is not None:
             if ignore_reinit_error:
@@ -159,6 +170,9 @@ def init(
             node_ip=node_ip, namespace=namespace, log_to_driver=log_to_driver,
             job_config={"sys_path": _driver_sys_path(), "runtime_env": {}},
         )
+        if job_config is not None:
+            worker.default_actor_lifetime = job_config.default_actor_lifetime
+            worker.job_config["metadata"] = dict(job_config.metadata)
         try:
             worker.start()
             if job_runtime_env:

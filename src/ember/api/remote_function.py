@@ -86,9 +86,9 @@ class RemoteFunction:
         num_returns = options["num_returns"]
         return_ids = [ids.return_object_id(task_id, i + 1) for i in range(num_returns)]
         wire_args, kw_names, arg_ids = worker.encode_args(args, kwargs, name)
-        resources = task_resources(options)
-        strategy, pg_group = resolve_strategy(options, worker.captured_placement_group, [resources], f"task {name}")
-        resources, strategy = apply_placement_group(resources, strategy)
+        requested = task_resources(options)
+        strategy, pg_group = resolve_strategy(options, worker.captured_placement_group, [requested], f"task {name}")
+        resources, strategy = apply_placement_group(requested, strategy)
         env_key, env = worker.renv.effective(options.get("runtime_env"))
         address = worker.address
         spec = {
@@ -101,6 +101,7 @@ class RemoteFunction:
             "nret": num_returns,
             "rids": return_ids,
             "owner": address,
+            "res": requested,
         }
         if pg_group is not None:
             spec["pg_group"] = pg_group  # [id, capture]: get_current_placement_group() and its children's group

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ember._private.background import BackgroundTasks
+from ember._private.object_ref import ObjectRef
 from ember.core import metrics_recorder
 from ember.core.task_executor import ActorExit, Item
 
@@ -59,11 +60,19 @@ class ActorRuntime:
             cls = worker.function_manager.load(spec["fid"], spec["job"])
             worker.actor_id = spec["actor_id"]
             worker.actor_placement_group = spec.get("pg_group")
+            worker.actor_spec = spec
+            worker.assigned_resources = spec.get("res") or {}
             worker.set_gpu_ids(spec.get("gpus"))
             worker.set_task_context({**call_spec, "tid": _creation_task_id(spec)})
             self.executor.mark(spec["job"].hex(), spec["class_name"])
             args, kwargs = self.executor.decode_args(spec)
-            self.instance = cls(*args, **kwargs)
+            if inspect.iscoroutinefunction(getattr(cls, "__init__", None)):
+                # ``async def __init__``: the constructor awaits on the actor's own event loop.
+                instance = cls.__new__(cls)
+                self._event_loop().run_until_complete(instance.__init__(*args, **kwargs))
+                self.instance = instance
+            else:
+                self.instance = cls(*args, **kwargs)
         except ActorExit:
             return {"s": "err", "e": self.executor.error_reply(name, RuntimeError("exit_actor() was called in __init__"))["e"]}
         except Exception as exc:
@@ -100,16 +109,21 @@ class ActorRuntime:
             self._drain(take_queued)
             threading.Event().wait()  # the pools do the work from here on
         else:
-            from ember.rpc.loop_thread import new_event_loop
-
-            loop = new_event_loop()
-            asyncio.set_event_loop(loop)
-            self.loop = loop
+            loop = self._event_loop()
             self._semaphores = {group: asyncio.Semaphore(size) for group, size in self._group_sizes.items()}
             self._drain(take_queued)
             self.accepts_direct_calls = True
             loop.call_soon(self._drain, take_queued)
             loop.run_forever()
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        """The async actor's event loop, in the main thread (made at the first need)."""
+        if self.loop is None:
+            from ember.rpc.loop_thread import new_event_loop
+
+            self.loop = new_event_loop()
+            asyncio.set_event_loop(self.loop)
+        return self.loop
 
     def _drain(self, take_queued: Callable[[bool], Item | None]) -> None:
         while True:
@@ -160,7 +174,7 @@ class ActorRuntime:
             method = self._method(spec)
             args, kwargs = self.executor.decode_args(spec)
             result = method(*args, **kwargs)
-            if inspect.isawaitable(result):
+            if inspect.isawaitable(result) and not isinstance(result, ObjectRef):
                 raise TypeError(f"{spec['name']} returned an awaitable in a synchronous actor")
             return self.executor.encode_result(spec, result)
         except ActorExit:
@@ -180,7 +194,7 @@ class ActorRuntime:
                 method = self._method(spec)
                 args, kwargs = self.executor.decode_args(spec)
                 result = method(*args, **kwargs)
-                if inspect.isawaitable(result):
+                if inspect.isawaitable(result) and not isinstance(result, ObjectRef):
                     result = await result
                 reply = self.executor.encode_result(spec, result)
             except ActorExit:

@@ -74,6 +74,8 @@ class TaskExecutor:
         self._seen: dict[bytes, tuple[int, asyncio.Future[Any]]] = {}
         self._expected_seq: dict[bytes, int] = {}
         self._held_calls: dict[bytes, dict[int, tuple[dict[str, Any], asyncio.Future[Any]]]] = {}
+        #: Tasks ``ember.cancel`` was called on while they ran (for ``RuntimeContext.is_canceled``).
+        self._cancelled: dict[bytes, None] = {}
 
     # ================================================================ I/O loop side
     def push(self, kind: int, spec: dict[str, Any]) -> asyncio.Future[Any]:
@@ -117,7 +119,13 @@ class TaskExecutor:
         self._expected_seq[caller] = expected
         return ready
 
+    def was_cancelled(self, task_id: bytes) -> bool:
+        return task_id in self._cancelled
+
     def cancel(self, task_id: bytes) -> None:
+        self._cancelled[task_id] = None
+        if len(self._cancelled) > 1000:
+            self._cancelled.pop(next(iter(self._cancelled)))
         with self._cond:
             for item in list(self._queue):
                 if item[1]["tid"] == task_id:
@@ -233,6 +241,7 @@ class TaskExecutor:
             fn = worker.function_manager.load(spec["fid"], spec["job"])
             worker.set_gpu_ids(spec.get("gpus"))
             worker.set_task_context(spec)
+            worker.assigned_resources = spec.get("res") or {}
             self.mark(spec["job"].hex(), name)
             args, kwargs = self.decode_args(spec)
             result = fn(*args, **kwargs)

@@ -105,6 +105,12 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         self.actor_id: bytes | None = None
         #: [placement group id, capture children] of this actor, or None.
         self.actor_placement_group: list[Any] | None = None
+        #: The creation spec of the actor this worker hosts (set when its constructor starts).
+        self.actor_spec: dict[str, Any] | None = None
+        #: Lifetime of actors created without ``lifetime=`` (``JobConfig.default_actor_lifetime``).
+        self.default_actor_lifetime = "non_detached"
+        #: What the running task or the hosted actor holds (names as requested), for the runtime context.
+        self.assigned_resources: dict[str, float] = {}
         self.gpu_ids: list[int] = []
         self._auto_destroy_actors: set[bytes] = set()
         #: [control-service instance, sequence number] of the last log record printed here.

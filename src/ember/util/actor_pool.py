@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Union
 
 import ember
 from ember._private.object_ref import ObjectRef
+
+_Key = Union[ObjectRef, tuple[ObjectRef, ...]]
+
+
+def _refs_of(key: _Key) -> list[ObjectRef]:
+    return list(key) if isinstance(key, tuple) else [key]
+
+
+def _value_of(key: _Key) -> Any:
+    return ember.get(list(key)) if isinstance(key, tuple) else ember.get(key)
 
 
 class ActorPool:
     """Hands values to whichever actor is free, and collects results in order or as they finish.
 
     ``fn(actor, value)`` must submit one call and return its ObjectRef, e.g.
-    ``lambda a, v: a.double.remote(v)``.
+    ``lambda a, v: a.double.remote(v)``, or its list of ObjectRefs (a method with
+    ``num_returns`` > 1); the result is then the list of values.
     """
 
     def __init__(self, actors: Iterable[Any]) -> None:
         self._idle: list[Any] = list(actors)
-        self._busy: dict[ObjectRef, tuple[int, Any]] = {}
-        self._by_index: dict[int, ObjectRef] = {}
+        #: Pending results by key (a ref, or a tuple of refs for a call with several returns).
+        self._busy: dict[_Key, tuple[int, Any]] = {}
+        self._by_index: dict[int, _Key] = {}
         self._next_submit = 0
         self._next_return = 0
         self._waiting: list[tuple[Callable[[Any, Any], ObjectRef], Any]] = []
@@ -31,12 +44,18 @@ class ActorPool:
             self._waiting.append((fn, value))
             return
         actor = self._idle.pop()
-        ref = fn(actor, value)
-        if not isinstance(ref, ObjectRef):
+        result = fn(actor, value)
+        if isinstance(result, ObjectRef):
+            key: _Key = result
+        elif isinstance(result, list) and result and all(isinstance(r, ObjectRef) for r in result):
+            key = tuple(result)
+        else:
             self._idle.append(actor)
-            raise TypeError(f"the function given to ActorPool must return an ObjectRef, got {type(ref).__name__}")
-        self._busy[ref] = (self._next_submit, actor)
-        self._by_index[self._next_submit] = ref
+            raise TypeError(
+                f"the function given to ActorPool must return an ObjectRef or a list of them, got {type(result).__name__}"
+            )
+        self._busy[key] = (self._next_submit, actor)
+        self._by_index[self._next_submit] = key
         self._next_submit += 1
 
     def map(self, fn: Callable[[Any, Any], ObjectRef], values: Iterable[Any]) -> Iterator[Any]:
@@ -78,33 +97,49 @@ class ActorPool:
             raise StopIteration("No more results to get")
         while self._next_return not in self._by_index:
             self._next_return += 1  # taken out of order by get_next_unordered
-        ref = self._by_index[self._next_return]
-        ready, _ = ember.wait([ref], timeout=timeout)
-        if not ready:
+        key = self._by_index[self._next_return]
+        refs = _refs_of(key)
+        ready, _ = ember.wait(refs, num_returns=len(refs), timeout=timeout)
+        if len(ready) < len(refs):
             if ignore_if_timedout:
                 self._next_return += 1
-                self._forget(ref)
+                self._forget(key)
                 return None
             raise TimeoutError("Timed out waiting for result")
         self._next_return += 1
-        self._forget(ref)
-        return ember.get(ref)
+        self._forget(key)
+        return _value_of(key)
 
     def get_next_unordered(self, timeout: float | None = None, ignore_if_timedout: bool = False) -> Any:
         """Whichever result is ready first."""
         if not self.has_next():
             raise StopIteration("No more results to get")
-        ready, _ = ember.wait(list(self._busy), num_returns=1, timeout=timeout)
-        if not ready:
+        key = self._first_ready(timeout)
+        if key is None:
             if ignore_if_timedout:
                 return None
             raise TimeoutError("Timed out waiting for result")
-        ref = ready[0]
-        self._forget(ref)
-        return ember.get(ref)
+        self._forget(key)
+        return _value_of(key)
 
-    def _forget(self, ref: ObjectRef) -> None:
-        index, actor = self._busy.pop(ref)
+    def _first_ready(self, timeout: float | None) -> _Key | None:
+        """The first pending result whose refs are all ready, waiting up to ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            pending = [ref for key in self._busy for ref in _refs_of(key)]
+            done, _ = ember.wait(pending, num_returns=len(pending), timeout=0)
+            done_set = set(done)
+            for key in self._busy:
+                if all(ref in done_set for ref in _refs_of(key)):
+                    return key
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            # Wait for one more ref to finish, then look again.
+            ember.wait([r for r in pending if r not in done_set], num_returns=1, timeout=remaining)
+
+    def _forget(self, key: _Key) -> None:
+        index, actor = self._busy.pop(key)
         self._by_index.pop(index, None)
         self._return_actor(actor)
 

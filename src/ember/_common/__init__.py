@@ -1,0 +1,1 @@
+"""Ray's ``ray._common`` paths that test suites import (``ember._common.test_utils``)."""
