@@ -255,7 +255,8 @@ def test_a_sync_actor_method_may_return_an_object_ref(ember_shared):
         async def make(self, value):
             return ember.put(value)
 
-    inner = ember.get(AsyncMaker.remote().make.remote("async"))
+    async_maker = AsyncMaker.remote()  # the actor owns the value: keep it alive while reading it
+    inner = ember.get(async_maker.make.remote("async"))
     assert isinstance(inner, ember.ObjectRef) and ember.get(inner) == "async"
 
 
