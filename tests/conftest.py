@@ -215,6 +215,8 @@ def _init(**kwargs: Any) -> Any:
         pytest.fail("ember is already initialized", pytrace=False)
     kwargs.setdefault("num_cpus", 2)
     kwargs.setdefault("object_store_memory", STORE_BYTES)
+    # The HTTP server costs each cluster a process start: only the tests that use it ask for it.
+    kwargs.setdefault("include_dashboard", False)
     return ember.init(**kwargs)
 
 

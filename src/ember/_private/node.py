@@ -98,11 +98,35 @@ class NodeProcesses:
     raylet_address: str = ""
     store_dir: str = ""
     node_id: bytes = b""
+    #: ``host:port`` of the head's HTTP server ("" when none was started).
+    dashboard_url: str = ""
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    #: The HTTP server's bound socket and start arguments while its start is deferred.
+    _dashboard_pending: tuple[socket.socket, list[str], dict[str, str], bool] | None = None
+
+    def start_deferred_dashboard(self) -> None:
+        """Start the HTTP server whose start ``start_head(defer_dashboard=True)`` put off."""
+        if self._dashboard_pending is None:
+            return
+        sock, common, env, detach = self._dashboard_pending
+        self._dashboard_pending = None
+        try:
+            proc = spawn(
+                [*common, "--listen-fd", str(sock.fileno())],
+                log_path=os.path.join(self.session_dir, "logs", "dashboard.log"),
+                env=env, pass_fds=[sock.fileno()], detach=detach,
+            )
+        finally:
+            sock.close()
+        self.procs.append(("dashboard", proc))
+        session.write_pid_file(self.session_dir, "dashboard", proc.pid)
 
     def stop(self) -> None:
         """End the node daemon first (it ends its workers), then the control service."""
         timeout = config().process_stop_timeout_s
+        if self._dashboard_pending is not None:
+            self._dashboard_pending[0].close()
+            self._dashboard_pending = None
         if any(name == "gcs" for name, _proc in self.procs):
             session.unregister_cluster(self.session_dir)
         for _name, proc in sorted(self.procs, key=lambda p: p[0] != "raylet"):
@@ -119,6 +143,7 @@ class NodeProcesses:
             "node_ip": self.node_ip,
             "node_id": self.node_id.hex(),
             "store_dir": self.store_dir,
+            "webui_url": self.dashboard_url or None,
         }
 
 
@@ -136,6 +161,10 @@ def start_head(
     storage: str | None = None,
     metrics_export_port: int = 0,
     link_latest: bool = True,
+    include_dashboard: bool = False,
+    dashboard_host: str = "127.0.0.1",
+    dashboard_port: int = 8265,
+    defer_dashboard: bool = False,
 ) -> NodeProcesses:
     """Start a control service and one node daemon in a new session.
 
@@ -144,7 +173,11 @@ def start_head(
     restarted control service resumes the cluster. ``session_latest`` points at
     the new session once its daemons are started (``link_latest=False``: the
     caller links it when it has seen them come up). A start that fails before
-    any daemon runs removes the session folder.
+    any daemon runs removes the session folder. ``include_dashboard`` also starts the
+    head's HTTP server on ``dashboard_host:dashboard_port`` (or the next free port);
+    ``defer_dashboard`` only binds its socket, and ``nodes.start_deferred_dashboard()``
+    starts it (``init`` does so once the driver is connected, so that the server's start-up
+    does not compete with the cluster's).
     """
     session_dir = session.create_session_dir()
     try:
@@ -152,7 +185,8 @@ def start_head(
             session_dir, node_ip=node_ip, port=port, num_cpus=num_cpus, num_gpus=num_gpus,
             resources=resources, object_store_memory=object_store_memory, detach=detach,
             parent_pid=parent_pid, extra_env=extra_env, storage=storage,
-            metrics_export_port=metrics_export_port,
+            metrics_export_port=metrics_export_port, include_dashboard=include_dashboard,
+            dashboard_host=dashboard_host, dashboard_port=dashboard_port, defer_dashboard=defer_dashboard,
         )
     except BaseException:
         session.discard_session_dir(session_dir)
@@ -176,6 +210,10 @@ def _start_head_in(
     extra_env: dict[str, str] | None,
     storage: str | None,
     metrics_export_port: int,
+    include_dashboard: bool,
+    dashboard_host: str,
+    dashboard_port: int,
+    defer_dashboard: bool,
 ) -> NodeProcesses:
     if storage is None:
         storage = f"sqlite:///{os.path.join(session_dir, 'gcs.sqlite')}" if detach else "memory://"
@@ -207,6 +245,10 @@ def _start_head_in(
             object_store_memory=object_store_memory, detach=detach, env=env, is_head=True,
             metrics_export_port=metrics_export_port,
         )
+        if include_dashboard:
+            start_dashboard(nodes, dashboard_host, dashboard_port, detach=detach, env=env)
+            if not defer_dashboard:
+                nodes.start_deferred_dashboard()
     except BaseException:
         nodes.stop()
         raise
@@ -265,3 +307,64 @@ def start_raylet(
     finally:
         sock.close()
         metrics_sock.close()
+
+
+#: How many ports after a taken dashboard port are tried (Ray moves to a free port too).
+DASHBOARD_PORT_TRIES = 100
+
+
+def bind_free_port(host: str, port: int, tries: int = DASHBOARD_PORT_TRIES) -> socket.socket:
+    """Bind ``port``, or the next free one above it (``port=0``: any free port)."""
+    last: OSError | None = None
+    for candidate in [0] if port == 0 else range(port, min(port + tries, 65536)):
+        try:
+            return bind_listener(host, candidate)
+        except OSError as exc:
+            last = exc
+    raise OSError(f"no free port for the dashboard on {host} from {port} to {port + tries - 1}: {last}")
+
+
+def start_dashboard(
+    nodes: NodeProcesses, host: str, port: int, *, detach: bool = False, env: dict[str, str] | None = None,
+) -> None:
+    """Bind the head's HTTP server's socket and prepare its start (``nodes.start_deferred_dashboard``).
+
+    The server (``python -m ember.dashboard``) runs in a process of its own. Its socket is
+    bound here, so ``nodes.dashboard_url`` is right before it runs and early requests wait in
+    the socket's backlog; ``dashboard_restart_args.json`` is how a restarted control service
+    brings it back.
+    """
+    sock = bind_free_port(host, port)
+    bound = sock.getsockname()[1]
+    nodes.dashboard_url = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+    common = ["-m", "ember.dashboard", "--session-dir", nodes.session_dir, "--gcs-address", nodes.gcs_address,
+              "--host", host]
+    try:
+        with open(os.path.join(nodes.session_dir, "dashboard_restart_args.json"), "w") as f:
+            json.dump([*common, "--port", str(bound)], f)
+        session.write_dashboard_url(nodes.session_dir, nodes.dashboard_url)
+    except BaseException:
+        sock.close()
+        raise
+    nodes._dashboard_pending = (sock, common, dict(env or {}), detach)
+
+
+def restart_dashboard_if_gone(session_dir: str) -> int | None:
+    """Start the head's HTTP server again if it was started once and is not running; its pid.
+
+    Called by a restarted control service ("the HTTP server restarts with the head").
+    """
+    from ember._private.processes import pid_alive
+
+    path = os.path.join(session_dir, "dashboard_restart_args.json")
+    try:
+        with open(path) as f:
+            args = json.load(f)
+    except (OSError, ValueError):
+        return None
+    pid = session.read_pid_files(session_dir).get("dashboard")
+    if pid is not None and pid_alive(pid):
+        return None
+    proc = spawn(args, log_path=os.path.join(session_dir, "logs", "dashboard.log"), detach=True)
+    session.write_pid_file(session_dir, "dashboard", proc.pid)
+    return proc.pid

@@ -6,6 +6,7 @@ A session is one cluster's life on this machine::
         token            the cluster token (mode 0600)
         logs/            one log file per process
         pids/            one file per daemon started for this session
+        dashboard.json   {"url": "host:port"} of the head's HTTP server
     /tmp/ember/session_latest -> the newest session
     /tmp/ember/ember_current_cluster   JSON: address of the head started by `ember start`
     /tmp/ember/clusters/<host>_<port>  JSON: the session of every head this user started
@@ -132,6 +133,26 @@ def read_pid_files(session_dir: str) -> dict[str, int]:
         except (OSError, ValueError):
             continue
     return pids
+
+
+def write_dashboard_url(session_dir: str, url: str) -> None:
+    """Record the head's HTTP server address (``host:port``) in ``dashboard.json``."""
+    path = os.path.join(session_dir, "dashboard.json")
+    tmp = f"{path}.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump({"url": url}, f)
+    os.replace(tmp, path)
+
+
+def read_dashboard_url(session_dir: str) -> str | None:
+    """The head's HTTP server address recorded in ``session_dir``, or None."""
+    try:
+        with open(os.path.join(session_dir, "dashboard.json")) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    url = data.get("url") if isinstance(data, dict) else None
+    return url if isinstance(url, str) and url else None
 
 
 def shm_root() -> str:

@@ -91,6 +91,8 @@ def init(
     ignore_reinit_error: bool = False,
     log_to_driver: bool = True,
     include_dashboard: bool | None = None,
+    dashboard_host: str = "127.0.0.1",
+    dashboard_port: int | None = None,
     runtime_env: dict[str, Any] | None = None,
     logging_level: int | str = logging.INFO,
     _node_ip_address: str | None = None,
@@ -112,9 +114,13 @@ def init(
         runtime_env: the job's runtime environment, the default of every task and actor
             it starts (merged with a submitted job's, ``EMBER_JOB_RUNTIME_ENV``). Local
             ``working_dir`` / ``py_modules`` folders are uploaded now.
+        include_dashboard: start the head's HTTP server with a local cluster (default: when
+            aiohttp is installed); its address is ``.dashboard_url`` of the result.
+        dashboard_host, dashboard_port: where it listens (default 127.0.0.1:8265, or the
+            next free port).
     """
     global _local_nodes, _atexit_registered
-    allowed_ignored = {"dashboard_host", "dashboard_port", "configure_logging", "log_style", "_temp_dir", "_system_config", "local_mode", "job_config", "_enable_object_reconstruction", "_plasma_directory", "storage", "_memory"}
+    allowed_ignored = {"configure_logging", "log_style", "_temp_dir", "_system_config", "local_mode", "job_config", "_enable_object_reconstruction", "_plasma_directory", "storage", "_memory"}
     unknown = set(kwargs) - allowed_ignored
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
@@ -154,6 +160,9 @@ def init(
                 node_ip=node_ip, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                 object_store_memory=object_store_memory, parent_pid=os.getpid(),
                 metrics_export_port=_metrics_export_port or 0,
+                include_dashboard=_want_dashboard(include_dashboard), dashboard_host=dashboard_host,
+                dashboard_port=8265 if dashboard_port is None else int(dashboard_port),
+                defer_dashboard=True,
             )
             _local_nodes = nodes
             token = nodes.token
@@ -186,10 +195,24 @@ def init(
             raise
         runtime.set_core_worker(worker)
         metrics_recorder.kick_if_used()
+        if _local_nodes is not None:
+            _local_nodes.start_deferred_dashboard()
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
-        return RayContext(_context_info())
+        info = _context_info()
+        if _local_nodes is not None and info["webui_url"]:
+            print(f"Started a local Ember cluster. View the dashboard at http://{info['webui_url']}", file=sys.stderr)
+        return RayContext(info)
+
+
+def _want_dashboard(include_dashboard: bool | None) -> bool:
+    """Start the HTTP server? ``None``: when its dependency (aiohttp) is installed, as in Ray."""
+    if include_dashboard is not None:
+        return bool(include_dashboard)
+    import importlib.util
+
+    return importlib.util.find_spec("aiohttp") is not None
 
 
 def _set_job_runtime_env(worker: CoreWorker, env: dict[str, Any]) -> None:
@@ -277,6 +300,20 @@ def _join_existing(gcs_address: str, token: str | None) -> tuple[str, str]:
     return token, f"{chosen['NodeManagerAddress']}:{chosen['NodeManagerPort']}"
 
 
+def _dashboard_url(worker: CoreWorker) -> str | None:
+    """``host:port`` of the cluster's HTTP server: ours, else the control service's record."""
+    if _local_nodes is not None:
+        return _local_nodes.dashboard_url or None
+    from ember.exceptions import RaySystemError
+
+    try:
+        url = worker.gcs_call("cluster_info", None).get("dashboard_url")
+    except RaySystemError as exc:  # an unreachable control service: no URL, not a failed init
+        logger.debug("cannot read the dashboard address: %s", exc)
+        return None
+    return str(url) if url else None
+
+
 def _context_info() -> dict[str, Any]:
     worker = runtime.core_worker()
     return {
@@ -286,7 +323,7 @@ def _context_info() -> dict[str, Any]:
         "gcs_address": worker.gcs_address,
         "session_dir": worker.session_dir,
         "node_id": worker.node_id.hex(),
-        "webui_url": None,
+        "webui_url": _dashboard_url(worker),
         "job_id": worker.job_id.hex(),
     }
 

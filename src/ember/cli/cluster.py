@@ -55,9 +55,15 @@ def _save_started(entries: list[dict[str, Any]]) -> None:
 @click.option("--storage", default=None, help="Control service storage: sqlite:///path (default: in the session folder), redis://host:port or memory://.")
 @click.option("--metrics-export-port", type=click.IntRange(0, 65535), default=0,
               help="Port this node serves Prometheus metrics on (default: a free port, shown by ember.nodes()).")
+@click.option("--include-dashboard/--no-include-dashboard", default=True, show_default=True,
+              help="Start the head's HTTP server (dashboard and REST API).")
+@click.option("--dashboard-host", default="127.0.0.1", show_default=True, help="Address the HTTP server listens on.")
+@click.option("--dashboard-port", default=8265, show_default=True, type=int,
+              help="HTTP server port (the next free one if taken).")
 def start(head: bool, address: str | None, port: int, num_cpus: float | None, num_gpus: float | None,
           resources: str | None, object_store_memory: int | None, node_ip_address: str, token: str | None,
-          storage: str | None, metrics_export_port: int) -> None:
+          storage: str | None, metrics_export_port: int, include_dashboard: bool, dashboard_host: str,
+          dashboard_port: int) -> None:
     """Start Ember daemons on this machine."""
     from ember._private import node
     from ember.rpc.sync_client import wait_for_nodes
@@ -77,6 +83,7 @@ def start(head: bool, address: str | None, port: int, num_cpus: float | None, nu
                 resources=custom, object_store_memory=object_store_memory, detach=True, storage=storage,
                 metrics_export_port=metrics_export_port,
                 link_latest=False,
+                include_dashboard=include_dashboard, dashboard_host=dashboard_host, dashboard_port=dashboard_port,
             )
             try:
                 wait_for_nodes(nodes.gcs_address, nodes.token, 1)
@@ -130,6 +137,8 @@ def start(head: bool, address: str | None, port: int, num_cpus: float | None, nu
             f"  Stop:              ember stop\n"
             f"  Logs:              {nodes.session_dir}/logs"
         )
+        if nodes.dashboard_url:
+            click.echo(f"View the dashboard at http://{nodes.dashboard_url}")
     else:
         click.echo(f"Ember node started and joined {address}. Stop it with `ember stop`.")
 

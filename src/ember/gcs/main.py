@@ -40,6 +40,14 @@ def main(argv: list[str] | None = None) -> None:
             sock = socket.socket(fileno=args.listen_fd)
         server = await start_server(gcs, token, args.host, args.port, sock=sock, info={"role": "gcs"})
         gcs.start()
+        if args.listen_fd < 0:
+            # Started again from gcs_restart_args.json (a head restart): bring back the
+            # head's HTTP server too if it is gone.
+            from ember._private.node import restart_dashboard_if_gone
+
+            pid = restart_dashboard_if_gone(args.session_dir)
+            if pid is not None:
+                logger.info("restarted the HTTP server (pid %d)", pid)
         logger.info("control service listening on %s", server.sockets[0].getsockname())
         await stop.wait()
         server.close()

@@ -430,7 +430,11 @@ class GcsServer:
 
     # --------------------------------------------------------------- status
     def rpc_cluster_info(self, conn: Connection, payload: Any) -> dict[str, Any]:
-        return {"cluster_id": self.cluster_id, "session_dir": self.session_dir, "pid": os.getpid()}
+        url = self.storage.get("kv:dashboard", b"dashboard_url")
+        return {
+            "cluster_id": self.cluster_id, "session_dir": self.session_dir, "pid": os.getpid(),
+            "dashboard_url": url.decode() if url else None,
+        }
 
     def rpc_ping(self, conn: Connection, payload: Any) -> str:
         return "pong"

@@ -1,0 +1,3 @@
+from ember.dashboard.main import main
+
+main()

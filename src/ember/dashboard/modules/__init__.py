@@ -1,0 +1,1 @@
+"""Route modules of the head's HTTP server; ``ember.dashboard.server.MODULES`` lists them."""
