@@ -36,8 +36,9 @@ class Head:
         self.tmp = tmp
         self.env = cli_env(tmp)
         self.port = free_port()
+        # --no-include-dashboard: this test's JobManager is the cluster's only job server.
         started = ember_cli(["start", "--head", "--port", str(self.port), "--num-cpus", "2",
-                             "--object-store-memory", str(128 * 1024 * 1024)], self.env)
+                             "--object-store-memory", str(128 * 1024 * 1024), "--no-include-dashboard"], self.env)
         assert started.returncode == 0, started.stdout + started.stderr
         (self.session_dir,) = session_dirs(tmp)
         self.address = f"127.0.0.1:{self.port}"

@@ -10,7 +10,7 @@ import socket
 
 from ember._private import session
 from ember._private.config import config
-from ember._private.daemon import run_daemon, setup_logging
+from ember.rpc.daemon import run_daemon, setup_logging
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import os
 from typing import Any
 
 from aiohttp import web
-from ember.dashboard.context import DashboardContext
-from ember.dashboard.http_utils import bad_request, query_bool, query_int
 
 from ember.dashboard import auth
+from ember.dashboard.context import DashboardContext
+from ember.dashboard.http_utils import bad_request, query_bool, query_int
 from ember.dashboard.ui.cluster_source import ClusterSource
 from ember.dashboard.ui.documents import Documents
 from ember.dashboard.ui.history import ClusterHistory
