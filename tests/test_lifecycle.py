@@ -297,8 +297,8 @@ def test_cli_start_driver_status_stop(cli_env, tmp_path):
     sessions = _session_dirs(tmpdir)
     assert len(sessions) == 1
     session_dir = sessions[0]
-    pids = _session_pids(tmpdir)
-    assert len(pids) == 2 and all(pid_alive(p) for p in pids)
+    pids = _session_pids(tmpdir)  # control service, node daemon, HTTP server
+    assert len(pids) == 3 and all(pid_alive(p) for p in pids)
     for pid in pids:  # the daemons listen on localhost only by default
         listening = [c.laddr for c in psutil.Process(pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
         assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
@@ -328,7 +328,7 @@ def test_cli_start_driver_status_stop(cli_env, tmp_path):
     join_dir = next(s for s in sessions if s != session_dir)
     assert stat.S_IMODE(os.stat(os.path.join(join_dir, "token")).st_mode) == 0o600
     pids = _session_pids(tmpdir)
-    assert len(pids) == 3
+    assert len(pids) == 4
 
     status = _run(["status"], cli_env)
     assert status.returncode == 0, status.stderr
@@ -341,7 +341,7 @@ def test_cli_start_driver_status_stop(cli_env, tmp_path):
 
     stopped = _run(["stop"], cli_env)
     assert stopped.returncode == 0, stopped.stderr
-    assert "Stopped 3" in stopped.stdout
+    assert "Stopped 4" in stopped.stdout
     wait_for_condition(lambda: not any(pid_alive(p) for p in pids), timeout=15)
     assert not os.path.exists(os.path.join(tmpdir, "ember_current_cluster"))
     for s_dir in (session_dir, join_dir):
