@@ -74,6 +74,12 @@ class ActorClass:
         """Create an actor; returns its handle at once (``__init__`` runs in the background)."""
         return self._create(args, kwargs, self._default_options)
 
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        """A lazy creation of this actor, for a DAG (``ember.dag``)."""
+        from ember.api.dag import ClassNode
+
+        return ClassNode(self, args, kwargs, {})
+
     def options(self, **options: Any) -> _ActorClassWithOptions:
         validate_actor_options(options)
         return _ActorClassWithOptions(self, {**self._default_options, **options})
@@ -165,6 +171,11 @@ class _ActorClassWithOptions:
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         return self._actor_class._create(args, kwargs, self._options)
 
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        from ember.api.dag import ClassNode
+
+        return ClassNode(self, args, kwargs, {})
+
 
 class ActorHandle:
     """A reference to an actor; call its methods with ``handle.method.remote(...)``."""
@@ -237,6 +248,12 @@ class ActorMethod:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._submit(args, kwargs, self._num_returns, self._group)
 
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        """A lazy call of this method, for a DAG (``ember.dag``)."""
+        from ember.api.dag import ClassMethodNode
+
+        return ClassMethodNode(self._handle, self._name, args, kwargs, {})
+
     def options(self, **options: Any) -> _MethodWithOptions:
         valid = {"num_returns", "concurrency_group", "name", "enable_task_events"}
         bad = set(options) - valid
@@ -270,6 +287,11 @@ class _MethodWithOptions:
             args, kwargs, self._options.get("num_returns", m._num_returns),
             self._options.get("concurrency_group", m._group), self._options.get("name"),
         )
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        from ember.api.dag import ClassMethodNode
+
+        return ClassMethodNode(self._method._handle, self._method._name, args, kwargs, self._options)
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:

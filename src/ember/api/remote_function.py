@@ -35,6 +35,12 @@ class RemoteFunction:
         """Submit the function as a task; returns ObjectRef(s) to its result(s)."""
         return self._remote(args, kwargs, self._default_options)
 
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        """A lazy call of this function, for a DAG (``ember.dag``): run it with ``.execute()``."""
+        from ember.api.dag import FunctionNode
+
+        return FunctionNode(self, args, kwargs, {})
+
     def options(self, **options: Any) -> _FunctionWithOptions:
         """A copy of this function with some options changed (checked now: a bad one raises here)."""
         validate_task_options(options)
@@ -133,6 +139,11 @@ class _FunctionWithOptions:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._function._remote(args, kwargs, self._options)
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        from ember.api.dag import FunctionNode
+
+        return FunctionNode(self, args, kwargs, {})
 
     def options(self, **options: Any) -> _FunctionWithOptions:
         validate_task_options(options)
