@@ -37,6 +37,7 @@ from ember.runtime_env.validation import merge, validate
     ({"config": {"setup_timeout_seconds": "10"}}, "config"),
     ({"config": {"setup_timeout_seconds": 0}}, "config"),
     ({"conda": "env.yml"}, "conda"),
+    ({"pip": {"packages": ["x"], "pip_version": "==22.0"}}, "pip"),
 ])
 def test_malformed_env_names_the_key(env: dict[str, Any], key: str) -> None:
     with pytest.raises(ValueError, match=repr(key)):

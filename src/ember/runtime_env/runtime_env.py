@@ -11,10 +11,8 @@ from ember.runtime_env.validation import DEFAULT_SETUP_TIMEOUT_S, validate
 class RuntimeEnvConfig(dict):  # type: ignore[type-arg]
     """Options of the environment's setup: ``setup_timeout_seconds`` (-1: no limit), ``eager_install``."""
 
-    def __init__(self, setup_timeout_seconds: int = DEFAULT_SETUP_TIMEOUT_S, eager_install: bool = True, log_files: list[str] | None = None) -> None:
+    def __init__(self, setup_timeout_seconds: int = DEFAULT_SETUP_TIMEOUT_S, eager_install: bool = True) -> None:
         super().__init__(setup_timeout_seconds=setup_timeout_seconds, eager_install=eager_install)
-        if log_files is not None:
-            self["log_files"] = log_files
         validate({"config": dict(self)})
 
 

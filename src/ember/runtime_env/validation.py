@@ -139,18 +139,17 @@ def _validate_packages(key: str, value: Any) -> dict[str, Any]:
             out[flag] = value[flag]
     for version in ("pip_version", "uv_version"):
         if version in value:
-            if not isinstance(value[version], str):
-                raise _fail(key, f"field {version!r} must be a string such as '==23.2', got {value[version]!r}")
-            out[version] = value[version]
+            raise _fail(key, f"field {version!r} is not supported by Ember: the node's own installer is used "
+                             "(uv when installed, else the interpreter's pip).")
     return out
 
 
 def _validate_config(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _fail("config", f"must be a dict (or RuntimeEnvConfig), got {value!r}")
-    unknown = set(value) - {"setup_timeout_seconds", "eager_install", "log_files"}
+    unknown = set(value) - {"setup_timeout_seconds", "eager_install"}
     if unknown:
-        raise _fail("config", f"has unknown field(s) {sorted(unknown)}; valid ones: eager_install, log_files, setup_timeout_seconds")
+        raise _fail("config", f"has unknown or unsupported field(s) {sorted(unknown)}; valid ones: eager_install, setup_timeout_seconds")
     out = dict(value)
     timeout = out.get("setup_timeout_seconds", DEFAULT_SETUP_TIMEOUT_S)
     if isinstance(timeout, bool) or not isinstance(timeout, int) or (timeout <= 0 and timeout != -1):
