@@ -513,3 +513,25 @@ def test_packages_of_finished_jobs_are_removed_from_the_cluster(monkeypatch: pyt
         cluster.shutdown()
         monkeypatch.undo()
         reset_config()
+
+
+def _hook_sets_a_variable() -> None:
+    os.environ["HOOKED"] = "by callable"
+
+
+def _hook_that_fails() -> None:
+    raise RuntimeError("the setup hook went boom")
+
+
+def test_worker_process_setup_hook(ember_shared: Any, tmp_path: Any) -> None:
+    assert ember.get(getenv.options(runtime_env={"worker_process_setup_hook": _hook_sets_a_variable}).remote("HOOKED")) == "by callable"
+    assert ember.get(getenv.remote("HOOKED")) is None
+    wd = tmp_path / "hooks"
+    wd.mkdir()
+    (wd / "hookmod_renv.py").write_text("import os\n\ndef setup():\n    os.environ['HOOKED'] = 'by name'\n")
+    env = {"working_dir": str(wd), "worker_process_setup_hook": "hookmod_renv.setup"}
+    assert ember.get(getenv.options(runtime_env=env).remote("HOOKED")) == "by name"
+    with pytest.raises(RuntimeEnvSetupError, match="went boom"):
+        ember.get(getenv.options(runtime_env={"worker_process_setup_hook": _hook_that_fails}).remote("HOOKED"), timeout=60)
+    with pytest.raises(ValueError, match="worker_process_setup_hook"):
+        getenv.options(runtime_env={"worker_process_setup_hook": 42})

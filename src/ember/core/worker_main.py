@@ -27,6 +27,7 @@ def main() -> None:
 
     sys.setswitchinterval(config().worker_switch_interval_s)
     env = os.environ
+    _run_setup_hook(env)
     worker = CoreWorker(
         WORKER,
         gcs_address=env["EMBER_GCS_ADDRESS"],
@@ -44,6 +45,25 @@ def main() -> None:
     assert worker.executor is not None
     worker.executor.run_forever()
     os._exit(0)
+
+
+def _run_setup_hook(env: os._Environ[str]) -> None:
+    """The runtime env's worker_process_setup_hook, before this worker registers (a failure ends it)."""
+    import json
+
+    hook = json.loads(env.get("EMBER_RUNTIME_ENV") or "{}").get("worker_process_setup_hook")
+    if not hook:
+        return
+    from ember.rpc.sync_client import gcs_request
+    from ember.runtime_env.setup_hook import run_hook
+
+    try:
+        run_hook(hook, lambda method, payload: gcs_request(env["EMBER_GCS_ADDRESS"], env["EMBER_TOKEN"], method, payload))
+    except BaseException:
+        import traceback
+
+        print(f"worker_process_setup_hook {hook} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 if __name__ == "__main__":

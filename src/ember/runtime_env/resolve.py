@@ -90,7 +90,11 @@ class EnvResolver:
         return wire
 
     def _upload(self, env: dict[str, Any]) -> dict[str, Any]:
-        """Local folders uploaded; every package the env uses pinned by the current job."""
+        """Local folders uploaded (a setup hook exported); every package the env uses pinned by the current job."""
+        if callable(env.get("worker_process_setup_hook")):
+            from ember.runtime_env.setup_hook import export_hook
+
+            env["worker_process_setup_hook"] = export_hook(env["worker_process_setup_hook"], self._gcs_call)
         if "working_dir" not in env and "py_modules" not in env:
             env.pop("excludes", None)
             return env

@@ -23,11 +23,11 @@ from typing import Any
 from ember.exceptions import RuntimeEnvValueError
 
 #: Keys Ember implements.
-SUPPORTED_KEYS = ("working_dir", "py_modules", "excludes", "env_vars", "pip", "uv", "config", "py_executable")
+SUPPORTED_KEYS = ("working_dir", "py_modules", "excludes", "env_vars", "pip", "uv", "config", "py_executable",
+                  "worker_process_setup_hook")
 #: Keys Ray knows that Ember does not implement: refused with a clear message, not ignored.
 UNSUPPORTED_KEYS = (
-    "conda", "container", "image_uri", "java_jars", "nsight", "mpi", "rocprof_sys",
-    "worker_process_setup_hook", "_inject_current_ray",
+    "conda", "container", "image_uri", "java_jars", "nsight", "mpi", "rocprof_sys", "_inject_current_ray",
 )
 #: Ray fills these itself; harmless, dropped.
 IGNORED_KEYS = ("_ray_commit", "_ray_release")
@@ -200,6 +200,10 @@ def validate(env: Any) -> dict[str, Any]:
             out[key] = _validate_packages(key, value)
         elif key == "config":
             out[key] = _validate_config(value)
+        elif key == "worker_process_setup_hook":
+            if not (callable(value) or (isinstance(value, str) and "." in value.strip("."))):
+                raise _fail(key, f"must be a callable or a 'module.function' string, got {value!r}")
+            out[key] = value
         elif key == "py_executable":
             if not isinstance(value, str) or not value:
                 raise _fail(key, f"must be a non-empty string (a Python interpreter), got {value!r}")
