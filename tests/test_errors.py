@@ -353,7 +353,7 @@ def test_cancel_task_blocked_in_a_nested_get(ember_start, tmp_path):
 
     ref = outer.remote(str(tmp_path))
     inner_pid = int(wait_for_file(str(tmp_path / "inner")))
-    ember.cancel(ref)
+    ember.cancel(ref, recursive=False)
     with pytest.raises(TaskCancelledError):
         ember.get(ref, timeout=30)
     # The cancelled caller gave back its CPU; only the (not cancelled) inner task holds one.

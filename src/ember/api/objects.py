@@ -92,4 +92,4 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     """Cancel the task that creates ``object_ref``; ``get`` then raises ``TaskCancelledError``."""
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}.")
-    _worker().cancel(object_ref, force)
+    _worker().cancel(object_ref, force, recursive)

@@ -122,6 +122,7 @@ class RemoteFunction:
             arg_ids, (tuple(sorted(resources.items())), repr(strategy), env_key), resources,
         )
         entry.strategy = strategy
+        entry.parent = worker.current_task_id
         if env_key:
             entry.renv = [env_key, env]
         worker.submit_task(entry)

@@ -45,7 +45,7 @@ class TaskEntry:
     __slots__ = (
         "spec", "name", "return_ids", "retries_left", "retry_exceptions", "arg_ids",
         "deps_pending", "state", "history", "lease", "cancelled", "force_cancel", "sched_key",
-        "resources", "attempt", "strategy", "pushes", "renv",
+        "resources", "attempt", "strategy", "pushes", "renv", "parent",
     )
 
     def __init__(self, spec: dict[str, Any], name: str, return_ids: list[bytes], retries: int,
@@ -71,6 +71,8 @@ class TaskEntry:
         self.strategy: Any = None
         #: [key, wire env] of the task's runtime env, None for the default env.
         self.renv: list[Any] | None = None
+        #: The task that submitted this one (None: the driver); ``cancel(recursive=True)`` of it reaches this.
+        self.parent: bytes | None = None
         TASK_TRANSITIONS.start(self, TaskStatus.PENDING_ARGS_AVAIL, "submitted")
 
     @property

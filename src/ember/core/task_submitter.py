@@ -521,7 +521,14 @@ class TaskSubmitter:
             self._fail(cls.queue.popleft(), self._error_entry(error), type(error).__name__)
 
     # ================================================================ cancel
-    def cancel(self, task_id: bytes, force: bool) -> bool:
+    def cancel(self, task_id: bytes, force: bool, recursive: bool = False) -> bool:
+        """Cancel a task this process owns; with ``recursive``, the tasks it submitted too.
+
+        Queued: failed at once. Running: interrupted in its worker (which cancels the
+        task's own children first when ``recursive``), or with ``force`` its worker is
+        killed (the children it owns end with it: their leases' holder is gone).
+        ``get`` raises ``TaskCancelledError`` either way, and a cancelled task is never retried.
+        """
         entry = self.tasks.get(task_id)
         if entry is None or entry.done:
             return False
@@ -540,8 +547,14 @@ class TaskSubmitter:
                 entry.force_cancel = True
                 lease.raylet.notify("kill_worker", {"worker_id": lease.worker_id})
             else:
-                lease.conn.notify("cancel_task", {"tid": task_id})
+                lease.conn.notify("cancel_task", {"tid": task_id, "recursive": recursive})
         return True
+
+    def cancel_children(self, parent_id: bytes) -> None:
+        """Cancel (recursively) every unfinished task that task ``parent_id`` submitted."""
+        for task_id, entry in list(self.tasks.items()):
+            if entry.parent == parent_id and not entry.done:
+                self.cancel(task_id, False, True)
 
     def num_pending(self) -> int:
         return len(self.tasks)

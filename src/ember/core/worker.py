@@ -423,9 +423,25 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         self.submit_task(ActorCall(spec, return_ids, max_task_retries, arg_ids))  # type: ignore[arg-type]
         return refs
 
-    def cancel(self, ref: ObjectRef, force: bool) -> None:
+    def cancel(self, ref: ObjectRef, force: bool, recursive: bool = True) -> None:
+        """Cancel the task that creates ``ref``: here if this process owns it, else at its owner
+        (a task submitted by another task: its ref reached this process)."""
         task_id = ids.task_id_of(ref._id)
-        self.loop.call_soon_threadsafe(self.submitter.cancel, task_id, force)
+        owner = ref._owner
+        if owner is None or list(owner) == list(self.address):
+            self.loop.call_soon_threadsafe(self.submitter.cancel, task_id, force, recursive)
+            return
+        payload = {"tid": task_id, "force": bool(force), "recursive": bool(recursive)}
+
+        async def forward() -> None:
+            try:
+                conn = await self.connect_to(owner)
+            except ConnectionLost:
+                return  # the owner is gone, and its tasks with it
+            conn.notify("cancel_owned_task", payload)
+
+        assert self.io is not None
+        self.io.run(forward())
 
     def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any], fname: str) -> tuple[list[Any], list[str], list[bytes]]:
         """Task arguments in wire form, plus the ids of refs the task depends on."""
@@ -483,8 +499,15 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
             self.executor.bounce_queued()
 
     def rpc_cancel_task(self, conn: Connection, p: dict[str, Any]) -> None:
+        """The owner of the task running here cancels it (and, recursively, what it submitted)."""
         if self.executor is not None:
+            if p.get("recursive"):
+                self.submitter.cancel_children(p["tid"])
             self.executor.cancel(p["tid"])
+
+    def rpc_cancel_owned_task(self, conn: Connection, p: dict[str, Any]) -> None:
+        """Another process asks this owner to cancel one of its tasks (``ember.cancel`` of a ref it got)."""
+        self.submitter.cancel(p["tid"], bool(p.get("force")), bool(p.get("recursive")))
 
     def rpc_infeasible(self, conn: Connection, p: dict[str, Any]) -> None:
         self.submitter.on_infeasible(p["request_id"], p["message"])
