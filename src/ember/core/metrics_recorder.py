@@ -63,7 +63,9 @@ class MetricsRecorder:
         self.definitions: dict[str, MetricDefinition] = {}
         #: (name, tag values) -> counter increase / gauge value / [buckets, sum, count].
         self._pending: dict[tuple[str, tuple[str, ...]], Any] = {}
-        self._armed = False
+        #: The core worker whose loop has a flush timer armed (None: none). A timer lost with
+        #: its loop (a worker shut down) does not count: the next record arms one on the new loop.
+        self._armed_for: Any = None
         self._timer: Any = None
         #: The process's task counts changed since the last batch.
         self._tasks_changed = False
@@ -95,40 +97,33 @@ class MetricsRecorder:
                 entry[0][bisect.bisect_left(definition.boundaries, value)] += 1
                 entry[1] += value
                 entry[2] += 1
-            if self._armed:
-                return
-            worker = runtime.core_worker_or_none()
-            if worker is None or worker.loop is None:
-                return  # sent once ember.init() has started a core worker (kick)
-            self._armed = True
-        worker.loop.call_soon_threadsafe(self._arm, worker)
-
-    def poke(self) -> None:
-        """The task counts changed: send them with the next batch (hot path: usually one read)."""
-        self._tasks_changed = True
-        if not self._armed:
+        if self._armed_for is None or self._armed_for is not runtime.core_worker_or_none():
             self._arm_soon()
 
-    def _arm_soon(self) -> None:
-        with self._lock:
-            if self._armed:
-                return
-            worker = runtime.core_worker_or_none()
-            if worker is None or worker.loop is None:
-                return
-            self._armed = True
-        worker.loop.call_soon_threadsafe(self._arm, worker)
+    def poke(self) -> None:
+        """The task counts changed: send them with the next batch (hot path: usually two reads)."""
+        self._tasks_changed = True
+        if self._armed_for is None or self._armed_for is not runtime.core_worker_or_none():
+            self._arm_soon()
 
     def kick(self) -> None:
         """Arm the timer for records made before this process had a core worker."""
+        if self._pending:
+            self._arm_soon()
+
+    def _arm_soon(self) -> None:
+        """Arm a flush timer on the current core worker's loop (none yet: ``kick`` does it later)."""
         with self._lock:
-            if self._armed or not self._pending:
-                return
             worker = runtime.core_worker_or_none()
-            if worker is None or worker.loop is None:
+            if worker is None or worker.loop is None or self._armed_for is worker:
                 return
-            self._armed = True
-        worker.loop.call_soon_threadsafe(self._arm, worker)
+            self._armed_for = worker
+        try:
+            worker.loop.call_soon_threadsafe(self._arm, worker)
+        except RuntimeError:  # its loop closed meanwhile: shutting down
+            with self._lock:
+                if self._armed_for is worker:
+                    self._armed_for = None
 
     def _arm(self, worker: Any) -> None:
         self._timer = worker.loop.call_later(config().metrics_report_period_s, self.flush, worker)
@@ -141,7 +136,7 @@ class MetricsRecorder:
         with self._lock:
             pending, self._pending = self._pending, {}
             tasks_changed, self._tasks_changed = self._tasks_changed, False
-            self._armed = False
+            self._armed_for = None
             names = {name for name, _ in pending}
             defs = [self.definitions[name].to_wire() for name in names]
         batch: dict[str, Any] = {}
