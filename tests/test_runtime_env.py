@@ -535,3 +535,11 @@ def test_worker_process_setup_hook(ember_shared: Any, tmp_path: Any) -> None:
         ember.get(getenv.options(runtime_env={"worker_process_setup_hook": _hook_that_fails}).remote("HOOKED"), timeout=60)
     with pytest.raises(ValueError, match="worker_process_setup_hook"):
         getenv.options(runtime_env={"worker_process_setup_hook": 42})
+
+
+def test_uv_field(pip_cluster: Cluster, tmp_path: Any) -> None:
+    wheels = str(tmp_path / "wheels")
+    build_wheel(wheels, name="ember_uv_pkg", value="via uv")
+    env = {"uv": {"packages": ["ember_uv_pkg"], "uv_pip_install_options": ["--no-index", "--find-links", wheels]}}
+    assert ember.get(import_value.options(runtime_env=env).remote("ember_uv_pkg")) == "via uv"
+    assert ember.get(can_import.remote("ember_uv_pkg")) is False

@@ -78,6 +78,7 @@ class EnvResolver:
         hit = self._cache.get(spelling)
         if hit is None:
             merged = merge(self.parent, validate(option_env))
+            assert merged is not None  # None only when override=False
             wire = self._upload(merged)
             hit = self._cache[spelling] = (env_key(wire), wire)
         return hit
