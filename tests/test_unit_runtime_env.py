@@ -65,6 +65,16 @@ def test_canonical_forms(tmp_path: Any) -> None:
     assert validate({"py_modules": [email]})["py_modules"] == [os.path.dirname(email.__file__)]
 
 
+def test_a_wire_env_validates_unchanged(tmp_path: Any) -> None:
+    # A job's driver gets its env in wire form (EMBER_JOB_RUNTIME_ENV) and validates it again.
+    wire = {
+        "working_dir": "gcs://_ember_pkg_abc.zip", "py_modules": ["gcs://_ember_pkg_def.whl"],
+        "pip": {"packages": ["x"], "pip_install_options": ["--no-index"]}, "env_vars": {"A": "1"},
+        "config": {"setup_timeout_seconds": 30}, "worker_process_setup_hook": "ember-hook://0123abcd",
+    }
+    assert validate(wire) == wire
+
+
 def test_merge_is_rays_rule() -> None:
     parent = {"env_vars": {"A": "1", "B": "1"}, "working_dir": "gcs://p.zip", "pip": {"packages": ["x"]}}
     child = {"env_vars": {"B": "2", "C": "2"}, "pip": {"packages": ["y"]}}

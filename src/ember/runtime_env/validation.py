@@ -201,7 +201,8 @@ def validate(env: Any) -> dict[str, Any]:
         elif key == "config":
             out[key] = _validate_config(value)
         elif key == "worker_process_setup_hook":
-            if not (callable(value) or (isinstance(value, str) and "." in value.strip("."))):
+            # A string is 'module.function', or a callable already exported (a wire env handed on).
+            if not (callable(value) or (isinstance(value, str) and ("." in value.strip(".") or value.startswith("ember-hook://")))):
                 raise _fail(key, f"must be a callable or a 'module.function' string, got {value!r}")
             out[key] = value
         elif key == "py_executable":
