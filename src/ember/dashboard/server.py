@@ -21,7 +21,7 @@ from ember.exceptions import ConnectionLost, RemoteError
 logger = logging.getLogger(__name__)
 
 #: Route modules under ``ember.dashboard.modules``, loaded in this order.
-MODULES: tuple[str, ...] = ("cluster", "jobs", "ui")
+MODULES: tuple[str, ...] = ("cluster", "jobs", "metrics", "ui")
 
 #: Where a handler finds the context: ``request.app[CONTEXT]``.
 CONTEXT = web.AppKey("ember_dashboard_context", DashboardContext)

@@ -17,6 +17,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from ember._private import resources as res
+from ember._private import session
 from ember._private.config import config
 from ember._private.version import __version__
 from ember.exceptions import ConnectionLost, RemoteError
@@ -100,12 +101,11 @@ class MetricsService:
         stats = dict(self.store.stats())
         stats["unsealed"] = sum(e.size for e in self.store.objects.values() if not e.sealed)
         families += system_metrics.object_store(stats, self._raylet_labels)
-        gcs_pid = None
         if self.opts.is_head:
-            actors, gcs_pid = await self._gcs_counts()
+            actors = await self._gcs_actors()
             if actors is not None:
                 families.append(system_metrics.actors(actors, cluster_labels))
-        components = self._components(gcs_pid)
+        components = self._components()
         labels = {k: self._node_labels[k] for k in ("SessionName", "Version", "ip")}
         families += await asyncio.get_running_loop().run_in_executor(None, self._sample_os, components, labels)
         return families
@@ -114,25 +114,22 @@ class MetricsService:
         """The node's and its processes' CPU and memory (in a thread: it reads /proc)."""
         return self._os_sampler.node(self._node_labels) + self._os_sampler.components(components, labels)
 
-    async def _gcs_counts(self: Raylet) -> tuple[list[dict[str, Any]] | None, int | None]:
-        """The control service's actor table and pid (head node; None when it does not answer)."""
+    async def _gcs_actors(self: Raylet) -> list[dict[str, Any]] | None:
+        """The control service's actor table (head node; None when it does not answer)."""
         if self.gcs is None or self.gcs.closed:
-            return None, None
-        timeout = config().metrics_gcs_timeout_s
+            return None
         try:
-            actors, info = await asyncio.gather(
-                self.gcs.call("list_actors", None, timeout), self.gcs.call("cluster_info", None, timeout),
-            )
+            return await self.gcs.call("list_actors", None, config().metrics_gcs_timeout_s)
         except (ConnectionLost, RemoteError, asyncio.TimeoutError) as exc:
             logger.debug("no actor counts for this scrape: %s", exc)
-            return None, None
-        return actors, info.get("pid")
+            return None
 
-    def _components(self: Raylet, gcs_pid: int | None) -> list[tuple[str, int]]:
+    def _components(self: Raylet) -> list[tuple[str, int]]:
         """(Ray's component name, pid) of every Ember process of this node."""
         out = [("raylet", os.getpid())]
-        if gcs_pid:
-            out.append(("gcs", int(gcs_pid)))
+        if self.opts.is_head:  # the head's other daemons, as their pid files name them now
+            pids = session.read_pid_files(self.opts.session_dir)
+            out += [(name, pids[name]) for name in ("gcs", "dashboard") if name in pids]
         launcher = self.pool.launcher
         zygote = getattr(launcher, "proc", None)
         if zygote is not None and zygote.poll() is None:
