@@ -13,6 +13,9 @@ from ember.exceptions import RpcError
 
 #: Ray's REST API version (``ray.dashboard.modules.version.CURRENT_VERSION``).
 API_VERSION = "4"
+#: The Ray release whose REST API this server speaks. Ray's job SDK and ``ray job`` CLI
+#: refuse a server reporting a Ray version below 2.0, so this is not Ember's own version.
+RAY_COMPATIBLE_VERSION = "2.60.0"
 #: Seconds a health check waits for the control service.
 HEALTH_TIMEOUT_S = 2.0
 
@@ -23,7 +26,7 @@ def setup(app: web.Application, ctx: DashboardContext) -> None:
 
         return web.json_response({
             "version": API_VERSION,
-            "ray_version": ember.__version__,
+            "ray_version": RAY_COMPATIBLE_VERSION,
             "ray_commit": "",
             "ember_version": ember.__version__,
             "session_name": ctx.session_name,

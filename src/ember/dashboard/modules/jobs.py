@@ -1,6 +1,6 @@
-"""The job API: Ray's routes and JSON shapes, so Ray's SDK and CLI work against Ember.
+"""The job API: Ray's routes and JSON shapes, so Ray's SDK and CLI work against Ember
+(with ``/api/version`` from the ``cluster`` module, which they check first).
 
-    GET    /api/version                    {"version", "ray_version", ...} (Ray's SDK checks it first)
     POST   /api/jobs/                      submit      -> {"job_id", "submission_id"}
     GET    /api/jobs/                      list        -> [JobDetails, ...]
     GET    /api/jobs/{id}                  one job     -> JobDetails (id: submission or driver job id)
@@ -47,8 +47,6 @@ def setup(app: web.Application, ctx: Any) -> None:
     app.on_startup.append(start)
     app.on_cleanup.append(close)
     app.middlewares.append(_errors)
-    if not any(r.canonical == "/api/version" for r in app.router.resources()):
-        app.router.add_get("/api/version", _version_handler(ctx))
     app.router.add_post("/api/jobs/", submit_job)
     app.router.add_get("/api/jobs/", list_jobs)
     app.router.add_get("/api/jobs/{job_id}", get_job)
@@ -73,22 +71,6 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return web.Response(status=400, text=str(exc))
     except (ConnectionLost, ConnectionError, OSError) as exc:
         return web.Response(status=503, text=f"The cluster's control service is unreachable: {exc}")
-
-
-#: The Ray release whose job API this server speaks (Ray's SDK checks the version it reports).
-RAY_COMPATIBLE_VERSION = "2.60.0"
-#: Ray's job API version (its ``CURRENT_VERSION``).
-JOB_API_VERSION = "4"
-
-
-def _version_handler(ctx: Any) -> Any:
-    async def version(request: web.Request) -> web.Response:
-        import ember
-
-        return _json({"version": JOB_API_VERSION, "ray_version": RAY_COMPATIBLE_VERSION, "ray_commit": "",
-                      "session_name": ctx.session_name, "ember_version": ember.__version__})
-
-    return version
 
 
 def _json(data: Any) -> web.Response:
