@@ -1158,6 +1158,21 @@ def test_killed_pending_actor_fails_its_calls(ember_start):
         ember.get(call, timeout=30)
 
 
+def test_killing_actors_waiting_for_a_worker_returns_their_resources(ember_shared):
+    @ember.remote(num_cpus=1)
+    class Whole:
+        def ping(self):
+            return 1
+
+    for _ in range(3):
+        # Two fit the two CPUs; the third waits for a lease when it is killed.
+        actors = [Whole.remote() for _ in range(3)]
+        assert ember.get(actors[0].ping.remote(), timeout=30) == 1
+        for actor in actors:
+            ember.kill(actor)
+        wait_for_condition(lambda: ember.available_resources().get("CPU") == 2.0, timeout=20)
+
+
 def test_actors_owned_by_an_actor_die_with_it(ember_shared):
     @ember.remote
     class Parent:

@@ -72,6 +72,10 @@ class ActorEntry:
         self.error_type = ""
         self.waiters: list[asyncio.Future[None]] = []
         self.task: asyncio.Task[None] | None = None
+        #: While creation waits for a worker lease: the node asked and the request's id. Such a
+        #: wait is never cancelled (a grant on its way would be lost, with its CPUs): a kill asks
+        #: the node to cancel the request, and a grant that won the race is returned.
+        self.lease_request: tuple[Any, bytes] | None = None
 
     @property
     def name(self) -> str:
@@ -258,6 +262,7 @@ class ActorManager:
                 await self.gcs.cluster_changed.wait(config().cluster_change_wait_s)
                 continue
             try:
+                entry.lease_request = (node, request["request_id"])
                 grant = await node.conn.call("request_lease", request, timeout=None)
             except ConnectionLost:
                 node = None  # that node died: pick another
@@ -273,6 +278,10 @@ class ActorManager:
                     self._mark_dead(entry, f"its runtime_env could not be set up. {exc.message}")
                     return
                 raise
+            finally:
+                entry.lease_request = None
+            if grant.get("cancelled"):
+                return  # killed while waiting (see _mark_dead)
             if grant.get("spillback"):
                 node = self.gcs.nodes.get(grant["spillback"]["node_id"])
                 request["spilled"] = True
@@ -377,7 +386,12 @@ class ActorManager:
         if kill:
             self._kill_worker(entry)
         if entry.task is not None and not entry.task.done() and entry.task is not asyncio.current_task():
-            entry.task.cancel()
+            if entry.lease_request is not None:
+                node, request_id = entry.lease_request
+                if node.conn is not None and not node.conn.closed:
+                    node.conn.notify("cancel_lease_request", {"request_id": request_id})
+            else:
+                entry.task.cancel()
         logger.info("actor %s is dead: %s", entry.actor_id.hex()[:12], cause)
 
     # ================================================================ waiting
