@@ -182,39 +182,24 @@ class DriverInfo:
 
 
 @dataclasses.dataclass
-class JobDetails:
-    """One job as the HTTP API and the SDK return it (Ray's ``JobDetails`` fields)."""
+class JobDetails(JobInfo):
+    """One job as the HTTP API and the SDK return it (Ray's ``JobDetails`` fields): the record
+    plus how the job started, its ids and its driver."""
 
-    type: JobType
-    status: JobStatus
-    entrypoint: str
+    type: JobType = JobType.SUBMISSION
     job_id: str | None = None
     submission_id: str | None = None
     driver_info: DriverInfo | None = None
-    message: str | None = None
-    error_type: str | None = None
-    start_time: int | None = None
-    end_time: int | None = None
-    metadata: dict[str, str] | None = None
-    runtime_env: dict[str, Any] | None = None
-    driver_agent_http_address: str | None = None
-    driver_node_id: str | None = None
-    driver_exit_code: int | None = None
-    entrypoint_num_cpus: float | None = None
-    entrypoint_num_gpus: float | None = None
-    entrypoint_memory: int | None = None
-    entrypoint_resources: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.type = JobType(self.type)
-        self.status = JobStatus(self.status)
         if isinstance(self.driver_info, dict):
             self.driver_info = DriverInfo(**self.driver_info)
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = self.to_dict()
         data["type"] = self.type.value
-        data["status"] = self.status.value
         return data
 
     @classmethod
