@@ -172,7 +172,9 @@ def test_ember_job_cli(cluster, tmp_path):
     ok = cluster.cli("submit", "--submission-id", "cli-ok", "--", PY, str(script), "hi", "0")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "job says hi" in ok.stdout and "succeeded" in ok.stderr
-    bad = cluster.cli("submit", "--runtime-env-json", '{"env_vars": {"A": "1"}}', "--", PY, str(script), "no", "3")
+    env_file = tmp_path / "env.yaml"
+    env_file.write_text("env_vars:\n  CODE: '3'\n")
+    bad = cluster.cli("submit", "--runtime-env", str(env_file), "--", "sh", "-c", f"{PY} {script} no $CODE")
     assert bad.returncode == 1 and "job says no" in bad.stdout and "exit code 3" in bad.stderr
 
     queued = cluster.cli("submit", "--no-wait", "--submission-id", "cli-wait", "--entrypoint-num-cpus", "64", "--", "true")

@@ -29,6 +29,20 @@ def _json_option(value: str | None, name: str) -> Any:
         raise click.BadParameter(f"{name} is not valid JSON: {exc}") from exc
 
 
+def _read_env_file(path: str) -> Any:
+    """A runtime_env file: YAML when PyYAML is installed (JSON is YAML too), else JSON."""
+    with open(path) as f:
+        text = f.read()
+    try:
+        import yaml
+    except ImportError:
+        return _json_option(text, "--runtime-env")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise click.BadParameter(f"--runtime-env {path} is not valid YAML: {exc}") from exc
+
+
 def _client(address: str | None, headers: str | None) -> Any:
     from ember.exceptions import JobSubmissionError
     from ember.job_submission import JobSubmissionClient
@@ -93,6 +107,8 @@ def job() -> None:
 @job.command(context_settings={"ignore_unknown_options": True})
 @_address_option
 @click.option("--submission-id", "--job-id", "submission_id", default=None, help="The job's id (default: a new one).")
+@click.option("--runtime-env", "runtime_env_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A file holding the job's runtime_env (YAML, or JSON).")
 @click.option("--runtime-env-json", default=None, help="The job's runtime_env as JSON.")
 @click.option("--working-dir", default=None, help="A local folder: the job's working directory (runtime_env working_dir).")
 @click.option("--metadata-json", default=None, help="Metadata for the job as a JSON object of strings.")
@@ -103,7 +119,8 @@ def job() -> None:
 @click.option("--no-wait", is_flag=True, help="Return once the job is submitted instead of following it.")
 @_headers_option
 @click.argument("entrypoint", nargs=-1, required=True, type=click.UNPROCESSED)
-def submit(address: str | None, submission_id: str | None, runtime_env_json: str | None, working_dir: str | None,
+def submit(address: str | None, submission_id: str | None, runtime_env_file: str | None,
+           runtime_env_json: str | None, working_dir: str | None,
            metadata_json: str | None, entrypoint_num_cpus: float | None, entrypoint_num_gpus: float | None,
            entrypoint_memory: int | None, entrypoint_resources: str | None, no_wait: bool, headers: str | None,
            entrypoint: tuple[str, ...]) -> None:
@@ -112,9 +129,12 @@ def submit(address: str | None, submission_id: str | None, runtime_env_json: str
 
     from ember.jobs.common import JobStatus
 
-    runtime_env = _json_option(runtime_env_json, "--runtime-env-json") or {}
+    if runtime_env_file and runtime_env_json:
+        raise click.UsageError("Give --runtime-env or --runtime-env-json, not both.")
+    runtime_env = (_read_env_file(runtime_env_file) if runtime_env_file
+                   else _json_option(runtime_env_json, "--runtime-env-json")) or {}
     if not isinstance(runtime_env, dict):
-        raise click.BadParameter("--runtime-env-json must be a JSON object")
+        raise click.BadParameter("the runtime_env must be a mapping (a JSON object)")
     if working_dir is not None:
         runtime_env["working_dir"] = working_dir
     client = _client(address, headers)
