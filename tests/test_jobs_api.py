@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -16,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cli_cluster import cli_env, ember_cli, end_everything, session_dirs
+from cli_cluster import cli_env, ember_cli, end_everything, kill_gcs, restart_gcs, session_dirs
 
 from ember._private import session
 from ember._private.test_utils import free_port, wait_for_condition
@@ -192,3 +194,31 @@ def test_ember_job_cli(cluster, tmp_path):
     missing = cluster.cli("status", "cli-ok")
     assert missing.returncode == 1 and "does not exist" in missing.stderr
     assert cluster.cli("submit", "--runtime-env-json", "{nope", "--", "true").returncode == 2
+
+
+def test_a_job_outlives_a_crash_of_the_http_server_and_of_the_control_service(cluster, tmp_path):
+    client = JobSubmissionClient()
+    go = tmp_path / "go"
+    job = client.submit_job(entrypoint=f"echo before; while [ ! -e {go} ]; do sleep 0.05; done; echo after",
+                            metadata={"kept": "yes"})
+    wait_for_condition(lambda: client.get_job_status(job) is JobStatus.RUNNING, timeout=30)
+    # SIGKILL the HTTP server, then the control service; the restarted control service
+    # brings the HTTP server back (dashboard_restart_args.json).
+    os.kill(session.read_pid_files(cluster.session_dir)["dashboard"], signal.SIGKILL)
+    kill_gcs(cluster.session_dir)
+    restart_gcs(cluster.session_dir, cluster.env)
+    go.touch()  # the job ends while both are down or coming back
+
+    def finished() -> bool:
+        try:
+            return client.get_job_status(job).is_terminal()
+        except JobSubmissionError:  # not back yet (unreachable, or 503 while it reconnects)
+            return False
+
+    wait_for_condition(finished, timeout=60)
+    info = client.get_job_info(job)
+    assert info.status is JobStatus.SUCCEEDED, info.message
+    assert info.metadata == {"kept": "yes"} and client.get_job_logs(job) == "before\nafter\n"
+    # The new server runs new jobs as before.
+    again = client.submit_job(entrypoint="echo again")
+    assert cluster.wait_done(client, again) is JobStatus.SUCCEEDED
