@@ -57,7 +57,7 @@ export function renderActor(root, params) {
     fill(calls, 
       h("p", { class: "summary" }, Object.entries(c.counts).map(([s, n]) => `${fmtNumber(n)} ${s.toLowerCase()}`).join(", ") || "No calls yet."),
       c.scope === "class" ? h("p", { class: "note" }, `Counts of calls to ${a.class_name} methods in this actor's job (this cluster records no per-call events).`) : null,
-      table([
+      c.scope === "class" ? null : table([
         { title: "Call", get: (t) => h("code", {}, shortId(t.task_id)) },
         { title: "Method", get: (t) => t.name },
         { title: "State", get: (t) => badge(t.state) },
@@ -65,7 +65,7 @@ export function renderActor(root, params) {
         { title: "Duration", get: (t) => fmtDuration(t.duration), class: "num" },
         { title: "Error", get: (t) => t.error_type ? h("span", { class: "error-type", title: t.error_message || "" }, t.error_type) : "–", class: "wide" },
       ], c.rows, "No calls recorded."),
-      c.total > c.rows.length ? h("p", { class: "note" }, `Showing the newest ${c.rows.length} of ${fmtNumber(c.total)} calls.`) : null);
+      c.scope !== "class" && c.total > c.rows.length ? h("p", { class: "note" }, `Showing the newest ${c.rows.length} of ${fmtNumber(c.total)} calls.`) : null);
   }, (err) => fill(head, errorBox(err)));
   return () => poller.stop();
 }

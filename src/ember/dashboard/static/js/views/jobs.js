@@ -68,7 +68,12 @@ export function renderJob(root, params) {
       ? h("div", { class: "progress-list" }, data.functions.map(progressRow))
       : h("p", { class: "empty" }, "No tasks yet."));
     const f = data.failed;
-    fill(failed, table([
+    const failedCount = data.functions.reduce((n, fn) => n + (fn.counts.FAILED || 0), 0);
+    if (!data.tasks_recorded) {
+      fill(failed, h("p", { class: "empty" }, failedCount
+        ? `${fmtNumber(failedCount)} task(s) failed. This cluster records no task events, so their errors cannot be listed here; the driver got them as exceptions.`
+        : "No task failed."));
+    } else fill(failed, table([
       { title: "Task", get: (t) => h("code", {}, shortId(t.task_id)) },
       { title: "Function", get: (t) => t.name },
       { title: "Error", get: (t) => h("span", { class: "error-type" }, t.error_type || "–") },

@@ -5,6 +5,14 @@ import { h, clear, fill, card, link, table, fmtBytes, fmtNumber, shortId, getJSO
 
 const MAX_SHOWN_CHARS = 1 << 20;
 
+// The line a worker writes before each task's output (":ember_task:<job>:<function>")
+// shown as a separator naming the task.
+const MARKER = /^:ember_(\w+):([^:\n]*):(.*)$/gm;
+
+export function readable(text) {
+  return text.replace(MARKER, (_m, kind, job, name) => `── ${kind} ${name} (job ${job}) ──`);
+}
+
 export class LogFollower {
   constructor(nodeId, file, options = {}) {
     this.nodeId = nodeId;
@@ -40,7 +48,7 @@ export class LogFollower {
       if (data.offset < (this.offset || 0)) this.pre.textContent = "";  // file was truncated
       const atBottom = this.pre.scrollTop + this.pre.clientHeight >= this.pre.scrollHeight - 4;
       if (data.text) {
-        this.pre.append(data.text);
+        this.pre.append(readable(data.text));
         if (this.pre.textContent.length > MAX_SHOWN_CHARS) {
           this.pre.textContent = this.pre.textContent.slice(-MAX_SHOWN_CHARS);
         }
