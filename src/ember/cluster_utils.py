@@ -76,6 +76,13 @@ class Cluster:
     def gcs_address(self) -> str:
         return self.address
 
+    @property
+    def webui_url(self) -> str | None:
+        """``host:port`` of the head's HTTP server (Ray's name), None without one."""
+        return (self._head.dashboard_url or None) if self._head is not None else None
+
+    dashboard_url = webui_url
+
     def connect(self, namespace: str | None = None) -> Any:
         import ember
 
@@ -90,13 +97,18 @@ class Cluster:
         object_store_memory: int | None = 100 * 1024 * 1024,
         node_ip_address: str = "127.0.0.1",
         env: dict[str, str] | None = None,
+        include_dashboard: bool = False,
+        dashboard_host: str = "127.0.0.1",
+        dashboard_port: int = 0,
         **kwargs: Any,
     ) -> ClusterNode:
-        """Start a node daemon (the first one also starts the control service)."""
+        """Start a node daemon (the first one also starts the control service, and with
+        ``include_dashboard`` the head's HTTP server, at ``webui_url``)."""
         if self._head is None:
             nodes = node_mod.start_head(
                 node_ip=node_ip_address, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                 object_store_memory=object_store_memory, parent_pid=os.getpid(), extra_env=env,
+                include_dashboard=include_dashboard, dashboard_host=dashboard_host, dashboard_port=dashboard_port,
             )
             self._head = nodes
             self.address = nodes.gcs_address

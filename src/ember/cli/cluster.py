@@ -139,6 +139,8 @@ def start(head: bool, address: str | None, port: int, num_cpus: float | None, nu
         )
         if nodes.dashboard_url:
             click.echo(f"View the dashboard at http://{nodes.dashboard_url}")
+            # The token, once: opening this URL sets the browser's cookie (keep it private).
+            click.echo(f"  Log in (once per browser): http://{nodes.dashboard_url}/login?token={nodes.token}")
     else:
         click.echo(f"Ember node started and joined {address}. Stop it with `ember stop`.")
 
