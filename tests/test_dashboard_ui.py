@@ -17,7 +17,10 @@ from ember._private.test_utils import wait_for_condition
 from tests.browser import open_browser, require_browser
 from tests.http_helpers import http
 
-SCREENSHOTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "screenshots")
+#: Where screenshots go: ``docs/screenshots`` with ``EMBER_UPDATE_SCREENSHOTS=1`` (to refresh the
+#: committed ones), else a folder of the run's own.
+DOCS_SCREENSHOTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "screenshots")
+SCREENSHOTS = DOCS_SCREENSHOTS
 WAIT_S = 30
 
 
@@ -59,7 +62,14 @@ def _wait_text(driver, needle: str, css: str = "#view", timeout: float = WAIT_S)
 def _screenshot(driver, name: str) -> None:
     os.makedirs(SCREENSHOTS, exist_ok=True)
     driver.execute_script("window.scrollTo(0, 0)")
-    driver.save_screenshot(os.path.join(SCREENSHOTS, f"{name}.png"))
+    path = os.path.join(SCREENSHOTS, f"{name}.png")
+    assert driver.save_screenshot(path) and os.path.getsize(path) > 10_000, f"no screenshot of {name}"
+
+
+@pytest.fixture(autouse=True)
+def _screenshot_folder(tmp_path, monkeypatch):
+    folder = DOCS_SCREENSHOTS if os.environ.get("EMBER_UPDATE_SCREENSHOTS") == "1" else str(tmp_path / "screenshots")
+    monkeypatch.setattr(sys.modules[__name__], "SCREENSHOTS", folder)
 
 
 def _go(driver, base: str, route: str) -> None:
