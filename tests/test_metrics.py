@@ -194,6 +194,24 @@ def test_ray_tasks_counts_tasks_and_actor_calls_by_state(ember_env, ember_start,
     _wait_for_counts(counts, expected)
 
 
+def test_collection_off_records_nothing_and_serves_node_metrics(ember_env, ember_start):
+    ember_env(**FAST, enable_metrics_collection="0")
+    ember_start()
+    ember.get(count_in_task.remote(3))
+    Gauge("app_off_gauge").set(1)
+    address = _metrics_address()
+
+    def recorded() -> bool:
+        samples = scrape(address)
+        assert select(samples, "ray_node_mem_total") and select(samples, "ray_resources")
+        return bool(select(samples, "ray_app_requests_total") or select(samples, "ray_app_off_gauge")
+                    or [s for s in select(samples, "ray_tasks") if s.value])
+
+    # Ten report periods: with collection on, all of it would have arrived by then.
+    with pytest.raises(RuntimeError, match="not met"):
+        wait_for_condition(recorded, timeout=0.5, raise_exceptions=True)
+
+
 def test_discovery_file_follows_nodes_joining_and_dying(ember_env, own_cluster):
     from ember.cluster_utils import Cluster
 

@@ -170,6 +170,9 @@ class Config:
     job_log_copy_max_bytes: int = 1024 * 1024
 
     # --- metrics -----------------------------------------------------------
+    #: Count tasks by state (ray_tasks) and send application metrics (Ray's
+    #: RAY_enable_metrics_collection); off: records are dropped, the port serves node metrics only.
+    enable_metrics_collection: bool = True
     #: Seconds a process that records metrics batches them before sending them to its node daemon.
     metrics_report_period_s: float = 1.0
     #: Most metric series (name + label values) a node daemon keeps; records of new ones beyond are dropped (and counted).

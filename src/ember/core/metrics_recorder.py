@@ -70,19 +70,26 @@ class MetricsRecorder:
         #: The process's task counts changed since the last batch.
         self._tasks_changed = False
 
-    def define(self, definition: MetricDefinition) -> None:
-        """Register a metric; the same name again must have the same type, tag keys and boundaries."""
+    def define(self, definition: MetricDefinition) -> MetricDefinition:
+        """Register a metric and return its definition in this process (the first one given).
+
+        The same name again must have the same type, tag keys and boundaries.
+        """
         with self._lock:
             known = self.definitions.get(definition.name)
             if known is None:
                 self.definitions[definition.name] = definition
-            elif not known.same_shape(definition):
+                return definition
+            if not known.same_shape(definition):
                 raise ValueError(
                     f"Metric {definition.name!r} is already defined in this process as a "
                     f"{known.describe()}; cannot define it again as a {definition.describe()}."
                 )
+            return known
 
     def record(self, definition: MetricDefinition, tags: tuple[str, ...], value: float) -> None:
+        if not config().enable_metrics_collection:
+            return
         key = (definition.name, tags)
         with self._lock:
             if definition.kind == COUNTER:

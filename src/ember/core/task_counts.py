@@ -53,6 +53,7 @@ class TaskCounts:
     def close(self) -> None:
         self._stop_observing()
 
+
     def _add(self, key: Key, delta: int) -> None:
         counts = self._counts
         with self._lock:
@@ -101,3 +102,22 @@ class TaskCounts:
             for call in list(client.in_flight.values()):
                 counts[(call.spec["name"], TaskStatus.SUBMITTED_TO_WORKER.value, "0", OWNER, call.spec["job"])] += 1
         return [[*key, n] for key, n in counts.items()]
+
+
+class NoTaskCounts:
+    """``TaskCounts`` when metrics collection is off (``enable_metrics_collection``)."""
+
+    def close(self) -> None:
+        pass
+
+    def changed(self) -> None:
+        pass
+
+    def actor_call_ended(self, spec: dict[str, Any], failed: bool) -> None:
+        pass
+
+    def running(self, name: str, job: bytes, delta: int) -> None:
+        pass
+
+    def snapshot(self) -> list[list[Any]]:
+        return []

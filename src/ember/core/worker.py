@@ -34,7 +34,7 @@ from ember.core.memory_store import PLASMA, MemoryStore
 from ember.core.object_access import ObjectAccess
 from ember.core.ownership_protocol import OwnershipProtocol
 from ember.core.reference_counter import ReferenceCounter
-from ember.core.task_counts import TaskCounts
+from ember.core.task_counts import NoTaskCounts, TaskCounts
 from ember.core.task_executor import ACTOR_CALL, CREATE_ACTOR, TASK, TaskExecutor
 from ember.core.task_state import TaskEntry
 from ember.core.task_submitter import ARG_REF, ARG_VALUE, TaskSubmitter
@@ -118,7 +118,10 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         self._creation_args: dict[bytes, list[bytes]] = {}
         self.executor = TaskExecutor(self) if mode == WORKER else None
         #: This process's tasks by state, for ray_tasks (sent with its metrics batches).
-        self.task_counts = TaskCounts(self, metrics_recorder.get_recorder().poke)
+        self.task_counts: TaskCounts | NoTaskCounts = (
+            TaskCounts(self, metrics_recorder.get_recorder().poke) if config().enable_metrics_collection
+            else NoTaskCounts()
+        )
         self.io: EventLoopThread | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.raylet: Connection = None  # type: ignore[assignment]

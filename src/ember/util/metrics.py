@@ -24,6 +24,8 @@ from ember.core import metrics_recorder as recorder
 
 _NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+#: (name, tag_keys) already validated in this process.
+_VALID: set[tuple[str, Any]] = set()
 
 
 def _check_name(name: Any) -> str:
@@ -56,10 +58,19 @@ class Metric:
     _kind = ""
 
     def __init__(self, name: str, description: str = "", tag_keys: tuple[str, ...] | None = None) -> None:
-        self._name = _check_name(name)
+        self._name = name
         self._description = description
         self._default_tags: dict[str, str] = {}
         self._tag_keys: tuple[str, ...] = tag_keys or tuple()
+        key = (name, self._tag_keys)
+        if type(name) is not str or type(self._tag_keys) is not tuple or key not in _VALID:
+            # Checked once per process: tasks often create their metrics on every call.
+            _check_name(name)
+            self._check_tag_keys()
+            _VALID.add(key)
+        self._tag_key_set = frozenset(self._tag_keys)
+
+    def _check_tag_keys(self) -> None:
         if not isinstance(self._tag_keys, tuple):
             raise TypeError(f"tag_keys should be a tuple type, got: {type(self._tag_keys)}")
         for key in self._tag_keys:
@@ -74,10 +85,9 @@ class Metric:
             raise ValueError(f"Duplicate tag keys in {self._tag_keys}.")
 
     def _register(self, boundaries: tuple[float, ...] = ()) -> None:
-        self._definition = recorder.MetricDefinition(
-            self._kind, self._name, self._description, self._tag_keys, boundaries
+        self._definition = recorder.get_recorder().define(
+            recorder.MetricDefinition(self._kind, self._name, self._description, self._tag_keys, boundaries)
         )
-        recorder.get_recorder().define(self._definition)
 
     def set_default_tags(self, default_tags: dict[str, str]) -> Metric:
         """Tags used by every record unless the record gives them; returns this metric."""
@@ -94,16 +104,17 @@ class Metric:
         if not tags:
             final = self._default_tags
         else:
+            known = self._tag_key_set
             for key, val in tags.items():
-                if not isinstance(val, str):
+                if type(val) is not str and not isinstance(val, str):
                     raise TypeError(f"Tag values must be str, got {type(val)}.")
-                if key not in self._tag_keys:
+                if key not in known:
                     raise ValueError(
                         f"Unrecognized tag key {key} for metric {self._name} (tag_keys: {self._tag_keys})."
                     )
-            final = {**self._default_tags, **tags}
+            final = {**self._default_tags, **tags} if self._default_tags else tags
         try:
-            return tuple(final[key] for key in self._tag_keys)
+            return tuple([final[key] for key in self._tag_keys])
         except KeyError:
             missing = [key for key in self._tag_keys if key not in final]
             raise ValueError(f"Missing value for tag key(s): {','.join(missing)}.") from None
@@ -133,7 +144,8 @@ class Counter(Metric):
 
     def inc(self, value: int | float = 1.0, tags: dict[str, str] | None = None) -> None:
         """Add ``value`` (> 0, default 1) to the counter."""
-        value = _check_value(value)
+        if type(value) is not float:
+            value = _check_value(value)
         if value <= 0:
             raise ValueError(f"value must be >0, got {value}")
         recorder.get_recorder().record(self._definition, self._tag_values(tags), value)
