@@ -22,6 +22,7 @@ from ember.api.cluster_info import available_resources, cluster_resources, nodes
 from ember.api.init import init, is_initialized, shutdown
 from ember.api.objects import cancel, get, put, wait
 from ember.api.remote_function import RemoteFunction
+from ember.core.generator_stream import DynamicObjectRefGenerator, ObjectRefGenerator
 from ember.runtime_context import get_runtime_context
 
 
@@ -65,7 +66,8 @@ def _make_remote(target: Any, options: dict[str, Any]) -> Any:
 
 
 __all__ = [
-    "JobID", "NodeID", "ObjectRef", "RemoteFunction", "TaskID", "WorkerID",
+    "DynamicObjectRefGenerator", "JobID", "NodeID", "ObjectRef", "ObjectRefGenerator", "RemoteFunction", "TaskID",
+    "WorkerID",
     "ActorClass", "actor", "available_resources", "cancel", "get_actor", "get_gpu_ids", "kill", "method", "cluster_resources", "exceptions", "get",
     "get_runtime_context", "init", "is_initialized", "nodes", "put", "remote", "runtime_env",
     "shutdown", "wait",

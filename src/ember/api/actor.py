@@ -7,7 +7,12 @@ from typing import Any
 
 from ember._private import ids, runtime
 from ember._private.object_ref import ObjectRef, _serialization_context
-from ember.api.options import ACTOR_DEFAULTS, actor_resources, validate_actor_options
+from ember.api.options import (
+    ACTOR_DEFAULTS,
+    actor_resources,
+    check_num_returns,
+    validate_actor_options,
+)
 from ember.util.scheduling_strategies import apply_placement_group, resolve_strategy
 
 _METHOD_OPTIONS = "__ember_method_options__"
@@ -15,7 +20,8 @@ _METHOD_OPTIONS = "__ember_method_options__"
 
 def method(*args: Any, **kwargs: Any) -> Any:
     """Annotate an actor method: ``@ember.method(num_returns=2, concurrency_group="io")``."""
-    valid = {"num_returns", "concurrency_group", "max_task_retries", "retry_exceptions", "enable_task_events"}
+    valid = {"num_returns", "concurrency_group", "max_task_retries", "retry_exceptions", "enable_task_events",
+             "_generator_backpressure_num_objects"}
     if args or not kwargs or set(kwargs) - valid:
         raise ValueError(f"@method() takes keyword arguments only, from: {', '.join(sorted(valid))}")
 
@@ -44,7 +50,12 @@ def _class_meta(cls: type) -> dict[str, Any]:
         if not callable(member) or (name.startswith("__") and name != "__call__"):
             continue
         opts = getattr(member, _METHOD_OPTIONS, {})
-        methods[name] = {"num_returns": opts.get("num_returns", 1), "cg": opts.get("concurrency_group")}
+        is_generator = inspect.isgeneratorfunction(member) or inspect.isasyncgenfunction(member)
+        methods[name] = {
+            "num_returns": opts.get("num_returns", "streaming" if is_generator else 1),
+            "cg": opts.get("concurrency_group"),
+            "bp": opts.get("_generator_backpressure_num_objects") or 0,
+        }
         if inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member):
             is_async = True
     return {"class_name": cls.__name__, "methods": methods, "is_async": is_async}
@@ -255,20 +266,29 @@ class ActorMethod:
         return ClassMethodNode(self._handle, self._name, args, kwargs, {})
 
     def options(self, **options: Any) -> _MethodWithOptions:
-        valid = {"num_returns", "concurrency_group", "name", "enable_task_events"}
+        valid = {"num_returns", "concurrency_group", "name", "enable_task_events", "_generator_backpressure_num_objects"}
         bad = set(options) - valid
         if bad:
             raise ValueError(f"Invalid option(s) {sorted(bad)} for an actor method; valid: {sorted(valid)}")
+        if "num_returns" in options:
+            check_num_returns(options["num_returns"])
         return _MethodWithOptions(self, options)
 
-    def _submit(self, args: tuple[Any, ...], kwargs: dict[str, Any], num_returns: int, group: str | None, name: str | None = None) -> Any:
+    def _submit(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], num_returns: int | str, group: str | None,
+        name: str | None = None, backpressure: int | None = None,
+    ) -> Any:
         worker = _worker()
         handle = self._handle
         meta = handle._meta
+        if backpressure is None:
+            backpressure = meta["methods"].get(self._name, {}).get("bp", 0)
         refs = worker.submit_actor_call(
             handle._actor_id, self._name, args, kwargs, num_returns, group,
-            name or f"{meta['class_name']}.{self._name}", meta.get("max_task_retries", 0),
+            name or f"{meta['class_name']}.{self._name}", meta.get("max_task_retries", 0), backpressure or 0,
         )
+        if num_returns in ("streaming", "dynamic"):
+            return refs[0]
         if num_returns == 1:
             return refs[0]
         if num_returns == 0:
@@ -286,6 +306,7 @@ class _MethodWithOptions:
         return m._submit(
             args, kwargs, self._options.get("num_returns", m._num_returns),
             self._options.get("concurrency_group", m._group), self._options.get("name"),
+            self._options.get("_generator_backpressure_num_objects"),
         )
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:

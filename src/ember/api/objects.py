@@ -66,16 +66,21 @@ def wait(
 
     Returns (ready, not_ready), each in the order of ``object_refs``.
     """
+    from ember.core.generator_stream import ObjectRefGenerator, wait_with_generators
+
     worker = _worker()
-    if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
+    if isinstance(object_refs, (ObjectRef, ObjectRefGenerator)) or not isinstance(object_refs, (list, tuple)):
         raise TypeError(f"wait() expects a list of ObjectRefs, got {type(object_refs).__name__}.")
     refs = list(object_refs)
+    generators = 0
     for ref in refs:
-        if not isinstance(ref, ObjectRef):
+        if isinstance(ref, ObjectRefGenerator):
+            generators += 1
+        elif not isinstance(ref, ObjectRef):
             raise TypeError(f"wait() expects a list of ObjectRefs, got an element of type {type(ref).__name__}.")
     if not refs:
         return [], []  # as Ray: nothing to wait for, whatever num_returns says
-    if len({r.binary() for r in refs}) != len(refs):
+    if len({r.binary() if isinstance(r, ObjectRef) else id(r) for r in refs}) != len(refs):
         raise ValueError("wait() requires a list of unique ObjectRefs.")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1:
         raise ValueError(f"num_returns= must be a positive integer, got {num_returns!r}.")
@@ -85,11 +90,21 @@ def wait(
         )
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout= must be None or >= 0, got {timeout!r}")
+    if generators:
+        # A generator is ready when its next item (or its end) is.
+        return wait_with_generators(worker, refs, num_returns, timeout)
     return worker.wait(refs, num_returns, timeout, fetch_local)
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
-    """Cancel the task that creates ``object_ref``; ``get`` then raises ``TaskCancelledError``."""
+    """Cancel the task that creates ``object_ref``; ``get`` then raises ``TaskCancelledError``.
+
+    An ``ObjectRefGenerator`` cancels its generator task: items already sent stay readable,
+    and the iteration then ends with the cancellation error."""
+    from ember.core.generator_stream import ObjectRefGenerator
+
+    if isinstance(object_ref, ObjectRefGenerator):
+        object_ref = object_ref.completed()
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}.")
     _worker().cancel(object_ref, force, recursive)

@@ -30,6 +30,7 @@ TASK_DEFAULTS: dict[str, Any] = {
     "_metadata": None,
     "label_selector": None,
     "enable_task_events": True,
+    "_generator_backpressure_num_objects": None,
 }
 
 
@@ -51,8 +52,12 @@ def validate_task_options(options: dict[str, Any]) -> dict[str, Any]:
             valid = ", ".join(sorted(k for k in TASK_DEFAULTS if not k.startswith("_")))
             raise ValueError(f"Invalid option keyword {key!r} for remote functions. Valid ones are: {valid}.")
         if key == "num_returns":
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"The option num_returns= must be an integer >= 0, got {value!r}.")
+            check_num_returns(value)
+        elif key == "_generator_backpressure_num_objects" and value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value == 0 or value < -1:
+                raise ValueError(
+                    f"The option _generator_backpressure_num_objects= must be a positive integer (or -1: no limit), got {value!r}."
+                )
         elif key in ("num_cpus", "num_gpus", "memory") and value is not None:
             _number(key, value)
         elif key == "resources" and value is not None:
@@ -84,6 +89,14 @@ def validate_task_options(options: dict[str, Any]) -> dict[str, Any]:
             if isinstance(value, str) and value not in ("DEFAULT", "SPREAD"):
                 raise ValueError(f"Unknown scheduling_strategy {value!r}: use 'DEFAULT', 'SPREAD' or a strategy object.")
     return options
+
+
+def check_num_returns(value: Any) -> None:
+    """``num_returns`` is an integer >= 0, ``"streaming"`` or ``"dynamic"`` (generators)."""
+    if value in ("streaming", "dynamic"):
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"The option num_returns= must be an integer >= 0, 'streaming' or 'dynamic', got {value!r}.")
 
 
 def task_resources(options: dict[str, Any]) -> dict[str, float]:

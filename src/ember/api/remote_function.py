@@ -9,6 +9,7 @@ from typing import Any
 from ember._private import ids, runtime
 from ember._private.object_ref import ObjectRef
 from ember.api.options import TASK_DEFAULTS, task_resources, validate_task_options
+from ember.core.generator_stream import generator_mode, start_stream
 from ember.core.task_state import TaskEntry
 from ember.util.scheduling_strategies import apply_placement_group, resolve_strategy
 
@@ -19,7 +20,10 @@ class RemoteFunction:
     def __init__(self, function: Any, options: dict[str, Any]) -> None:
         self._function = function
         self._function_name = getattr(function, "__name__", repr(function))
-        self._default_options = {**TASK_DEFAULTS, **validate_task_options(dict(options))}
+        defaults = dict(TASK_DEFAULTS)
+        if inspect.isgeneratorfunction(function):
+            defaults["num_returns"] = "streaming"  # as Ray: a generator function streams its items
+        self._default_options = {**defaults, **validate_task_options(dict(options))}
         self._fid: bytes | None = None
         self._fid_worker: Any = None
         self._prepared: dict[int, tuple[Any, ...]] = {}
@@ -89,7 +93,8 @@ class RemoteFunction:
         fid = self._export(worker)
         name = options.get("name") or self._function_name
         task_id = ids.new_task_id(worker.current_job_id)
-        num_returns = options["num_returns"]
+        mode = generator_mode(options["num_returns"])
+        num_returns = 1 if mode else options["num_returns"]
         return_ids = [ids.return_object_id(task_id, i + 1) for i in range(num_returns)]
         wire_args, kw_names, arg_ids = worker.encode_args(args, kwargs, name)
         requested = task_resources(options)
@@ -109,6 +114,8 @@ class RemoteFunction:
             "owner": address,
             "res": requested,
         }
+        if mode:
+            spec["gen"] = mode
         if pg_group is not None:
             spec["pg_group"] = pg_group  # [id, capture]: get_current_placement_group() and its children's group
         counter = worker.reference_counter
@@ -125,6 +132,10 @@ class RemoteFunction:
         entry.parent = worker.current_task_id
         if env_key:
             entry.renv = [env_key, env]
+        if mode:
+            stream = start_stream(worker, task_id, refs[0], mode, options.get("_generator_backpressure_num_objects") or 0)
+            worker.submit_task(entry)
+            return stream
         worker.submit_task(entry)
         if num_returns == 1:
             return refs[0]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ember._private.background import BackgroundTasks
 from ember._private.object_ref import ObjectRef
 from ember.core import metrics_recorder
+from ember.core.generator_stream import run_generator, run_generator_async
 from ember.core.task_executor import ActorExit, Item
 
 if TYPE_CHECKING:
@@ -176,6 +177,8 @@ class ActorRuntime:
             result = method(*args, **kwargs)
             if inspect.isawaitable(result) and not isinstance(result, ObjectRef):
                 raise TypeError(f"{spec['name']} returned an awaitable in a synchronous actor")
+            if spec.get("gen"):
+                result = run_generator(worker, spec, result)
             return self.executor.encode_result(spec, result)
         except ActorExit:
             self._exit()
@@ -196,6 +199,8 @@ class ActorRuntime:
                 result = method(*args, **kwargs)
                 if inspect.isawaitable(result) and not isinstance(result, ObjectRef):
                     result = await result
+                if spec.get("gen"):
+                    result = await run_generator_async(self.worker, spec, result)
                 reply = self.executor.encode_result(spec, result)
             except ActorExit:
                 self._exit()

@@ -15,6 +15,7 @@ be waiting for them. Actor calls are never bounced: their order matters.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import sys
@@ -245,6 +246,10 @@ class TaskExecutor:
             self.mark(spec["job"].hex(), name)
             args, kwargs = self.decode_args(spec)
             result = fn(*args, **kwargs)
+            if spec.get("gen"):
+                from ember.core.generator_stream import run_generator
+
+                result = run_generator(worker, spec, result)
             return self.encode_result(spec, result)
         except (Cancelled, KeyboardInterrupt):
             return {"s": "cancelled"}
@@ -317,6 +322,12 @@ def _resolve(fut: asyncio.Future[Any], reply: dict[str, Any]) -> None:
 
 
 def _split_returns(result: Any, num_returns: int, name: str) -> list[Any]:
+    if inspect.isgenerator(result) and num_returns >= 1:
+        result = list(result)  # a generator with a fixed num_returns: its items are the returns (as Ray)
+        if num_returns == 1:
+            if len(result) != 1:
+                raise ValueError(f"{name}() was declared with num_returns=1 but yielded {len(result)} values")
+            return result
     if num_returns == 1:
         return [result]
     if num_returns == 0:

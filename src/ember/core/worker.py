@@ -103,6 +103,8 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         self.lineage = Lineage(self)
         self.actor_submitter = ActorSubmitter(self)
         self.actor_id: bytes | None = None
+        #: Generator tasks this process submitted whose items still stream in (task id -> StreamState).
+        self.generators: dict[bytes, Any] = {}
         #: [placement group id, capture children] of this actor, or None.
         self.actor_placement_group: list[Any] | None = None
         #: The creation spec of the actor this worker hosts (set when its constructor starts).
@@ -402,17 +404,23 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
 
     def submit_actor_call(
         self, actor_id: bytes, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-        num_returns: int, group: str | None, name: str, max_task_retries: int,
-    ) -> list[ObjectRef]:
+        num_returns: int | str, group: str | None, name: str, max_task_retries: int, backpressure: int = 0,
+    ) -> list[Any]:
+        from ember.core.generator_stream import generator_mode, start_stream
+
         task_id = ids.new_task_id(self.current_job_id)
-        return_ids = [ids.return_object_id(task_id, i + 1) for i in range(num_returns)]
+        mode = generator_mode(num_returns)
+        nret = 1 if mode else num_returns
+        return_ids = [ids.return_object_id(task_id, i + 1) for i in range(nret)]
         wire_args, kw_names, arg_ids = self.encode_args(args, kwargs, name)
         address = self.address
         spec = {
             "tid": task_id, "job": self.current_job_id, "aid": actor_id, "m": method,
-            "args": wire_args, "kw": kw_names, "nret": num_returns, "rids": return_ids,
+            "args": wire_args, "kw": kw_names, "nret": nret, "rids": return_ids,
             "owner": address, "name": name,
         }
+        if mode:
+            spec["gen"] = mode
         if group:
             spec["cg"] = group
         counter = self.reference_counter
@@ -423,6 +431,8 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         counter.add_submitted([actor_id], lambda _: None)
         arg_ids = [*arg_ids, actor_id]
         refs = [ObjectRef(rid, address) for rid in return_ids]
+        if mode:
+            refs = [start_stream(self, task_id, refs[0], mode, backpressure)]
         self.submit_task(ActorCall(spec, return_ids, max_task_retries, arg_ids))  # type: ignore[arg-type]
         return refs
 
@@ -496,6 +506,12 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         if self.executor is None:
             raise ValueError("this process does not host an actor")
         return self.executor.push(ACTOR_CALL, spec)
+
+    def rpc_generator_item(self, conn: Connection, p: dict[str, Any]) -> Any:
+        """An item of a generator task this process submitted (answered when the executor may go on)."""
+        from ember.core.generator_stream import on_item
+
+        return on_item(self, p, conn)
 
     def rpc_steal_tasks(self, conn: Connection, p: Any) -> None:
         if self.executor is not None:
