@@ -14,26 +14,11 @@ import psutil
 import pytest
 
 import ember
-from ember._private.config import reset_config
 from ember._private.test_utils import wait_for_condition
 from ember.exceptions import ActorUnschedulableError
 from ember.raylet import worker_limits
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def env_config(monkeypatch: pytest.MonkeyPatch):
-    """Set ``EMBER_<field>`` variables before the cluster starts (its daemons inherit them)."""
-
-    def set_fields(**fields: object) -> None:
-        for name, value in fields.items():
-            monkeypatch.setenv(f"EMBER_{name}", str(value))
-        reset_config()
-
-    yield set_fields
-    monkeypatch.undo()
-    reset_config()
 
 
 @ember.remote(num_cpus=0)
@@ -47,8 +32,8 @@ def square(x: int) -> int:
     return x * x
 
 
-def test_a_hundred_zero_cpu_actors_on_a_two_cpu_node(ember_start, env_config):
-    env_config(max_workers=4)  # a small task-worker cap: actors must not count against it
+def test_a_hundred_zero_cpu_actors_on_a_two_cpu_node(ember_start, ember_env):
+    ember_env(max_workers=4)  # a small task-worker cap: actors must not count against it
     ember_start(num_cpus=2, object_store_memory=100 * MiB)
     actors = [Idle.remote() for _ in range(100)]
     pids = ember.get([a.pid.remote() for a in actors], timeout=120)
@@ -59,8 +44,8 @@ def test_a_hundred_zero_cpu_actors_on_a_two_cpu_node(ember_start, env_config):
     wait_for_condition(lambda: ember.available_resources().get("CPU") == 2.0, timeout=10)
 
 
-def test_the_configured_maximum_fails_the_next_actor_with_the_reason(ember_start, env_config):
-    env_config(max_actor_workers=3)
+def test_the_configured_maximum_fails_the_next_actor_with_the_reason(ember_start, ember_env):
+    ember_env(max_actor_workers=3)
     ember_start(num_cpus=2, object_store_memory=100 * MiB)
     first = [Idle.remote() for _ in range(3)]
     assert len(set(ember.get([a.pid.remote() for a in first], timeout=60))) == 3

@@ -231,7 +231,8 @@ def test_ref_future(ember_shared, tmp_path):
 
 
 # ============================================================================ store capacity
-def test_object_store_full_error_names_how_full_the_store_is(ember_start):
+def test_object_store_full_error_names_how_full_the_store_is(ember_env, ember_start):
+    ember_env(object_store_fallback_max_bytes=1)  # no room for fallback files (test_fallback_allocation.py)
     ember_start(num_cpus=1, object_store_memory=32 * MiB)
     with pytest.raises(ObjectStoreFullError, match=r"0 B of 32\.0 MiB used"):
         ember.put(np.zeros(40 * MiB, dtype=np.uint8))
@@ -251,6 +252,7 @@ def test_object_store_full_error_names_how_full_the_store_is(ember_start):
 
 def test_object_store_full_when_spilling_cannot_make_room(ember_start, monkeypatch):
     monkeypatch.setenv("EMBER_object_spilling_directory", "/proc/ember-cannot-write-here")
+    monkeypatch.setenv("EMBER_object_store_fallback_max_bytes", "1")  # and no room for fallback files
     ember_start(num_cpus=1, object_store_memory=32 * MiB)
     first = ember.put(np.zeros(20 * MiB, dtype=np.uint8))
     with pytest.raises(ObjectStoreFullError) as info:
@@ -262,7 +264,8 @@ def test_object_store_full_when_spilling_cannot_make_room(ember_start, monkeypat
     assert ember.get(first).nbytes == 20 * MiB  # nothing lost
 
 
-def test_task_returning_too_large_a_value_fails_with_object_store_full(ember_start):
+def test_task_returning_too_large_a_value_fails_with_object_store_full(ember_env, ember_start):
+    ember_env(object_store_fallback_max_bytes=1)  # no room for fallback files (test_fallback_allocation.py)
     ember_start(num_cpus=1, object_store_memory=32 * MiB)
 
     @ember.remote

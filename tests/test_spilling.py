@@ -177,7 +177,7 @@ def test_a_dead_owners_spilled_objects_are_deleted(ember_start, base):
 
 # ============================================================================ when the store is full
 def test_store_full_error_when_spilling_cannot_make_room_names_the_largest_holders(ember_env, ember_start):
-    ember_env(object_spilling_directory="/proc/ember-nope")
+    ember_env(object_spilling_directory="/proc/ember-nope", object_store_fallback_max_bytes=1)  # no fallback files
     ember_start(num_cpus=1, object_store_memory=32 * MiB)
 
     @ember.remote
@@ -208,7 +208,8 @@ def test_store_full_error_when_spilling_cannot_make_room_names_the_largest_holde
     ember.kill(hoarder)
 
 
-def test_one_object_larger_than_the_store_fails_though_spilling_works(ember_start, base):
+def test_one_object_larger_than_the_store_fails_though_spilling_works(ember_env, ember_start, base):
+    ember_env(object_store_fallback_max_bytes=1)  # no room for fallback files (test_fallback_allocation.py)
     ember_start(num_cpus=1, object_store_memory=32 * MiB)
     held = [ember.put(value_of(base, i)) for i in range(5)]  # 40 MiB: some spilled
     assert store_stats()["spilled_objects"] >= 1

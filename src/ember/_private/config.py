@@ -25,6 +25,13 @@ class Config:
     #: Where to spill: a folder or an fsspec URL (default: the session's spill/ folder); each
     #: node spills into an ``ember_spilled_objects_<node>`` folder of its own inside it.
     object_spilling_directory: str = ""
+    #: Where an object that does not fit in the store even after spilling is written instead
+    #: (fallback allocation; default: the session's fallback/ folder, on disk).
+    object_store_fallback_directory: str = ""
+    #: Most bytes of fallback files per node at once (0: only the disk's free space limits them).
+    object_store_fallback_max_bytes: int = 0
+    #: Free disk space a fallback file must leave behind.
+    object_store_fallback_min_free_bytes: int = 1024 * 1024 * 1024
     #: Alignment of out-of-band buffers inside an object file.
     object_buffer_alignment: int = 64
 

@@ -227,7 +227,11 @@ def status(address: str | None) -> None:
     store_cap = sum(n["ObjectStoreCapacity"] for n in alive)
     store_objs = sum(n["ObjectStoreObjects"] for n in alive)
     pct = 100.0 * store_used / store_cap if store_cap else 0.0
+    fallback = sum(n.get("ObjectStoreFallback", 0) for n in alive)
+    fallback_objs = sum(n.get("ObjectStoreFallbackObjects", 0) for n in alive)
     click.echo(f"Object store: {_fmt_bytes(store_used)} / {_fmt_bytes(store_cap)} used ({pct:.1f}%), {store_objs} objects")
+    if fallback_objs:
+        click.echo(f"  + {_fmt_bytes(fallback)} in {fallback_objs} fallback file(s) on disk (objects larger than the store could take)")
 
 
 @main.command()

@@ -88,6 +88,7 @@ def format_report(nodes: list[dict[str, Any]], tables: list[dict[str, Any]]) -> 
             f"Node total: {len(rows)} references, {_mib(total)} owned; "
             + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
             + f"; object store {_mib(node.get('ObjectStoreUsed', 0))} used of {_mib(node.get('ObjectStoreCapacity', 0))}, "
-            f"{_mib(node.get('ObjectStoreSpilled', 0))} spilled"
+            f"{_mib(node.get('ObjectStoreSpilled', 0))} spilled, "
+            f"{_mib(node.get('ObjectStoreFallback', 0))} in {node.get('ObjectStoreFallbackObjects', 0)} fallback file(s) on disk"
         )
     return "\n".join(lines)

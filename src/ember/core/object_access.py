@@ -11,6 +11,7 @@ A mixin: the state it uses is created by ``CoreWorker.__init__``.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import os
 from typing import Any
 
@@ -28,6 +29,8 @@ from ember.exceptions import (
     RemoteError,
 )
 from ember.rpc import Connection
+
+logger = logging.getLogger(__name__)
 
 
 class CopyLost(ObjectLostError):
@@ -76,7 +79,15 @@ class ObjectAccess:
             if exc.code is ErrorCode.OBJECT_STORE_FULL:
                 raise exc.to_exception() from None
             raise
-        path = os.path.join(self.store_dir, object_id.hex())
+        fallback = reply.get("path") if isinstance(reply, dict) else None
+        path = fallback or os.path.join(self.store_dir, object_id.hex())
+        if fallback:
+            logger.warning(
+                "An object of %.1f MiB does not fit in the object store of this node even after spilling; "
+                "it is stored in a fallback file on disk (%s), which is slower to write and read. Start the "
+                "node with a larger object_store_memory to keep such objects in shared memory.",
+                size / 2**20, fallback,
+            )
         try:
             object_file.write_object(path, obj, reuse=isinstance(reply, dict) and bool(reply.get("reuse")))
         except FileExistsError:
@@ -84,8 +95,9 @@ class ObjectAccess:
         except OSError as exc:
             self.loop.call_soon_threadsafe(self.raylet.notify, "free_objects", {"object_ids": [object_id]})
             raise ObjectStoreFullError(
-                f"Could not write an object of {size} bytes to {self.store_dir}: {exc}. "
-                "The shared-memory file system may be smaller than the configured store."
+                f"Could not write an object of {size} bytes to {os.path.dirname(path)}: {exc}. "
+                + ("The fallback disk may be full." if fallback else
+                   "The shared-memory file system may be smaller than the configured store.")
             ) from exc
         self.loop.call_soon_threadsafe(self.raylet.notify, "seal_object", {"object_id": object_id})
         return size

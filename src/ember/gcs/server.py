@@ -41,6 +41,9 @@ class NodeEntry:
         self.store_used = 0
         self.store_objects = 0
         self.store_spilled = 0
+        #: Bytes and objects in fallback files on disk (objects the store could not take).
+        self.store_fallback = 0
+        self.store_fallback_objects = 0
         self.last_heartbeat = time.monotonic()
         self.death_reason = ""
 
@@ -59,6 +62,8 @@ class NodeEntry:
             "ObjectStoreUsed": self.store_used,
             "ObjectStoreObjects": self.store_objects,
             "ObjectStoreSpilled": self.store_spilled,
+            "ObjectStoreFallback": self.store_fallback,
+            "ObjectStoreFallbackObjects": self.store_fallback_objects,
             "ObjectStoreDir": info.get("store_dir", ""),
             "IsHead": bool(info.get("is_head")),
             "MetricsExportPort": info.get("metrics_export_port", 0),
@@ -272,6 +277,8 @@ class GcsServer:
             entry.store_used = report.get("store_used", 0)
             entry.store_objects = report.get("store_objects", 0)
             entry.store_spilled = report.get("store_spilled", 0)
+            entry.store_fallback = report.get("store_fallback", 0)
+            entry.store_fallback_objects = report.get("store_fallback_objects", 0)
             entry.last_heartbeat = time.monotonic()
             self.cluster_changed.notify()
         return self.rpc_get_node_addresses(conn, None)

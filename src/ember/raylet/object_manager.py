@@ -38,9 +38,10 @@ class ObjectManager:
         node_id: bytes,
         connect_raylet: Callable[[list[Any]], Awaitable[Connection]],
         token: str,
-        make_room: Callable[[int], Awaitable[None]],
+        allocate: Callable[[bytes, int, bytes, bool], Awaitable[tuple[bool, str | None]]],
     ) -> None:
-        self.make_room = make_room
+        #: Room for a copy: in the store (spilling if needed) or a fallback file (see ObjectService).
+        self.allocate = allocate
         import concurrent.futures
 
         self._token = token
@@ -81,10 +82,8 @@ class ObjectManager:
         conn = await self._connect(source)
         transfer_port = conn.peer_info.get("transfer_port")
         await conn.call("prepare_transfer", {"object_id": object_id}, timeout=config().object_transfer_prepare_timeout_s)
-        if self.store.used + size > self.store.capacity:
-            await self.make_room(size)
-        self.store.reserve(object_id, size, owner, primary=False)
-        path = self.store.path(object_id)
+        _, fallback_path = await self.allocate(object_id, size, owner, False)
+        path = fallback_path or self.store.path(object_id)
         part = path + ".part"
         try:
             if not transfer_port:

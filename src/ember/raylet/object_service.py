@@ -15,6 +15,7 @@ from typing import Any
 
 from ember._private.config import config
 from ember.exceptions import ConnectionLost, ObjectStoreFullError
+from ember.raylet.object_store import fmt_bytes
 from ember.rpc import Connection, connect
 
 logger = logging.getLogger(__name__)
@@ -31,18 +32,40 @@ class ObjectService:
         size = int(p["size"])
         if size < 0 or not isinstance(p.get("object_id"), bytes) or len(p["object_id"]) != 20:
             raise ValueError(f"bad create_object request: size {size}, object id {p.get('object_id')!r}")
-        try:
-            if self.store.used + size > self.store.capacity:
-                await self.spiller.make_room(size)
-            reuse = self.store.reserve(p["object_id"], size, p["owner"])
-        except ObjectStoreFullError as exc:
-            exc.expected = True  # type: ignore[attr-defined]
-            raise
+        reuse, fallback_path = await self.allocate_object(p["object_id"], size, p["owner"])
         if p.get("owner_address") and p["owner"] not in self.clients and p["owner"] not in self._owner_watches:
             self._owner_watches[p["owner"]] = self.background.spawn(
                 self._watch_owner(p["owner"], p["owner_address"]), "watch an object owner"
             )
+        if fallback_path is not None:
+            return {"reuse": False, "path": fallback_path}
         return {"reuse": reuse}
+
+    async def allocate_object(self, object_id: bytes, size: int, owner: bytes, primary: bool = True) -> tuple[bool, str | None]:
+        """Room for a new object: in the store (spilling others first if needed), else in a
+        fallback file on disk. Returns (a recycled file is at its path, the fallback path or None).
+
+        Raises:
+            ObjectStoreFullError: neither the store nor the disk can take it.
+        """
+        store = self.store
+        try:
+            if store.used + size > store.capacity:
+                await self.spiller.make_room(size)
+            return store.reserve(object_id, size, owner, primary), None
+        except ObjectStoreFullError as exc:
+            why_not = store.fallback_room(size)
+            if why_not:
+                err = ObjectStoreFullError(f"{exc} It cannot go to a fallback file on disk either: {why_not}.")
+                err.expected = True  # type: ignore[attr-defined]
+                raise err from None
+        path = store.reserve_fallback(object_id, size, owner, primary)
+        logger.warning(
+            "object %s of %s does not fit in the object store (%s of %s used after spilling): "
+            "fallback allocation to %s (on disk: slower than shared memory)",
+            object_id.hex(), fmt_bytes(size), fmt_bytes(store.used), fmt_bytes(store.capacity), path,
+        )
+        return False, path
 
     async def _watch_owner(self, owner: bytes, address: list[Any]) -> None:
         """An owner on another node: its objects here are freed when it dies (the connection drops)."""

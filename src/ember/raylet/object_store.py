@@ -9,6 +9,15 @@ An object is in one of three places: in memory (``objects``, a file in the
 store directory), spilled (``spilled``, a file in the spill location, not
 counted against capacity), or both (restored after a spill: the spill file
 is kept so that spilling it again costs nothing).
+
+*Fallback allocation* (as Ray's): an object that does not fit even after
+spilling is written to a file on disk in ``fallback_dir`` instead, and a
+symlink at its usual path in the store directory points there, so readers
+map it (zero-copy, through the page cache), transfers send it and frees
+delete it exactly like any other object. Fallback objects are counted apart
+(``fallback_used``), never against capacity, and are never spilled. Only when
+the disk cannot take it either (``fallback_room``) does the creation fail
+with ``ObjectStoreFullError``.
 """
 
 from __future__ import annotations
@@ -34,14 +43,16 @@ def fmt_bytes(n: float) -> str:
 
 
 class ObjectEntry:
-    __slots__ = ("size", "owner", "sealed", "primary")
+    __slots__ = ("size", "owner", "sealed", "primary", "fallback")
 
-    def __init__(self, size: int, owner: bytes, primary: bool) -> None:
+    def __init__(self, size: int, owner: bytes, primary: bool, fallback: bool = False) -> None:
         self.size = size
         self.owner = owner
         self.sealed = False
         #: False for a copy pulled from another node: it can be dropped instead of spilled.
         self.primary = primary
+        #: Written to a fallback file on disk (the store could not take it).
+        self.fallback = fallback
 
 
 class SpilledEntry:
@@ -54,10 +65,21 @@ class SpilledEntry:
 
 
 class ObjectStore:
-    def __init__(self, directory: str, capacity: int) -> None:
+    def __init__(
+        self, directory: str, capacity: int, fallback_dir: str = "", fallback_max_bytes: int = 0,
+        fallback_min_free_bytes: int = 0,
+    ) -> None:
         self.directory = directory
         self.capacity = capacity
         self.used = 0
+        #: Where objects the store cannot take go ("" : nowhere, the creation fails).
+        self.fallback_dir = fallback_dir
+        #: Most bytes in fallback files at once (0: as much as the disk has, minus the next field).
+        self.fallback_max_bytes = fallback_max_bytes
+        #: Free disk space a fallback file must leave.
+        self.fallback_min_free_bytes = fallback_min_free_bytes
+        self.fallback_used = 0
+        self.fallback_objects = 0
         #: In-memory objects, oldest first (the spill order).
         self.objects: OrderedDict[bytes, ObjectEntry] = OrderedDict()
         self.spilled: dict[bytes, SpilledEntry] = {}
@@ -87,6 +109,50 @@ class ObjectStore:
         self.objects[object_id] = ObjectEntry(size, owner, primary)
         self.used += size
         return reused
+
+    # ------------------------------------------------------------- fallback files
+    def fallback_path(self, object_id: bytes) -> str:
+        return os.path.join(self.fallback_dir, object_id.hex())
+
+    def fallback_room(self, size: int) -> str:
+        """Why a fallback file of ``size`` bytes cannot be made now ("" if it can)."""
+        if not self.fallback_dir:
+            return "fallback allocation is off"
+        if self.fallback_max_bytes and self.fallback_used + size > self.fallback_max_bytes:
+            return (
+                f"fallback files already hold {fmt_bytes(self.fallback_used)} of the "
+                f"{fmt_bytes(self.fallback_max_bytes)} allowed (EMBER_object_store_fallback_max_bytes)"
+            )
+        try:
+            os.makedirs(self.fallback_dir, exist_ok=True)
+            st = os.statvfs(self.fallback_dir)
+        except OSError as exc:
+            return f"the fallback folder {self.fallback_dir} is unusable: {exc}"
+        free = st.f_bavail * st.f_frsize
+        if free - size < self.fallback_min_free_bytes:
+            return (
+                f"the disk of {self.fallback_dir} has {fmt_bytes(free)} free, and "
+                f"{fmt_bytes(self.fallback_min_free_bytes)} must stay free"
+            )
+        return ""
+
+    def reserve_fallback(self, object_id: bytes, size: int, owner: bytes, primary: bool = True) -> str:
+        """Account for an object written to a fallback file; returns the path to write."""
+        entry = self.objects.get(object_id)
+        if entry is not None:  # a retried task writing the same return again
+            return self.fallback_path(object_id) if entry.fallback else self.path(object_id)
+        target = self.fallback_path(object_id)
+        os.makedirs(self.fallback_dir, exist_ok=True)
+        link = self.path(object_id)
+        try:
+            os.unlink(link)
+        except FileNotFoundError:
+            pass
+        os.symlink(target, link)
+        self.objects[object_id] = ObjectEntry(size, owner, primary, fallback=True)
+        self.fallback_used += size
+        self.fallback_objects += 1
+        return target
 
     def _take_recycled(self, object_id: bytes, size: int) -> bool:
         if size < RECYCLE_MIN_BYTES:
@@ -153,6 +219,12 @@ class ObjectStore:
         entry = self.objects.pop(object_id, None)
         if entry is None:
             return
+        if entry.fallback:
+            self.fallback_used -= entry.size
+            self.fallback_objects -= 1
+            _unlink(self.path(object_id))
+            _unlink_soon(self.fallback_path(object_id))
+            return
         self.used -= entry.size
         if entry.sealed:
             self._release_file(object_id, entry.size)
@@ -183,19 +255,22 @@ class ObjectStore:
 
     def spill_candidates(self) -> list[bytes]:
         """Sealed in-memory objects, oldest first."""
-        return [oid for oid, e in self.objects.items() if e.sealed]
+        return [oid for oid, e in self.objects.items() if e.sealed and not e.fallback]
 
     def stats(self) -> dict[str, int]:
         return {
             "used": self.used, "capacity": self.capacity, "objects": len(self.objects),
             "spilled_bytes": self.spilled_bytes, "spilled_objects": len(self.spilled),
+            "fallback_bytes": self.fallback_used, "fallback_objects": self.fallback_objects,
         }
 
     def destroy(self) -> None:
         self.objects.clear()
         self.pool.clear()
-        self.used = self.pooled_bytes = 0
+        self.used = self.pooled_bytes = self.fallback_used = self.fallback_objects = 0
         shutil.rmtree(self.directory, ignore_errors=True)
+        if self.fallback_dir:
+            shutil.rmtree(self.fallback_dir, ignore_errors=True)
 
 
 #: Freed object files at least this large are kept for reuse.

@@ -65,8 +65,14 @@ class Raylet(LeaseService, ObjectService, MetricsService):
         from ember.raylet.gpus import GpuAllocator
 
         self.gpus = GpuAllocator(self.total.get("GPU", 0))
-        self.store = ObjectStore(opts.store_dir, opts.store_capacity)
         cfg = config()
+        fallback_root = cfg.object_store_fallback_directory or os.path.join(opts.session_dir, "fallback")
+        self.store = ObjectStore(
+            opts.store_dir, opts.store_capacity,
+            fallback_dir=os.path.join(fallback_root, f"ember_fallback_{opts.node_id.hex()[:12]}"),
+            fallback_max_bytes=cfg.object_store_fallback_max_bytes,
+            fallback_min_free_bytes=cfg.object_store_fallback_min_free_bytes,
+        )
         num_cpus = int(opts.resources.get("CPU", 0))
         self.prestart = num_cpus if cfg.num_prestart_workers < 0 else cfg.num_prestart_workers
         max_workers = cfg.max_workers if cfg.max_workers > 0 else 4 * max(num_cpus, 1) + 8
@@ -119,7 +125,7 @@ class Raylet(LeaseService, ObjectService, MetricsService):
         else:
             spill_location = os.path.join(opts.session_dir, "spill", self.node_id.hex()[:12])
         self.spiller = Spiller(self.store, spill_location, cfg.object_spilling_threshold)
-        self.objects = ObjectManager(self.store, self.node_id, self._connect_raylet, token, self.spiller.make_room)
+        self.objects = ObjectManager(self.store, self.node_id, self._connect_raylet, token, self.allocate_object)
         self.transfer: Any = None
         self._init_metrics()
 
@@ -318,6 +324,8 @@ class Raylet(LeaseService, ObjectService, MetricsService):
                         "store_used": stats["used"],
                         "store_objects": stats["objects"],
                     "store_spilled": stats["spilled_bytes"],
+                    "store_fallback": stats["fallback_bytes"],
+                    "store_fallback_objects": stats["fallback_objects"],
                         "num_workers": len(self.pool.alive()),
                     }, timeout=max(5.0, period * 10))
                     self._update_view(view)
