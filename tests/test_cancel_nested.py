@@ -59,24 +59,17 @@ def test_the_driver_cancels_a_task_another_task_submitted(ember_local, tmp_path)
     assert ended(str(tmp_path)) == "cancelled"
 
 
-def test_recursive_cancel_reaches_the_children(ember_local, tmp_path):
+@pytest.mark.parametrize("recursive", [True, False])
+def test_recursive_cancel_reaches_the_children_and_only_then(ember_local, tmp_path, recursive):
     parent = waits_for_child.remote(str(tmp_path))
     wait_for_file(str(tmp_path / "started"), timeout=30)
-    ember.cancel(parent)  # recursive=True by default
+    ember.cancel(parent, recursive=recursive)
     with pytest.raises(TaskCancelledError):
         ember.get(parent, timeout=30)
-    assert ended(str(tmp_path)) == "cancelled"
-
-
-def test_non_recursive_cancel_leaves_the_children_running(ember_local, tmp_path):
-    parent = waits_for_child.remote(str(tmp_path))
-    wait_for_file(str(tmp_path / "started"), timeout=30)
-    ember.cancel(parent, recursive=False)
-    with pytest.raises(TaskCancelledError):
-        ember.get(parent, timeout=30)
-    assert not (tmp_path / "ended").exists()
-    write_file_atomic(str(tmp_path / "go"), "go")
-    assert ended(str(tmp_path)) == "finished"
+    if not recursive:  # the child runs on until told to finish
+        assert not (tmp_path / "ended").exists()
+        write_file_atomic(str(tmp_path / "go"), "go")
+    assert ended(str(tmp_path)) == ("cancelled" if recursive else "finished")
 
 
 def test_force_cancel_kills_the_worker_and_its_children(ember_local, tmp_path):

@@ -228,8 +228,8 @@ def unregister_cluster(session_dir: str) -> None:
                 pass
 
 
-def _read_private_json(path: str) -> dict[str, Any] | None:
-    """A JSON file only this user can read and write, or None (missing, foreign, readable by others)."""
+def _read_private_file(path: str) -> str | None:
+    """A file only this user can read and write (not a symlink), or None (missing, foreign, open to others)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
@@ -238,24 +238,21 @@ def _read_private_json(path: str) -> dict[str, Any] | None:
         st = os.fstat(f.fileno())
         if st.st_uid != os.getuid() or st.st_mode & 0o077:
             return None
-        try:
-            data = json.load(f)
-        except ValueError:
-            return None
+        return f.read()
+
+
+def _read_private_json(path: str) -> dict[str, Any] | None:
+    text = _read_private_file(path)
+    try:
+        data = json.loads(text) if text is not None else None
+    except ValueError:
+        return None
     return data if isinstance(data, dict) else None
 
 
 def _read_private_token(session_dir: str) -> str | None:
-    path = os.path.join(session_dir, "token")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    with os.fdopen(fd) as f:
-        st = os.fstat(f.fileno())
-        if st.st_uid != os.getuid() or st.st_mode & 0o077:
-            return None
-        return f.read().strip() or None
+    text = _read_private_file(os.path.join(session_dir, "token"))
+    return text.strip() or None if text is not None else None
 
 
 def discover_token(gcs_address: str) -> str | None:
