@@ -130,10 +130,8 @@ class Metric:
         }
 
 
-class Counter(Metric):
-    """A cumulative count that only goes up (Prometheus counter ``ray_<name>_total``)."""
-
-    _kind = recorder.COUNTER
+class _UnboundedMetric(Metric):
+    """A metric defined by its name, description and tag keys alone (counters, gauges)."""
 
     def __init__(self, name: str, description: str = "", tag_keys: tuple[str, ...] | None = None) -> None:
         super().__init__(name, description, tag_keys)
@@ -141,6 +139,12 @@ class Counter(Metric):
 
     def __reduce__(self) -> Any:
         return self.__class__, (self._name, self._description, self._tag_keys)
+
+
+class Counter(_UnboundedMetric):
+    """A cumulative count that only goes up (Prometheus counter ``ray_<name>_total``)."""
+
+    _kind = recorder.COUNTER
 
     def inc(self, value: int | float = 1.0, tags: dict[str, str] | None = None) -> None:
         """Add ``value`` (> 0, default 1) to the counter."""
@@ -151,17 +155,10 @@ class Counter(Metric):
         recorder.get_recorder().record(self._definition, self._tag_values(tags), value)
 
 
-class Gauge(Metric):
+class Gauge(_UnboundedMetric):
     """The last value set (Prometheus gauge ``ray_<name>``)."""
 
     _kind = recorder.GAUGE
-
-    def __init__(self, name: str, description: str = "", tag_keys: tuple[str, ...] | None = None) -> None:
-        super().__init__(name, description, tag_keys)
-        self._register()
-
-    def __reduce__(self) -> Any:
-        return Gauge, (self._name, self._description, self._tag_keys)
 
     def set(self, value: int | float | None, tags: dict[str, str] | None = None) -> None:
         """Set the gauge to ``value`` (``None`` does nothing)."""
