@@ -153,6 +153,27 @@ def fails() -> None:
     raise ValueError("expected")
 
 
+@ember.remote(max_retries=1)
+def dies_once(marker: str) -> None:
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+
+
+def test_ray_tasks_marks_retries(ember_env, ember_start, tmp_path):
+    ember_env(**FAST)
+    ember_start()
+    address = _metrics_address()
+    ember.get(dies_once.remote(str(tmp_path / "died")))
+
+    def owner_rows() -> list[tuple[str, str, float]]:
+        return [(s.labels["State"], s.labels["IsRetry"], s.value)
+                for s in select(scrape(address), "ray_tasks", Name="dies_once", Source="owner") if s.value]
+
+    # The second attempt finished: counted once, as a retry.
+    wait_for_condition(lambda: owner_rows() == [("FINISHED", "1", 1.0)], timeout=10)
+
+
 def _wait_for_counts(counts: Any, expected: dict[tuple[str, str, str], float]) -> None:
     def without_creation() -> dict[tuple[str, str, str], float]:
         return {k: v for k, v in counts().items() if k[0] != "Server.__init__"}
@@ -176,8 +197,11 @@ def test_ray_tasks_counts_tasks_and_actor_calls_by_state(ember_env, ember_start,
     blocked = wait_for_gate.remote(gate)
 
     def counts() -> dict[tuple[str, str, str], float]:
-        return {(s.labels["Name"], s.labels["State"], s.labels["Source"]): s.value
-                for s in select(scrape(address), "ray_tasks") if s.value}
+        out: dict[tuple[str, str, str], float] = {}
+        for s in select(scrape(address), "ray_tasks"):
+            key = (s.labels["Name"], s.labels["State"], s.labels["Source"])
+            out[key] = out.get(key, 0.0) + s.value
+        return {k: v for k, v in out.items() if v}
 
     expected = {
         ("count_in_task", "FINISHED", "owner"): 3, ("fails", "FAILED", "owner"): 1,
@@ -187,6 +211,7 @@ def test_ray_tasks_counts_tasks_and_actor_calls_by_state(ember_env, ember_start,
     _wait_for_counts(counts, expected)
     (row,) = [s for s in select(scrape(address), "ray_tasks", Name="fails") if s.value]
     assert row.labels["IsRetry"] == "0" and row.labels["JobId"] == runtime.core_worker().job_id.hex()
+    assert not [s for s in select(scrape(address), "ray_tasks", IsRetry="1") if s.value]  # nothing was retried
     with open(gate, "w") as f:
         f.write("go")
     ember.get(blocked)

@@ -37,8 +37,9 @@ Key = tuple[str, str, str, str, bytes]
 
 
 def _is_retry(entry: TaskEntry, state: TaskStatus) -> str:
-    """Whether this is a retry (an attempt after the first; a pushed task counts its own push)."""
-    return "1" if entry.pushes > (1 if state in _PUSHED else 0) else "0"
+    """Whether this is a retry: an attempt after the first (``attempt`` counts pushes that ran or
+    failed, not those a blocked worker bounced; a pushed task's count includes its own push)."""
+    return "1" if entry.attempt > (1 if state in _PUSHED else 0) else "0"
 
 
 class TaskCounts:
