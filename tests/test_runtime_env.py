@@ -543,3 +543,15 @@ def test_uv_field(pip_cluster: Cluster, tmp_path: Any) -> None:
     env = {"uv": {"packages": ["ember_uv_pkg"], "uv_pip_install_options": ["--no-index", "--find-links", wheels]}}
     assert ember.get(import_value.options(runtime_env=env).remote("ember_uv_pkg")) == "via uv"
     assert ember.get(can_import.remote("ember_uv_pkg")) is False
+
+
+def test_runtime_context_shows_the_env(ember_shared: Any) -> None:
+    @ember.remote
+    def context_env() -> tuple[dict[str, Any], str]:
+        ctx = ember.get_runtime_context()
+        return dict(ctx.runtime_env), ctx.get_runtime_env_string()
+
+    env, text = ember.get(context_env.options(runtime_env={"env_vars": {"CTX": "1"}}).remote())
+    assert env == {"env_vars": {"CTX": "1"}} and '"CTX": "1"' in text
+    assert ember.get(context_env.remote())[0] == {}
+    assert dict(ember.get_runtime_context().runtime_env) == {}

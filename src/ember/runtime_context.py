@@ -81,6 +81,16 @@ class RuntimeContext:
     def gcs_address(self) -> str:
         return self._worker.gcs_address
 
+    @property
+    def runtime_env(self) -> Any:
+        """The runtime env this process runs in (a driver: its job's), local folders as their cluster URIs."""
+        from ember.runtime_env import RuntimeEnv
+
+        return RuntimeEnv(_validate=False, **self._worker.renv.parent)
+
+    def get_runtime_env_string(self) -> str:
+        return self.runtime_env.serialize()
+
     # --------------------------------------------------------------- actors
     @property
     def current_actor(self) -> Any:
