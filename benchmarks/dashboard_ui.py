@@ -15,7 +15,6 @@ Both need Debian's chromium/chromium-driver only for ``overhead``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -48,8 +47,8 @@ def _rss_mb(pid: int) -> float:
 def _dashboard(ctx: object) -> tuple[str, str, int]:
     """(host:port, token, pid) of the head's HTTP server."""
     session_dir = ctx.address_info["session_dir"]  # type: ignore[attr-defined]
-    with open(os.path.join(session_dir, "dashboard.json")) as f:
-        pid = int(json.load(f)["pid"])
+    with open(os.path.join(session_dir, "pids", "dashboard.pid")) as f:
+        pid = int(f.read().strip())
     with open(os.path.join(session_dir, "token")) as f:
         token = f.read().strip()
     return ctx.dashboard_url, token, pid  # type: ignore[attr-defined]
