@@ -3,6 +3,17 @@
 
 import { h, clear, fill, card, badge, link, table, fmtTime, fmtDuration, fmtNumber, shortId, Poller, errorBox } from "../lib.js";
 
+// Ray's TaskState times are milliseconds (start_time_ms / end_time_ms).
+function taskStart(t) {
+  return t.start_time ?? (t.start_time_ms ? t.start_time_ms / 1000 : null);
+}
+
+function taskDuration(t) {
+  if (t.duration !== undefined) return t.duration;
+  if (!t.start_time_ms) return null;
+  return ((t.end_time_ms || Date.now()) - t.start_time_ms) / 1000;
+}
+
 function logLink(a) {
   return a.log_file ? link(`#/logs/${a.node_id}/${encodeURIComponent(a.log_file)}`, "log") : "–";
 }
@@ -61,8 +72,8 @@ export function renderActor(root, params) {
         { title: "Call", get: (t) => h("code", {}, shortId(t.task_id)) },
         { title: "Method", get: (t) => t.name },
         { title: "State", get: (t) => badge(t.state) },
-        { title: "Started", get: (t) => fmtTime(t.start_time) },
-        { title: "Duration", get: (t) => fmtDuration(t.duration), class: "num" },
+        { title: "Started", get: (t) => fmtTime(taskStart(t)) },
+        { title: "Duration", get: (t) => fmtDuration(taskDuration(t)), class: "num" },
         { title: "Error", get: (t) => t.error_type ? h("span", { class: "error-type", title: t.error_message || "" }, t.error_type) : "–", class: "wide" },
       ], c.rows, "No calls recorded."),
       c.scope !== "class" && c.total > c.rows.length ? h("p", { class: "note" }, `Showing the newest ${c.rows.length} of ${fmtNumber(c.total)} calls.`) : null);
