@@ -21,8 +21,20 @@ import sys
 
 
 def _preload() -> None:
-    import ember.core.worker  # noqa: F401  (the heavy imports: asyncio, uvloop, cloudpickle, msgpack)
+    """Import here what every worker imports, so that forks share those pages instead of
+    each loading its own copy (a thousand actors: ~1.5 MiB less each for uvloop alone)."""
+    import concurrent.futures.thread  # noqa: F401  (actors' thread pools)
+    import encodings.idna  # noqa: F401  (resolving host names)
+
+    import ember.core.actor_runtime  # noqa: F401
+    import ember.core.worker  # noqa: F401  (the heavy imports: asyncio, cloudpickle, msgpack)
     import ember.core.worker_main  # noqa: F401
+    import ember.runtime_env.resolve  # noqa: F401
+
+    try:
+        import uvloop  # noqa: F401  (the I/O loop of every worker; imported lazily by the loop thread)
+    except ImportError:
+        pass
 
 
 def _write(out: int, message: dict[str, object]) -> None:
