@@ -36,21 +36,11 @@ from typing import Any
 
 import ember
 from ember.exceptions import GetTimeoutError
+from ember.util._remote_traceback import with_remote_traceback
 
 _OK, _ERR = 0, 1
 
 logger = logging.getLogger(__name__)
-
-
-class _RemoteTraceback(Exception):
-    """The worker-side traceback, set as ``__cause__`` of a re-raised error (as the standard library does)."""
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
 
 
 class PoolActor:
@@ -106,9 +96,7 @@ def _unpack(batch: tuple[Any, ...]) -> list[Any]:
     """A chunk's results, or its error re-raised with the remote traceback as its cause."""
     if batch[0] == _OK:
         return batch[1]
-    exc = batch[1]
-    exc.__cause__ = _RemoteTraceback(f'\n"""\n{batch[2]}"""')
-    raise exc
+    raise with_remote_traceback(batch[1], batch[2])
 
 
 class AsyncResult:
@@ -229,7 +217,7 @@ class Pool:
         maxtasksperchild: an actor is replaced by a fresh one after this many chunks.
         context: accepted for compatibility; Ember's processes are the cluster's.
         ray_address: the cluster to connect to when Ember is not initialized yet.
-        ray_remote_args: options of the actors (``num_cpus``, ``resources``, ...; default 1 CPU each).
+        ray_remote_args: options of the actors (``num_cpus``, ``resources``, ...; default: as any actor, placed where a CPU is free, holding none while it runs).
     """
 
     def __init__(self, processes: int | None = None, initializer: Callable[..., Any] | None = None,
@@ -250,7 +238,9 @@ class Pool:
         self._initializer = initializer
         self._initargs = tuple(initargs or ())
         self._maxtasksperchild = maxtasksperchild
-        remote_args = {"num_cpus": 1, **(ray_remote_args or {})}
+        # As in Ray: an actor needs a CPU to be placed and holds none while it runs, so a pool made
+        # inside a task (joblib, nested pools) never waits for the CPU its caller holds.
+        remote_args = dict(ray_remote_args or {})
         self._actor_class = ember.remote(PoolActor).options(**remote_args)
         self._actors = [self._new_actor() for _ in range(processes)]
         self._tasks_run = [0] * processes

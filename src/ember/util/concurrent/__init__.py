@@ -1,0 +1,1 @@
+"""``ember.util.concurrent``: ``concurrent.futures`` on the cluster (see ``futures``)."""
