@@ -132,7 +132,34 @@ def memory(jobs: int, tasks: int) -> None:
         print(f"  {path:40s} {status}  {size / 1024:8.1f} KiB  median {statistics.median(times) * 1000:6.1f} ms  "
               f"max {max(times) * 1000:6.1f} ms")
     print(f"slowest load: {worst * 1000:.0f} ms; HTTP server RSS after all: {_rss_mb(pid):.1f} MB")
+    _browser_loads(url, token, [f"jobs/{job_id}", f"jobs/{ids[-1]}"])
+    print(f"HTTP server RSS at the end: {_rss_mb(pid):.1f} MB")
     ember.shutdown()
+
+
+def _browser_loads(url: str, token: str, extra_routes: list[str]) -> None:
+    """Seconds from navigation to a view showing its first document, in headless Chromium."""
+    try:
+        from browser import open_browser
+    except ImportError as exc:
+        print(f"(no browser timings: {exc})")
+        return
+    routes = ["overview", "cluster", "jobs", "stream", "actors", "logs", *extra_routes]
+    with open_browser() as driver:
+        driver.get(f"http://{url}/login?token={token}")
+        for route in routes:
+            times = []
+            for _ in range(3):
+                driver.get("about:blank")
+                start = time.perf_counter()
+                driver.get(f"http://{url}/#/{route}")
+                while driver.execute_script("return Number(document.documentElement.dataset.shown || 0)") < 1:
+                    if time.perf_counter() - start > 30:
+                        raise TimeoutError(f"#/{route} showed nothing in 30 s")
+                    time.sleep(0.01)
+                times.append(time.perf_counter() - start)
+                time.sleep(1.1)
+            print(f"  browser #/{route:36s} median {statistics.median(times) * 1000:6.1f} ms  max {max(times) * 1000:6.1f} ms")
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ of silently cutting.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Protocol
 
@@ -63,7 +64,9 @@ class Documents:
     # ---------------------------------------------------------------- overview
     async def overview(self) -> dict[str, Any]:
         nodes = await self.cluster.nodes()
-        infos = await self.cluster.node_infos(nodes)
+        # Asked at once: each is a round trip to another process.
+        infos, actors, jobs, tasks = await asyncio.gather(
+            self.cluster.node_infos(nodes), self.cluster.actors(), self._job_rows(), self._task_counts())
         alive = [n for n in nodes if n.get("Alive")]
         resources: dict[str, dict[str, float]] = {}
         for n in alive:
@@ -74,8 +77,6 @@ class Documents:
                 r["total"] += total
                 r["used"] += total - n["AvailableResources"].get(name, total)
         ordered = {k: resources[k] for k in sorted(resources, key=_resource_order)}
-        actors = await self.cluster.actors()
-        jobs = await self._job_rows()
         return {
             "nodes": {"alive": len(alive), "dead": len(nodes) - len(alive)},
             "resources": ordered,
@@ -86,7 +87,7 @@ class Documents:
                 "objects": sum(n.get("ObjectStoreObjects", 0) for n in alive),
             },
             "host_memory": _host_memory(alive, infos),
-            "tasks": await self._task_counts(),
+            "tasks": tasks,
             "tasks_recorded": self.tasks is not None,
             "actors_alive": sum(1 for a in actors if a["state"] == "ALIVE"),
             "jobs": jobs[:10],
@@ -96,14 +97,16 @@ class Documents:
     # ----------------------------------------------------------------- cluster
     async def nodes(self) -> dict[str, Any]:
         nodes = await self.cluster.nodes()
-        infos = await self.cluster.node_infos(nodes)
+        infos, actors, running, head_processes = await asyncio.gather(
+            self.cluster.node_infos(nodes), self.cluster.actors(), self._running_by_worker(),
+            self.cluster.head_processes())
         self.logs.learn_owners(infos)
-        actors = await self.cluster.actors()
-        running = await self.tasks.running_by_worker() if self.tasks is not None else {}
-        head_processes = await self.cluster.head_processes()
         out = [self._node_row(n, infos.get(n["NodeID"]), actors, running, head_processes) for n in nodes]
         out.sort(key=lambda n: (n["state"] != "ALIVE", not n["is_head"], n["ip"], n["node_id"]))
         return {"nodes": out}
+
+    async def _running_by_worker(self) -> dict[str, str]:
+        return await self.tasks.running_by_worker() if self.tasks is not None else {}
 
     async def node(self, node_id: str) -> dict[str, Any]:
         document = await self.nodes()

@@ -28,6 +28,7 @@ function route() {
   if (cleanup) cleanup();
   cleanup = null;
   const root = clear(document.getElementById("view"));
+  document.documentElement.dataset.shown = "0";
   for (const a of document.querySelectorAll("#nav a")) {
     a.classList.toggle("active", a.dataset.view === spec.nav);
   }
