@@ -266,8 +266,9 @@ def test_remote_zip_uri_and_zip_slip(two_nodes: Cluster, tmp_path: Any) -> None:
 @pytest.fixture
 def pip_cluster() -> Iterator[Cluster]:
     own_cluster_needed()
-    cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={"num_cpus": 2, "object_store_memory": 100 * 1024 * 1024})
+    cluster = Cluster(initialize_head=False, shutdown_at_exit=False)  # registered before any process starts
     try:
+        cluster.add_node(num_cpus=2, object_store_memory=100 * 1024 * 1024)
         cluster.connect()
         yield cluster
     finally:
@@ -390,8 +391,9 @@ def pip_cluster_no_uv(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
     own_cluster_needed()
     monkeypatch.setenv("EMBER_runtime_env_use_uv", "0")
     reset_config()
-    cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={"num_cpus": 1, "object_store_memory": 100 * 1024 * 1024})
+    cluster = Cluster(initialize_head=False, shutdown_at_exit=False)  # registered before any process starts
     try:
+        cluster.add_node(num_cpus=1, object_store_memory=100 * 1024 * 1024)
         cluster.connect()
         yield cluster
     finally:
@@ -477,8 +479,9 @@ def test_packages_of_finished_jobs_are_removed_from_the_cluster(monkeypatch: pyt
     own_cluster_needed()
     monkeypatch.setenv("EMBER_runtime_env_package_grace_s", "0")
     reset_config()
-    cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={"num_cpus": 1, "object_store_memory": 100 * 1024 * 1024})
+    cluster = Cluster(initialize_head=False, shutdown_at_exit=False)  # registered before any process starts
     try:
+        cluster.add_node(num_cpus=1, object_store_memory=100 * 1024 * 1024)
         folders = {}
         for name in ("first", "second"):
             folders[name] = tmp_path / name
