@@ -224,6 +224,16 @@ def test_close_join_terminate_and_bad_use(ember_shared):
     wait_for_condition(gone, timeout=30)
 
 
+def test_terminate_fails_outstanding_work_instead_of_hanging(ember_shared, tmp_path):
+    pool = Pool(2)
+    result = pool.apply_async(wait_for_file, (str(tmp_path / "never"),))
+    pool.terminate()
+    with pytest.raises(ember.exceptions.RayActorError):
+        result.get(timeout=60)
+    assert result.ready() and not result.successful()
+    pool.join()
+
+
 def test_pool_starts_a_cluster_when_none_is_running(ember_start):
     ember_start(num_cpus=1)  # ends the module's shared cluster
     ember.shutdown()

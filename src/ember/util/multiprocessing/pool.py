@@ -275,18 +275,25 @@ class Pool:
 
     # ------------------------------------------------------------------ results
     def _handle_results(self) -> None:
+        # Ends at the stop mark (join/terminate) once no accepted work is left: after terminate,
+        # outstanding results still complete (their calls fail with the actors' death).
+        stopping = False
         while True:
             job = self._completed.get()
             if job is None:
-                return
-            try:
-                job._complete()
-            except Exception:
-                # A callback raised: the standard library's result thread would die; keep serving.
-                logger.exception("a callback of ember.util.multiprocessing.Pool raised")
-            finally:
-                with self._lock:
-                    self._outstanding.discard(job)
+                stopping = True
+            else:
+                try:
+                    job._complete()
+                except Exception:
+                    # A callback raised: the standard library's result thread would die; keep serving.
+                    logger.exception("a callback of ember.util.multiprocessing.Pool raised")
+                finally:
+                    with self._lock:
+                        self._outstanding.discard(job)
+            with self._lock:
+                if stopping and not self._outstanding:
+                    return
 
     def _submit(self, job: AsyncResult, func: Callable[..., Any], chunks: Iterable[list[Any]], star: bool) -> AsyncResult:
         with self._lock:
