@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import numpy as np
 import pytest
@@ -265,3 +266,30 @@ def test_a_generator_cannot_travel_and_bad_options_fail(ember_shared):
 
     with pytest.raises(TypeError, match="not an iterator"):
         ember.get(next(not_a_generator.remote()))
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_cancel_an_actor_generator(ember_shared, tmp_path, kind):
+    class Stream:
+        def items(self, release):
+            yield "first"
+            # A sync actor's call is not interrupted (as in Ray): it sees the flag and goes on.
+            while not os.path.exists(release) and not ember.get_runtime_context().is_canceled():
+                time.sleep(0.01)
+            yield "second"
+
+    class AsyncStream:
+        async def items(self, release):
+            yield "first"
+            while not os.path.exists(release):
+                await asyncio.sleep(0.01)
+            yield "second"
+
+    actor = ember.remote(AsyncStream if kind == "async" else Stream).remote()
+    release = str(tmp_path / "release")
+    gen = actor.items.remote(release)
+    assert ember.get(next(gen), timeout=30) == "first"
+    ember.cancel(gen)
+    with pytest.raises(ember.exceptions.TaskCancelledError):
+        ember.get(next(gen), timeout=30)
+    assert list(gen) == []

@@ -27,7 +27,7 @@ from ember._private.background import BackgroundTasks
 from ember._private.object_ref import ObjectRef
 from ember.core import metrics_recorder
 from ember.core.generator_stream import run_generator, run_generator_async
-from ember.core.task_executor import ActorExit, Item
+from ember.core.task_executor import ActorExit, Cancelled, Item
 
 if TYPE_CHECKING:
     from ember.core.task_executor import TaskExecutor
@@ -50,6 +50,8 @@ class ActorRuntime:
         self._exiting = False
         #: Calls running as coroutines on an async actor's loop (it lives as long as the process).
         self._async_calls = BackgroundTasks("async actor calls")
+        #: Running calls of an async actor by task id, for ``ember.cancel``.
+        self._running_coroutines: dict[bytes, asyncio.Task[Any]] = {}
 
     # ================================================================ creation
     def construct(self) -> dict[str, Any]:
@@ -167,7 +169,17 @@ class ActorRuntime:
             return terminate
         return getattr(self.instance, name)
 
+    def cancel(self, task_id: bytes) -> None:
+        """From the I/O thread: ``ember.cancel`` of a call. A queued call is not run (each call
+        checks the executor's record first); a running coroutine is cancelled; a running sync or
+        threaded call goes on (as in Ray) and sees ``is_canceled()``."""
+        task = self._running_coroutines.get(task_id)
+        if task is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(task.cancel)
+
     def _invoke(self, spec: dict[str, Any]) -> dict[str, Any]:
+        if self.executor.was_cancelled(spec["tid"]):
+            return {"s": "cancelled"}
         worker = self.worker
         worker.set_task_context(spec)
         self.executor.mark(spec["job"].hex(), spec["name"])
@@ -179,7 +191,11 @@ class ActorRuntime:
                 raise TypeError(f"{spec['name']} returned an awaitable in a synchronous actor")
             if spec.get("gen"):
                 result = run_generator(worker, spec, result)
+            if self.executor.was_cancelled(spec["tid"]):
+                return {"s": "cancelled"}  # as Ray: a call cancelled while it ran reads as cancelled
             return self.executor.encode_result(spec, result)
+        except Cancelled:
+            return {"s": "cancelled"}
         except ActorExit:
             self._exit()
             return {"s": "exit"}
@@ -189,6 +205,21 @@ class ActorRuntime:
             worker.clear_task_context()
 
     async def _invoke_async(self, spec: dict[str, Any], fut: asyncio.Future[Any]) -> None:
+        task_id = spec["tid"]
+        if self.executor.was_cancelled(task_id):
+            self.executor.reply(fut, {"s": "cancelled"})
+            return
+        current = asyncio.current_task()
+        if current is not None:
+            self._running_coroutines[task_id] = current
+        try:
+            await self._run_async_call(spec, fut)
+        except (asyncio.CancelledError, Cancelled):
+            self.executor.reply(fut, {"s": "cancelled"})
+        finally:
+            self._running_coroutines.pop(task_id, None)
+
+    async def _run_async_call(self, spec: dict[str, Any], fut: asyncio.Future[Any]) -> None:
         semaphore = self._semaphores[self._group_of(spec)]
         async with semaphore:
             self.worker.set_task_context(spec)

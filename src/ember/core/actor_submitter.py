@@ -38,6 +38,7 @@ from ember.exceptions import (
     RayActorError,
     RayError,
     RuntimeEnvSetupError,
+    TaskCancelledError,
 )
 from ember.rpc import Connection
 
@@ -286,6 +287,8 @@ class ActorSubmitter:
             self._finish(call, reply["r"])
         elif status == "err":
             self._store(call, (INLINE, reply["e"]))
+        elif status == "cancelled":
+            self._fail(call, TaskCancelledError(call.spec["tid"].hex()))
         elif status == "exit":
             self._fail(call, ActorDiedError(
                 f"The actor {client.actor_id.hex()[:12]} exited because it called exit_actor() during this call.",
@@ -293,6 +296,24 @@ class ActorSubmitter:
             ))
         else:
             self._fail(call, RayActorError(f"unexpected reply from the actor: {reply!r}"))
+
+    # ================================================================ cancel
+    def cancel(self, task_id: bytes, recursive: bool = True) -> bool:
+        """Cancel an actor call this process submitted, as Ray does: a queued call is failed at
+        once; a running one is told (an async actor cancels its coroutine; a sync or threaded
+        actor sets the flag ``is_canceled()`` reads and lets the call finish)."""
+        for client in self.clients.values():
+            call = client.in_flight.get(task_id)
+            if call is not None:
+                if client.conn is not None and not client.conn.closed:
+                    client.conn.notify("cancel_task", {"tid": task_id, "recursive": recursive})
+                return True
+            for call in client.queue:
+                if call.spec["tid"] == task_id and not call.done:
+                    client.queue.remove(call)
+                    self._fail(call, TaskCancelledError(task_id.hex()))
+                    return True
+        return False
 
     # ================================================================ results
     def _finish(self, call: ActorCall, returns: list[Any]) -> None:

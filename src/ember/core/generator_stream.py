@@ -330,12 +330,23 @@ def _final_value(spec: dict[str, Any], count: int) -> Any:
     return None
 
 
+def _stop_if_cancelled(worker: CoreWorker, spec: dict[str, Any]) -> None:
+    """A cancelled generator sends nothing more (a sync actor's call is not interrupted, but
+    its items stop here)."""
+    executor = worker.executor
+    if executor is not None and executor.was_cancelled(spec["tid"]):
+        from ember.core.task_executor import Cancelled
+
+        raise Cancelled()
+
+
 def run_generator(worker: CoreWorker, spec: dict[str, Any], result: Any) -> Any:
     """In the executor (a user thread): send every item to the owner; the task's final value."""
     _check_iterable(result, spec["name"])
     assert worker.io is not None
     count = 0
     for value in result:
+        _stop_if_cancelled(worker, spec)
         worker.io.run(_send_item(worker, spec, count, _encode_item(worker, spec, count, value)))
         count += 1
     return _final_value(spec, count)
@@ -347,6 +358,7 @@ async def run_generator_async(worker: CoreWorker, spec: dict[str, Any], result: 
     count = 0
 
     async def send(value: Any) -> None:
+        _stop_if_cancelled(worker, spec)
         ret = _encode_item(worker, spec, count, value)
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_send_item(worker, spec, count, ret), worker.loop))
 

@@ -138,6 +138,9 @@ class TaskExecutor:
             if running is not None and running["tid"] == task_id:
                 self._cancel_target = task_id
                 os.kill(os.getpid(), signal.SIGINT)
+                return
+        if self.actor is not None:
+            self.actor.cancel(task_id)
 
     # ================================================================ main thread side
     def run_forever(self) -> None:

@@ -442,7 +442,7 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         task_id = ids.task_id_of(ref._id)
         owner = ref._owner
         if owner is None or list(owner) == list(self.address):
-            self.loop.call_soon_threadsafe(self.submitter.cancel, task_id, force, recursive)
+            self.loop.call_soon_threadsafe(self.cancel_owned, task_id, force, recursive)
             return
         payload = {"tid": task_id, "force": bool(force), "recursive": bool(recursive)}
 
@@ -526,7 +526,12 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
 
     def rpc_cancel_owned_task(self, conn: Connection, p: dict[str, Any]) -> None:
         """Another process asks this owner to cancel one of its tasks (``ember.cancel`` of a ref it got)."""
-        self.submitter.cancel(p["tid"], bool(p.get("force")), bool(p.get("recursive")))
+        self.cancel_owned(p["tid"], bool(p.get("force")), bool(p.get("recursive")))
+
+    def cancel_owned(self, task_id: bytes, force: bool, recursive: bool) -> None:
+        """On the loop: cancel a task or an actor call this process submitted."""
+        if not self.submitter.cancel(task_id, force, recursive):
+            self.actor_submitter.cancel(task_id, recursive)
 
     def rpc_infeasible(self, conn: Connection, p: dict[str, Any]) -> None:
         self.submitter.on_infeasible(p["request_id"], p["message"])
