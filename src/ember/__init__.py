@@ -26,6 +26,13 @@ from ember.core.generator_stream import DynamicObjectRefGenerator, ObjectRefGene
 from ember.runtime_context import get_runtime_context
 
 
+def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:
+    """Write the cluster's task executions to ``filename`` as a Chrome trace (or return the events)."""
+    from ember.util.state.timeline import timeline as write_timeline
+
+    return write_timeline(filename)
+
+
 def get_gpu_ids() -> list[int]:
     """The GPU ids assigned to the current task or actor (empty in a driver or without GPUs)."""
     from ember._private import runtime
@@ -70,5 +77,5 @@ __all__ = [
     "WorkerID",
     "ActorClass", "actor", "available_resources", "cancel", "get_actor", "get_gpu_ids", "kill", "method", "cluster_resources", "exceptions", "get",
     "get_runtime_context", "init", "is_initialized", "nodes", "put", "remote", "runtime_env",
-    "shutdown", "wait",
+    "shutdown", "timeline", "wait",
 ]

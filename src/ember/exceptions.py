@@ -380,3 +380,7 @@ def error_code_of(exc: BaseException) -> ErrorCode:
         if isinstance(exc, exc_type):
             return code
     return ErrorCode.INTERNAL
+
+
+class RayStateApiException(RayError):
+    """A state-API query failed, or (with ``raise_on_missing_output``) its output is incomplete."""

@@ -117,6 +117,18 @@ class Config:
     #: First delay before retrying a task the memory monitor ended (doubles per retry).
     oom_retry_backoff_s: float = 0.5
 
+    # --- task events (state API, timeline) ----------------------------------
+    #: Record every task's state transitions for the state API (``ember list tasks``).
+    task_events_enabled: bool = True
+    #: Seconds between two batches of task events a process sends to the control service.
+    task_events_report_period_s: float = 0.5
+    #: Events a process keeps while the control service cannot take them; beyond, dropped and counted.
+    task_events_buffer_size: int = 100_000
+    #: Tasks the control service keeps per job; beyond, finished ones are dropped first (counted).
+    task_events_max_tasks_per_job: int = 100_000
+    #: Most rows one state-API query returns (a larger ``limit`` is cut to this).
+    state_api_max_limit: int = 100_000
+
     # --- health ------------------------------------------------------------
     heartbeat_period_s: float = 1.0
     #: Seconds between resource reports a node sends when nothing changes.

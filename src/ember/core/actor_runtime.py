@@ -77,8 +77,11 @@ class ActorRuntime:
             else:
                 self.instance = cls(*args, **kwargs)
         except ActorExit:
-            return {"s": "err", "e": self.executor.error_reply(name, RuntimeError("exit_actor() was called in __init__"))["e"]}
+            error = RuntimeError("exit_actor() was called in __init__")
+            worker.task_events.actor_constructed(_creation_task_id(spec), spec, error)
+            return {"s": "err", "e": self.executor.error_reply(name, error)["e"]}
         except Exception as exc:
+            worker.task_events.actor_constructed(_creation_task_id(spec), spec, exc)
             return self.executor.error_reply(name, exc)
         finally:
             worker.clear_task_context()
@@ -91,6 +94,7 @@ class ActorRuntime:
         elif (max_concurrency or 1) > 1 or groups:
             self.mode = "threaded"
         self._group_sizes = {DEFAULT_GROUP: max_concurrency or (1000 if self.mode == "async" else 1), **groups}
+        worker.task_events.actor_constructed(_creation_task_id(spec), spec, None)
         return {"s": "ok"}
 
     # ================================================================ main thread

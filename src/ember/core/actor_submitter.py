@@ -142,6 +142,7 @@ class ActorSubmitter:
             return
         client.queue.append(call)
         self.worker.task_counts.changed()
+        self.worker.task_events.actor_call(call.spec, "PENDING_ARGS_AVAIL")
         for index, arg in enumerate(call.spec["args"]):
             if arg[0] == ARG_REF:
                 call.deps_pending += 1
@@ -263,6 +264,7 @@ class ActorSubmitter:
                 continue
             client.in_flight[call.spec["tid"]] = call
             self.worker.task_counts.changed()
+            self.worker.task_events.actor_call(call.spec, "SUBMITTED_TO_WORKER")
             call.pushed_to = client.incarnation
             # Sequence numbers let the actor run this caller's calls in order even if the
             # network reorders them; seq_base says every earlier call is finished.
@@ -319,6 +321,7 @@ class ActorSubmitter:
     def _finish(self, call: ActorCall, returns: list[Any]) -> None:
         call.done = True
         self.worker.task_counts.actor_call_ended(call.spec, failed=False)
+        self.worker.task_events.actor_call(call.spec, "FINISHED")
         self._release(call)
         client = self.clients.get(call.spec["aid"])
         self.worker.store_results(call.spec["tid"], call.return_ids, returns, client.conn if client else None)
@@ -326,6 +329,7 @@ class ActorSubmitter:
     def _store(self, call: ActorCall, entry: Entry) -> None:
         call.done = True
         self.worker.task_counts.actor_call_ended(call.spec, failed=True)
+        self.worker.task_events.owner_failed(call.spec["tid"], 0, entry, "failed")
         self._release(call)
         for oid in call.return_ids:
             self.worker.store_owned_result(oid, entry)

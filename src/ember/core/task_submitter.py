@@ -474,6 +474,7 @@ class TaskSubmitter:
         if entry.done:
             return
         entry.transition(TaskStatus.FAILED, reason)
+        self.worker.task_events.owner_failed(entry.spec["tid"], entry.attempt, error, reason)
         self._complete(entry)
         for oid in entry.return_ids:
             self.worker.store_owned_result(oid, error)

@@ -35,6 +35,7 @@ from ember.core.object_access import ObjectAccess
 from ember.core.ownership_protocol import OwnershipProtocol
 from ember.core.reference_counter import ReferenceCounter
 from ember.core.task_counts import NoTaskCounts, TaskCounts
+from ember.core.task_events import TaskEventRecorder
 from ember.core.task_executor import ACTOR_CALL, CREATE_ACTOR, TASK, TaskExecutor
 from ember.core.task_state import TaskEntry
 from ember.core.task_submitter import ARG_REF, ARG_VALUE, TaskSubmitter
@@ -124,6 +125,8 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
             TaskCounts(self, metrics_recorder.get_recorder().poke) if config().enable_metrics_collection
             else NoTaskCounts()
         )
+        #: State transitions of the tasks this process submits or runs, for the state API.
+        self.task_events = TaskEventRecorder(self)
         self.io: EventLoopThread | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.raylet: Connection = None  # type: ignore[assignment]
@@ -170,6 +173,8 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         self.session_dir = info["session_dir"]
         self.raylet.add_close_callback(self._raylet_lost)
         self._gcs_up = asyncio.Event()
+        if self.task_events.enabled:
+            self.background.spawn(self.task_events.run(), "send task events", loop=self.loop)
         if self.mode == WORKER:
             # A worker may start while the control service restarts: connect in the background;
             # calls that need it (gcs_request) wait for it.
@@ -263,12 +268,14 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
 
     def shutdown(self) -> None:
         self.task_counts.close()
+        self.task_events.close()
         if self.io is None or self.shutting_down:
             return
         self.shutting_down = True
 
         async def _close() -> None:
             metrics_recorder.flush_if_used(self)
+            self.task_events.flush()
             self.submitter.release_idle_leases()
             await asyncio.sleep(0)
             for conn in [self.raylet, self.gcs]:
@@ -298,12 +305,14 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
     def set_task_context(self, spec: dict[str, Any]) -> None:
         _task_context.set((spec["tid"], spec["job"], spec["name"]))
         self.task_counts.running(spec["name"], spec["job"], 1)
+        self.task_events.execution_started(spec)
         _task_placement_group.set(spec.get("pg_group"))
 
     def clear_task_context(self) -> None:
         ctx = _task_context.get()
         if ctx is not None:
             self.task_counts.running(ctx[2], ctx[1], -1)
+            self.task_events.execution_ended(ctx[0])
         _task_context.set(None)
         _task_placement_group.set(None)
 

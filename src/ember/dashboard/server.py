@@ -16,12 +16,12 @@ from aiohttp import web
 
 from ember.dashboard import auth
 from ember.dashboard.context import DashboardContext
-from ember.exceptions import ConnectionLost, RemoteError
+from ember.exceptions import ConnectionLost, ErrorCode, RemoteError
 
 logger = logging.getLogger(__name__)
 
 #: Route modules under ``ember.dashboard.modules``, loaded in this order.
-MODULES: tuple[str, ...] = ("cluster", "jobs", "metrics", "ui")
+MODULES: tuple[str, ...] = ("cluster", "state", "jobs", "metrics", "ui")
 
 #: Where a handler finds the context: ``request.app[CONTEXT]``.
 CONTEXT = web.AppKey("ember_dashboard_context", DashboardContext)
@@ -41,9 +41,11 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     except ConnectionLost as exc:
         return web.Response(status=503, text=f"the control service is unreachable: {exc}")
+    except ValueError as exc:  # bad arguments found by shared code (e.g. the state API's filters)
+        return web.Response(status=400, text=str(exc))
     except RemoteError as exc:
-        if exc.code in ("ValueError", "KeyError", "TypeError"):
-            return web.Response(status=400, text=str(exc))
+        if exc.code is ErrorCode.BAD_REQUEST:
+            return web.Response(status=400, text=exc.message)
         logger.exception("control service error in %s %s", request.method, request.path)
         return web.Response(status=500, text=f"{exc.code}: {exc}")
 

@@ -88,6 +88,8 @@ class PgEntry:
             "strategy": self.strategy,
             "state": self.state.value,
             "stats": {"scheduling_state": self.state.value},
+            "creator_job_id": self.job.hex() if self.job else None,
+            "is_detached": self.detached,
         }
 
 

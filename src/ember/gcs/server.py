@@ -18,11 +18,13 @@ from typing import Any
 from ember._private import ids
 from ember._private.background import BackgroundTasks
 from ember._private.config import config
+from ember._private.state_filters import check_filters
 from ember.gcs import metrics_discovery
 from ember.gcs import persistence as db
 from ember.gcs.actor_manager import ActorManager
 from ember.gcs.placement_groups import PlacementGroupManager
 from ember.gcs.storage import InMemoryStorage
+from ember.gcs.task_events import TASK_FIELDS, TaskEventStore
 from ember.rpc import Connection
 
 logger = logging.getLogger(__name__)
@@ -115,6 +117,8 @@ class GcsServer:
         #: Placement groups and actors waiting for room wait on this instead of polling.
         self.cluster_changed = ChangeSignal()
         self.actor_manager = ActorManager(self)
+        #: Task events of every process, for the state API (bounded per job).
+        self.task_events = TaskEventStore(config().task_events_max_tasks_per_job)
         self.pg_manager = PlacementGroupManager(self)
         self._oom_details: dict[bytes, str] = {}
         self.restarted = False
@@ -434,6 +438,36 @@ class GcsServer:
         """Every ``[key, value]`` of a namespace whose key starts with ``prefix`` (one round trip)."""
         prefix = p.get("prefix", b"")
         return [[k, v] for k, v in self.storage.items("kv:" + p.get("ns", "")) if k.startswith(prefix)]
+
+    # ---------------------------------------------------------- task events
+    def rpc_add_task_events(self, conn: Connection, batch: dict[str, Any]) -> None:
+        self.task_events.add_batch(batch)
+
+    def rpc_list_tasks(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any]:
+        """``{filters: [[key, "="|"!=", value]], limit, detail}`` -> matches (newest first) and counts."""
+        filters = check_filters(p.get("filters") or [], TASK_FIELDS)
+        limit = int(p.get("limit", 100))
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        return self.task_events.list(filters, min(limit, config().state_api_max_limit), bool(p.get("detail")))
+
+    def rpc_summarize_tasks(self, conn: Connection, p: Any) -> dict[str, Any]:
+        return self.task_events.summary()
+
+    def rpc_task_counts_by_state(self, conn: Connection, p: Any) -> dict[str, int]:
+        return self.task_events.counts_by_state()
+
+    def rpc_task_executions(self, conn: Connection, p: dict[str, Any] | None) -> list[list[Any]]:
+        """Recorded executions still running or ended after ``since`` (seconds; optional ``job_id``):
+        ``[task_id, name, job_id, node_id, worker_id, pid, start_s, end_s, state]``."""
+        p = p or {}
+        since = float(p.get("since") or 0.0)
+        job = p.get("job_id")
+        return [
+            [r.task_id, r.name, r.job_id, r.node, r.worker, r.pid, r.start, r.end, r.state]
+            for r in self.task_events.executions()
+            if (r.end is None or r.end >= since) and (job is None or r.job_id == job)
+        ]
 
     # --------------------------------------------------------------- status
     def rpc_cluster_info(self, conn: Connection, payload: Any) -> dict[str, Any]:

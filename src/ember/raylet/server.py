@@ -22,6 +22,7 @@ from ember._private.background import BackgroundTasks
 from ember._private.config import config
 from ember._private.processes import host_memory, resident_bytes
 from ember.exceptions import ConnectionLost, RemoteError
+from ember.raylet import log_files
 from ember.raylet import scheduling_policy as policy
 from ember.raylet.lease_service import LeaseService
 from ember.raylet.leases import Lease, LeaseRequest
@@ -672,6 +673,14 @@ class Raylet(LeaseService, ObjectService, MetricsService):
             if address:
                 out.append(address)
         return out
+
+    def rpc_list_logs(self, conn: Connection, p: dict[str, Any] | None) -> list[list[Any]]:
+        """This node's log files ``[[name, size], ...]`` (``glob`` filters names)."""
+        return log_files.list_files(self.logs_dir, (p or {}).get("glob"))
+
+    def rpc_read_log(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any]:
+        """A chunk of one log file (``name``, ``offset``, ``max_bytes``); names outside logs/ are refused."""
+        return log_files.read(self.logs_dir, p["name"], int(p.get("offset", 0)), int(p.get("max_bytes", 1 << 20)))
 
     def rpc_ping(self, conn: Connection, p: Any) -> str:
         return "pong"
