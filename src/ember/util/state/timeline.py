@@ -34,7 +34,7 @@ def chrome_trace(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     named: set[str] = set()
     now = time.time()
     for e in sorted(rows, key=lambda r: r["start"]):
-        process = f"Node {e['node_ip'] or e['node_id'][:8]}"
+        process = f"Node {e.get('node_ip') or e['node_id'][:8]}"
         if process not in named:
             named.add(process)
             events.append({"name": "process_name", "ph": "M", "pid": process,
@@ -44,7 +44,8 @@ def chrome_trace(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "cat": "task", "name": e["name"], "ph": "X", "pid": process, "tid": f"worker pid {e['pid']}",
             "ts": e["start"] * 1e6, "dur": max(0.0, end - e["start"]) * 1e6,
             "cname": "terrible" if e["state"] == "FAILED" else "generic_work",
-            "args": {"task_id": e["task_id"], "state": e["state"], "job_id": e["job_id"], "worker_id": e["worker_id"]},
+            "args": {"task_id": e.get("task_id", ""), "state": e["state"], "job_id": e.get("job_id", ""),
+                     "worker_id": e.get("worker_id", "")},
         })
     return events
 
