@@ -230,7 +230,7 @@ def test_http_routes(ember_start):
     ctx = ember_start(include_dashboard=True, dashboard_port=0)
     url, token = ctx.dashboard_url, session_token(ctx["session_dir"])
     assert ember.get([noop.remote(i) for i in range(4)]) == list(range(4))
-    wait_for_condition(lambda: len(list_tasks()) == 4, timeout=20)
+    wait_for_condition(lambda: len(list_tasks(filters=[("state", "=", "FINISHED")])) == 4, timeout=20)
     assert http(url, "/api/v0/tasks").status == 401
     reply = http(url, "/api/v0/tasks?limit=2&filter_keys=state&filter_predicates=%3D&filter_values=FINISHED",
                  token=token)
