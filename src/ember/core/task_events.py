@@ -70,10 +70,15 @@ class TaskEventRecorder:
         self._worker = worker
         self.enabled = cfg.task_events_enabled
         self._period = cfg.task_events_report_period_s
-        self._events: deque[list[Any]] = deque()
+        self._events: deque[Any] = deque()
         self._limit = cfg.task_events_buffer_size
         self._dropped = 0
         self._pid = os.getpid()
+        from ember.core.worker import (
+            _task_context,  # loaded by now: the worker creates this recorder
+        )
+
+        self._task_context = _task_context
         self._stop_observing = TASK_TRANSITIONS.observe(self._on_task_move) if self.enabled else None
 
     def close(self) -> None:
@@ -82,7 +87,7 @@ class TaskEventRecorder:
             self._stop_observing = None
 
     # ------------------------------------------------------------------ recording
-    def _add(self, event: list[Any]) -> None:
+    def _add(self, event: Any) -> None:
         events = self._events
         events.append(event)
         if len(events) > self._limit:
@@ -90,21 +95,19 @@ class TaskEventRecorder:
             self._dropped += 1
 
     def _parent(self) -> bytes:
-        from ember.core.worker import _task_context
-
-        ctx = _task_context.get()
+        ctx = self._task_context.get()
         return ctx[0] if ctx is not None else self._worker.driver_task_id
 
     def _on_task_move(self, entry: object, old: TaskStatus | None, new: TaskStatus, reason: str) -> None:
         assert isinstance(entry, TaskEntry)
         spec = entry.spec
-        info: dict[str, Any] | None = None
         if new is TaskStatus.FAILED:
             return  # recorded by owner_failed, with the error
-        if old is None:
-            info = {"name": entry.name, "job": spec["job"], "parent": self._parent(), "type": NORMAL_TASK,
-                    "res": spec.get("res")}
-        self._add([spec["tid"], max(entry.attempt - 1, 0), new.value, time.time(), info])
+        info = None if old is not None else {
+            "name": entry.name, "job": spec["job"], "parent": self._parent(), "type": NORMAL_TASK, "res": spec.get("res"),
+        }
+        attempt = entry.attempt - 1 if entry.attempt else 0
+        self._add((spec["tid"], attempt, new.value, time.time(), info))
 
     def owner_failed(self, task_id: bytes, attempt: int, error: Any, reason: str) -> None:
         """The owner stored ``error`` (a memory-store entry ``(kind, data)``) as a task's result.
