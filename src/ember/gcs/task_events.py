@@ -122,6 +122,15 @@ class TaskEventStore:
         self._finished: dict[bytes, OrderedDict[bytes, None]] = {}
         self.dropped: dict[bytes, int] = {}
         self._resources: dict[tuple[Any, ...], dict[str, float]] = {}
+        #: One copy of each node, worker and job id (every record of a worker shares it).
+        self._ids: dict[bytes, bytes] = {}
+
+    def _intern(self, value: Any) -> Any:
+        if not isinstance(value, bytes):
+            return value
+        if len(self._ids) > 1_000_000:
+            self._ids.clear()
+        return self._ids.setdefault(value, value)
 
     # ---------------------------------------------------------------- intake
     def add_batch(self, batch: dict[str, Any]) -> None:
@@ -135,7 +144,7 @@ class TaskEventStore:
              batch_job: bytes) -> None:
         rec = self.records.get(task_id)
         if rec is None:
-            job = (info or {}).get("job") or batch_job
+            job = self._intern((info or {}).get("job") or batch_job)
             rec = self.records[task_id] = TaskRecord(task_id, job)
             self._by_job.setdefault(job, OrderedDict())[task_id] = None
             self._evict(job)
@@ -175,7 +184,7 @@ class TaskEventStore:
             if rec.type == "NORMAL_TASK":
                 rec.type = "ACTOR_TASK"
         if "worker" in info:
-            rec.worker, rec.node, rec.pid = info["worker"], info.get("node"), info.get("pid")
+            rec.worker, rec.node, rec.pid = self._intern(info["worker"]), self._intern(info.get("node")), info.get("pid")
         if "error_type" in info:
             rec.error_type, rec.error = info["error_type"], info.get("error")
         if info.get("res"):
