@@ -250,8 +250,9 @@ def test_http_routes(ember_start):
     log = http(url, "/api/v0/logs/file?filename=gcs_server.log&lines=1", token=token)
     assert log.status == 200 and log.text.count("\n") == 1
     assert "gcs_server.log" in http(url, "/api/v0/logs", token=token).json()["data"]["result"]["gcs_server"]
-    trace = http(url, "/api/v0/timeline", token=token).json()
-    assert len([e for e in trace if e["ph"] == "X"]) == 4
+    # The workers' RUNNING batches may come after the owner's FINISHED ones.
+    wait_for_condition(lambda: len([e for e in http(url, "/api/v0/timeline", token=token).json()
+                                    if e["ph"] == "X"]) == 4, timeout=20)
     assert http(url, "/api/v0/nothing", token=token).status == 404
 
 
