@@ -54,3 +54,27 @@ def test_finished_tasks_are_forgotten_and_failures_are_logged(caplog):
     with caplog.at_level(logging.ERROR, logger="ember._private.background"):
         asyncio.run(scenario())
     assert any("background task broken failed" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+def test_spawn_if_open_drops_late_events_after_shutdown_quietly(caplog):
+    async def scenario():
+        tasks = BackgroundTasks("test component")
+
+        async def report():
+            return "sent"
+
+        running = tasks.spawn_if_open(report(), "report")
+        assert running is not None and await running == "sent"
+        assert not tasks.closed
+        await tasks.close(timeout=5)
+        assert tasks.closed
+        late = report()
+        assert tasks.spawn_if_open(late, "report a worker death") is None
+        assert late.cr_frame is None, "the dropped coroutine is closed (no 'never awaited' warning)"
+        assert len(tasks) == 0
+
+    with caplog.at_level(logging.DEBUG, logger="ember._private.background"):
+        asyncio.run(scenario())
+    assert any("dropped the late report a worker death" in r.getMessage() and r.levelno == logging.DEBUG
+               for r in caplog.records)
+    assert not any(r.levelno >= logging.WARNING for r in caplog.records if r.name == "ember._private.background")

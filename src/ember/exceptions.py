@@ -23,6 +23,7 @@ user code catches them by name)::
     │   ├── JobServerUnreachableError     ... no HTTP server answered (also a ConnectionError)
     │   └── JobAuthenticationError        ... the server refused our token (also a PermissionError)
     └── RaySystemError                    Ember itself failed
+        ├── InvariantViolation            a sans-I/O core's validate() found its state inconsistent
         └── RpcError                      internal: transport and protocol errors
             ├── ConnectionLost            the peer went away
             ├── AuthenticationError       bad or missing cluster token
@@ -64,6 +65,10 @@ EmberError = RayError
 
 class RaySystemError(RayError):
     """Ember itself failed (not the user's code)."""
+
+
+class InvariantViolation(RaySystemError):
+    """A sans-I/O core's ``validate()`` found its state inconsistent (a bug in Ember, never user error)."""
 
 
 class RpcError(RaySystemError):

@@ -37,6 +37,20 @@ class BackgroundTasks:
         task.add_done_callback(self._finished)
         return task
 
+    def spawn_if_open(self, coro: Coroutine[Any, Any, T], name: str = "") -> asyncio.Task[T] | None:
+        """As :meth:`spawn`, but a late event after shutdown (a connection closing as the process
+        stops) is dropped quietly with a debug line instead of raising; returns None then."""
+        if self._closed:
+            coro.close()
+            logger.debug("%s is shut down; dropped the late %s", self.owner, name or coro)
+            return None
+        return self.spawn(coro, name)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` (or :meth:`cancel_all`) ran: nothing new may start."""
+        return self._closed
+
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if task.cancelled():

@@ -159,7 +159,7 @@ class ObjectService:
             for address in self.objects.on_free(oid):
                 by_copy.setdefault((address[0], address[1]), []).append(oid)
         for address, oids in by_copy.items():
-            self.background.spawn(self._free_remote(list(address), oids), "free remote copies")
+            self.background.spawn_if_open(self._free_remote(list(address), oids), "free remote copies")
 
     async def _free_remote(self, address: list[Any], object_ids: list[bytes]) -> None:
         try:

@@ -29,7 +29,7 @@ import os
 import shutil
 from collections import OrderedDict
 
-from ember.exceptions import ObjectStoreFullError
+from ember.exceptions import InvariantViolation, ObjectStoreFullError
 
 logger = logging.getLogger(__name__)
 
@@ -263,6 +263,34 @@ class ObjectStore:
             "spilled_bytes": self.spilled_bytes, "spilled_objects": len(self.spilled),
             "fallback_bytes": self.fallback_used, "fallback_objects": self.fallback_objects,
         }
+
+    def validate(self) -> None:
+        """Check the accounting invariants; raise ``InvariantViolation`` naming the first broken one.
+
+        ``used`` is the sum of the in-memory (not fallback) objects and stays within
+        capacity; fallback, spilled and kept-for-reuse bytes are the sums of their
+        entries; no count is negative.
+        """
+        problems = []
+        in_memory = sum(e.size for e in self.objects.values() if not e.fallback)
+        if self.used != in_memory:
+            problems.append(f"used is {self.used} but the in-memory objects add up to {in_memory}")
+        if self.used > self.capacity:
+            problems.append(f"used {self.used} is above the capacity {self.capacity}")
+        fallback = [e.size for e in self.objects.values() if e.fallback]
+        if (self.fallback_used, self.fallback_objects) != (sum(fallback), len(fallback)):
+            problems.append(f"fallback accounting {self.fallback_used} B / {self.fallback_objects} objects, "
+                            f"entries {sum(fallback)} B / {len(fallback)}")
+        spilled = sum(e.size for e in self.spilled.values())
+        if self.spilled_bytes != spilled:
+            problems.append(f"spilled_bytes is {self.spilled_bytes} but the spilled entries add up to {spilled}")
+        pooled = sum(size for _, size in self.pool)
+        if self.pooled_bytes != pooled:
+            problems.append(f"pooled_bytes is {self.pooled_bytes} but the kept files add up to {pooled}")
+        if min(e.size for e in [*self.objects.values(), *self.spilled.values()] or [ObjectEntry(0, b"", True)]) < 0:
+            problems.append("an object has a negative size")
+        if problems:
+            raise InvariantViolation("object store: " + "; ".join(problems))
 
     def destroy(self) -> None:
         self.objects.clear()

@@ -234,7 +234,7 @@ class Raylet(LeaseService, ObjectService, MetricsService):
         if self.stopping or conn is not self.gcs:
             return
         logger.warning("lost the connection to the control service (%s); reconnecting", conn.close_reason)
-        self.background.spawn(self._reconnect_gcs(conn), "reconnect to the control service")
+        self.background.spawn_if_open(self._reconnect_gcs(conn), "reconnect to the control service")
 
     async def _reconnect_gcs(self, old: Connection) -> None:
         """Keep running while the control service restarts; rejoin it with the same node id."""
@@ -517,7 +517,7 @@ class Raylet(LeaseService, ObjectService, MetricsService):
         self.log_monitor.remove(worker.err_path)
         if not self.stopping:
             # A stopping node leaves the cluster as a whole (unregister_node): no death to report.
-            self.background.spawn(self._report_worker_death(worker), "report a worker death")
+            self.background.spawn_if_open(self._report_worker_death(worker), "report a worker death")
         # Keep the prestarted pool at its size.
         if not self.stopping and sum(1 for w in self.pool.alive() if not w.env_key) < self.prestart:
             self._start_worker()
