@@ -18,7 +18,7 @@ class StateTaskSource:
         return reply["total"], reply["result"]
 
     async def actor_calls(self, actor_id: str, limit: int) -> tuple[dict[str, int], int, list[dict[str, Any]]]:
-        reply = await list_resource(self.src, "tasks", [("actor_id", "=", actor_id)], 10**9)
+        reply = await list_resource(self.src, "tasks", [("actor_id", "=", actor_id)], 10**9, True)
         counts: dict[str, int] = {}
         for row in reply["result"]:
             counts[row["state"]] = counts.get(row["state"], 0) + 1
