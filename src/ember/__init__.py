@@ -11,7 +11,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, overload
 
 from ember import actor, exceptions, runtime_env
 from ember._private.ids import JobID, NodeID, TaskID, WorkerID
@@ -39,6 +40,14 @@ def get_gpu_ids() -> list[int]:
 
     worker = runtime.core_worker_or_none()
     return list(worker.gpu_ids) if worker is not None else []
+
+
+@overload
+def remote(target: Any, /) -> Any: ...
+
+
+@overload
+def remote(**options: Any) -> Callable[[Any], Any]: ...
 
 
 def remote(*args: Any, **kwargs: Any) -> Any:

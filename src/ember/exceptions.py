@@ -52,7 +52,7 @@ class RayError(Exception):
         return (_rebuild_error, (type(self), self.args, self.__dict__ or None))
 
 
-def _rebuild_error(cls: type, args: tuple[Any, ...], state: dict[str, Any] | None) -> RayError:
+def _rebuild_error(cls: type[RayError], args: tuple[Any, ...], state: dict[str, Any] | None) -> RayError:
     err = cls.__new__(cls, *args)
     err.args = args
     if state:
@@ -200,7 +200,7 @@ class RayTaskError(RayError):
 _dual_classes: dict[type, type] = {}
 
 
-def _dual_class(cause_cls: type) -> type:
+def _dual_class(cause_cls: type) -> type[RayTaskError]:
     cls = _dual_classes.get(cause_cls)
     if cls is None:
         name = f"RayTaskError({cause_cls.__name__})"

@@ -9,9 +9,12 @@ and the task/actor ones are for workers only (a driver asking for them gets an
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ember._private import ids, runtime
+
+if TYPE_CHECKING:
+    from ember.runtime_env import RuntimeEnv
 
 #: A placement-group resource name: ``CPU_group_<index>_<pg hex>`` or ``CPU_group_<pg hex>``.
 _PG_RESOURCE = re.compile(r"^(.+)_group_(?:\d+_)?[0-9a-f]+$")
@@ -23,13 +26,16 @@ class RuntimeContext:
 
     # ------------------------------------------------------------------ ids
     def get_job_id(self) -> str:
-        return self._worker.current_job_id.hex()
+        value: bytes = self._worker.current_job_id
+        return value.hex()
 
     def get_node_id(self) -> str:
-        return self._worker.node_id.hex()
+        value: bytes = self._worker.node_id
+        return value.hex()
 
     def get_worker_id(self) -> str:
-        return self._worker.worker_id.hex()
+        value: bytes = self._worker.worker_id
+        return value.hex()
 
     def get_task_id(self) -> str | None:
         task_id = self._worker.current_task_id
@@ -41,10 +47,12 @@ class RuntimeContext:
 
     def get_actor_name(self) -> str | None:
         spec = self._actor_spec()
-        return spec.get("name") if spec is not None else None
+        name: str | None = spec.get("name") if spec is not None else None
+        return name
 
     def get_task_name(self) -> str | None:
-        return self._worker.current_task_name
+        name: str | None = self._worker.current_task_name
+        return name
 
     def get_placement_group_id(self) -> str | None:
         pg = getattr(self._worker, "current_placement_group", None)
@@ -72,17 +80,20 @@ class RuntimeContext:
 
     @property
     def namespace(self) -> str | None:
-        return self._worker.namespace
+        namespace: str | None = self._worker.namespace
+        return namespace
 
     def get_namespace(self) -> str | None:
-        return self._worker.namespace
+        namespace: str | None = self._worker.namespace
+        return namespace
 
     @property
     def gcs_address(self) -> str:
-        return self._worker.gcs_address
+        address: str = self._worker.gcs_address
+        return address
 
     @property
-    def runtime_env(self) -> Any:
+    def runtime_env(self) -> RuntimeEnv:
         """The runtime env this process runs in (a driver: its job's), local folders as their cluster URIs."""
         from ember.runtime_env import RuntimeEnv
 

@@ -51,11 +51,13 @@ def actors(actor_id: str | None = None, job_id: Any = None, actor_state_name: st
 
 
 def jobs() -> list[dict[str, Any]]:
-    return runtime.core_worker().gcs_call("get_jobs", None)
+    rows: list[dict[str, Any]] = runtime.core_worker().gcs_call("get_jobs", None)
+    return rows
 
 
 def current_node_id() -> str:
-    return runtime.core_worker().node_id.hex()
+    node_id: bytes = runtime.core_worker().node_id
+    return node_id.hex()
 
 
 def node_ids() -> list[str]:

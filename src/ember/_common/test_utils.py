@@ -210,7 +210,8 @@ class BatchQueue(Queue):
     ) -> list[Any]:
         """Up to ``batch_size`` items (all there are if None) in order: waits up to ``first_timeout``
         for the first (``Empty`` if none comes), then up to ``total_timeout`` for the rest."""
-        return ember.get(self.actor.get_batch.remote(batch_size, total_timeout, first_timeout))
+        items: list[Any] = ember.get(self.actor.get_batch.remote(batch_size, total_timeout, first_timeout))
+        return items
 
 
 __all__ = [

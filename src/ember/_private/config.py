@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -220,14 +221,14 @@ class Config:
     dashboard_node_timeout_s: float = 2.0
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Config:
-        environ = os.environ if environ is None else environ  # type: ignore[assignment]
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        source: Mapping[str, str] = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            raw = environ.get("EMBER_" + field.name)  # type: ignore[union-attr]
+            raw = source.get("EMBER_" + field.name)
             if raw is None:
                 continue
-            kind = type(field.default)
+            kind: type[Any] = type(field.default)
             try:
                 if kind is bool:
                     if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):

@@ -38,7 +38,8 @@ def job_id_from_int(value: int) -> bytes:
 
 
 def job_id_to_int(job_id: bytes) -> int:
-    return struct.unpack(">I", job_id)[0]
+    value: int = struct.unpack(">I", job_id)[0]
+    return value
 
 
 #: Task ids need uniqueness, not secrecy. ``os.urandom`` is a system call that
@@ -96,7 +97,7 @@ class BaseID:
         return not any(self._bytes)
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._bytes == self._bytes  # type: ignore[attr-defined]
+        return type(other) is type(self) and other._bytes == self._bytes
 
     def __hash__(self) -> int:
         return hash(self._bytes)

@@ -82,7 +82,8 @@ class ObjectRef:
     # ---------------------------------------------------------------- futures
     def future(self) -> concurrent.futures.Future[Any]:
         """A ``concurrent.futures.Future`` that resolves to the value."""
-        return runtime.core_worker().get_future(self)
+        future: concurrent.futures.Future[Any] = runtime.core_worker().get_future(self)
+        return future
 
     def _on_completed(self, py_callback: Callable[[Any], None]) -> None:
         """Call ``py_callback(value)`` once the value is ready (the error object if the task

@@ -67,13 +67,13 @@ def _reduce_code(code: types.CodeType) -> Any:
     return marshal.loads, (marshal.dumps(code),)
 
 
-class _Pickler(cloudpickle.CloudPickler):
+class _Pickler(cloudpickle.CloudPickler):  # type: ignore[misc]  # cloudpickle ships no types: its base is Any
     dispatch_table = ChainMap({types.CodeType: _reduce_code}, cloudpickle.CloudPickler.dispatch_table)
 
     def __init__(self, file: Any, buffer_callback: Any, reducers: dict[type, Callable[[Any], Any]] | None = None) -> None:
         # The C pickler reads dispatch_table once, in __init__: set it before.
         if _custom_reducers or reducers:
-            self.dispatch_table = ChainMap(reducers or {}, _custom_reducers, self.dispatch_table)  # type: ignore[assignment]
+            self.dispatch_table = ChainMap(reducers or {}, _custom_reducers, self.dispatch_table)
         super().__init__(file, protocol=5, buffer_callback=buffer_callback)
 
 
@@ -117,7 +117,7 @@ def serialize(value: Any, flags: int = FLAG_VALUE, _reducers: dict[type, Callabl
 
 def _rebuild_exception(cls: type, args: tuple[Any, ...], state: dict[str, Any] | None) -> BaseException:
     try:
-        err = cls.__new__(cls, *args)
+        err: BaseException = cls.__new__(cls, *args)
     except Exception:
         err = BaseException.__new__(cls)
     err.args = args

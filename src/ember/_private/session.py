@@ -177,7 +177,7 @@ def _normalize_address(address: str) -> str:
     if not sep or not host:
         return address.strip()
     try:
-        host = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)[0][4][0]
+        host = str(socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)[0][4][0])
     except (OSError, UnicodeError):
         pass
     return f"{host}:{port}"

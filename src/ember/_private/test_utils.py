@@ -11,7 +11,9 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 #: Ray's test helpers that need the public API live one layer up, in ``ember._common.test_utils``;
 #: ``ember._private.test_utils`` gives them too, as Ray's path does.
@@ -31,12 +33,12 @@ def __getattr__(name: str) -> Any:
 
 
 def wait_for_condition(
-    condition_predictor: Callable[..., Any],
+    condition_predictor: Callable[..., T | None],
     timeout: float = 10,
     retry_interval_ms: float = 20,
     raise_exceptions: bool = False,
     **kwargs: Any,
-) -> Any:
+) -> T:
     """Call ``condition_predictor(**kwargs)`` until it returns a truthy value, and return that value.
 
     Args:

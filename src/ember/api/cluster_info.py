@@ -9,7 +9,8 @@ from ember._private import runtime
 
 def nodes() -> list[dict[str, Any]]:
     """Every node the cluster has known, alive or dead."""
-    return runtime.core_worker().gcs_call("get_nodes", None)
+    rows: list[dict[str, Any]] = runtime.core_worker().gcs_call("get_nodes", None)
+    return rows
 
 
 def _sum(field: str) -> dict[str, float]:

@@ -279,7 +279,8 @@ def _join_existing(gcs_address: str, token: str | None) -> tuple[str, str]:
     async def query() -> list[dict[str, Any]]:
         conn = await connect(gcs_address, token, timeout=5.0)
         try:
-            return await conn.call("get_nodes", None)
+            nodes: list[dict[str, Any]] = await conn.call("get_nodes", None)
+            return nodes
         finally:
             conn.close()
 

@@ -28,8 +28,10 @@ def put(value: Any, *, _owner: Any = None) -> ObjectRef:
         if not isinstance(_owner, ActorHandle):
             raise TypeError(f"put(_owner=) expects an actor handle, got {type(_owner).__name__}")
         # The actor stores the value and owns it, so the value outlives this process.
-        return get(_owner.__ember_put__.remote(value))[0]
-    return worker.put(value)
+        ref: ObjectRef = get(_owner.__ember_put__.remote(value))[0]
+        return ref
+    put_ref: ObjectRef = worker.put(value)
+    return put_ref
 
 
 def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
@@ -93,7 +95,8 @@ def wait(
     if generators:
         # A generator is ready when its next item (or its end) is.
         return wait_with_generators(worker, refs, num_returns, timeout)
-    return worker.wait(refs, num_returns, timeout, fetch_local)
+    ready_and_not: tuple[list[ObjectRef], list[ObjectRef]] = worker.wait(refs, num_returns, timeout, fetch_local)
+    return ready_and_not
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:

@@ -17,6 +17,9 @@ from ember.util.scheduling_strategies import apply_placement_group, resolve_stra
 class RemoteFunction:
     """A function that runs as a task: call ``.remote(...)`` to submit it."""
 
+    #: The function's signature, computed at the first call that checks arguments.
+    _signature: inspect.Signature | None
+
     def __init__(self, function: Any, options: dict[str, Any]) -> None:
         self._function = function
         self._function_name = getattr(function, "__name__", repr(function))

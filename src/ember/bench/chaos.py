@@ -316,7 +316,7 @@ def _diagnose(refs: list[Any]) -> str:
             )
 
     try:
-        worker.io.run(_as_coroutine(describe), timeout=10)  # type: ignore[union-attr]
+        worker.io.run(_as_coroutine(describe), timeout=10)
         for actor in worker.gcs_call("list_actors", None):
             lines.append(f"control service: actor {actor['actor_id'].hex()[:12]} {actor['state']} incarnation "
                          f"{actor['incarnation']} pid {actor['pid']} restarts {actor['num_restarts']}")
@@ -351,7 +351,7 @@ def run(profile: str = "short", seed: int = 0, *, duration_s: float | None = Non
     problems: list[str] = []
     seen_pids: set[int] = set()
     work_dir = tempfile.mkdtemp(prefix="ember_chaos_")
-    node_args = {"num_cpus": 2, "object_store_memory": 100 * MiB}
+    node_args: dict[str, Any] = {"num_cpus": 2, "object_store_memory": 100 * MiB}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 100 * MiB},
                       shutdown_at_exit=False)
     chaos: _Chaos | None = None

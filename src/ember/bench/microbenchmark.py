@@ -231,9 +231,10 @@ class _Remotes:
         def work(actors: Any, n: int) -> None:
             ray.get([actors[i % len(actors)].small_value.remote() for i in range(n)])
 
-        self.Actor = Actor
-        self.AsyncActor = AsyncActor
-        self.Client = Client
+        # Actor classes as the runtime made them (mypy sees a class decorator's input only).
+        self.Actor: Any = Actor
+        self.AsyncActor: Any = AsyncActor
+        self.Client: Any = Client
         self.work = work
         self.small_value = small_value
         self.small_value_batch = small_value_batch
@@ -443,8 +444,11 @@ def selected(name: str, name_filter: str | None, names: list[str] | None = None)
 def run_workloads(ray: Any, name_filter: str | None = None, duration: float = 2.0,
                   names: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the selected workloads on an already initialised ``ray`` (``ember`` or ``ray``)."""
+    np: Any
     try:
-        import numpy as np
+        import numpy
+
+        np = numpy
     except ImportError:
         np = None
     remotes = _Remotes(ray)

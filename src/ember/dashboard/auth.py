@@ -13,6 +13,7 @@ import hmac
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from ember.dashboard.context import DashboardContext
 
@@ -53,7 +54,7 @@ def _unauthorized(reason: str) -> web.Response:
     )
 
 
-def middleware(ctx: DashboardContext) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def middleware(ctx: DashboardContext) -> Middleware:
     @web.middleware
     async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path

@@ -78,6 +78,10 @@ class ActorEntry:
         self.lease_request: tuple[Any, bytes] | None = None
 
     @property
+    def dead(self) -> bool:
+        return self.state is ActorState.DEAD
+
+    @property
     def name(self) -> str:
         return self.spec.get("name") or ""
 
@@ -229,17 +233,17 @@ class ActorManager:
             self._mark_dead(entry, f"the control service could not create it: {exc}")
 
     async def _create_once(self, entry: ActorEntry) -> None:
-        request = {
+        # Unique per creation attempt: node daemons answer a repeated request id with the same grant.
+        base_id = entry.actor_id + entry.num_restarts.to_bytes(4, "big") + entry.incarnation.to_bytes(4, "big")
+        request: dict[str, Any] = {
             "resources": entry.spec.get("place") or {}, "hold": entry.spec.get("hold") or {},
-            # Unique per creation attempt: node daemons answer a repeated request id with the same grant.
-            "request_id": entry.actor_id + entry.num_restarts.to_bytes(4, "big") + entry.incarnation.to_bytes(4, "big"),
+            "request_id": base_id,
             "strategy": entry.spec.get("strategy"), "spilled": False, "actor": True,
         }
         if entry.spec.get("renv"):
             request["renv"] = entry.spec["renv"]
         node = None
         warned = False
-        base_id = request["request_id"]
         tries = 0
         while True:
             if entry.state is ActorState.DEAD:
@@ -287,7 +291,7 @@ class ActorManager:
                 request["spilled"] = True
                 continue
             break
-        if entry.state is ActorState.DEAD:  # killed while waiting
+        if entry.dead:  # killed while waiting
             node.conn.notify("return_lease", {"lease_id": grant["lease_id"], "kill": True})
             return
         entry.worker_id = grant["worker_id"]
@@ -304,7 +308,7 @@ class ActorManager:
             )
         finally:
             conn.close("creation done")
-        if entry.state is ActorState.DEAD:
+        if entry.dead:  # killed while its constructor ran
             return
         if reply.get("s") == "ok":
             entry.address = grant["address"]

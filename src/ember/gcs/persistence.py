@@ -20,7 +20,8 @@ def pack(record: dict[str, Any]) -> bytes:
 
 
 def unpack(data: bytes) -> dict[str, Any]:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    record: dict[str, Any] = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    return record
 
 
 def actor_record(entry: Any) -> dict[str, Any]:

@@ -72,6 +72,10 @@ class PgEntry:
         self.created_at = time.time()
 
     @property
+    def removed(self) -> bool:
+        return self.state is PgState.REMOVED
+
+    @property
     def label(self) -> str:
         name = f" {self.name!r}" if self.name else ""
         return f"placement group{name} {self.pg_id.hex()}"
@@ -147,7 +151,7 @@ class PlacementGroupManager:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             entry.waiters.append(fut)
             await fut
-        return entry.state.value
+        return str(entry.state.value)
 
     async def remove(self, pg_id: bytes) -> bool:
         entry = self.groups.get(pg_id)
@@ -256,7 +260,7 @@ class PlacementGroupManager:
         results = await asyncio.gather(*(
             self._node_call(node, "commit_bundle", {"pg_id": entry.pg_id, "index": i}) for i, node in prepared
         ), return_exceptions=True)
-        if entry.state is PgState.REMOVED:
+        if entry.removed:
             # Removed while we committed: undo what was committed.
             committed = [(i, node) for (i, node), r in zip(prepared, results) if not isinstance(r, BaseException)]
             if committed:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 
 class Storage(Protocol):
@@ -130,10 +130,13 @@ class RedisStorage:
         return bool(self._redis.hdel(self._name(table), key))
 
     def keys(self, table: str, prefix: bytes = b"") -> list[bytes]:
-        return [k for k in self._redis.hkeys(self._name(table)) if k.startswith(prefix)]  # type: ignore[union-attr]
+        # A client without decode_responses answers bytes (redis's types say bytes | str).
+        keys = cast("list[bytes]", self._redis.hkeys(self._name(table)))
+        return [k for k in keys if k.startswith(prefix)]
 
     def items(self, table: str) -> list[tuple[bytes, bytes]]:
-        return list(self._redis.hgetall(self._name(table)).items())  # type: ignore[union-attr]
+        rows = cast("dict[bytes, bytes]", self._redis.hgetall(self._name(table)))
+        return list(rows.items())
 
     def close(self) -> None:
         self._redis.close()

@@ -13,6 +13,7 @@ counted per job and returned with every query, so truncation is never silent.
 
 from __future__ import annotations
 
+import builtins
 import sys
 from collections import OrderedDict
 from collections.abc import Callable
@@ -245,6 +246,6 @@ class TaskEventStore:
             out[rec.state] = out.get(rec.state, 0) + 1
         return out
 
-    def executions(self) -> list[TaskRecord]:
+    def executions(self) -> builtins.list[TaskRecord]:  # `list` here is the method above
         """Records with a start time (for the timeline)."""
         return [r for r in self.records.values() if r.start is not None]

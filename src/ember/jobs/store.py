@@ -87,4 +87,5 @@ class JobStore:
         await self._call("kv_put", {"ns": LOGS_NAMESPACE, "key": submission_id.encode(), "value": data})
 
     async def get_log_copy(self, submission_id: str) -> bytes | None:
-        return await self._call("kv_get", {"ns": LOGS_NAMESPACE, "key": submission_id.encode()})
+        data: bytes | None = await self._call("kv_get", {"ns": LOGS_NAMESPACE, "key": submission_id.encode()})
+        return data

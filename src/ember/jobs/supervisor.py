@@ -155,7 +155,8 @@ class JobSupervisor:
         self._stop_requested = False
 
     async def ping(self) -> str:
-        return self._worker.node_id.hex()
+        node_id: bytes = self._worker.node_id
+        return node_id.hex()
 
     async def run(self) -> str:
         """Run the job to its end (a second call waits for the first); returns its final status."""

@@ -405,7 +405,7 @@ async def start_server(
     info: dict[str, Any] | None = None,
     on_connect: Callable[[Connection], None] | None = None,
     on_close: Callable[[Connection], None] | None = None,
-) -> asyncio.AbstractServer:
+) -> asyncio.Server:
     """Serve ``handler`` on TCP ``host:port``, an existing socket, or a Unix ``path``."""
     loop = asyncio.get_running_loop()
 

@@ -29,7 +29,7 @@ def list_named_actors(all_namespaces: bool = False) -> list[Any]:
     from ember._private import runtime
 
     worker = runtime.core_worker()
-    rows = worker.gcs_call("list_named_actors", {"all_namespaces": all_namespaces, "namespace": worker.namespace})
+    rows: list[Any] = worker.gcs_call("list_named_actors", {"all_namespaces": all_namespaces, "namespace": worker.namespace})
     if all_namespaces:
         return rows
     return [row["name"] for row in rows]

@@ -60,7 +60,8 @@ class PlacementGroup:
                 raise ValueError(f"placement group {pg_id.hex()} was removed before it was placed")
             return True
 
-        return worker.object_from_coroutine(wait_created)
+        ref: ObjectRef = worker.object_from_coroutine(wait_created)
+        return ref
 
     def wait(self, timeout_seconds: float = 30) -> bool:
         """Whether the group is placed within ``timeout_seconds``."""
@@ -149,10 +150,11 @@ def get_placement_group(placement_group_name: str) -> PlacementGroup:
 
 def placement_group_table(placement_group: PlacementGroup | None = None) -> dict[str, Any]:
     """State of one group, or of every group keyed by id (hex)."""
-    table = runtime.core_worker().gcs_call("placement_group_table", None)
+    table: dict[str, Any] = runtime.core_worker().gcs_call("placement_group_table", None)
     if placement_group is None:
         return table
-    return table.get(placement_group.id.hex(), {})
+    group: dict[str, Any] = table.get(placement_group.id.hex(), {})
+    return group
 
 
 def get_current_placement_group() -> PlacementGroup | None:

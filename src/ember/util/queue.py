@@ -89,16 +89,17 @@ class Queue:
         return self.size()
 
     def size(self) -> int:
-        return ember.get(self.actor.qsize.remote())
+        size: int = ember.get(self.actor.qsize.remote())
+        return size
 
     def qsize(self) -> int:
         return self.size()
 
     def empty(self) -> bool:
-        return ember.get(self.actor.empty.remote())
+        return bool(ember.get(self.actor.empty.remote()))
 
     def full(self) -> bool:
-        return ember.get(self.actor.full.remote())
+        return bool(ember.get(self.actor.full.remote()))
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """Add ``item``; with ``block`` wait up to ``timeout`` for room, else raise ``Full``."""
@@ -164,7 +165,7 @@ class Queue:
         ok, items = ember.get(self.actor.get_nowait_batch.remote(num_items))
         if not ok:
             raise Empty(f"Cannot get {num_items} items from queue of size {self.size()}.")
-        return items
+        return list(items)
 
     def shutdown(self, force: bool = False, grace_period_s: int = 5) -> None:
         """End the queue's actor; the queue cannot be used afterwards."""

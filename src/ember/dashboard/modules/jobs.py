@@ -24,6 +24,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ember.exceptions import ConnectionLost
 from ember.jobs.common import JobSubmitRequest
@@ -59,7 +60,7 @@ def setup(app: web.Application, ctx: Any) -> None:
 
 
 @web.middleware
-async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The job API's errors as Ray answers them (plain text with a status code)."""
     if not request.path.startswith(("/api/jobs", "/api/packages")):
         return await handler(request)

@@ -11,6 +11,7 @@ open pages and answered ``304`` when the page already has it (``shared_document.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -78,7 +79,7 @@ def setup(app: web.Application, ctx: DashboardContext) -> None:
     async def login_page(request: web.Request) -> web.StreamResponse:
         return web.FileResponse(os.path.join(STATIC_DIR, "login.html"), headers={"Cache-Control": "no-cache"})
 
-    def document(name: str):  # noqa: ANN202
+    def document(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
             return await single[name].respond(request)
         return handler

@@ -43,17 +43,21 @@ class ClusterSource:
         self._gcs_pid: int | None = None
 
     async def nodes(self) -> list[dict[str, Any]]:
-        return hexify(await self.ctx.gcs.call("get_nodes"))
+        rows: list[dict[str, Any]] = hexify(await self.ctx.gcs.call("get_nodes"))
+        return rows
 
     async def jobs(self) -> list[dict[str, Any]]:
-        return hexify(await self.ctx.gcs.call("get_jobs"))
+        rows: list[dict[str, Any]] = hexify(await self.ctx.gcs.call("get_jobs"))
+        return rows
 
     async def actors(self) -> list[dict[str, Any]]:
-        return hexify(await self.ctx.gcs.call("list_actors"))
+        rows: list[dict[str, Any]] = hexify(await self.ctx.gcs.call("list_actors"))
+        return rows
 
     async def node_info(self, node: dict[str, Any]) -> dict[str, Any] | None:
         """The node daemon's ``get_info`` (workers, processes, host memory), or None if unreachable."""
-        return await self._ask_node(node, "get_info")
+        info: dict[str, Any] | None = await self._ask_node(node, "get_info")
+        return info
 
     async def _ask_node(self, node: dict[str, Any], method: str) -> Any:
         """``method`` on ``node``'s daemon, or None if it is dead or does not answer."""

@@ -170,7 +170,8 @@ class Documents:
         if row is None:
             raise KeyError(f"no job {job_key}")
         functions: list[dict[str, Any]] = []
-        failed_total, failed_rows = 0, []
+        failed_total = 0
+        failed_rows: list[dict[str, Any]] = []
         if row["job_id"]:
             functions = await self.counts.function_counts(row["job_id"])
         if self.tasks is not None and row["job_id"]:
@@ -197,7 +198,8 @@ class Documents:
         if found is None:
             raise KeyError(f"no actor {actor_id}")
         counts: dict[str, int] = {}
-        total, rows = 0, []
+        total = 0
+        rows: list[dict[str, Any]] = []
         scope = "actor"
         if self.tasks is not None:
             counts, total, rows = await self.tasks.actor_calls(actor_id, self.rows)

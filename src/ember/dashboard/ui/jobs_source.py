@@ -36,7 +36,8 @@ class JobsSource:
                 self._api_missing = True
                 return None
             response.raise_for_status()
-            return await response.json()
+            jobs: list[dict[str, Any]] = await response.json()
+            return jobs
 
     async def close(self) -> None:
         if self._session is not None:

@@ -63,7 +63,7 @@ class LogFiles:
             if entry.is_file() and not entry.name.startswith("."):
                 st = entry.stat()
                 files.append({"name": entry.name, "size": st.st_size, "mtime": st.st_mtime})
-        files.sort(key=lambda f: f["name"])
+        files.sort(key=lambda f: str(f["name"]))
         return files
 
     def by_node(self, nodes: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

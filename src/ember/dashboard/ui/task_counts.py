@@ -85,5 +85,5 @@ class TaskCounts:
     async def function_counts(self, job_id: str) -> list[dict[str, Any]]:
         rows = [{"name": name, "counts": counts} for (job, name), counts in (await self.refresh()).items()
                 if job == job_id and any(counts.values())]
-        rows.sort(key=lambda r: r["name"])
+        rows.sort(key=lambda r: str(r["name"]))
         return rows

@@ -45,7 +45,7 @@ def ray_dask_get(dsk: Mapping[Any, Any], keys: Sequence[Any], *, num_workers: in
     workers = num_workers or _cluster_cpus()
     executor = RayExecutor(max_workers=workers, ray_remote_args=ray_remote_args)
     try:
-        return get_async(executor.submit, workers, dsk, keys, **kwargs)
+        return get_async(executor.submit, workers, dsk, keys, **kwargs)  # type: ignore[no-untyped-call]  # dask has no annotations here
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
 

@@ -17,13 +17,14 @@ import ember
 from ember.util.multiprocessing import Pool
 
 
-class RayBackend(PoolManagerMixin, AutoBatchingMixin, ParallelBackendBase):
+class RayBackend(PoolManagerMixin, AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]  # joblib ships no types
     """joblib's backend API over ``ember.util.multiprocessing.Pool``.
 
     Args (through ``joblib.parallel_backend("ray", ...)``):
         ray_remote_args: options of the pool's actors (``num_cpus``, ``resources``, ...).
     """
 
+    _pool: Pool | None = None
     supports_retrieve_callback = True
     supports_return_generator = False
     supports_timeout = True

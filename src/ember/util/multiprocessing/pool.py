@@ -67,7 +67,7 @@ class PoolActor:
                 cloudpickle.dumps(exc)
             except Exception as pickling_error:
                 # As the standard library's MaybeEncodingError: say what could not travel.
-                exc = multiprocessing.pool.MaybeEncodingError(exc, pickling_error)
+                exc = multiprocessing.pool.MaybeEncodingError(exc, pickling_error)  # type: ignore[attr-defined]  # not in typeshed
             return (_ERR, exc, tb)
 
 
@@ -95,7 +95,8 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 def _unpack(batch: tuple[Any, ...]) -> list[Any]:
     """A chunk's results, or its error re-raised with the remote traceback as its cause."""
     if batch[0] == _OK:
-        return batch[1]
+        results: list[Any] = batch[1]
+        return results
     raise with_remote_traceback(batch[1], batch[2])
 
 
@@ -204,7 +205,7 @@ class IMapIterator:
             self._buffer = list(reversed(_unpack(batch)))
         return self._buffer.pop()
 
-    __next__ = next  # type: ignore[assignment]
+    __next__ = next
 
 
 class Pool:
@@ -271,7 +272,8 @@ class Pool:
                 self._retired.append(old)
             self._tasks_run[index] += 1
             actor = self._actors[index]
-        return actor.run_batch.remote(func, chunk, star)
+        ref: ember.ObjectRef = actor.run_batch.remote(func, chunk, star)
+        return ref
 
     # ------------------------------------------------------------------ results
     def _handle_results(self) -> None:

@@ -212,7 +212,7 @@ def get_worker(id: str, address: str | None = None, timeout: int = DEFAULT_RPC_T
 
 def get_objects(id: str, address: str | None = None, timeout: int = DEFAULT_RPC_TIMEOUT,
                 _explain: bool = False) -> list[ObjectState]:
-    return _get("objects", id, address, timeout) or []  # type: ignore[no-any-return]
+    return _get("objects", id, address, timeout) or []
 
 
 # ============================================================================ summaries

@@ -25,7 +25,8 @@ class StateSchema:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def asdict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        row: dict[str, Any] = dataclasses.asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses
+        return row
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)

@@ -22,7 +22,7 @@ CHUNK_BYTES = 1 << 20
 
 
 async def _node(src: StateSource, node_id: str | None, node_ip: str | None) -> dict[str, Any]:
-    nodes = [n for n in await src.gcs("get_nodes", None) if n["Alive"]]
+    nodes: list[dict[str, Any]] = [n for n in await src.gcs("get_nodes", None) if n["Alive"]]
     for n in nodes:
         if (node_id and n["NodeID"].startswith(node_id)) or (node_ip and n["NodeManagerAddress"] == node_ip):
             return n
@@ -105,7 +105,8 @@ async def resolve_file(src: StateSource, *, node_id: str | None = None, node_ip:
 
 
 async def read_chunk(src: StateSource, node: dict[str, Any], name: str, offset: int, max_bytes: int = CHUNK_BYTES) -> dict[str, Any]:
-    return await node_call(src, node, "read_log", {"name": name, "offset": offset, "max_bytes": max_bytes})
+    chunk: dict[str, Any] = await node_call(src, node, "read_log", {"name": name, "offset": offset, "max_bytes": max_bytes})
+    return chunk
 
 
 async def tail_start(src: StateSource, node: dict[str, Any], name: str, lines: int) -> int:

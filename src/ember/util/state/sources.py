@@ -45,7 +45,9 @@ async def list_resource(src: StateSource, resource: str, filters: Any = None, li
     fields = RESOURCES[resource].field_names()
     checked = state_filters.check_filters(filters, fields)
     if resource == "tasks":
-        return await src.gcs("list_tasks", {"filters": [list(f) for f in checked], "limit": limit, "detail": detail})
+        reply: dict[str, Any] = await src.gcs(
+            "list_tasks", {"filters": [list(f) for f in checked], "limit": limit, "detail": detail})
+        return reply
     rows, warning = await _ROWS[resource](src)
     detail_only = set(fields) - set(_SUMMARY_FIELDS.get(resource, fields))
     if not detail:

@@ -82,7 +82,10 @@ class RayExecutor(Executor):
             self._finished(future, started=True)
             return
         # A running future cannot be cancelled through concurrent.futures; cancel the task instead.
-        future.cancel = lambda ref=ref: _cancel_task(ref)  # type: ignore[method-assign]
+        def cancel_task() -> bool:
+            return _cancel_task(ref)
+
+        future.cancel = cancel_task  # type: ignore[method-assign]  # the Future's own cancel cannot stop a task
         ref.future().add_done_callback(lambda done: self._resolved(future, done))
 
     def _resolved(self, future: Future[Any], done: Future[Any]) -> None:
