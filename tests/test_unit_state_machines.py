@@ -221,25 +221,6 @@ def test_every_placement_group_transition_is_legal_or_raises(old, new):
         assert entry.state is old
 
 
-def test_waking_actor_waiters_happens_on_every_transition_including_death():
-    entry = ActorEntry({"actor_id": b"a" * 16})
-
-    class Waiter:
-        done_ = False
-        result = "unset"
-
-        def done(self):
-            return self.done_
-
-        def set_result(self, value):
-            self.result, self.done_ = value, True
-
-    waiter = Waiter()
-    entry.waiters.append(waiter)
-    entry.transition(A.DEAD, "killed")
-    assert waiter.result is None and entry.waiters == []
-
-
 # ============================================================================ the shared helper
 def test_each_table_describes_every_edge():
     for table in (TASK_TRANSITIONS, ACTOR_TRANSITIONS, PG_TRANSITIONS):
