@@ -261,7 +261,7 @@ def _shared_store_leak() -> str | None:
         stats = worker.raylet_call("store_stats", None)
         held = [
             f"{row['object_id'][:16]} ({row['reference_type']}, {row['size']} B, call site {row['call_site']})"
-            for row in worker.rpc_memory_table(None, None)["objects"] if row["owned"] and row["size"]
+            for row in worker.ownership.memory_table()["objects"] if row["owned"] and row["size"]
         ]
         return (
             f"the shared cluster's object store did not return to its baseline at the end of the module: "

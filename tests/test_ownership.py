@@ -181,7 +181,7 @@ def wait_freed(*hex_ids: str, timeout: float = 15) -> None:
 
 
 def reference_type(hex_id: str) -> str:
-    rows = [r for r in worker().rpc_memory_table(None, None)["objects"] if r["object_id"] == hex_id]
+    rows = [r for r in worker().ownership.memory_table()["objects"] if r["object_id"] == hex_id]
     return rows[0]["reference_type"] if rows else "(none)"
 
 
@@ -253,7 +253,7 @@ def test_copy_a_dead_attempt_stored_late_is_freed_with_the_last_ref(baseline):
     assert noted
     # The dead attempt's late write lands after that first free.
     late = serialization.serialize(np.zeros(N, dtype=np.int32))
-    worker.write_plasma(ref.binary(), late, worker.worker_id, worker.address)
+    worker.objects.write_plasma(ref.binary(), late, worker.worker_id, worker.address)
     assert in_store(hex_id)
     assert ember.get(ref) == 1  # the owner's value is still the retry's, not the stray copy
     del ref
@@ -261,7 +261,7 @@ def test_copy_a_dead_attempt_stored_late_is_freed_with_the_last_ref(baseline):
 
 
 async def _note_dead_attempt(worker: Any, ref: Any) -> bool:
-    worker.note_dead_attempt([ref.binary()], worker.raylet_location)
+    worker.ownership.note_dead_attempt([ref.binary()], worker.raylet_location)
     return True
 
 

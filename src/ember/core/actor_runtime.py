@@ -62,7 +62,7 @@ class ActorRuntime:
         try:
             cls = worker.function_manager.load(spec["fid"], spec["job"])
             worker.actor_id = spec["actor_id"]
-            worker.actor_placement_group = spec.get("pg_group")
+            worker.context.actor_placement_group = spec.get("pg_group")
             worker.actor_spec = spec
             worker.assigned_resources = spec.get("res") or {}
             worker.set_gpu_ids(spec.get("gpus"))
@@ -272,4 +272,6 @@ class ActorRuntime:
 
 
 def _creation_task_id(spec: dict[str, Any]) -> bytes:
-    return spec["actor_id"][:12] + spec["job"]
+    actor_id: bytes = spec["actor_id"]
+    job_id: bytes = spec["job"]
+    return actor_id[:12] + job_id

@@ -146,7 +146,7 @@ class ActorSubmitter:
         for index, arg in enumerate(call.spec["args"]):
             if arg[0] == ARG_REF:
                 call.deps_pending += 1
-                self.worker.resolve_entry(arg[1], arg[2], partial(self._dep_ready, client, call, index))
+                self.worker.ownership.resolve_entry(arg[1], arg[2], partial(self._dep_ready, client, call, index))
         self._ensure_connected(client)
         self._flush(client)
 
@@ -207,7 +207,7 @@ class ActorSubmitter:
         client.in_flight_seqs.clear()
         for call in calls:
             # The actor may have stored this call's results before it died.
-            self.worker.note_dead_attempt(call.return_ids, client.node_address)
+            self.worker.ownership.note_dead_attempt(call.return_ids, client.node_address)
             if call.retries_left != 0:
                 if call.retries_left > 0:
                     call.retries_left -= 1
@@ -236,7 +236,7 @@ class ActorSubmitter:
         else:
             error = ActorDiedError(message, actor_id=client.actor_id.hex())
         client.death_error = error
-        self.worker.release_creation_args(client.actor_id)
+        self.worker.ownership.release_creation_args(client.actor_id)
         for call in list(client.in_flight.values()):
             self._fail(call, error)
         client.in_flight.clear()
@@ -324,7 +324,7 @@ class ActorSubmitter:
         self.worker.task_events.actor_call(call.spec, "FINISHED")
         self._release(call)
         client = self.clients.get(call.spec["aid"])
-        self.worker.store_results(call.spec["tid"], call.return_ids, returns, client.conn if client else None)
+        self.worker.ownership.store_results(call.spec["tid"], call.return_ids, returns, client.conn if client else None)
 
     def _store(self, call: ActorCall, entry: Entry) -> None:
         call.done = True
@@ -332,7 +332,7 @@ class ActorSubmitter:
         self.worker.task_events.owner_failed(call.spec["tid"], 0, entry, "failed")
         self._release(call)
         for oid in call.return_ids:
-            self.worker.store_owned_result(oid, entry)
+            self.worker.ownership.store_owned_result(oid, entry)
 
     def _fail(self, call: ActorCall, error: BaseException) -> None:
         if call.done:

@@ -76,7 +76,7 @@ class StreamState:
                 self.items[index] = ref
                 self.received = index + 1
         if fresh:
-            worker.store_results(self.task_id, [oid], [ret], sender)
+            worker.ownership.store_results(self.task_id, [oid], [ret], sender)
         return self._ack(index)
 
     def _ack(self, index: int) -> Any:
@@ -185,7 +185,7 @@ class ObjectRefGenerator:
 
     # --------------------------------------------------------------- async
     def __aiter__(self) -> AsyncIterator[ObjectRef]:
-        return self  # type: ignore[return-value]
+        return self
 
     async def __anext__(self) -> ObjectRef:
         loop = asyncio.get_running_loop()
@@ -301,7 +301,7 @@ def on_item(worker: CoreWorker, payload: dict[str, Any], sender: Any) -> Any:
         # Nobody consumes this stream any more: drop the item (and its stored copy) at once.
         oid = item_id(payload["tid"], payload["i"])
         if ret[0] != 0:
-            worker.store_owned_result(oid, (ret[0], ret[1]))
+            worker.ownership.store_owned_result(oid, (ret[0], ret[1]))
         return True
     return state.add_item(payload["i"], ret, sender)
 
@@ -321,7 +321,7 @@ async def _send_item(worker: CoreWorker, spec: dict[str, Any], index: int, ret: 
 
 
 def _encode_item(worker: CoreWorker, spec: dict[str, Any], index: int, value: Any) -> list[Any]:
-    return worker.encode_return(item_id(spec["tid"], index), value, spec["owner"], spec["tid"])
+    return worker.objects.encode_return(item_id(spec["tid"], index), value, spec["owner"], spec["tid"])
 
 
 def _final_value(spec: dict[str, Any], count: int) -> Any:

@@ -61,6 +61,10 @@ class MemoryStore:
             self._callbacks.pop(object_id, None)
             return self._entries.pop(object_id, None)
 
+    def has_callbacks(self, object_id: bytes) -> bool:
+        """Whether something on the loop waits for this entry."""
+        return bool(self._callbacks.get(object_id))
+
     def on_ready(self, object_id: bytes, fn: Callable[[Entry], None]) -> None:
         """Call ``fn(entry)`` once the entry exists (now, if it already does)."""
         with self._lock:

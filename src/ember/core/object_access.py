@@ -5,7 +5,6 @@ to this node's object store (``write_plasma``) and read zero-copy from there,
 after pulling them from another node or restoring them from spill if needed.
 A read that finds its copy gone raises ``CopyLost`` so lineage can recover it.
 
-A mixin: the state it uses is created by ``CoreWorker.__init__``.
 """
 
 from __future__ import annotations
@@ -13,22 +12,27 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ember._private import ids, object_file, serialization
+from ember._private import object_file, serialization
+from ember._private.background import BackgroundTasks
+from ember._private.config import config
 from ember._private.object_ref import ObjectRef, is_counted
-from ember.core.memory_store import INLINE, PLASMA, Entry
+from ember.core.links import ClusterLinks, ProcessInfo
+from ember.core.memory_store import INLINE, PLASMA, Entry, MemoryStore
+from ember.core.ownership_protocol import OwnershipService
+from ember.core.task_context import TaskContext
+from ember.core.task_submitter import ARG_REF, ARG_VALUE
 from ember.exceptions import (
     ConnectionLost,
     ErrorCode,
     GetTimeoutError,
     ObjectLostError,
     ObjectStoreFullError,
-    OwnerDiedError,
     RayTaskError,
     RemoteError,
 )
-from ember.rpc import Connection
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +42,20 @@ class CopyLost(ObjectLostError):
 
 
 class ObjectAccess:
-    """put/get/wait and object-store reads and writes (mixed into ``CoreWorker``)."""
+    """put/get/wait and object-store reads and writes."""
+
+    def __init__(self, info: ProcessInfo, links: ClusterLinks, context: TaskContext, store: MemoryStore,
+                 ownership: OwnershipService, background: BackgroundTasks) -> None:
+        self.info = info
+        self.links = links
+        self.context = context
+        self.store = store
+        self.ownership = ownership
+        self.counter = ownership.counter
+        self.background = background
+        self._inline_limit = config().max_direct_call_object_size
+        #: Set in a worker: a running task that blocks hands its queued tasks back (see TaskExecutor).
+        self.bounce_queued: Callable[[], None] | None = None
 
     # ================================================================ put / get
     def serialize_value(self, value: Any, what: str) -> serialization.SerializedObject:
@@ -51,19 +68,19 @@ class ObjectAccess:
         if isinstance(value, ObjectRef):
             raise TypeError("Calling put() on an ObjectRef is not allowed; pass the ref itself instead.")
         obj = self.serialize_value(value, "the value passed to put()")
-        object_id = ids.put_object_id(self._put_parent_task())
+        object_id = self.context.new_put_id()
         return self._store_put(object_id, obj)
 
     def _store_put(self, object_id: bytes, obj: serialization.SerializedObject) -> ObjectRef:
-        self.reference_counter.add_owned(object_id, self.address)
+        self.counter.add_owned(object_id, self.info.address)
         if obj.nested_refs:
-            self._hold_nested(object_id, obj.nested_refs)
+            self.ownership.hold_nested(object_id, obj.nested_refs)
         if obj.total_bytes < self._inline_limit:
-            self.memory_store.put(object_id, (INLINE, obj.to_inline()))
+            self.store.put(object_id, (INLINE, obj.to_inline()))
         else:
-            size = self.write_plasma(object_id, obj, self.worker_id, self.address)
-            self.memory_store.put(object_id, (PLASMA, [self.node_id, size, self.raylet_location]))
-        return ObjectRef(object_id, self.address)
+            size = self.write_plasma(object_id, obj, self.info.worker_id, self.info.address)
+            self.store.put(object_id, (PLASMA, [self.info.node_id, size, self.info.raylet_location]))
+        return ObjectRef(object_id, self.info.address)
 
     def write_plasma(self, object_id: bytes, obj: serialization.SerializedObject, owner_id: bytes,
                      owner_address: list[Any] | None = None) -> int:
@@ -73,14 +90,14 @@ class ObjectAccess:
         """
         size = object_file.file_size(obj)
         try:
-            reply = self.raylet_call("create_object", {"object_id": object_id, "size": size, "owner": owner_id,
+            reply = self.links.raylet_call("create_object", {"object_id": object_id, "size": size, "owner": owner_id,
                                                        "owner_address": owner_address})
         except RemoteError as exc:
             if exc.code is ErrorCode.OBJECT_STORE_FULL:
                 raise exc.to_exception() from None
             raise
         fallback = reply.get("path") if isinstance(reply, dict) else None
-        path = fallback or os.path.join(self.store_dir, object_id.hex())
+        path = fallback or os.path.join(self.info.store_dir, object_id.hex())
         if fallback:
             logger.warning(
                 "An object of %.1f MiB does not fit in the object store of this node even after spilling; "
@@ -93,22 +110,14 @@ class ObjectAccess:
         except FileExistsError:
             pass  # a retried task wrote this return before
         except OSError as exc:
-            self.loop.call_soon_threadsafe(self.raylet.notify, "free_objects", {"object_ids": [object_id]})
+            self.links.loop.call_soon_threadsafe(self.links.raylet.notify, "free_objects", {"object_ids": [object_id]})
             raise ObjectStoreFullError(
                 f"Could not write an object of {size} bytes to {os.path.dirname(path)}: {exc}. "
                 + ("The fallback disk may be full." if fallback else
                    "The shared-memory file system may be smaller than the configured store.")
             ) from exc
-        self.loop.call_soon_threadsafe(self.raylet.notify, "seal_object", {"object_id": object_id})
+        self.links.loop.call_soon_threadsafe(self.links.raylet.notify, "seal_object", {"object_id": object_id})
         return size
-
-    def _hold_nested(self, object_id: bytes, nested: list[Any]) -> None:
-        """Keep refs contained in a stored value alive while it lives."""
-        # Own copies: each adds a local count that lasts exactly as long as the value
-        # (an actor handle's count is held the same way, by an ObjectRef of its id).
-        refs = [ObjectRef(r._id, r._owner) for r in nested if is_counted(r)]
-        if refs:
-            self._contained.setdefault(object_id, []).extend(refs)
 
     def encode_return(self, object_id: bytes, value: Any, owner: list[Any], task_id: bytes = b"") -> list[Any]:
         """A task's return value in reply form: inline, or written to the object store.
@@ -120,12 +129,47 @@ class ObjectAccess:
         nested: list[list[Any]] = []
         if obj.nested_refs:
             refs = [r for r in obj.nested_refs if is_counted(r)]
-            self._hold_handoff(task_id, refs, None)
+            self.ownership.hold_handoff(task_id, refs, None)
             nested = [[r._id, r._owner] for r in refs]
         if obj.total_bytes < self._inline_limit:
             return [0, obj.to_inline(), nested]
         size = self.write_plasma(object_id, obj, owner[2], owner)
-        return [1, [self.node_id, size, self.raylet_location], nested]
+        return [1, [self.info.node_id, size, self.info.raylet_location], nested]
+
+    def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any], fname: str) -> tuple[list[Any], list[str], list[bytes]]:
+        """Task arguments in wire form, plus the ids of refs the task depends on."""
+        wire: list[Any] = []
+        ref_ids: list[bytes] = []
+        nested_owners: dict[bytes, Any] = {}
+        names = list(kwargs)
+        values = list(args) + [kwargs[k] for k in names]
+        for position, value in enumerate(values):
+            if isinstance(value, ObjectRef):
+                wire.append([ARG_REF, value._id, value._owner])
+                ref_ids.append(value._id)
+                continue
+            what = (
+                f"argument {position} of {fname}()" if position < len(args)
+                else f"keyword argument {names[position - len(args)]!r} of {fname}()"
+            )
+            obj = self.serialize_value(value, what)
+            if obj.nested_refs:
+                # Held as submitted until the task ends: by then the executor has registered as a borrower.
+                for r in obj.nested_refs:
+                    if is_counted(r):
+                        ref_ids.append(r._id)
+                        nested_owners[r._id] = r._owner
+            if obj.total_bytes < self._inline_limit:
+                wire.append([ARG_VALUE, obj.to_inline()])
+            else:
+                ref = self._store_put(self.context.new_put_id(), obj)
+                wire.append([ARG_REF, ref._id, ref._owner])
+                ref_ids.append(ref._id)
+        if ref_ids:
+            owners = {r[1]: r[2] for r in wire if r[0] == ARG_REF}
+            owners.update(nested_owners)
+            self.counter.add_submitted(ref_ids, owners.__getitem__)
+        return wire, names, ref_ids
 
     def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
         import time as _time
@@ -137,7 +181,7 @@ class ObjectAccess:
             entries = self._wait_entries(refs, len(refs), remaining)
             try:
                 values = [self._value_of(ref._id, entry) for ref, entry in zip(refs, entries)]
-                self.register_borrows()  # refs nested in the values
+                self.ownership.register_borrows()  # refs nested in the values
                 return values
             except CopyLost as lost:
                 recoveries += 1
@@ -148,62 +192,48 @@ class ObjectAccess:
 
     def _recover(self, ref: ObjectRef) -> None:
         """A stored copy of ``ref`` is gone: have its owner re-run the task that made it."""
-        assert self.io is not None
-        if self.reference_counter.is_owned(ref._id) or self._owns(ref._owner):
-            fut = concurrent.futures.Future()  # type: ignore[var-annotated]
+        if self.counter.is_owned(ref._id) or self.info.owns(ref._owner):
+            fut: concurrent.futures.Future[BaseException | None] = concurrent.futures.Future()
 
             def start() -> None:
-                fut.set_result(self.lineage.reconstruct(ref._id))
+                fut.set_result(self.ownership.reconstruct(ref._id))
 
-            self.loop.call_soon_threadsafe(start)
+            self.links.loop.call_soon_threadsafe(start)
             error = fut.result()
             if error is not None:
                 raise error
             return
-        reply = self.io.run(self._ask_owner_to_recover(ref._id, ref._owner))
+        reply = self.links.run(self.ownership.ask_owner_to_recover(ref._id, ref._owner))
         if reply is not None:
             _, error = serialization.deserialize_inline(reply)
             raise error
-        self.memory_store.delete(ref._id)
-
-    async def _ask_owner_to_recover(self, object_id: bytes, owner: Any) -> Any:
-        try:
-            conn = await self.connect_to(owner)
-            return await conn.call("recover_object", {"object_id": object_id}, timeout=None)
-        except (ConnectionLost, OSError) as exc:
-            error = OwnerDiedError(object_id.hex(), f"Object {object_id.hex()} was lost and its owner is unreachable ({exc}).")
-            return serialization.serialize_error(error).to_inline()
-
-    def rpc_recover_object(self, conn: Connection, p: dict[str, Any]) -> Any:
-        """A borrower lost its copy of an object we own: re-run its task (None) or say why not."""
-        error = self.lineage.reconstruct(p["object_id"])
-        return None if error is None else serialization.serialize_error(error).to_inline()
+        self.store.delete(ref._id)
 
     def _wait_entries(self, refs: list[ObjectRef], num: int, timeout: float | None) -> list[Entry | None]:
         self._block_until_ready(refs, num, timeout)
-        store = self.memory_store
+        store = self.store
         return [store.get(r._id) for r in refs]
 
     def _block_until_ready(self, refs: list[ObjectRef], num: int, timeout: float | None) -> None:
         """Return once ``num`` of ``refs`` have entries here (fetching borrowed ones); raises GetTimeoutError."""
-        store = self.memory_store
+        store = self.store
         missing = [r for r in refs if not store.contains(r._id)]
         if missing:
             for ref in missing:
-                if not self._owns(ref._owner) and not self.reference_counter.is_owned(ref._id):
-                    self.loop.call_soon_threadsafe(self._start_fetch, ref._id, ref._owner)
+                if not self.info.owns(ref._owner) and not self.counter.is_owned(ref._id):
+                    self.links.loop.call_soon_threadsafe(self.ownership.start_fetch, ref._id, ref._owner)
             wanted = {r._id for r in refs}
             need = min(num, len(wanted))
             blocked = False
-            if self.executor is not None and self.current_task_id is not None:
+            if self.bounce_queued is not None and self.context.current_task_id is not None:
                 blocked = True
-                self.executor.bounce_queued()
-                self.loop.call_soon_threadsafe(self.raylet.notify, "notify_blocked", None)
+                self.bounce_queued()
+                self.links.loop.call_soon_threadsafe(self.links.raylet.notify, "notify_blocked", None)
             try:
                 ready = store.wait(wanted, need, timeout)
             finally:
                 if blocked:
-                    self.loop.call_soon_threadsafe(self.raylet.notify, "notify_unblocked", None)
+                    self.links.loop.call_soon_threadsafe(self.links.raylet.notify, "notify_unblocked", None)
             if len(ready) < need:
                 raise GetTimeoutError(
                     f"Get timed out: {need - len(ready)} of {need} object(s) not ready after {timeout}s."
@@ -231,18 +261,18 @@ class ObjectAccess:
 
     def _read_plasma(self, object_id: bytes, location: list[Any]) -> tuple[int, Any]:
         node_id = location[0]
-        path = os.path.join(self.store_dir, object_id.hex())
-        if node_id == self.node_id and not os.path.exists(path):
+        path = os.path.join(self.info.store_dir, object_id.hex())
+        if node_id == self.info.node_id and not os.path.exists(path):
             # Spilled to disk: have the node daemon bring it back.
-            if not self.raylet_call("restore_object", {"object_id": object_id}, timeout=None):
+            if not self.links.raylet_call("restore_object", {"object_id": object_id}, timeout=None):
                 raise CopyLost(
                     object_id.hex(),
                     f"Object {object_id.hex()} is no longer in the object store of node {node_id.hex()[:12]} "
                     "(it was freed or its node's store was cleared).",
                 )
-        elif node_id != self.node_id and not os.path.exists(path):
+        elif node_id != self.info.node_id and not os.path.exists(path):
             try:
-                self.raylet_call("pull_object", {"object_id": object_id, "address": location[2], "size": location[1]}, timeout=None)
+                self.links.raylet_call("pull_object", {"object_id": object_id, "address": location[2], "size": location[1]}, timeout=None)
             except (RemoteError, ConnectionLost) as exc:
                 raise CopyLost(
                     object_id.hex(),
@@ -254,7 +284,7 @@ class ObjectAccess:
                 return object_file.read_object(path)
             except FileNotFoundError:
                 # Spilled between our check and the read: bring it back and try again.
-                if node_id != self.node_id or not self.raylet_call("restore_object", {"object_id": object_id}, timeout=None):
+                if node_id != self.info.node_id or not self.links.raylet_call("restore_object", {"object_id": object_id}, timeout=None):
                     break
         raise CopyLost(
             object_id.hex(),
@@ -276,7 +306,7 @@ class ObjectAccess:
 
     def _split_ready(self, refs: list[ObjectRef], num_returns: int) -> tuple[list[ObjectRef], list[ObjectRef]]:
         """(the first ``num_returns`` refs with a value here, the rest), each in the order given."""
-        contains = self.memory_store.contains
+        contains = self.store.contains
         ready: list[ObjectRef] = []
         not_ready: list[ObjectRef] = []
         for ref in refs:
@@ -298,18 +328,21 @@ class ObjectAccess:
                 future.set_exception(exc)
 
         def register() -> None:
-            self.resolve_entry(ref._id, ref._owner, on_entry)
+            self.ownership.resolve_entry(ref._id, ref._owner, on_entry)
             # keep the ref alive until it resolves
-            future.add_done_callback(lambda f, r=ref: None)
+            def hold(_: concurrent.futures.Future[Any], held: ObjectRef = ref) -> None:
+                del held
 
-        self.loop.call_soon_threadsafe(register)
+            future.add_done_callback(hold)
+
+        self.links.loop.call_soon_threadsafe(register)
         return future
 
-    def object_from_coroutine(self, make_coro: Any) -> ObjectRef:
+    def object_from_coroutine(self, make_coro: Callable[[], Awaitable[Any]]) -> ObjectRef:
         """An owned ObjectRef resolved with the result (or error) of ``make_coro()`` run on the loop."""
-        object_id = ids.put_object_id(self._put_parent_task())
-        self.reference_counter.add_owned(object_id, self.address)
-        ref = ObjectRef(object_id, self.address)
+        object_id = self.context.new_put_id()
+        self.counter.add_owned(object_id, self.info.address)
+        ref = ObjectRef(object_id, self.info.address)
 
         async def run() -> None:
             try:
@@ -317,8 +350,8 @@ class ObjectAccess:
                 entry: Entry = (INLINE, serialization.serialize(value).to_inline())
             except Exception as exc:
                 entry = (INLINE, serialization.serialize_error(exc).to_inline())
-            self.store_owned_result(object_id, entry)
+            self.ownership.store_owned_result(object_id, entry)
 
-        self.loop.call_soon_threadsafe(lambda: self.background.spawn(run(), "store an awaited result", loop=self.loop))
+        self.links.loop.call_soon_threadsafe(lambda: self.background.spawn(run(), "store an awaited result", loop=self.links.loop))
         return ref
 

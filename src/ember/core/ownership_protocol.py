@@ -1,4 +1,4 @@
-"""The owner's and the borrower's side of reference counting, for ``CoreWorker``.
+"""The owner's and the borrower's side of reference counting.
 
 An owner frees an object's copies once nothing references it (including the
 copies a dead task attempt may have left), keeps the refs nested in stored
@@ -7,8 +7,9 @@ answers borrowers. A borrower registers with the owner before it uses a ref
 and deregisters when its count drops to zero; it fetches values from owners
 and asks them to recover lost ones (lineage reconstruction).
 
-A mixin: the state it uses (memory store, reference counter, loop, raylet
-connection) is created by ``CoreWorker.__init__``.
+``OwnershipService`` owns the ``ReferenceCounter`` and everything an owner holds
+on behalf of others (contained refs, hand-offs, copies of dead attempts); it
+reaches other processes only through ``ClusterLinks``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from ember._private import ids, serialization
-from ember._private.object_ref import ObjectRef
-from ember.core.memory_store import INLINE, PLASMA, Entry
-from ember.core.reference_counter import RefState
+from ember._private.background import BackgroundTasks
+from ember._private.object_ref import ObjectRef, is_counted
+from ember.core.links import ClusterLinks, ProcessInfo
+from ember.core.memory_store import INLINE, PLASMA, Entry, MemoryStore
+from ember.core.reference_counter import ReferenceCounter, RefState
 from ember.exceptions import (
     ConnectionLost,
     ObjectLostError,
@@ -33,14 +37,45 @@ from ember.rpc import Connection
 logger = logging.getLogger(__name__)
 
 
-class OwnershipProtocol:
-    """Owner and borrower halves of reference counting (mixed into ``CoreWorker``)."""
+def _no_lineage(object_id: bytes) -> BaseException | None:
+    return ObjectLostError(object_id.hex(), f"Object {object_id.hex()} was lost and cannot be recovered here.")
+
+
+class OwnershipService:
+    """Owner and borrower halves of reference counting, and fetching values from owners."""
+
+    def __init__(self, info: ProcessInfo, links: ClusterLinks, store: MemoryStore, background: BackgroundTasks) -> None:
+        self.info = info
+        self.links = links
+        self.store = store
+        self.background = background
+        self.counter = ReferenceCounter(self._on_free, self._wake_drain, info.worker_id)
+        #: Lineage hooks (set by the task manager's owner): an owned object was freed; re-make a lost one.
+        self.on_owned_freed: Callable[[bytes], None] = lambda object_id: None
+        self.reconstruct: Callable[[bytes], BaseException | None] = _no_lineage
+        #: Refs held on behalf of stored values that contain them (object id -> refs).
+        self._contained: dict[bytes, list[ObjectRef]] = {}
+        #: Refs inside task results we sent, held until the caller has taken them over.
+        self._handoffs: dict[bytes, list[Any]] = {}
+        self._pending_unborrows: list[tuple[bytes, Any]] = []
+        self._registrations: dict[bytes, list[asyncio.Task[None]]] = {}
+        self._pending_frees: list[tuple[bytes, Any]] = []
+        #: Results of task attempts whose worker died: the nodes where a copy may have been
+        #: stored anyway (the worker's last messages can reach its node after the owner's
+        #: first free). Freed there again when the owner frees the object.
+        self._dead_attempt_copies: dict[bytes, set[tuple[str, int]]] = {}
+        self._fetching: set[bytes] = set()
+        self._auto_destroy_actors: set[bytes] = set()
+        self._creation_args: dict[bytes, list[bytes]] = {}
+
+    def _wake_drain(self) -> None:
+        self.links.loop.call_soon_threadsafe(self.counter.drain)
 
     # ================================================================ ownership
-    def register_owned_actor(self, actor_id: bytes, auto_destroy: bool, creation_arg_ids: list[bytes] = ()) -> None:  # type: ignore[assignment]
+    def register_owned_actor(self, actor_id: bytes, auto_destroy: bool, creation_arg_ids: list[bytes] | None = None) -> None:
         """Count handles of an actor we created; its constructor's ref arguments stay held
         (restarts run __init__ again with them) until it is dead for good."""
-        self.reference_counter.add_owned(actor_id, self.address)
+        self.counter.add_owned(actor_id, self.info.address)
         if auto_destroy:
             self._auto_destroy_actors.add(actor_id)
         if creation_arg_ids:
@@ -49,7 +84,7 @@ class OwnershipProtocol:
     def release_creation_args(self, actor_id: bytes) -> None:
         arg_ids = self._creation_args.pop(actor_id, None)
         if arg_ids:
-            self.reference_counter.remove_submitted(arg_ids)
+            self.counter.remove_submitted(arg_ids)
 
     def _on_free(self, object_id: bytes, state: RefState) -> None:
         if len(object_id) == ids.UNIQUE_ID_LEN:  # an actor handle count
@@ -61,11 +96,11 @@ class OwnershipProtocol:
                 payload = {"actor_id": object_id, "no_restart": True,
                            "cause": "all references to it were deleted"}
                 try:
-                    self.loop.call_soon_threadsafe(self._notify_gcs, "kill_actor", payload)
+                    self.links.loop.call_soon_threadsafe(self.links.notify_gcs, "kill_actor", payload)
                 except RuntimeError:
                     pass
             return
-        entry = self.memory_store.delete(object_id)
+        entry = self.store.delete(object_id)
         self._contained.pop(object_id, None)
         if state.owned and entry is not None and entry[0] == PLASMA:
             self._free_plasma(object_id, entry[1])
@@ -75,7 +110,7 @@ class OwnershipProtocol:
             self._queue_unborrow(object_id, state.owner)
         if state.owned:
             try:
-                self.loop.call_soon_threadsafe(self.lineage.on_object_freed, object_id)
+                self.links.loop.call_soon_threadsafe(self.on_owned_freed, object_id)
             except RuntimeError:
                 pass
 
@@ -85,7 +120,7 @@ class OwnershipProtocol:
         pending.append(item)
         if len(pending) == 1:
             try:
-                self.loop.call_soon_threadsafe(flush)
+                self.links.loop.call_soon_threadsafe(flush)
             except RuntimeError:
                 pass  # the loop is closed: the process is exiting
 
@@ -95,11 +130,11 @@ class OwnershipProtocol:
     def _flush_unborrows(self) -> None:
         pending, self._pending_unborrows = self._pending_unborrows, []
         for owner, object_ids in _by_address(pending):
-            self.background.spawn(self._unborrow(owner, object_ids), "unborrow", loop=self.loop)
+            self.background.spawn(self._unborrow(owner, object_ids), "unborrow", loop=self.links.loop)
 
     async def _unborrow(self, owner: Any, object_ids: list[bytes]) -> None:
         try:
-            conn = await self.connect_to(owner)
+            conn = await self.links.connect_to(owner)
             conn.notify("remove_borrowers", {"object_ids": object_ids})
         except (ConnectionLost, OSError):
             pass  # the owner is gone: nothing to release
@@ -110,35 +145,35 @@ class OwnershipProtocol:
         Synchronous from user threads (so an owner can never free a value a
         borrower is about to read); from the I/O loop it is only started.
         """
-        new = self.reference_counter.take_new_borrows()
+        new = self.counter.take_new_borrows()
         if not new:
             return
-        self.reference_counter.mark_registered(oid for oid, _ in new)
-        if self.io is not None and self.io.in_loop_thread():
-            self.background.spawn(self._register(new), "register as borrower", loop=self.loop)
-        elif self.io is not None:
-            self.io.run(self._register(new))
+        self.counter.mark_registered(oid for oid, _ in new)
+        if self.links.in_loop_thread():
+            self.background.spawn(self._register(new), "register as borrower", loop=self.links.loop)
+        elif self.links.io is not None:
+            self.links.run(self._register(new))
 
     async def _register(self, borrows: list[tuple[bytes, Any]]) -> None:
         async def one(owner: Any, object_ids: list[bytes]) -> None:
             try:
-                conn = await self.connect_to(owner)
+                conn = await self.links.connect_to(owner)
                 missing = await conn.call("add_borrowers", {"object_ids": object_ids}, timeout=30.0)
             except (ConnectionLost, OSError) as exc:
                 for object_id in object_ids:
-                    if len(object_id) != ids.UNIQUE_ID_LEN and not self.memory_store.contains(object_id):
+                    if len(object_id) != ids.UNIQUE_ID_LEN and not self.store.contains(object_id):
                         error = OwnerDiedError(
                             object_id.hex(),
                             f"The owner of object {object_id.hex()} (worker {owner[2].hex()[:12]} at {owner[0]}:{owner[1]}) "
                             f"is unreachable ({exc}), so the object is lost.",
                         )
-                        self.memory_store.put(object_id, (INLINE, serialization.serialize_error(error).to_inline()))
+                        self.store.put(object_id, (INLINE, serialization.serialize_error(error).to_inline()))
                 return
             for object_id in missing:
                 if len(object_id) == ids.UNIQUE_ID_LEN:
                     continue  # an actor already destroyed: its calls say so
-                error = ObjectLostError(object_id.hex(), f"Object {object_id.hex()} was already freed by its owner.")
-                self.memory_store.put(object_id, (INLINE, serialization.serialize_error(error).to_inline()))
+                lost = ObjectLostError(object_id.hex(), f"Object {object_id.hex()} was already freed by its owner.")
+                self.store.put(object_id, (INLINE, serialization.serialize_error(lost).to_inline()))
 
         await asyncio.gather(*(one(owner, oids) for owner, oids in _by_address(borrows)))
 
@@ -146,11 +181,11 @@ class OwnershipProtocol:
         key = id(conn)
         if not conn.state.get("borrower"):
             conn.state["borrower"] = True
-            conn.add_close_callback(lambda c: self.reference_counter.drop_borrower(id(c)))
-        return self.reference_counter.add_borrowers(p["object_ids"], key)
+            conn.add_close_callback(lambda c: self.counter.drop_borrower(id(c)))
+        return self.counter.add_borrowers(p["object_ids"], key)
 
     def rpc_remove_borrowers(self, conn: Connection, p: dict[str, Any]) -> None:
-        self.reference_counter.remove_borrowers(p["object_ids"], id(conn))
+        self.counter.remove_borrowers(p["object_ids"], id(conn))
 
     def adopt_nested(self, object_id: bytes, nested: list[list[Any]], holder: Connection | None, task_id: bytes) -> None:
         """On the loop: a result we own contains these refs; hold them while it lives.
@@ -159,15 +194,23 @@ class OwnershipProtocol:
         sender's hold is released only after they are done."""
         refs = [ObjectRef(oid, owner) for oid, owner in nested]
         self._contained.setdefault(object_id, []).extend(refs)
-        new = self.reference_counter.take_new_borrows()
+        new = self.counter.take_new_borrows()
         if new:
-            self.reference_counter.mark_registered(oid for oid, _ in new)
-            self._registrations.setdefault(task_id, []).append(self.background.spawn(self._register(new), "register as borrower", loop=self.loop))
+            self.counter.mark_registered(oid for oid, _ in new)
+            self._registrations.setdefault(task_id, []).append(self.background.spawn(self._register(new), "register as borrower", loop=self.links.loop))
+
+    def hold_nested(self, object_id: bytes, nested: list[Any]) -> None:
+        """Keep refs contained in a stored value alive while it lives."""
+        # Own copies: each adds a local count that lasts exactly as long as the value
+        # (an actor handle's count is held the same way, by an ObjectRef of its id).
+        refs = [ObjectRef(r._id, r._owner) for r in nested if is_counted(r)]
+        if refs:
+            self._contained.setdefault(object_id, []).extend(refs)
 
     def rpc_release_handoff(self, conn: Connection, p: dict[str, Any]) -> None:
         self._handoffs.pop(p["tid"], None)
 
-    def _hold_handoff(self, task_id: bytes, refs: list[Any], conn: Connection | None) -> None:
+    def hold_handoff(self, task_id: bytes, refs: list[Any], conn: Connection | None) -> None:
         self._handoffs.setdefault(task_id, []).extend(refs)
 
     def note_dead_attempt(self, return_ids: list[bytes], node_address: list[Any] | None) -> None:
@@ -199,29 +242,29 @@ class OwnershipProtocol:
     def _flush_frees(self) -> None:
         frees, self._pending_frees = self._pending_frees, []
         for address, object_ids in _by_address(frees):
-            if list(address[:2]) == list(self.raylet_location):
-                if self.raylet is not None and not self.raylet.closed:
-                    self.raylet.notify("free_objects", {"object_ids": object_ids})
+            if list(address[:2]) == list(self.info.raylet_location):
+                if self.links.raylet_connected:
+                    self.links.raylet.notify("free_objects", {"object_ids": object_ids})
             else:
-                self.background.spawn(self._free_remote(list(address[:2]), object_ids), "free remote copies", loop=self.loop)
+                self.background.spawn(self._free_remote(list(address[:2]), object_ids), "free remote copies", loop=self.links.loop)
 
     async def _free_remote(self, address: list[Any], object_ids: list[bytes]) -> None:
         try:
-            conn = await self.connect_to(address)
+            conn = await self.links.connect_to(address)
             conn.notify("free_objects", {"object_ids": object_ids})
         except (ConnectionLost, OSError) as exc:
             logger.debug("could not free objects on %s: %s", address, exc)
 
     def store_owned_result(self, object_id: bytes, entry: Entry) -> None:
         """Record a task result; called on the loop when the reply arrives."""
-        if not self.reference_counter.has_reference(object_id):
+        if not self.counter.has_reference(object_id):
             # Nobody holds a ref any more: drop the value at once.
             if entry[0] == PLASMA:
                 self._free_plasma(object_id, entry[1])
             if self._dead_attempt_copies:
                 self._free_dead_attempt_copies(object_id)
             return
-        self.memory_store.put(object_id, entry)
+        self.store.put(object_id, entry)
 
     def store_results(self, task_id: bytes, return_ids: list[bytes], returns: list[Any], sender: Connection | None) -> None:
         """On the loop: record a finished task's results and adopt the refs nested in them."""
@@ -231,12 +274,12 @@ class OwnershipProtocol:
             nested = ret[2] if len(ret) > 2 else None
             if nested:
                 nested_any = True
-                if self.reference_counter.has_reference(oid):
+                if self.counter.has_reference(oid):
                     self.adopt_nested(oid, nested, None, task_id)
             self.store_owned_result(oid, entry)
         if nested_any and sender is not None:
             # Our holds are in place (registrations are ordered before this on each owner's connection).
-            self.background.spawn(self._release_handoff_after_registration(sender, task_id), "release handoff", loop=self.loop)
+            self.background.spawn(self._release_handoff_after_registration(sender, task_id), "release handoff", loop=self.links.loop)
 
     async def _release_handoff_after_registration(self, sender: Connection, task_id: bytes) -> None:
         pending = self._registrations.pop(task_id, [])
@@ -250,38 +293,49 @@ class OwnershipProtocol:
 
         With ``recover``, a borrowed object is first re-made by its owner (its copy was lost).
         """
-        store = self.memory_store
-        if recover and not self._owns(owner) and not self.reference_counter.is_owned(object_id):
+        store = self.store
+        if recover and not self.info.owns(owner) and not self.counter.is_owned(object_id):
             store.on_ready(object_id, callback)
-            self.background.spawn(self._recover_then_fetch(object_id, owner), "recover then fetch", loop=self.loop)
+            self.background.spawn(self._recover_then_fetch(object_id, owner), "recover then fetch", loop=self.links.loop)
             return
-        if store.contains(object_id) or self.reference_counter.is_owned(object_id) or self._owns(owner):
+        if store.contains(object_id) or self.counter.is_owned(object_id) or self.info.owns(owner):
             store.on_ready(object_id, callback)
             return
         store.on_ready(object_id, callback)
-        self._start_fetch(object_id, owner)
+        self.start_fetch(object_id, owner)
 
     async def _recover_then_fetch(self, object_id: bytes, owner: Any) -> None:
-        reply = await self._ask_owner_to_recover(object_id, owner)
+        reply = await self.ask_owner_to_recover(object_id, owner)
         if reply is not None:
-            self.memory_store.put(object_id, (INLINE, reply))
+            self.store.put(object_id, (INLINE, reply))
             return
-        self._start_fetch(object_id, owner)
+        self.start_fetch(object_id, owner)
 
-    def _owns(self, owner: Any) -> bool:
-        return owner is not None and owner[2] == self.worker_id
+    async def ask_owner_to_recover(self, object_id: bytes, owner: Any) -> Any:
+        """Have the owner re-make a lost object: None once it is re-running it, else the error (inline)."""
+        try:
+            conn = await self.links.connect_to(owner)
+            return await conn.call("recover_object", {"object_id": object_id}, timeout=None)
+        except (ConnectionLost, OSError) as exc:
+            error = OwnerDiedError(object_id.hex(), f"Object {object_id.hex()} was lost and its owner is unreachable ({exc}).")
+            return serialization.serialize_error(error).to_inline()
 
-    def _start_fetch(self, object_id: bytes, owner: Any) -> None:
-        if object_id in self._fetching or self.memory_store.contains(object_id):
+    def rpc_recover_object(self, conn: Connection, p: dict[str, Any]) -> Any:
+        """A borrower lost its copy of an object we own: re-run its task (None) or say why not."""
+        error = self.reconstruct(p["object_id"])
+        return None if error is None else serialization.serialize_error(error).to_inline()
+
+    def start_fetch(self, object_id: bytes, owner: Any) -> None:
+        if object_id in self._fetching or self.store.contains(object_id):
             return
         self._fetching.add(object_id)
-        self.background.spawn(self._fetch(object_id, owner), "fetch from owner", loop=self.loop)
+        self.background.spawn(self._fetch(object_id, owner), "fetch from owner", loop=self.links.loop)
 
     async def _fetch(self, object_id: bytes, owner: Any) -> None:
         try:
             if owner is None:
                 raise ObjectLostError(object_id.hex(), f"Object {object_id.hex()} has no known owner.")
-            conn = await self.connect_to(owner)
+            conn = await self.links.connect_to(owner)
             kind, data = await conn.call("get_object", {"object_id": object_id}, timeout=None)
             entry: Entry = (kind, data)
         except (ConnectionLost, OSError) as exc:
@@ -289,31 +343,78 @@ class OwnershipProtocol:
                 object_id.hex(),
                 f"The owner of object {object_id.hex()} (worker {owner[2].hex()[:12]} at {owner[0]}:{owner[1]}) "
                 f"died or is unreachable ({exc}), so the object is lost. Look in the owner's log under "
-                f"{os.path.join(self.session_dir, 'logs')} for why it exited.",
+                f"{os.path.join(self.info.session_dir, 'logs')} for why it exited.",
             )
             entry = (INLINE, serialization.serialize_error(error).to_inline())
         except RemoteError as exc:
-            error = ObjectLostError(object_id.hex(), f"Could not get object {object_id.hex()} from its owner: {exc.message}")
-            entry = (INLINE, serialization.serialize_error(error).to_inline())
+            lost = ObjectLostError(object_id.hex(), f"Could not get object {object_id.hex()} from its owner: {exc.message}")
+            entry = (INLINE, serialization.serialize_error(lost).to_inline())
         except ObjectLostError as exc:
             entry = (INLINE, serialization.serialize_error(exc).to_inline())
         finally:
             self._fetching.discard(object_id)
-        if self.reference_counter.has_reference(object_id) or self.memory_store._callbacks.get(object_id):
-            self.memory_store.put(object_id, entry)
+        if self.counter.has_reference(object_id) or self.store.has_callbacks(object_id):
+            self.store.put(object_id, entry)
 
     async def rpc_get_object(self, conn: Connection, p: dict[str, Any]) -> list[Any]:
         """A borrower asks for an object we own: answer once it is ready."""
         object_id = p["object_id"]
-        entry = self.memory_store.get(object_id)
+        entry = self.store.get(object_id)
         if entry is None:
-            if not self.reference_counter.is_owned(object_id):
+            if not self.counter.is_owned(object_id):
                 error = ObjectLostError(object_id.hex(), f"Object {object_id.hex()} was freed by its owner or never existed.")
                 return [INLINE, serialization.serialize_error(error).to_inline()]
-            fut: asyncio.Future[Entry] = self.loop.create_future()
-            self.memory_store.on_ready(object_id, lambda e: self.loop.call_soon_threadsafe(_set_once, fut, e))
+            loop = self.links.loop
+            fut: asyncio.Future[Entry] = loop.create_future()
+
+            def ready(ready_entry: Entry) -> None:
+                loop.call_soon_threadsafe(_set_once, fut, ready_entry)
+
+            self.store.on_ready(object_id, ready)
             entry = await fut
         return [entry[0], entry[1]]
+
+
+    # ================================================================ introspection
+    def memory_table(self) -> dict[str, Any]:
+        """What this process references, for ``ember memory``."""
+        counter = self.counter
+        borrowers = counter.borrower_counts()
+        contained: set[bytes] = {r._id for refs in self._contained.values() for r in refs}
+        rows = []
+        for oid, (local, submitted, owned) in counter.snapshot().items():
+            if len(oid) == ids.UNIQUE_ID_LEN:
+                kind, size = "ACTOR_HANDLE", 0
+            else:
+                entry = self.store.get(oid)
+                size = 0
+                in_store = False
+                if entry is not None:
+                    in_store = entry[0] == PLASMA
+                    size = entry[1][1] if in_store else sum(len(b) for b in [entry[1][1], *entry[1][2]])
+                if submitted > 0:
+                    kind = "USED_BY_PENDING_TASK"
+                elif oid in contained and local <= 1:
+                    kind = "CAPTURED_IN_OBJECT"
+                elif owned and in_store:
+                    kind = "PINNED_IN_MEMORY"
+                else:
+                    kind = "LOCAL_REFERENCE"
+            rows.append({
+                "object_id": oid.hex(), "size": size, "reference_type": kind, "owned": owned,
+                "local": local, "submitted": submitted, "borrowers": borrowers.get(oid, 0),
+                "call_site": counter.call_sites.get(oid, "disabled" if not counter.record_sites else ""),
+            })
+        info = self.info
+        return {"pid": os.getpid(), "worker_id": info.worker_id.hex(), "node_id": info.node_id.hex(),
+                "mode": info.mode, "ip": info.node_ip, "objects": rows}
+
+    def rpc_memory_table(self, conn: Connection | None, p: Any) -> dict[str, Any]:
+        return self.memory_table()
+
+    def rpc_owns_objects(self, conn: Connection, p: Any) -> bool:
+        """Whether this process owns objects (or actors) still referenced: its node daemon keeps it then."""
+        return self.counter.owns_any()
 
 
 def _set_once(fut: asyncio.Future[Any], value: Any) -> None:

@@ -168,8 +168,8 @@ class ReferenceCounter:
                     continue
                 if field == "submitted":
                     state.submitted -= 1
-                elif state.borrowers is not None:
-                    state.borrowers.discard(borrower)  # type: ignore[arg-type]
+                elif state.borrowers is not None and borrower is not None:
+                    state.borrowers.discard(borrower)
                 if state.unreferenced():
                     del self._refs[oid]
                     freed.append((oid, state))
@@ -210,9 +210,15 @@ class ReferenceCounter:
     def num_tracked(self) -> int:
         return len(self._refs)
 
-    def snapshot(self) -> dict[bytes, tuple[int, int, bool, bool]]:
+    def snapshot(self) -> dict[bytes, tuple[int, int, bool]]:
+        """(local, submitted, owned) of every tracked object."""
         with self._lock:
             return {oid: (s.local, s.submitted, s.owned) for oid, s in self._refs.items()}
+
+    def owns_any(self) -> bool:
+        """Whether this process owns any object (or actor) still referenced."""
+        with self._lock:
+            return any(s.owned for s in self._refs.values())
 
     def borrower_counts(self) -> dict[bytes, int]:
         with self._lock:

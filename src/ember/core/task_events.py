@@ -24,6 +24,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ember._private.config import config
+from ember.core.task_context import task_context_var
 from ember.core.task_state import TASK_TRANSITIONS, TaskEntry, TaskStatus
 
 if TYPE_CHECKING:
@@ -74,11 +75,7 @@ class TaskEventRecorder:
         self._limit = cfg.task_events_buffer_size
         self._dropped = 0
         self._pid = os.getpid()
-        from ember.core.worker import (
-            _task_context,  # loaded by now: the worker creates this recorder
-        )
-
-        self._task_context = _task_context
+        self._task_context = task_context_var
         self._stop_observing = TASK_TRANSITIONS.observe(self._on_task_move) if self.enabled else None
 
     def close(self) -> None:

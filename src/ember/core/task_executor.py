@@ -267,7 +267,7 @@ class TaskExecutor:
 
     def decode_args(self, spec: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         args = [self._decode_arg(a) for a in spec["args"]]
-        self.worker.register_borrows()  # refs nested in the arguments
+        self.worker.ownership.register_borrows()  # refs nested in the arguments
         kw_names = spec.get("kw") or ()
         if not kw_names:
             return args, {}
@@ -277,7 +277,7 @@ class TaskExecutor:
     def encode_result(self, spec: dict[str, Any], result: Any) -> dict[str, Any]:
         values = _split_returns(result, spec["nret"], spec["name"])
         owner = spec["owner"]
-        encode = self.worker.encode_return
+        encode = self.worker.objects.encode_return
         task_id = spec["tid"]
         return {"s": "ok", "r": [encode(oid, value, owner, task_id) for oid, value in zip(spec["rids"], values)]}
 
@@ -302,7 +302,7 @@ class TaskExecutor:
             from ember.core.object_access import CopyLost
 
             try:
-                return self.worker.read_plasma_value(arg[1], arg[3], raise_errors=True)
+                return self.worker.objects.read_plasma_value(arg[1], arg[3], raise_errors=True)
             except CopyLost as exc:
                 raise ArgumentLost(arg[1], arg[2]) from exc
         if kind == ARG_REF:
@@ -326,11 +326,12 @@ def _resolve(fut: asyncio.Future[Any], reply: dict[str, Any]) -> None:
 
 def _split_returns(result: Any, num_returns: int, name: str) -> list[Any]:
     if inspect.isgenerator(result) and num_returns >= 1:
-        result = list(result)  # a generator with a fixed num_returns: its items are the returns (as Ray)
+        items: list[Any] = list(result)  # a generator with a fixed num_returns: its items are the returns (as Ray)
         if num_returns == 1:
-            if len(result) != 1:
-                raise ValueError(f"{name}() was declared with num_returns=1 but yielded {len(result)} values")
-            return result
+            if len(items) != 1:
+                raise ValueError(f"{name}() was declared with num_returns=1 but yielded {len(items)} values")
+            return items
+        result = items
     if num_returns == 1:
         return [result]
     if num_returns == 0:

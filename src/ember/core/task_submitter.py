@@ -110,7 +110,7 @@ class TaskSubmitter:
         # and only the last one may enqueue the task (else it is enqueued, and run, twice).
         entry.deps_pending += len(refs)
         for index, arg in refs:
-            self.worker.resolve_entry(arg[1], arg[2], partial(self._dep_ready, entry, index))
+            self.worker.ownership.resolve_entry(arg[1], arg[2], partial(self._dep_ready, entry, index))
 
     def _dep_ready(self, entry: TaskEntry, index: int, resolved: Entry) -> None:
         if entry.done or entry.state is not TaskStatus.PENDING_ARGS_AVAIL:
@@ -375,7 +375,7 @@ class TaskSubmitter:
             return
         # The dead attempt may have stored results in its node's store before it died: nobody would
         # ever read or free them (a retry's results are recorded where the retry ran).
-        self.worker.note_dead_attempt(list(entry.return_ids), lease.raylet.peername)
+        self.worker.ownership.note_dead_attempt(list(entry.return_ids), lease.raylet.peername)
         if entry.cancelled:
             self._fail(entry, self._error_entry(TaskCancelledError(entry.spec["tid"].hex())), "cancelled; its worker ended")
             return
@@ -468,7 +468,7 @@ class TaskSubmitter:
         worker = self.worker
         if in_store:
             worker.lineage.keep(entry)
-        worker.store_results(entry.spec["tid"], entry.return_ids, returns, entry.lease.conn if entry.lease else None)
+        worker.ownership.store_results(entry.spec["tid"], entry.return_ids, returns, entry.lease.conn if entry.lease else None)
 
     def _fail(self, entry: TaskEntry, error: Entry, reason: str) -> None:
         if entry.done:
@@ -477,7 +477,7 @@ class TaskSubmitter:
         self.worker.task_events.owner_failed(entry.spec["tid"], entry.attempt, error, reason)
         self._complete(entry)
         for oid in entry.return_ids:
-            self.worker.store_owned_result(oid, error)
+            self.worker.ownership.store_owned_result(oid, error)
 
     def resubmit(self, entry: TaskEntry) -> None:
         """Run a finished task again (lineage reconstruction); its entry is PENDING_ARGS_AVAIL."""
@@ -501,7 +501,7 @@ class TaskSubmitter:
         else:
             worker.memory_store.delete(object_id)
         for index in indexes:
-            worker.resolve_entry(object_id, owner, partial(self._dep_ready, entry, index), recover=True)
+            worker.ownership.resolve_entry(object_id, owner, partial(self._dep_ready, entry, index), recover=True)
 
     def _complete(self, entry: TaskEntry, release_args: bool = True) -> None:
         self.tasks.pop(entry.spec["tid"], None)
@@ -556,6 +556,15 @@ class TaskSubmitter:
         for task_id, entry in list(self.tasks.items()):
             if entry.parent == parent_id and not entry.done:
                 self.cancel(task_id, False, True)
+
+    def rpc_infeasible(self, conn: Connection, p: dict[str, Any]) -> None:
+        self.on_infeasible(p["request_id"], p["message"])
+
+    def rpc_worker_oom_killed(self, conn: Connection, p: dict[str, Any]) -> None:
+        self.on_worker_oom_killed(p["worker_id"], p["detail"])
+
+    def rpc_release_idle_leases(self, conn: Connection, p: Any) -> None:
+        self.release_idle_leases()
 
     def num_pending(self) -> int:
         return len(self.tasks)

@@ -2,43 +2,49 @@
 
 It owns the objects this process creates (``put`` values and the returns of
 tasks it submits), keeps their entries in the memory store and their
-reference counts, submits tasks (``TaskSubmitter``), executes tasks in a
-worker (``TaskExecutor``), and answers other processes that ask for the
-objects it owns. All network I/O happens on one event loop in a background
-thread; user code calls in from its own thread.
+reference counts, submits tasks, executes tasks in a worker, and answers other
+processes that ask for the objects it owns. All network I/O happens on one
+event loop in a background thread; user code calls in from its own thread.
 
-The reference-counting protocol lives in ``ownership_protocol.py`` and
-put/get/wait in ``object_access.py``; both are mixed into ``CoreWorker``.
+``CoreWorker`` is an assembly: each mechanism is a component that owns its
+state and receives what it uses (``links.py``: connections; ``task_context.py``;
+``ownership_protocol.py``: reference counting between processes;
+``object_access.py``: put/get/wait; ``task_submitter.py``, ``actor_submitter.py``,
+``lineage.py``, ``task_executor.py``). It wires them and registers their RPC
+handlers; the methods here that only delegate are the API the rest of Ember uses.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
+import concurrent.futures
 import json
 import logging
 import os
 import sys
 from collections import deque
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from ember._private import ids
 from ember._private.background import BackgroundTasks
 from ember._private.config import config
-from ember._private.object_ref import ObjectRef, is_counted
+from ember._private.object_ref import ObjectRef
 from ember.core import metrics_recorder
 from ember.core.actor_submitter import ActorCall, ActorSubmitter
 from ember.core.function_manager import FunctionManager
+from ember.core.generator_stream import StreamState
 from ember.core.lineage import Lineage
-from ember.core.memory_store import PLASMA, MemoryStore
+from ember.core.links import DRIVER, WORKER, ClusterLinks, ProcessInfo
+from ember.core.memory_store import MemoryStore
 from ember.core.object_access import ObjectAccess
-from ember.core.ownership_protocol import OwnershipProtocol
-from ember.core.reference_counter import ReferenceCounter
+from ember.core.ownership_protocol import OwnershipService
+from ember.core.task_context import TaskContext
 from ember.core.task_counts import NoTaskCounts, TaskCounts
 from ember.core.task_events import TaskEventRecorder
 from ember.core.task_executor import ACTOR_CALL, CREATE_ACTOR, TASK, TaskExecutor
 from ember.core.task_state import TaskEntry
-from ember.core.task_submitter import ARG_REF, ARG_VALUE, TaskSubmitter
+from ember.core.task_submitter import TaskSubmitter
 from ember.exceptions import (
     ConnectionLost,
     RemoteError,
@@ -47,21 +53,34 @@ from ember.rpc import Connection, EventLoopThread, connect, start_server
 
 logger = logging.getLogger(__name__)
 
-DRIVER = "driver"
-WORKER = "worker"
+__all__ = ["DRIVER", "WORKER", "CoreWorker", "RpcHandlers"]
 
 
-#: (task id, job id, task name) of the task running in this thread / coroutine.
-_task_context: contextvars.ContextVar[tuple[bytes, bytes, str] | None] = contextvars.ContextVar(
-    "ember_task_context", default=None
-)
-#: [placement group id, capture children] of the running task, or None.
-_task_placement_group: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
-    "ember_task_placement_group", default=None
-)
+class RpcHandlers:
+    """What other processes may call here: the ``rpc_<method>`` of each registered component.
+
+    Connections look a method up by name on this object (``ember.rpc``); a name two
+    components both answer is a wiring bug, refused at start-up.
+    """
+
+    def register(self, component: object) -> None:
+        for name in dir(type(component)):
+            if name.startswith("rpc_"):
+                if name in self.__dict__:
+                    raise ValueError(f"two components answer {name[4:]!r}")
+                setattr(self, name, getattr(component, name))
 
 
-class CoreWorker(OwnershipProtocol, ObjectAccess):
+class CoreWorker:
+    """The runtime of one driver or worker process: it assembles the components and wires them.
+
+    ``ownership`` (reference counts, borrowing, frees, fetches from owners), ``objects``
+    (put/get/wait, object-store reads and writes), ``task_manager`` (what was submitted,
+    retries, lineage: plain bookkeeping), ``submitter`` / ``actor_submitter`` (leases and
+    pushes on the I/O loop), ``executor`` (running pushed work, in a worker). Each receives
+    what it uses; ``handlers`` answers other processes.
+    """
+
     def __init__(
         self,
         mode: str,
@@ -79,35 +98,28 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         self.gcs_address = gcs_address
         self.raylet_address = raylet_address
         self.token = token
-        self.node_ip = node_ip
-        self.worker_id = worker_id or ids.random_unique_id()
         self.namespace = namespace
         self.log_to_driver = log_to_driver
         self.job_config = job_config or {}
-        self.job_id = b"\0\0\0\0"
-        self.node_id = b""
-        self.store_dir = ""
-        self.session_dir = ""
-        self.address: list[Any] = []
-        self.memory_store = MemoryStore()
-        self.reference_counter = ReferenceCounter(self._on_free, self._wake_drain, self.worker_id)
-        #: Refs held on behalf of stored values that contain them (object id -> refs).
-        self._contained: dict[bytes, list[Any]] = {}
-        #: Refs inside task results we sent, held until the caller has taken them over.
-        self._handoffs: dict[bytes, list[Any]] = {}
-        self._pending_unborrows: list[tuple[bytes, Any]] = []
-        self._registrations: dict[bytes, list[Any]] = {}
-        self.function_manager = FunctionManager(self)
+        self.info = ProcessInfo(mode, worker_id or ids.random_unique_id(), node_ip)
+        self.handlers = RpcHandlers()
+        self.links = ClusterLinks(mode, gcs_address, token, self.handlers)
+        self.context = TaskContext()
         #: Every background task this process's runtime starts on its I/O loop.
         self.background = BackgroundTasks("core worker")
+        self.memory_store = MemoryStore()
+        self.ownership = OwnershipService(self.info, self.links, self.memory_store, self.background)
+        self.reference_counter = self.ownership.counter
+        self.objects = ObjectAccess(self.info, self.links, self.context, self.memory_store, self.ownership, self.background)
+        self.function_manager = FunctionManager(self)
         self.submitter = TaskSubmitter(self)
         self.lineage = Lineage(self)
+        self.ownership.on_owned_freed = self.lineage.on_object_freed
+        self.ownership.reconstruct = self.lineage.reconstruct
         self.actor_submitter = ActorSubmitter(self)
         self.actor_id: bytes | None = None
         #: Generator tasks this process submitted whose items still stream in (task id -> StreamState).
-        self.generators: dict[bytes, Any] = {}
-        #: [placement group id, capture children] of this actor, or None.
-        self.actor_placement_group: list[Any] | None = None
+        self.generators: dict[bytes, StreamState] = {}
         #: The creation spec of the actor this worker hosts (set when its constructor starts).
         self.actor_spec: dict[str, Any] | None = None
         #: Lifetime of actors created without ``lifetime=`` (``JobConfig.default_actor_lifetime``).
@@ -115,11 +127,11 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         #: What the running task or the hosted actor holds (names as requested), for the runtime context.
         self.assigned_resources: dict[str, float] = {}
         self.gpu_ids: list[int] = []
-        self._auto_destroy_actors: set[bytes] = set()
         #: [control-service instance, sequence number] of the last log record printed here.
         self._last_log: list[Any] | None = None
-        self._creation_args: dict[bytes, list[bytes]] = {}
         self.executor = TaskExecutor(self) if mode == WORKER else None
+        if self.executor is not None:
+            self.objects.bounce_queued = self.executor.bounce_queued
         #: This process's tasks by state, for ray_tasks (sent with its metrics batches).
         self.task_counts: TaskCounts | NoTaskCounts = (
             TaskCounts(self, metrics_recorder.get_recorder().poke) if config().enable_metrics_collection
@@ -127,24 +139,12 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         )
         #: State transitions of the tasks this process submits or runs, for the state API.
         self.task_events = TaskEventRecorder(self)
-        self.io: EventLoopThread | None = None
-        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
-        self.raylet: Connection = None  # type: ignore[assignment]
-        self.gcs: Connection = None  # type: ignore[assignment]
         self._server: asyncio.AbstractServer | None = None
-        self._peers: dict[tuple[str, int], asyncio.Future[Connection]] = {}
-        self._fetching: set[bytes] = set()
-        self._submit_queue: deque[TaskEntry] = deque()
+        self._submit_queue: deque[TaskEntry | ActorCall] = deque()
         self._submit_scheduled = False
-        self._pending_frees: list[tuple[bytes, Any]] = []
-        #: Results of task attempts whose worker died: the nodes where a copy may have been
-        #: stored anyway (the worker's last messages can reach its node after the owner's
-        #: first free). Freed there again when the owner frees the object.
-        self._dead_attempt_copies: dict[bytes, set[tuple[str, int]]] = {}
-        self.driver_task_id = b""
-        self.shutting_down = False
-        self._inline_limit = config().max_direct_call_object_size
-        self.on_raylet_lost: Any = None
+        self.on_raylet_lost: Callable[[], None] | None = None
+        for component in (self, self.ownership, self.submitter):
+            self.handlers.register(component)
         from ember.runtime_env.resolve import WORKER_ENV_VAR, EnvResolver
 
         #: This process's runtime env (a worker's: the one it was started in; a driver's: its job's,
@@ -152,58 +152,116 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         parent_env = json.loads(os.environ.get(WORKER_ENV_VAR) or "{}") if mode == WORKER else {}
         self.renv = EnvResolver(parent_env, self.gcs_call, lambda: self.current_job_id)
 
+    # ================================================================ who and where
+    @property
+    def worker_id(self) -> bytes:
+        return self.info.worker_id
+
+    @property
+    def node_ip(self) -> str:
+        return self.info.node_ip
+
+    @property
+    def address(self) -> list[Any]:
+        return self.info.address
+
+    @property
+    def node_id(self) -> bytes:
+        return self.info.node_id
+
+    @property
+    def store_dir(self) -> str:
+        return self.info.store_dir
+
+    @property
+    def session_dir(self) -> str:
+        return self.info.session_dir
+
+    @property
+    def raylet_location(self) -> list[Any]:
+        return self.info.raylet_location
+
+    @property
+    def job_id(self) -> bytes:
+        return self.context.job_id
+
+    @property
+    def driver_task_id(self) -> bytes:
+        return self.context.driver_task_id
+
+    @property
+    def io(self) -> EventLoopThread | None:
+        return self.links.io
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.links.loop
+
+    @property
+    def raylet(self) -> Connection:
+        return self.links.raylet
+
+    @property
+    def gcs(self) -> Connection | None:
+        return self.links.gcs
+
+    @property
+    def shutting_down(self) -> bool:
+        return self.links.shutting_down
+
     # ================================================================ lifecycle
     def start(self) -> None:
-        self.io = EventLoopThread("ember-io")
-        self.loop = self.io.loop
-        self.io.run(self._connect(), timeout=config().connect_timeout_s + 5)
+        io = self.links.start_loop()
+        io.run(self._connect(), timeout=config().connect_timeout_s + 5)
 
     async def _connect(self) -> None:
-        self._server = await start_server(self, self.token, self.node_ip, 0, info={"role": self.mode})
-        port = self._server.sockets[0].getsockname()[1]
-        self.address = [self.node_ip, port, self.worker_id]
-        self.raylet = await connect(self.raylet_address, self.token, self, info={"role": self.mode})
+        info, links = self.info, self.links
+        self._server = await start_server(self.handlers, self.token, info.node_ip, 0, info={"role": self.mode})
+        port = cast(asyncio.Server, self._server).sockets[0].getsockname()[1]
+        info.address = [info.node_ip, port, info.worker_id]
+        raylet = await connect(self.raylet_address, self.token, self.handlers, info={"role": self.mode})
+        links.raylet = raylet
         if self.mode == WORKER:
-            info = await self.raylet.call("register_worker", {"worker_id": self.worker_id, "address": self.address})
+            reply = await raylet.call("register_worker", {"worker_id": info.worker_id, "address": info.address})
         else:
-            info = await self.raylet.call("register_client", {"client_id": self.worker_id, "pid": os.getpid(), "address": self.address})
-        self.node_id = info["node_id"]
-        self.raylet_location = info["raylet_address"]
-        self.store_dir = info["store_dir"]
-        self.session_dir = info["session_dir"]
-        self.raylet.add_close_callback(self._raylet_lost)
-        self._gcs_up = asyncio.Event()
+            reply = await raylet.call("register_client", {"client_id": info.worker_id, "pid": os.getpid(), "address": info.address})
+        info.node_id = reply["node_id"]
+        info.raylet_location = reply["raylet_address"]
+        info.store_dir = reply["store_dir"]
+        info.session_dir = reply["session_dir"]
+        raylet.add_close_callback(self._raylet_lost)
+        links.gcs_up = asyncio.Event()
         if self.task_events.enabled:
             self.background.spawn(self.task_events.run(), "send task events", loop=self.loop)
         if self.mode == WORKER:
             # A worker may start while the control service restarts: connect in the background;
             # calls that need it (gcs_request) wait for it.
-            self.gcs = None  # type: ignore[assignment]
             self.background.spawn(self._reconnect_gcs(), "connect to the control service", loop=self.loop)
             return
-        self.gcs = await connect(self.gcs_address, self.token, self, info={"role": self.mode})
+        gcs = links.gcs = await connect(self.gcs_address, self.token, self.handlers, info={"role": self.mode})
         if self.mode == DRIVER:
-            job = await self.gcs.call("register_job", {
-                "namespace": self.namespace, "pid": os.getpid(), "address": self.address,
+            job = await gcs.call("register_job", {
+                "namespace": self.namespace, "pid": os.getpid(), "address": info.address,
                 "entrypoint": " ".join(sys.argv),
                 # Set by the job supervisor for a submitted job's driver.
                 "submission_id": os.environ.get("EMBER_JOB_SUBMISSION_ID"),
             })
-            self.job_id = job["job_id"]
+            self.context.job_id = job["job_id"]
             self.namespace = job["namespace"]
-            self.driver_task_id = ids.new_task_id(self.job_id)
-            await self.gcs.call("kv_put", {"ns": "job", "key": self.job_id, "value": json.dumps(self.job_config).encode()})
-        await self.gcs.call("subscribe", {"channels": self._channels()})
-        self._gcs_up.set()
-        self.gcs.add_close_callback(self._gcs_lost)
+            self.context.driver_task_id = ids.new_task_id(self.job_id)
+            await gcs.call("kv_put", {"ns": "job", "key": self.job_id, "value": json.dumps(self.job_config).encode()})
+        await gcs.call("subscribe", {"channels": self._channels()})
+        links.gcs_up.set()
+        gcs.add_close_callback(self._gcs_lost)
 
     def _channels(self) -> list[str]:
         return ["logs", "nodes"] if self.mode == DRIVER and self.log_to_driver else ["nodes"]
 
     def _gcs_lost(self, conn: Connection) -> None:
-        if self.shutting_down or conn is not self.gcs:
+        if self.shutting_down or conn is not self.links.gcs:
             return
-        self._gcs_up.clear()
+        if self.links.gcs_up is not None:
+            self.links.gcs_up.clear()
         logger.warning("lost the connection to the control service (%s); reconnecting", conn.close_reason)
         self.background.spawn(self._reconnect_gcs(), "reconnect to the control service", loop=self.loop)
 
@@ -215,7 +273,8 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         delay = 0.05
         while not self.shutting_down:
             try:
-                conn = await connect(self.gcs_address, self.token, self, info={"role": self.mode}, timeout=2.0, retry=False)
+                conn = await connect(self.gcs_address, self.token, self.handlers, info={"role": self.mode},
+                                     timeout=2.0, retry=False)
                 if self.mode == DRIVER:
                     await conn.call("reattach_job", {"job_id": self.job_id})
                 # The log records published while we were away are sent first.
@@ -227,30 +286,16 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
-            self.gcs = conn
+            self.links.gcs = conn
             conn.add_close_callback(self._gcs_lost)
-            self._gcs_up.set()
+            assert self.links.gcs_up is not None
+            self.links.gcs_up.set()
             logger.info("reconnected to the control service")
             return
 
     async def gcs_request(self, method: str, payload: Any, timeout: float | None = -1.0) -> Any:
         """Call the control service, waiting out a restart (requests must be idempotent)."""
-        wait = config().gcs_reconnect_timeout_s
-        while True:
-            if not self._gcs_up.is_set():
-                try:
-                    await asyncio.wait_for(self._gcs_up.wait(), wait)
-                except asyncio.TimeoutError:
-                    raise ConnectionLost(f"the control service has been unreachable for {wait:g}s") from None
-            conn = self.gcs
-            try:
-                return await conn.call(method, payload, timeout)
-            except ConnectionLost:
-                if self.shutting_down:
-                    raise
-                if conn is self.gcs and not conn.closed:
-                    raise  # a timeout, not a lost connection
-                await asyncio.sleep(0)
+        return await self.links.gcs_request(method, payload, timeout)
 
     def _raylet_lost(self, conn: Connection) -> None:
         if self.shutting_down:
@@ -269,30 +314,26 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
     def shutdown(self) -> None:
         self.task_counts.close()
         self.task_events.close()
-        if self.io is None or self.shutting_down:
+        io = self.links.io
+        if io is None or self.shutting_down:
             return
-        self.shutting_down = True
+        self.links.shutting_down = True
 
         async def _close() -> None:
             metrics_recorder.flush_if_used(self)
             self.task_events.flush()
             self.submitter.release_idle_leases()
             await asyncio.sleep(0)
-            for conn in [self.raylet, self.gcs]:
-                if conn is not None:
-                    conn.close("shutting down")
-            for fut in self._peers.values():
-                if fut.done() and not fut.exception():
-                    fut.result().close("shutting down")
+            self.links.close_all("shutting down")
             if self._server is not None:
                 self._server.close()
             await self.background.close(config().process_stop_timeout_s)
 
         try:
-            self.io.run(_close(), timeout=5)
+            io.run(_close(), timeout=5)
         except Exception as exc:  # best effort: the daemons may already be gone
             logger.debug("error while closing connections: %s", exc)
-        self.io.stop()
+        io.stop()
 
     # ================================================================ context
     def set_gpu_ids(self, gpu_ids: list[int] | None) -> None:
@@ -303,92 +344,77 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
 
     def set_task_context(self, spec: dict[str, Any]) -> None:
-        _task_context.set((spec["tid"], spec["job"], spec["name"]))
+        self.context.enter(spec)
         self.task_counts.running(spec["name"], spec["job"], 1)
         self.task_events.execution_started(spec)
-        _task_placement_group.set(spec.get("pg_group"))
 
     def clear_task_context(self) -> None:
-        ctx = _task_context.get()
+        ctx = self.context.leave()
         if ctx is not None:
             self.task_counts.running(ctx[2], ctx[1], -1)
             self.task_events.execution_ended(ctx[0])
-        _task_context.set(None)
-        _task_placement_group.set(None)
+
+    @property
+    def actor_placement_group(self) -> list[Any] | None:
+        return self.context.actor_placement_group
 
     @property
     def current_placement_group(self) -> bytes | None:
-        """The group the running task or this actor runs in, if any."""
-        group = _task_placement_group.get() or self.actor_placement_group
-        return group[0] if group else None
+        return self.context.current_placement_group
 
     @property
     def captured_placement_group(self) -> bytes | None:
-        """The group the running task or this actor puts its children in
-        (``placement_group_capture_child_tasks=True``), if any."""
-        group = _task_placement_group.get() or self.actor_placement_group
-        return group[0] if group and group[1] else None
+        return self.context.captured_placement_group
 
     @property
     def current_task_id(self) -> bytes | None:
-        ctx = _task_context.get()
-        return ctx[0] if ctx else None
+        return self.context.current_task_id
 
     @property
     def current_job_id(self) -> bytes:
-        ctx = _task_context.get()
-        return ctx[1] if ctx else self.job_id
+        return self.context.current_job_id
 
     @property
     def current_task_name(self) -> str | None:
-        ctx = _task_context.get()
-        return ctx[2] if ctx else None
+        return self.context.current_task_name
 
-    def _put_parent_task(self) -> bytes:
-        return self.current_task_id or self.driver_task_id or ids.new_task_id(self.current_job_id)
-
-    # ================================================================ loop helpers
+    # ================================================================ calls from user threads
     def gcs_call(self, method: str, payload: Any, timeout: float | None = -1.0) -> Any:
-        assert self.io is not None
-        return self.io.run(self.gcs_request(method, payload, timeout))
+        return self.links.gcs_call(method, payload, timeout)
 
     def raylet_call(self, method: str, payload: Any, timeout: float | None = -1.0) -> Any:
-        assert self.io is not None
-        return self.io.run(self.raylet.call(method, payload, timeout))
+        return self.links.raylet_call(method, payload, timeout)
 
     async def connect_to(self, address: list[Any]) -> Connection:
         """A (cached) connection to another core worker."""
-        key = (address[0], address[1])
-        fut = self._peers.get(key)
-        if fut is not None:
-            if not fut.done():
-                return await asyncio.shield(fut)
-            if fut.exception() is None and not fut.result().closed:
-                return fut.result()
-        fut = self.loop.create_future()
-        self._peers[key] = fut
-        try:
-            try:
-                conn = await connect(key, self.token, self, info={"role": self.mode}, timeout=5.0, retry=False)
-            except ConnectionLost as exc:
-                # A core worker listens before its address is ever handed out: a refusal means
-                # the process is gone (an owner that died), so fail now rather than retry for 5 s.
-                if isinstance(exc.__cause__, ConnectionRefusedError):
-                    raise
-                conn = await connect(key, self.token, self, info={"role": self.mode}, timeout=5.0)
-        except BaseException as exc:
-            self._peers.pop(key, None)
-            fut.set_exception(exc)
-            fut.exception()
-            raise
-        fut.set_result(conn)
-        return conn
+        return await self.links.connect_to(address)
 
-    def _wake_drain(self) -> None:
-        self.loop.call_soon_threadsafe(self.reference_counter.drain)
+    # ================================================================ objects (see ObjectAccess)
+    def put(self, value: Any) -> ObjectRef:
+        return self.objects.put(value)
+
+    def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
+        return self.objects.get(refs, timeout)
+
+    def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None,
+             fetch_local: bool) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        return self.objects.wait(refs, num_returns, timeout, fetch_local)
+
+    def get_future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
+        return self.objects.get_future(ref)
+
+    def object_from_coroutine(self, make_coro: Callable[[], Awaitable[Any]]) -> ObjectRef:
+        return self.objects.object_from_coroutine(make_coro)
+
+    def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any],
+                    fname: str) -> tuple[list[Any], list[str], list[bytes]]:
+        return self.objects.encode_args(args, kwargs, fname)
+
+    def register_owned_actor(self, actor_id: bytes, auto_destroy: bool, creation_arg_ids: list[bytes] | None = None) -> None:
+        self.ownership.register_owned_actor(actor_id, auto_destroy, creation_arg_ids)
 
     # ================================================================ tasks
-    def submit_task(self, entry: TaskEntry) -> None:
+    def submit_task(self, entry: TaskEntry | ActorCall) -> None:
         """Hand a task to the loop; many submissions share one wake-up."""
         self._submit_queue.append(entry)
         if not self._submit_scheduled:
@@ -402,14 +428,10 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         submit_actor = self.actor_submitter.submit
         while queue:
             item = queue.popleft()
-            if type(item) is ActorCall:
+            if isinstance(item, ActorCall):
                 submit_actor(item)
             else:
                 submit(item)
-
-    def _notify_gcs(self, method: str, payload: Any) -> None:
-        if self.gcs is not None and not self.gcs.closed:
-            self.gcs.notify(method, payload)
 
     def submit_actor_call(
         self, actor_id: bytes, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -419,9 +441,9 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
 
         task_id = ids.new_task_id(self.current_job_id)
         mode = generator_mode(num_returns)
-        nret = 1 if mode else num_returns
+        nret = 1 if mode else int(num_returns)
         return_ids = [ids.return_object_id(task_id, i + 1) for i in range(nret)]
-        wire_args, kw_names, arg_ids = self.encode_args(args, kwargs, name)
+        wire_args, kw_names, arg_ids = self.objects.encode_args(args, kwargs, name)
         address = self.address
         spec = {
             "tid": task_id, "job": self.current_job_id, "aid": actor_id, "m": method,
@@ -442,7 +464,7 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         refs = [ObjectRef(rid, address) for rid in return_ids]
         if mode:
             refs = [start_stream(self, task_id, refs[0], mode, backpressure)]
-        self.submit_task(ActorCall(spec, return_ids, max_task_retries, arg_ids))  # type: ignore[arg-type]
+        self.submit_task(ActorCall(spec, return_ids, max_task_retries, arg_ids))
         return refs
 
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool = True) -> None:
@@ -457,48 +479,12 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
 
         async def forward() -> None:
             try:
-                conn = await self.connect_to(owner)
+                conn = await self.links.connect_to(owner)
             except ConnectionLost:
                 return  # the owner is gone, and its tasks with it
             conn.notify("cancel_owned_task", payload)
 
-        assert self.io is not None
-        self.io.run(forward())
-
-    def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any], fname: str) -> tuple[list[Any], list[str], list[bytes]]:
-        """Task arguments in wire form, plus the ids of refs the task depends on."""
-        wire: list[Any] = []
-        ref_ids: list[bytes] = []
-        nested_owners: dict[bytes, Any] = {}
-        names = list(kwargs)
-        values = list(args) + [kwargs[k] for k in names]
-        for position, value in enumerate(values):
-            if isinstance(value, ObjectRef):
-                wire.append([ARG_REF, value._id, value._owner])
-                ref_ids.append(value._id)
-                continue
-            what = (
-                f"argument {position} of {fname}()" if position < len(args)
-                else f"keyword argument {names[position - len(args)]!r} of {fname}()"
-            )
-            obj = self.serialize_value(value, what)
-            if obj.nested_refs:
-                # Held as submitted until the task ends: by then the executor has registered as a borrower.
-                for r in obj.nested_refs:
-                    if is_counted(r):
-                        ref_ids.append(r._id)
-                        nested_owners[r._id] = r._owner
-            if obj.total_bytes < self._inline_limit:
-                wire.append([ARG_VALUE, obj.to_inline()])
-            else:
-                ref = self._store_put(ids.put_object_id(self._put_parent_task()), obj)
-                wire.append([ARG_REF, ref._id, ref._owner])
-                ref_ids.append(ref._id)
-        if ref_ids:
-            owners = {r[1]: r[2] for r in wire if r[0] == ARG_REF}
-            owners.update(nested_owners)
-            self.reference_counter.add_submitted(ref_ids, owners.__getitem__)
-        return wire, names, ref_ids
+        self.links.run(forward())
 
     # ================================================================ RPC handlers
     def rpc_push_task(self, conn: Connection, spec: dict[str, Any]) -> Any:
@@ -542,15 +528,6 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
         if not self.submitter.cancel(task_id, force, recursive):
             self.actor_submitter.cancel(task_id, recursive)
 
-    def rpc_infeasible(self, conn: Connection, p: dict[str, Any]) -> None:
-        self.submitter.on_infeasible(p["request_id"], p["message"])
-
-    def rpc_worker_oom_killed(self, conn: Connection, p: dict[str, Any]) -> None:
-        self.submitter.on_worker_oom_killed(p["worker_id"], p["detail"])
-
-    def rpc_release_idle_leases(self, conn: Connection, p: Any) -> None:
-        self.submitter.release_idle_leases()
-
     def rpc_pub(self, conn: Connection, message: list[Any]) -> None:
         channel, data = message
         if channel == "logs":
@@ -577,42 +554,6 @@ class CoreWorker(OwnershipProtocol, ObjectAccess):
             out.flush()
         except (OSError, ValueError):
             pass
-
-    def rpc_memory_table(self, conn: Connection, p: Any) -> dict[str, Any]:
-        """What this process references, for ``ember memory``."""
-        counter = self.reference_counter
-        borrowers = counter.borrower_counts()
-        contained: set[bytes] = {r._id for refs in self._contained.values() for r in refs}
-        rows = []
-        for oid, (local, submitted, owned) in counter.snapshot().items():
-            if len(oid) == ids.UNIQUE_ID_LEN:
-                kind, size = "ACTOR_HANDLE", 0
-            else:
-                entry = self.memory_store.get(oid)
-                size = 0
-                in_store = False
-                if entry is not None:
-                    in_store = entry[0] == PLASMA
-                    size = entry[1][1] if in_store else sum(len(b) for b in [entry[1][1], *entry[1][2]])
-                if submitted > 0:
-                    kind = "USED_BY_PENDING_TASK"
-                elif oid in contained and local <= 1:
-                    kind = "CAPTURED_IN_OBJECT"
-                elif owned and in_store:
-                    kind = "PINNED_IN_MEMORY"
-                else:
-                    kind = "LOCAL_REFERENCE"
-            rows.append({
-                "object_id": oid.hex(), "size": size, "reference_type": kind, "owned": owned,
-                "local": local, "submitted": submitted, "borrowers": borrowers.get(oid, 0),
-                "call_site": counter.call_sites.get(oid, "disabled" if not counter.record_sites else ""),
-            })
-        return {"pid": os.getpid(), "worker_id": self.worker_id.hex(), "node_id": self.node_id.hex(),
-                "mode": self.mode, "ip": self.node_ip, "objects": rows}
-
-    def rpc_owns_objects(self, conn: Connection, p: Any) -> bool:
-        """Whether this process owns objects (or actors) still referenced: its node daemon keeps it then."""
-        return any(owned for (_local, _submitted, owned) in self.reference_counter.snapshot().values())
 
     def rpc_ping(self, conn: Connection, p: Any) -> str:
         return "pong"
