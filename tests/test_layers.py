@@ -44,6 +44,9 @@ ALLOWED = {
     # they live in ember._common.test_utils and the low module hands them out lazily.
     ("ember._private.test_utils", "_common"),
     ("ember.api.remote_function", "util"),
+    # The process global is typed as the core worker it holds; the import is for the type
+    # checker only (under TYPE_CHECKING), nothing is imported at run time.
+    ("ember._private.runtime", "core"),
 }
 
 

@@ -6,21 +6,24 @@ must point at the runtime. Everything else receives the worker explicitly.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-_core_worker: Any = None
+if TYPE_CHECKING:  # a type only: this low module never imports the core worker at run time
+    from ember.core.worker import CoreWorker
+
+_core_worker: CoreWorker | None = None
 
 
-def set_core_worker(worker: Any) -> None:
+def set_core_worker(worker: CoreWorker | None) -> None:
     global _core_worker
     _core_worker = worker
 
 
-def core_worker_or_none() -> Any:
+def core_worker_or_none() -> CoreWorker | None:
     return _core_worker
 
 
-def core_worker() -> Any:
+def core_worker() -> CoreWorker:
     """The running core worker; raises a clear error when Ember is not initialised."""
     worker = _core_worker
     if worker is None:

@@ -316,7 +316,7 @@ def _diagnose(refs: list[Any]) -> str:
             )
 
     try:
-        worker.io.run(_as_coroutine(describe), timeout=10)
+        worker.links.run(_as_coroutine(describe), timeout=10)
         for actor in worker.gcs_call("list_actors", None):
             lines.append(f"control service: actor {actor['actor_id'].hex()[:12]} {actor['state']} incarnation "
                          f"{actor['incarnation']} pid {actor['pid']} restarts {actor['num_restarts']}")

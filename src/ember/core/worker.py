@@ -24,7 +24,7 @@ import os
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 from ember._private import ids
 from ember._private.background import BackgroundTasks
@@ -217,7 +217,7 @@ class CoreWorker:
     async def _connect(self) -> None:
         info, links = self.info, self.links
         self._server = await start_server(self.handlers, self.token, info.node_ip, 0, info={"role": self.mode})
-        port = cast(asyncio.Server, self._server).sockets[0].getsockname()[1]
+        port = self._server.sockets[0].getsockname()[1]
         info.address = [info.node_ip, port, info.worker_id]
         raylet = await connect(self.raylet_address, self.token, self.handlers, info={"role": self.mode})
         links.raylet = raylet
