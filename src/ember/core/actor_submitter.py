@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ember._private import serialization
 from ember._private.state_machine import History, TransitionTable
 from ember.core.memory_store import INLINE, Entry
-from ember.core.task_submitter import ARG_PLASMA, ARG_REF, ARG_VALUE
+from ember.core.task_manager import ARG_PLASMA, ARG_REF, ARG_VALUE
 from ember.exceptions import (
     ActorDiedError,
     ActorUnschedulableError,

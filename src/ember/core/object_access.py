@@ -23,7 +23,7 @@ from ember.core.links import ClusterLinks, ProcessInfo
 from ember.core.memory_store import INLINE, PLASMA, Entry, MemoryStore
 from ember.core.ownership_protocol import OwnershipService
 from ember.core.task_context import TaskContext
-from ember.core.task_submitter import ARG_REF, ARG_VALUE
+from ember.core.task_manager import ARG_REF, ARG_VALUE
 from ember.exceptions import (
     ConnectionLost,
     ErrorCode,

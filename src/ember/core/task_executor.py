@@ -25,7 +25,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ember._private import serialization
-from ember.core.task_submitter import ARG_PLASMA, ARG_REF, ARG_VALUE
+from ember.core.task_manager import ARG_PLASMA, ARG_REF, ARG_VALUE
 from ember.exceptions import RayTaskError
 
 if TYPE_CHECKING:

@@ -1,12 +1,13 @@
-"""Submitting tasks: resolve arguments, lease workers, push, retry.
+"""Submitting tasks: the I/O shell around ``TaskManager`` — leases, pushes, timers.
 
-Runs entirely on the I/O loop. Tasks are grouped by *scheduling class*
-(their resource shape); each class keeps a queue and the worker leases it
-holds. A lease is reused for every queued task of its class (several in
-flight per worker), so the hot path is one message to the worker and one
-reply, with no node-daemon or control-service round trip. Idle leases go
-back to the node daemon after ``idle_lease_timeout_s``, or at once when it
-asks because another request is waiting.
+Runs entirely on the I/O loop. ``TaskManager`` (sans-I/O) decides what happens to
+each task; this shell performs its actions and turns what the network says into its
+events. Tasks are grouped by *scheduling class* (their resource shape); each class
+keeps a queue and the worker leases it holds. A lease is reused for every queued task
+of its class (several in flight per worker), so the hot path is one message to the
+worker and one reply, with no node-daemon or control-service round trip. Idle leases
+go back to the node daemon after ``idle_lease_timeout_s``, or at once when it asks
+because another request is waiting.
 """
 
 from __future__ import annotations
@@ -19,22 +20,18 @@ from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from ember._private import serialization
 from ember._private.config import config
-from ember.core.memory_store import INLINE, Entry
-from ember.core.task_state import TaskEntry, TaskStatus
+from ember.core.memory_store import Entry
+from ember.core.task_manager import ARG_PLASMA, ARG_REF, ARG_VALUE, TaskManager, WorkerDeath
+from ember.core.task_state import TaskEntry
 from ember.exceptions import (
     ConnectionLost,
     ErrorCode,
     LocalRayletDiedError,
-    NodeDiedError,
-    OutOfMemoryError,
     RayError,
     RemoteError,
     RpcError,
-    TaskCancelledError,
     TaskUnschedulableError,
-    WorkerCrashedError,
 )
 from ember.rpc import Connection
 
@@ -43,9 +40,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ARG_VALUE = 0  # [0, inline]
-ARG_REF = 1  # [1, object_id, owner]           resolved by the owner before pushing
-ARG_PLASMA = 2  # [2, object_id, owner, [node_id, size, raylet_address]]  read from an object store
+__all__ = ["ARG_PLASMA", "ARG_REF", "ARG_VALUE", "LeaseState", "SchedulingClass", "TaskSubmitter"]
 
 
 class LeaseState:
@@ -86,56 +81,77 @@ class SchedulingClass:
 
 
 class TaskSubmitter:
+    """Performs ``TaskManager``'s actions (``TaskActions``) and feeds it what the network says."""
+
     def __init__(self, worker: CoreWorker) -> None:
         self.worker = worker
-        self.tasks: dict[bytes, TaskEntry] = {}
+        cfg = config()
+        self.manager = TaskManager(worker.reference_counter, self, cfg.oom_retry_backoff_s)
         self.classes: dict[Any, SchedulingClass] = {}
         self._request_ids = itertools.count(1)
         self._request_class: dict[int, SchedulingClass] = {}
-        cfg = config()
         self._depth = max(1, cfg.max_tasks_in_flight_per_worker)
         self._max_requests = max(1, cfg.max_pending_lease_requests)
         self._idle_timeout = cfg.idle_lease_timeout_s
 
-    # ================================================================ intake
+    @property
+    def tasks(self) -> dict[bytes, TaskEntry]:
+        """Submitted and unfinished tasks by id."""
+        return self.manager.pending
+
     def submit(self, entry: TaskEntry) -> None:
         """Called on the loop for each new task."""
-        self.tasks[entry.spec["tid"]] = entry
-        args = entry.spec["args"]
-        refs = [(index, arg) for index, arg in enumerate(args) if arg[0] == ARG_REF]
-        if not refs:
-            self._enqueue(entry, "no argument to wait for")
-            return
-        # Count every dependency before resolving any: a ready ref calls _dep_ready at once,
-        # and only the last one may enqueue the task (else it is enqueued, and run, twice).
-        entry.deps_pending += len(refs)
-        for index, arg in refs:
-            self.worker.ownership.resolve_entry(arg[1], arg[2], partial(self._dep_ready, entry, index))
+        self.manager.submit(entry)
 
-    def _dep_ready(self, entry: TaskEntry, index: int, resolved: Entry) -> None:
-        if entry.done or entry.state is not TaskStatus.PENDING_ARGS_AVAIL:
-            return
-        kind, data = resolved
-        arg = entry.spec["args"][index]
-        if kind == INLINE:
-            if data[0] == serialization.FLAG_ERROR:
-                # An argument failed: the task fails with the same error.
-                self._fail(entry, resolved, f"argument {index} failed")
-                return
-            entry.spec["args"][index] = [ARG_VALUE, data]
-        else:
-            entry.spec["args"][index] = [ARG_PLASMA, arg[1], arg[2], data]
-        entry.deps_pending -= 1
-        if entry.deps_pending == 0:
-            self._enqueue(entry, "every argument available")
+    # ============================================================== TaskActions
+    def resolve(self, entry: TaskEntry, index: int, object_id: bytes, owner: Any, recover: bool) -> None:
+        self.worker.ownership.resolve_entry(object_id, owner, partial(self.manager.arg_ready, entry, index), recover)
 
-    def _enqueue(self, entry: TaskEntry, reason: str) -> None:
-        entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT, reason)
+    def enqueue(self, entry: TaskEntry) -> None:
         cls = self.classes.get(entry.sched_key)
         if cls is None:
             cls = self.classes[entry.sched_key] = SchedulingClass(entry.sched_key, entry.resources, entry.strategy, entry.renv)
         cls.queue.append(entry)
         self._dispatch(cls)
+
+    def requeue(self, entry: TaskEntry, front: bool) -> None:
+        queue = self.classes[entry.sched_key].queue
+        if front:
+            queue.appendleft(entry)
+        else:
+            queue.append(entry)
+
+    def requeue_later(self, entry: TaskEntry, delay_s: float) -> None:
+        self.worker.loop.call_later(delay_s, self.manager.requeue_due, entry)
+
+    def dequeue(self, entry: TaskEntry) -> None:
+        cls = self.classes.get(entry.sched_key)
+        if cls is not None and entry in cls.queue:
+            cls.queue.remove(entry)
+
+    def store_results(self, entry: TaskEntry, returns: list[Any]) -> None:
+        lease = entry.lease
+        self.worker.ownership.store_results(entry.spec["tid"], entry.return_ids, returns, lease.conn if lease else None)
+
+    def store_error(self, entry: TaskEntry, error: Entry, reason: str) -> None:
+        worker = self.worker
+        worker.task_events.owner_failed(entry.spec["tid"], entry.attempt, error, reason)
+        store = worker.ownership.store_owned_result
+        for oid in entry.return_ids:
+            store(oid, error)
+
+    def forget_copy(self, object_id: bytes) -> None:
+        self.worker.memory_store.delete(object_id)
+
+    def free_dead_attempt(self, entry: TaskEntry, node_address: Any) -> None:
+        self.worker.ownership.note_dead_attempt(list(entry.return_ids), node_address)
+
+    def cancel_running(self, entry: TaskEntry, force: bool, recursive: bool) -> None:
+        lease: LeaseState = entry.lease
+        if force:
+            lease.raylet.notify("kill_worker", {"worker_id": lease.worker_id})
+        else:
+            lease.conn.notify("cancel_task", {"tid": entry.spec["tid"], "recursive": recursive})
 
     # ============================================================== dispatch
     def _dispatch(self, cls: SchedulingClass) -> None:
@@ -186,11 +202,7 @@ class TaskSubmitter:
         if lease.idle_timer is not None:
             lease.idle_timer.cancel()
             lease.idle_timer = None
-        entry.transition(TaskStatus.SUBMITTED_TO_WORKER, f"pushed to worker pid {lease.pid}")
-        entry.lease = lease
-        entry.attempt += 1
-        entry.pushes += 1
-        entry.spec["attempt"] = entry.pushes
+        self.manager.pushed(entry, lease, lease.pid)
         entry.spec["gpus"] = lease.gpu_ids
         lease.in_flight += 1
         fut = lease.conn.call_future("push_task", entry.spec)
@@ -332,8 +344,7 @@ class TaskSubmitter:
         error = TaskUnschedulableError(
             f"Gave up after {config().infeasible_timeout_s:g}s (EMBER_infeasible_timeout_s): {cls.infeasible}"
         )
-        while cls.queue:
-            self._fail(cls.queue.popleft(), self._error_entry(error), type(error).__name__)
+        self._fail_queued(cls, error)
 
     # ================================================================ replies
     def _on_reply(self, entry: TaskEntry, lease: LeaseState, fut: asyncio.Future[Any]) -> None:
@@ -346,73 +357,30 @@ class TaskSubmitter:
             if lease in cls.leases:
                 cls.leases.remove(lease)
             lease.raylet.notify("return_lease", {"lease_id": lease.lease_id})
+        manager = self.manager
         exc = None if fut.cancelled() else fut.exception()
         if fut.cancelled() or exc is not None:
-            self._worker_failed(entry, lease, exc)
+            if isinstance(exc, RemoteError):
+                manager.refused(entry, exc)
+            else:
+                manager.worker_died(entry, WorkerDeath(lease.pid, lease.oom_detail, lease.node_death, exc,
+                                                       lease.raylet.peername))
         else:
             reply = fut.result()
             status = reply.get("s")
             if status == "ok":
-                self._finish(entry, reply["r"])
+                manager.returned(entry, reply["r"])
             elif status == "err":
-                self._task_raised(entry, reply["e"])
+                manager.raised(entry, reply["e"])
             elif status == "requeue":
-                entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT, "bounced by a blocked worker")
-                entry.attempt -= 1
-                cls.queue.appendleft(entry)
+                manager.bounced(entry)
             elif status == "cancelled":
-                self._fail(entry, self._error_entry(TaskCancelledError(entry.spec["tid"].hex())), "cancelled while running")
+                manager.cancelled_at_worker(entry)
             elif status == "arg_lost":
-                self._arg_lost(entry, reply["oid"], reply["owner"])
+                manager.arg_lost(entry, reply["oid"], reply["owner"])
             else:
-                self._fail(entry, self._error_entry(RayError(f"bad reply from worker: {reply!r}")), "bad reply")
+                manager.bad_reply(entry, reply)
         self._dispatch(cls)
-
-    def _worker_failed(self, entry: TaskEntry, lease: LeaseState, exc: BaseException | None) -> None:
-        if isinstance(exc, RemoteError):
-            self._fail(entry, self._error_entry(RayError(f"the worker could not run {entry.name}: {exc}")),
-                       "the worker refused the task")
-            return
-        # The dead attempt may have stored results in its node's store before it died: nobody would
-        # ever read or free them (a retry's results are recorded where the retry ran).
-        self.worker.ownership.note_dead_attempt(list(entry.return_ids), lease.raylet.peername)
-        if entry.cancelled:
-            self._fail(entry, self._error_entry(TaskCancelledError(entry.spec["tid"].hex())), "cancelled; its worker ended")
-            return
-        detail = f"pid={lease.pid}" if lease.pid else "unknown pid"
-        if entry.retries_left != 0:
-            if entry.retries_left > 0:
-                entry.retries_left -= 1
-            logger.info("worker running %s died (%s); retrying", entry.name, detail)
-            if lease.oom_detail:
-                # Give the node time to recover memory before the task runs again.
-                delay = config().oom_retry_backoff_s * (2 ** min(entry.attempt - 1, 6))
-                entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT, f"worker {detail} killed for memory; retry in {delay:.1f}s")
-                self.worker.loop.call_later(delay, self._requeue_later, entry)
-                return
-            self._requeue(entry, f"worker {detail} died; retrying")
-            return
-        error: RayError
-        if lease.oom_detail:
-            error = OutOfMemoryError(
-                f"Task {entry.name}() was killed: {lease.oom_detail}. It has no retries left (max_retries). "
-                "Run fewer such tasks at once, or request memory= for it so the scheduler does not "
-                "pack more of them onto a node than fit; the threshold is EMBER_memory_usage_threshold."
-            )
-        elif lease.node_death is not None:
-            node_id, address, reason = lease.node_death
-            error = NodeDiedError(
-                f"The node {node_id.hex()[:12]} at {address} running {entry.name}() died ({reason}), "
-                "and the task has no retries left (max_retries)."
-            )
-        else:
-            error = WorkerCrashedError(
-                f"The worker running {entry.name}() ({detail}) died unexpectedly "
-                f"({exc or 'connection lost'}), and the task has no retries left "
-                "(max_retries). Check the worker's log in the session's logs folder for the cause "
-                "(for example an out-of-memory kill or a crash in native code)."
-            )
-        self._fail(entry, self._error_entry(error), f"worker {detail} died, no retries left")
 
     def on_node_died(self, node_id: bytes, address: str, reason: str) -> None:
         """The control service declared a node dead: its leases are lost even if no socket noticed yet."""
@@ -424,92 +392,15 @@ class TaskSubmitter:
                     lease.node_death = (node_id, address, reason)
                     lease.conn.close(f"its node died ({reason})")
 
-    def _task_raised(self, entry: TaskEntry, error_inline: list[Any]) -> None:
-        if entry.retries_left != 0 and entry.retry_exceptions and not entry.cancelled:
-            retry = entry.retry_exceptions is True
-            if not retry:
-                try:
-                    _, err = serialization.deserialize_inline(error_inline)
-                    cause = getattr(err, "cause", err)
-                    retry = isinstance(cause, tuple(entry.retry_exceptions))
-                except Exception:
-                    retry = False
-            if retry:
-                if entry.retries_left > 0:
-                    entry.retries_left -= 1
-                self._requeue(entry, "raised; retry_exceptions allows a retry")
-                return
-        self._fail(entry, (INLINE, error_inline), "raised")
-
-    def _requeue_later(self, entry: TaskEntry) -> None:
-        if entry.done:
-            return
-        cls = self.classes[entry.sched_key]
-        cls.queue.append(entry)
-        self._dispatch(cls)
-
     def on_worker_oom_killed(self, worker_id: bytes, detail: str) -> None:
         for cls in self.classes.values():
             for lease in cls.leases:
                 if lease.worker_id == worker_id:
                     lease.oom_detail = detail
 
-    def _requeue(self, entry: TaskEntry, reason: str) -> None:
-        entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT, reason)
-        cls = self.classes[entry.sched_key]
-        cls.queue.append(entry)
-
-    # ============================================================== results
-    def _finish(self, entry: TaskEntry, returns: list[Any]) -> None:
-        entry.transition(TaskStatus.FINISHED, "returned")
-        # A result in an object store can be lost: keep the lineage (and the arguments) to redo it.
-        in_store = any(ret[0] != 0 for ret in returns)
-        self._complete(entry, release_args=not in_store)
-        worker = self.worker
-        if in_store:
-            worker.lineage.keep(entry)
-        worker.ownership.store_results(entry.spec["tid"], entry.return_ids, returns, entry.lease.conn if entry.lease else None)
-
-    def _fail(self, entry: TaskEntry, error: Entry, reason: str) -> None:
-        if entry.done:
-            return
-        entry.transition(TaskStatus.FAILED, reason)
-        self.worker.task_events.owner_failed(entry.spec["tid"], entry.attempt, error, reason)
-        self._complete(entry)
-        for oid in entry.return_ids:
-            self.worker.ownership.store_owned_result(oid, error)
-
-    def resubmit(self, entry: TaskEntry) -> None:
-        """Run a finished task again (lineage reconstruction); its entry is PENDING_ARGS_AVAIL."""
-        self.tasks[entry.spec["tid"]] = entry
-        self._enqueue(entry, "lineage reconstruction")
-
-    def _arg_lost(self, entry: TaskEntry, object_id: bytes, owner: Any) -> None:
-        """The worker could not read an argument: recover it, then run the task again."""
-        entry.transition(TaskStatus.PENDING_ARGS_AVAIL, f"argument {object_id.hex()} lost; recovering it")
-        entry.attempt -= 1
-        indexes = [i for i, a in enumerate(entry.spec["args"]) if a[0] == ARG_PLASMA and a[1] == object_id]
-        for index in indexes:
-            entry.spec["args"][index] = [ARG_REF, object_id, owner]
-        entry.deps_pending += len(indexes)
-        worker = self.worker
-        if worker.reference_counter.is_owned(object_id):
-            error = worker.lineage.reconstruct(object_id)
-            if error is not None:
-                self._fail(entry, self._error_entry(error), "a lost argument cannot be recovered")
-                return
-        else:
-            worker.memory_store.delete(object_id)
-        for index in indexes:
-            worker.ownership.resolve_entry(object_id, owner, partial(self._dep_ready, entry, index), recover=True)
-
-    def _complete(self, entry: TaskEntry, release_args: bool = True) -> None:
-        self.tasks.pop(entry.spec["tid"], None)
-        if entry.arg_ids and release_args:
-            self.worker.reference_counter.remove_submitted(entry.arg_ids)
-
-    def _error_entry(self, error: BaseException) -> Entry:
-        return (INLINE, serialization.serialize_error(error).to_inline())
+    def _fail_queued(self, cls: SchedulingClass, error: BaseException) -> None:
+        queue = cls.queue
+        self.manager.fail_all((queue.popleft() for _ in range(len(queue))), error)
 
     def _fail_class(self, cls: SchedulingClass, exc: BaseException) -> None:
         error: BaseException = exc
@@ -518,44 +409,17 @@ class TaskSubmitter:
                 f"This process lost its node daemon ({exc}), so the task cannot be scheduled. "
                 f"The daemon's log is in {self.worker.session_dir}/logs; restart the cluster (or ember.init())."
             )
-        while cls.queue:
-            self._fail(cls.queue.popleft(), self._error_entry(error), type(error).__name__)
+        self._fail_queued(cls, error)
 
     # ================================================================ cancel
     def cancel(self, task_id: bytes, force: bool, recursive: bool = False) -> bool:
-        """Cancel a task this process owns; with ``recursive``, the tasks it submitted too.
-
-        Queued: failed at once. Running: interrupted in its worker (which cancels the
-        task's own children first when ``recursive``), or with ``force`` its worker is
-        killed (the children it owns end with it: their leases' holder is gone).
-        ``get`` raises ``TaskCancelledError`` either way, and a cancelled task is never retried.
-        """
-        entry = self.tasks.get(task_id)
-        if entry is None or entry.done:
-            return False
-        entry.cancelled = True
-        error = self._error_entry(TaskCancelledError(task_id.hex()))
-        if entry.state is TaskStatus.PENDING_ARGS_AVAIL:
-            self._fail(entry, error, "cancelled while waiting for arguments")
-        elif entry.state is TaskStatus.PENDING_NODE_ASSIGNMENT:
-            cls = self.classes.get(entry.sched_key)
-            if cls is not None and entry in cls.queue:
-                cls.queue.remove(entry)
-            self._fail(entry, error, "cancelled while queued")
-        else:
-            lease: LeaseState = entry.lease
-            if force:
-                entry.force_cancel = True
-                lease.raylet.notify("kill_worker", {"worker_id": lease.worker_id})
-            else:
-                lease.conn.notify("cancel_task", {"tid": task_id, "recursive": recursive})
-        return True
+        """Cancel a task this process owns (see ``TaskManager.cancel``); False if it is not pending here."""
+        return self.manager.cancel(task_id, force, recursive)
 
     def cancel_children(self, parent_id: bytes) -> None:
         """Cancel (recursively) every unfinished task that task ``parent_id`` submitted."""
-        for task_id, entry in list(self.tasks.items()):
-            if entry.parent == parent_id and not entry.done:
-                self.cancel(task_id, False, True)
+        for task_id in self.manager.children_of(parent_id):
+            self.manager.cancel(task_id, False, True)
 
     def rpc_infeasible(self, conn: Connection, p: dict[str, Any]) -> None:
         self.on_infeasible(p["request_id"], p["message"])
@@ -567,4 +431,4 @@ class TaskSubmitter:
         self.release_idle_leases()
 
     def num_pending(self) -> int:
-        return len(self.tasks)
+        return len(self.manager.pending)

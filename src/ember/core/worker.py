@@ -9,8 +9,8 @@ event loop in a background thread; user code calls in from its own thread.
 ``CoreWorker`` is an assembly: each mechanism is a component that owns its
 state and receives what it uses (``links.py``: connections; ``task_context.py``;
 ``ownership_protocol.py``: reference counting between processes;
-``object_access.py``: put/get/wait; ``task_submitter.py``, ``actor_submitter.py``,
-``lineage.py``, ``task_executor.py``). It wires them and registers their RPC
+``object_access.py``: put/get/wait; ``task_manager.py``: submitted tasks, retries and
+lineage, sans-I/O; ``task_submitter.py``, ``actor_submitter.py``, ``task_executor.py``). It wires them and registers their RPC
 handlers; the methods here that only delegate are the API the rest of Ember uses.
 """
 
@@ -34,7 +34,6 @@ from ember.core import metrics_recorder
 from ember.core.actor_submitter import ActorCall, ActorSubmitter
 from ember.core.function_manager import FunctionManager
 from ember.core.generator_stream import StreamState
-from ember.core.lineage import Lineage
 from ember.core.links import DRIVER, WORKER, ClusterLinks, ProcessInfo
 from ember.core.memory_store import MemoryStore
 from ember.core.object_access import ObjectAccess
@@ -113,9 +112,10 @@ class CoreWorker:
         self.objects = ObjectAccess(self.info, self.links, self.context, self.memory_store, self.ownership, self.background)
         self.function_manager = FunctionManager(self)
         self.submitter = TaskSubmitter(self)
-        self.lineage = Lineage(self)
-        self.ownership.on_owned_freed = self.lineage.on_object_freed
-        self.ownership.reconstruct = self.lineage.reconstruct
+        #: What was submitted, retries and lineage: the sans-I/O core inside the submitter.
+        self.task_manager = self.submitter.manager
+        self.ownership.on_owned_freed = self.task_manager.object_freed
+        self.ownership.reconstruct = self.task_manager.reconstruct
         self.actor_submitter = ActorSubmitter(self)
         self.actor_id: bytes | None = None
         #: Generator tasks this process submitted whose items still stream in (task id -> StreamState).
