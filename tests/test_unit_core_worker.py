@@ -19,16 +19,17 @@ from ember.core.memory_store import INLINE, PLASMA
 from ember.core.task_manager import ARG_PLASMA, ARG_REF, ARG_VALUE
 from ember.core.task_state import TaskEntry, TaskStatus
 from ember.exceptions import (
+    ErrorCode,
     GetTimeoutError,
     LocalRayletDiedError,
     ObjectLostError,
     ObjectStoreFullError,
     OwnerDiedError,
+    RemoteError,
     TaskCancelledError,
     TaskUnschedulableError,
     WorkerCrashedError,
 )
-from ember.exceptions import ErrorCode, RemoteError
 from tests.offline_core import OfflineCore
 
 BIG = 200 * 1024  # above the 100 KiB inline limit
