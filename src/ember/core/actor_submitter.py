@@ -29,8 +29,11 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ember._private import serialization
+from ember._private.background import BackgroundTasks
 from ember._private.state_machine import History, TransitionTable
+from ember.core.links import ClusterLinks, ProcessInfo
 from ember.core.memory_store import INLINE, Entry
+from ember.core.ownership_protocol import OwnershipService
 from ember.core.task_manager import ARG_PLASMA, ARG_REF, ARG_VALUE
 from ember.exceptions import (
     ActorDiedError,
@@ -43,7 +46,8 @@ from ember.exceptions import (
 from ember.rpc import Connection
 
 if TYPE_CHECKING:
-    from ember.core.worker import CoreWorker
+    from ember.core.task_counts import NoTaskCounts, TaskCounts
+    from ember.core.task_events import TaskEventRecorder
 
 
 class ActorCall:
@@ -124,8 +128,14 @@ class ActorClient:
 
 
 class ActorSubmitter:
-    def __init__(self, worker: CoreWorker) -> None:
-        self.worker = worker
+    def __init__(self, info: ProcessInfo, links: ClusterLinks, ownership: OwnershipService,
+                 events: TaskEventRecorder, counts: TaskCounts | NoTaskCounts, background: BackgroundTasks) -> None:
+        self.info = info
+        self.links = links
+        self.ownership = ownership
+        self.events = events
+        self.counts = counts
+        self.background = background
         self.clients: dict[bytes, ActorClient] = {}
 
     def _client(self, actor_id: bytes) -> ActorClient:
@@ -141,12 +151,12 @@ class ActorSubmitter:
             self._fail(call, client.death_error or ActorDiedError("The actor is dead."))
             return
         client.queue.append(call)
-        self.worker.task_counts.changed()
-        self.worker.task_events.actor_call(call.spec, "PENDING_ARGS_AVAIL")
+        self.counts.changed()
+        self.events.actor_call(call.spec, "PENDING_ARGS_AVAIL")
         for index, arg in enumerate(call.spec["args"]):
             if arg[0] == ARG_REF:
                 call.deps_pending += 1
-                self.worker.ownership.resolve_entry(arg[1], arg[2], partial(self._dep_ready, client, call, index))
+                self.ownership.resolve_entry(arg[1], arg[2], partial(self._dep_ready, client, call, index))
         self._ensure_connected(client)
         self._flush(client)
 
@@ -168,15 +178,15 @@ class ActorSubmitter:
             return
         if not client.polling and client.state != ActorView.DEAD:
             client.polling = True
-            self.worker.background.spawn(self._poll(client), "wait for an actor", loop=self.worker.loop)
+            self.background.spawn(self._poll(client), "wait for an actor", loop=self.links.loop)
 
     async def _poll(self, client: ActorClient) -> None:
         try:
-            info = await self.worker.gcs_request(
+            info = await self.links.gcs_request(
                 "wait_actor", {"actor_id": client.actor_id, "after": client.incarnation}, timeout=None
             )
             if info["state"] == "ALIVE":
-                conn = await self.worker.connect_to(info["address"])
+                conn = await self.links.connect_to(info["address"])
                 client.incarnation = info["incarnation"]
                 client.node_address = info.get("node_address")
                 client.conn = conn
@@ -207,7 +217,7 @@ class ActorSubmitter:
         client.in_flight_seqs.clear()
         for call in calls:
             # The actor may have stored this call's results before it died.
-            self.worker.ownership.note_dead_attempt(call.return_ids, client.node_address)
+            self.ownership.note_dead_attempt(call.return_ids, client.node_address)
             if call.retries_left != 0:
                 if call.retries_left > 0:
                     call.retries_left -= 1
@@ -236,7 +246,7 @@ class ActorSubmitter:
         else:
             error = ActorDiedError(message, actor_id=client.actor_id.hex())
         client.death_error = error
-        self.worker.ownership.release_creation_args(client.actor_id)
+        self.ownership.release_creation_args(client.actor_id)
         for call in list(client.in_flight.values()):
             self._fail(call, error)
         client.in_flight.clear()
@@ -263,15 +273,15 @@ class ActorSubmitter:
             if call.done:
                 continue
             client.in_flight[call.spec["tid"]] = call
-            self.worker.task_counts.changed()
-            self.worker.task_events.actor_call(call.spec, "SUBMITTED_TO_WORKER")
+            self.counts.changed()
+            self.events.actor_call(call.spec, "SUBMITTED_TO_WORKER")
             call.pushed_to = client.incarnation
             # Sequence numbers let the actor run this caller's calls in order even if the
             # network reorders them; seq_base says every earlier call is finished.
             if "seq" not in call.spec:
                 call.spec["seq"] = client.next_seq
                 client.next_seq += 1
-            call.spec["caller"] = self.worker.worker_id
+            call.spec["caller"] = self.info.worker_id
             heapq.heappush(client.in_flight_seqs, (call.spec["seq"], call.spec["tid"]))
             oldest = client.oldest_in_flight()
             call.spec["seq_base"] = call.spec["seq"] if oldest is None else oldest
@@ -320,19 +330,19 @@ class ActorSubmitter:
     # ================================================================ results
     def _finish(self, call: ActorCall, returns: list[Any]) -> None:
         call.done = True
-        self.worker.task_counts.actor_call_ended(call.spec, failed=False)
-        self.worker.task_events.actor_call(call.spec, "FINISHED")
+        self.counts.actor_call_ended(call.spec, failed=False)
+        self.events.actor_call(call.spec, "FINISHED")
         self._release(call)
         client = self.clients.get(call.spec["aid"])
-        self.worker.ownership.store_results(call.spec["tid"], call.return_ids, returns, client.conn if client else None)
+        self.ownership.store_results(call.spec["tid"], call.return_ids, returns, client.conn if client else None)
 
     def _store(self, call: ActorCall, entry: Entry) -> None:
         call.done = True
-        self.worker.task_counts.actor_call_ended(call.spec, failed=True)
-        self.worker.task_events.owner_failed(call.spec["tid"], 0, entry, "failed")
+        self.counts.actor_call_ended(call.spec, failed=True)
+        self.events.owner_failed(call.spec["tid"], 0, entry, "failed")
         self._release(call)
         for oid in call.return_ids:
-            self.worker.ownership.store_owned_result(oid, entry)
+            self.ownership.store_owned_result(oid, entry)
 
     def _fail(self, call: ActorCall, error: BaseException) -> None:
         if call.done:
@@ -341,4 +351,4 @@ class ActorSubmitter:
 
     def _release(self, call: ActorCall) -> None:
         if call.arg_ids:
-            self.worker.reference_counter.remove_submitted(call.arg_ids)
+            self.ownership.counter.remove_submitted(call.arg_ids)

@@ -20,8 +20,11 @@ from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from ember._private.background import BackgroundTasks
 from ember._private.config import config
-from ember.core.memory_store import Entry
+from ember.core.links import ClusterLinks, ProcessInfo
+from ember.core.memory_store import Entry, MemoryStore
+from ember.core.ownership_protocol import OwnershipService
 from ember.core.task_manager import ARG_PLASMA, ARG_REF, ARG_VALUE, TaskManager, WorkerDeath
 from ember.core.task_state import TaskEntry
 from ember.exceptions import (
@@ -36,7 +39,7 @@ from ember.exceptions import (
 from ember.rpc import Connection
 
 if TYPE_CHECKING:
-    from ember.core.worker import CoreWorker
+    from ember.core.task_events import TaskEventRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +86,16 @@ class SchedulingClass:
 class TaskSubmitter:
     """Performs ``TaskManager``'s actions (``TaskActions``) and feeds it what the network says."""
 
-    def __init__(self, worker: CoreWorker) -> None:
-        self.worker = worker
+    def __init__(self, info: ProcessInfo, links: ClusterLinks, ownership: OwnershipService, store: MemoryStore,
+                 events: TaskEventRecorder, background: BackgroundTasks) -> None:
+        self.info = info
+        self.links = links
+        self.ownership = ownership
+        self.store = store
+        self.events = events
+        self.background = background
         cfg = config()
-        self.manager = TaskManager(worker.reference_counter, self, cfg.oom_retry_backoff_s)
+        self.manager = TaskManager(ownership.counter, self, cfg.oom_retry_backoff_s)
         self.classes: dict[Any, SchedulingClass] = {}
         self._request_ids = itertools.count(1)
         self._request_class: dict[int, SchedulingClass] = {}
@@ -105,7 +114,7 @@ class TaskSubmitter:
 
     # ============================================================== TaskActions
     def resolve(self, entry: TaskEntry, index: int, object_id: bytes, owner: Any, recover: bool) -> None:
-        self.worker.ownership.resolve_entry(object_id, owner, partial(self.manager.arg_ready, entry, index), recover)
+        self.ownership.resolve_entry(object_id, owner, partial(self.manager.arg_ready, entry, index), recover)
 
     def enqueue(self, entry: TaskEntry) -> None:
         cls = self.classes.get(entry.sched_key)
@@ -122,7 +131,7 @@ class TaskSubmitter:
             queue.append(entry)
 
     def requeue_later(self, entry: TaskEntry, delay_s: float) -> None:
-        self.worker.loop.call_later(delay_s, self.manager.requeue_due, entry)
+        self.links.loop.call_later(delay_s, self.manager.requeue_due, entry)
 
     def dequeue(self, entry: TaskEntry) -> None:
         cls = self.classes.get(entry.sched_key)
@@ -131,20 +140,19 @@ class TaskSubmitter:
 
     def store_results(self, entry: TaskEntry, returns: list[Any]) -> None:
         lease = entry.lease
-        self.worker.ownership.store_results(entry.spec["tid"], entry.return_ids, returns, lease.conn if lease else None)
+        self.ownership.store_results(entry.spec["tid"], entry.return_ids, returns, lease.conn if lease else None)
 
     def store_error(self, entry: TaskEntry, error: Entry, reason: str) -> None:
-        worker = self.worker
-        worker.task_events.owner_failed(entry.spec["tid"], entry.attempt, error, reason)
-        store = worker.ownership.store_owned_result
+        self.events.owner_failed(entry.spec["tid"], entry.attempt, error, reason)
+        store = self.ownership.store_owned_result
         for oid in entry.return_ids:
             store(oid, error)
 
     def forget_copy(self, object_id: bytes) -> None:
-        self.worker.memory_store.delete(object_id)
+        self.store.delete(object_id)
 
     def free_dead_attempt(self, entry: TaskEntry, node_address: Any) -> None:
-        self.worker.ownership.note_dead_attempt(list(entry.return_ids), node_address)
+        self.ownership.note_dead_attempt(list(entry.return_ids), node_address)
 
     def cancel_running(self, entry: TaskEntry, force: bool, recursive: bool) -> None:
         lease: LeaseState = entry.lease
@@ -180,7 +188,7 @@ class TaskSubmitter:
             self._steal(cls)
             for lease in cls.leases:
                 if lease.in_flight == 0 and lease.idle_timer is None and not lease.dead:
-                    lease.idle_timer = self.worker.loop.call_later(
+                    lease.idle_timer = self.links.loop.call_later(
                         self._idle_timeout, self._return_lease, cls, lease
                     )
 
@@ -212,13 +220,13 @@ class TaskSubmitter:
     def _request_lease(self, cls: SchedulingClass, raylet: Connection | None = None, request_id: int | None = None) -> None:
         if request_id is None:
             request_id = next(self._request_ids)
-        raylet = raylet or self.worker.raylet
+        raylet = raylet or self.links.raylet
         cls.pending_requests.add(request_id)
         self._request_class[request_id] = cls
         request = {
             "request_id": request_id, "resources": cls.resources, "strategy": cls.strategy,
             "prefer": self._locality_hint(cls),
-            "spilled": raylet is not self.worker.raylet,
+            "spilled": raylet is not self.links.raylet,
             "retriable": any(e.retries_left != 0 for e in cls.queue) if cls.queue else True,
         }
         if cls.renv is not None:
@@ -251,7 +259,7 @@ class TaskSubmitter:
             self._request_class.pop(request_id, None)
             if isinstance(exc, RemoteError) and exc.code in (ErrorCode.TASK_UNSCHEDULABLE, ErrorCode.RUNTIME_ENV_SETUP_FAILED):
                 self._fail_class(cls, exc.to_exception())
-            elif raylet is not self.worker.raylet and isinstance(exc, ConnectionLost):
+            elif raylet is not self.links.raylet and isinstance(exc, ConnectionLost):
                 self._dispatch(cls)  # that node went away: ask the local node again
             else:
                 self._fail_class(cls, exc)
@@ -260,7 +268,7 @@ class TaskSubmitter:
         if grant.get("spillback"):
             # Keep the request counted while we ask the node it named.
             target = grant["spillback"]["address"]
-            task = self.worker.background.spawn(self.worker.connect_to(target), "connect after spillback", loop=self.worker.loop)
+            task = self.background.spawn(self.links.connect_to(target), "connect after spillback", loop=self.links.loop)
             task.add_done_callback(partial(self._on_spillback_connected, cls, request_id))
             return
         cls.pending_requests.discard(request_id)
@@ -272,8 +280,8 @@ class TaskSubmitter:
             cls.infeasible_timer.cancel()
             cls.infeasible_timer = None
         cls.infeasible = ""
-        task = self.worker.background.spawn(self.worker.connect_to(grant["address"]), "connect to a leased worker",
-                                            loop=self.worker.loop)
+        task = self.background.spawn(self.links.connect_to(grant["address"]), "connect to a leased worker",
+                                            loop=self.links.loop)
         task.add_done_callback(partial(self._on_worker_connected, cls, grant, raylet))
 
     def _on_spillback_connected(self, cls: SchedulingClass, request_id: int, task: asyncio.Task[Connection]) -> None:
@@ -335,7 +343,7 @@ class TaskSubmitter:
         print(f"WARNING: task(s) {', '.join(names[:3])} cannot be scheduled. {message}", file=sys.stderr, flush=True)
         timeout = config().infeasible_timeout_s
         if timeout > 0 and cls.infeasible_timer is None:
-            cls.infeasible_timer = self.worker.loop.call_later(timeout, self._infeasible_expired, cls)
+            cls.infeasible_timer = self.links.loop.call_later(timeout, self._infeasible_expired, cls)
 
     def _infeasible_expired(self, cls: SchedulingClass) -> None:
         cls.infeasible_timer = None
@@ -387,7 +395,7 @@ class TaskSubmitter:
         for cls in self.classes.values():
             for lease in list(cls.leases):
                 if lease.raylet.peer_info.get("node_id") == node_id or (
-                    lease.raylet is self.worker.raylet and self.worker.node_id == node_id
+                    lease.raylet is self.links.raylet and self.info.node_id == node_id
                 ):
                     lease.node_death = (node_id, address, reason)
                     lease.conn.close(f"its node died ({reason})")
@@ -407,7 +415,7 @@ class TaskSubmitter:
         if isinstance(exc, RpcError) or not isinstance(exc, RayError):
             error = LocalRayletDiedError(
                 f"This process lost its node daemon ({exc}), so the task cannot be scheduled. "
-                f"The daemon's log is in {self.worker.session_dir}/logs; restart the cluster (or ember.init())."
+                f"The daemon's log is in {self.info.session_dir}/logs; restart the cluster (or ember.init())."
             )
         self._fail_queued(cls, error)
 

@@ -111,12 +111,21 @@ class CoreWorker:
         self.reference_counter = self.ownership.counter
         self.objects = ObjectAccess(self.info, self.links, self.context, self.memory_store, self.ownership, self.background)
         self.function_manager = FunctionManager(self)
-        self.submitter = TaskSubmitter(self)
+        #: This process's tasks by state, for ray_tasks (sent with its metrics batches).
+        self.task_counts: TaskCounts | NoTaskCounts = (
+            TaskCounts(self, metrics_recorder.get_recorder().poke) if config().enable_metrics_collection
+            else NoTaskCounts()
+        )
+        #: State transitions of the tasks this process submits or runs, for the state API.
+        self.task_events = TaskEventRecorder(self)
+        self.submitter = TaskSubmitter(self.info, self.links, self.ownership, self.memory_store, self.task_events,
+                                       self.background)
         #: What was submitted, retries and lineage: the sans-I/O core inside the submitter.
         self.task_manager = self.submitter.manager
         self.ownership.on_owned_freed = self.task_manager.object_freed
         self.ownership.reconstruct = self.task_manager.reconstruct
-        self.actor_submitter = ActorSubmitter(self)
+        self.actor_submitter = ActorSubmitter(self.info, self.links, self.ownership, self.task_events, self.task_counts,
+                                              self.background)
         self.actor_id: bytes | None = None
         #: Generator tasks this process submitted whose items still stream in (task id -> StreamState).
         self.generators: dict[bytes, StreamState] = {}
@@ -132,13 +141,6 @@ class CoreWorker:
         self.executor = TaskExecutor(self) if mode == WORKER else None
         if self.executor is not None:
             self.objects.bounce_queued = self.executor.bounce_queued
-        #: This process's tasks by state, for ray_tasks (sent with its metrics batches).
-        self.task_counts: TaskCounts | NoTaskCounts = (
-            TaskCounts(self, metrics_recorder.get_recorder().poke) if config().enable_metrics_collection
-            else NoTaskCounts()
-        )
-        #: State transitions of the tasks this process submits or runs, for the state API.
-        self.task_events = TaskEventRecorder(self)
         self._server: asyncio.AbstractServer | None = None
         self._submit_queue: deque[TaskEntry | ActorCall] = deque()
         self._submit_scheduled = False
