@@ -12,17 +12,16 @@ from __future__ import annotations
 import hashlib
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from ember._private import serialization
 
-if TYPE_CHECKING:
-    from ember.core.worker import CoreWorker
-
 
 class FunctionManager:
-    def __init__(self, worker: CoreWorker) -> None:
-        self.worker = worker
+    def __init__(self, gcs_call: Callable[[str, Any], Any]) -> None:
+        #: A call to the control service from a user thread (the KV store holds the table).
+        self.gcs_call = gcs_call
         self._cache: dict[bytes, Any] = {}
         self._exported: set[bytes] = set()
         self._jobs_seen: set[bytes] = set()
@@ -42,7 +41,7 @@ class FunctionManager:
             from ember.exceptions import FrameError
 
             try:
-                self.worker.gcs_call("kv_put", {"ns": "fn", "key": fid, "value": data, "overwrite": False})
+                self.gcs_call("kv_put", {"ns": "fn", "key": fid, "value": data, "overwrite": False})
             except FrameError as exc:
                 raise ValueError(
                     f"The remote function or class {name!r} is too large to export ({len(data)} bytes pickled): "
@@ -62,7 +61,7 @@ class FunctionManager:
         with self._lock:
             fn = self._cache.get(fid)
             if fn is None:
-                data = self.worker.gcs_call("kv_get", {"ns": "fn", "key": fid})
+                data = self.gcs_call("kv_get", {"ns": "fn", "key": fid})
                 if data is None:
                     raise RuntimeError(f"function {fid.hex()} is not in the function table")
                 fn = serialization.loads_function(data)
@@ -71,7 +70,7 @@ class FunctionManager:
 
     def _adopt_job_path(self, job_id: bytes) -> None:
         self._jobs_seen.add(job_id)
-        data = self.worker.gcs_call("kv_get", {"ns": "job", "key": job_id})
+        data = self.gcs_call("kv_get", {"ns": "job", "key": job_id})
         if not data:
             return
         import json

@@ -24,11 +24,11 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ember._private.config import config
-from ember.core.task_context import task_context_var
+from ember.core.task_context import TaskContext, task_context_var
 from ember.core.task_state import TASK_TRANSITIONS, TaskEntry, TaskStatus
 
 if TYPE_CHECKING:
-    from ember.core.worker import CoreWorker
+    from ember.core.links import ClusterLinks, ProcessInfo
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +66,11 @@ def error_type_of(error: BaseException) -> str:
 
 
 class TaskEventRecorder:
-    def __init__(self, worker: CoreWorker) -> None:
+    def __init__(self, info: ProcessInfo, context: TaskContext, links: ClusterLinks) -> None:
         cfg = config()
-        self._worker = worker
+        self._info = info
+        self._context = context
+        self._links = links
         self.enabled = cfg.task_events_enabled
         self._period = cfg.task_events_report_period_s
         self._events: deque[Any] = deque()
@@ -93,7 +95,7 @@ class TaskEventRecorder:
 
     def _parent(self) -> bytes:
         ctx = self._task_context.get()
-        return ctx[0] if ctx is not None else self._worker.driver_task_id
+        return ctx[0] if ctx is not None else self._context.driver_task_id
 
     def _on_task_move(self, entry: object, old: TaskStatus | None, new: TaskStatus, reason: str) -> None:
         assert isinstance(entry, TaskEntry)
@@ -144,9 +146,9 @@ class TaskEventRecorder:
 
     def execution_started(self, spec: dict[str, Any]) -> None:
         if self.enabled:
-            worker = self._worker
+            info = self._info
             self._add([spec["tid"], max(spec.get("attempt", 1) - 1, 0), "RUNNING", time.time(),
-                       {"worker": worker.worker_id, "node": worker.node_id, "pid": self._pid,
+                       {"worker": info.worker_id, "node": info.node_id, "pid": self._pid,
                         "name": spec["name"], "job": spec["job"], "actor": spec.get("aid")}])
 
     def execution_ended(self, task_id: bytes) -> None:
@@ -161,11 +163,11 @@ class TaskEventRecorder:
             return None
         batch = [events.popleft() for _ in range(n)]
         dropped, self._dropped = self._dropped, 0
-        return {"events": batch, "dropped": dropped, "job": self._worker.current_job_id}
+        return {"events": batch, "dropped": dropped, "job": self._context.current_job_id}
 
     def flush(self) -> None:
         """Send what accumulated (on the I/O loop); kept for later if the control service is away."""
-        gcs = self._worker.gcs
+        gcs = self._links.gcs
         if gcs is None or gcs.closed:
             return
         batch = self.take_batch()

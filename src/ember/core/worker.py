@@ -110,14 +110,14 @@ class CoreWorker:
         self.ownership = OwnershipService(self.info, self.links, self.memory_store, self.background)
         self.reference_counter = self.ownership.counter
         self.objects = ObjectAccess(self.info, self.links, self.context, self.memory_store, self.ownership, self.background)
-        self.function_manager = FunctionManager(self)
+        self.function_manager = FunctionManager(self.links.gcs_call)
         #: This process's tasks by state, for ray_tasks (sent with its metrics batches).
         self.task_counts: TaskCounts | NoTaskCounts = (
             TaskCounts(self, metrics_recorder.get_recorder().poke) if config().enable_metrics_collection
             else NoTaskCounts()
         )
         #: State transitions of the tasks this process submits or runs, for the state API.
-        self.task_events = TaskEventRecorder(self)
+        self.task_events = TaskEventRecorder(self.info, self.context, self.links)
         self.submitter = TaskSubmitter(self.info, self.links, self.ownership, self.memory_store, self.task_events,
                                        self.background)
         #: What was submitted, retries and lineage: the sans-I/O core inside the submitter.
