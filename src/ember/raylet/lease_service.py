@@ -1,33 +1,89 @@
-"""Worker leases for ``Raylet``: requests, grants, returns, blocked workers, spillback decisions.
+"""Worker leases as an RPC service: the async shell around the lease table.
 
 A request is decided with the placement policy (grant here, spill back, or
-fail as unschedulable), queued until its resources and an idle worker are
-free, and granted in arrival order. A worker blocked in ``get`` gives its
-CPU back while it waits.
-
-A mixin: the state it uses (pending requests, leases, worker pool, resources,
-cluster view) is created by ``Raylet.__init__``.
+fail as unschedulable); one decided here goes into the lease table
+(``lease_table.py``), which grants in arrival order when resources and an idle
+worker are free. This module answers the holders, starts workers for requests
+that found none idle (within the node's limits), moves waiting requests to
+other nodes that can run them now, and warns about requests no node can run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-from ember._private import ids
 from ember._private import resources as res
 from ember._private.config import config
+from ember.exceptions import TaskUnschedulableError
 from ember.raylet import scheduling_policy as policy
 from ember.raylet import worker_limits
-from ember.raylet.leases import Lease, LeaseRequest
-from ember.raylet.worker_pool import WorkerHandle, WorkerState
+from ember.raylet.cluster_view import ClusterView
+from ember.raylet.control_link import ControlServiceLink
+from ember.raylet.lease_table import (
+    Abandoned,
+    Action,
+    Cancelled,
+    Grant,
+    KillWorker,
+    LeaseTable,
+    NeedWorkers,
+    Reject,
+    ReleaseIdleLeases,
+    ResourcesChanged,
+    SpillBack,
+    expected,
+)
+from ember.raylet.leases import Holder, LeaseRequest
+from ember.raylet.node import NodeContext
+from ember.raylet.runtime_env_agent import RuntimeEnvAgent
+from ember.raylet.worker_service import WorkerService
 from ember.rpc import Connection
+
+#: Request ids remembered per connection, to answer a resent request with its first answer.
+SEEN_REQUESTS_PER_CONNECTION = 10000
+
+
+class AgentEnvironments:
+    """The runtime-env agent as the lease table asks it: is an env built here, which failed."""
+
+    def __init__(self, agent: RuntimeEnvAgent) -> None:
+        self.agent = agent
+
+    def take_failures(self) -> dict[str, str]:
+        return self.agent.take_failures()
+
+    def ready(self, env_key: str, env: dict[str, Any] | None) -> bool:
+        return self.agent.context(env_key, env or {}) is not None
 
 
 class LeaseService:
-    """Lease requests and grants (mixed into ``Raylet``)."""
+    def __init__(
+        self,
+        node: NodeContext,
+        table: LeaseTable,
+        workers: WorkerService,
+        view: ClusterView,
+        renv_agent: RuntimeEnvAgent,
+        link: ControlServiceLink,
+        report_now: Callable[[], None],
+        fd_limit: int,
+    ) -> None:
+        self.node = node
+        self.table = table
+        self.workers = workers
+        self.view = view
+        self.renv_agent = renv_agent
+        self.link = link
+        self._report_now = report_now
+        #: Each worker costs this daemon descriptors; actors are limited by them, not by max_workers.
+        self.fd_limit = fd_limit
+        self._envs = AgentEnvironments(renv_agent)
+        #: The reply each queued request is answered through.
+        self._replies: dict[LeaseRequest, asyncio.Future[Any]] = {}
 
     # ================================================================ RPC: leases
     def rpc_request_lease(self, conn: Connection, p: dict[str, Any]) -> asyncio.Future[Any]:
@@ -39,145 +95,166 @@ class LeaseService:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if request_id is not None:
             seen[request_id] = fut
-            if len(seen) > 10000:
+            if len(seen) > SEEN_REQUESTS_PER_CONNECTION:
                 seen.pop(next(iter(seen)))
         try:
             request = res.to_fixed(p.get("resources") or {})
-        except (TypeError, ValueError) as exc:
+            hold = p.get("hold")
+            held = res.to_fixed(hold) if hold is not None else request
+        except (TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"bad resource request: {exc}") from exc
         if p.get("renv") is not None:
-            _check_renv(p["renv"])
-        req = LeaseRequest(p.get("request_id"), conn, request, fut, p)
-        hold = p.get("hold")
-        req.hold = res.to_fixed(hold) if hold is not None else request
+            check_renv(p["renv"])
         if not p.get("spilled"):
-            prefer = p.get("prefer")
-            target = self.view.get(prefer) if prefer and prefer != self.node_id and not p.get("strategy") else None
-            if target is not None and target.alive and res.fits(request, target.available):
-                # The task's large arguments live there: run it next to them.
-                fut.set_result({"spillback": {"node_id": target.node_id, "address": target.address}})
+            answer = self._decide_elsewhere(request, p)
+            if answer is not None:
+                fut.set_result(answer)
                 return fut
-            decision = policy.decide(request, p.get("strategy"), self.node_id, self._local_view(), self.policy_cfg, self.policy_state)
-            if decision.kind == policy.SPILLBACK and decision.node_id is not None:
-                fut.set_result({"spillback": {"node_id": decision.node_id, "address": self.view[decision.node_id].address}})
-                return fut
-            if decision.kind == policy.UNSCHEDULABLE:
-                from ember.exceptions import TaskUnschedulableError
-
-                err = TaskUnschedulableError(decision.reason)
-                err.expected = True  # type: ignore[attr-defined]
-                raise err
-        self.pending.append(req)
-        self._schedule()
+        req = LeaseRequest(request_id, conn, request, p, held)
+        self._replies[req] = fut
+        fut.add_done_callback(functools.partial(self._reply_done, req))
+        self.table.submit(req)
+        self.schedule()
         return fut
+
+    def _decide_elsewhere(self, request: res.Resources, p: dict[str, Any]) -> dict[str, Any] | None:
+        """The answer for a request that should not wait here (a spillback), or None; raises if it cannot run."""
+        prefer = p.get("prefer")
+        target = self.view.nodes.get(prefer) if prefer and prefer != self.node.node_id and not p.get("strategy") else None
+        if target is not None and target.alive and res.fits(request, target.available):
+            # The task's large arguments live there: run it next to them.
+            return {"spillback": {"node_id": target.node_id, "address": target.address}}
+        decision = self.view.decide(request, p.get("strategy"), self._local_view())
+        if decision.kind == policy.SPILLBACK and decision.node_id is not None:
+            return {"spillback": {"node_id": decision.node_id, "address": self.view.nodes[decision.node_id].address}}
+        if decision.kind == policy.UNSCHEDULABLE:
+            raise expected(TaskUnschedulableError(decision.reason))
+        return None
+
+    def _reply_done(self, req: LeaseRequest, fut: asyncio.Future[Any]) -> None:
+        self._replies.pop(req, None)
+        if fut.cancelled():  # nobody waits for it any more (the caller's call was cancelled)
+            self.table.abandon(req)
 
     def rpc_prepare_runtime_env(self, conn: Connection, p: Any) -> None:
         """Build a runtime env ahead of its first lease (a job's env, ``eager_install``)."""
-        _check_renv(p)
+        check_renv(p)
         if self.renv_agent.context(p[0], p[1]) is not None:
             self.renv_agent.touch(p[0])
 
     def rpc_cancel_lease_request(self, conn: Connection, p: dict[str, Any]) -> None:
-        for req in list(self.pending):
-            if req.conn is conn and req.request_id == p["request_id"]:
-                self.pending.remove(req)
-                if not req.future.done():
-                    req.future.set_result({"cancelled": True})
+        self.apply(self.table.cancel(conn, p["request_id"]))
 
     def rpc_return_lease(self, conn: Connection, p: dict[str, Any]) -> None:
-        lease = self.leases.get(p["lease_id"])
-        if lease is None or lease.holder is not conn:
-            return
-        if p.get("kill"):
-            self.pool.kill(lease.worker)
-        self._release_lease(lease)
-        if lease.worker.state is WorkerState.LEASED:
-            self.pool.push_idle(lease.worker)
-        self._schedule()
-
-    def _release_lease(self, lease: Lease) -> None:
-        if self.leases.pop(lease.lease_id, None) is None:
-            return
-        give_back = dict(lease.resources)
-        self.gpus.release(lease.gpu_ids, lease.resources.get("GPU", 0))
-        if lease.blocked:
-            give_back.pop("CPU", None)  # already given back while blocked
-        res.add(self.available, give_back)
-        self.report_now()
+        self.apply(self.table.return_lease(p["lease_id"], conn, bool(p.get("kill"))))
+        self.schedule()
 
     def rpc_notify_blocked(self, conn: Connection, p: Any) -> None:
-        lease = self._lease_of(conn)
-        if lease is not None and not lease.blocked:
-            lease.blocked = True
-            res.add(self.available, lease.cpu)
-            self.report_now()
-            self._schedule()
+        worker = conn.state.get("worker")
+        if worker is not None and self.apply(self.table.set_blocked(worker, True)):
+            self.schedule()
 
     def rpc_notify_unblocked(self, conn: Connection, p: Any) -> None:
-        lease = self._lease_of(conn)
-        if lease is not None and lease.blocked:
-            lease.blocked = False
-            res.subtract(self.available, lease.cpu)
-            self.report_now()
+        worker = conn.state.get("worker")
+        if worker is not None:
+            self.apply(self.table.set_blocked(worker, False))
 
-    def _num_blocked(self) -> int:
-        return sum(1 for lease in self.leases.values() if lease.blocked)
+    # ================================================================ RPC: bundles
+    def rpc_prepare_bundle(self, conn: Connection, p: dict[str, Any]) -> bool:
+        self.table.prepare_bundle(p["pg_id"], int(p["index"]), p["resources"])
+        return True
 
-    def _lease_of(self, conn: Connection) -> Lease | None:
-        worker: WorkerHandle | None = conn.state.get("worker")
-        if worker is None or worker.lease_id is None:
-            return None
-        return self.leases.get(worker.lease_id)
+    def rpc_cancel_bundle(self, conn: Connection, p: dict[str, Any]) -> bool:
+        self.table.cancel_bundle(p["pg_id"], int(p["index"]))
+        self.schedule()
+        return True
 
-    def _schedule(self) -> None:
-        """Grant every pending request that fits, in arrival order."""
-        if not self.pending:
+    def rpc_commit_bundle(self, conn: Connection, p: dict[str, Any]) -> bool:
+        self.apply(self.table.commit_bundle(p["pg_id"], int(p["index"])))
+        self.schedule()
+        return True
+
+    def rpc_remove_bundle(self, conn: Connection, p: dict[str, Any]) -> bool:
+        self.apply(self.table.remove_bundle(p["pg_id"], int(p["index"])))
+        self.schedule()
+        return True
+
+    # ================================================================ events from other components
+    def holder_gone(self, conn: Connection) -> None:
+        self.apply(self.table.holder_gone(conn))
+
+    def rejoined(self, old: Connection, new: Connection, release: set[bytes]) -> None:
+        """The control service restarted: its leases move to the new connection, or end if it says so."""
+        self.apply(self.table.rebind_holder(old, new, release))
+        self._report_now()
+        self.schedule()
+
+    def leases_held_by(self, holder: Connection) -> list[list[bytes]]:
+        return [[lease.lease_id, lease.worker.worker_id] for lease in self.table.leases.values() if lease.holder is holder]
+
+    # ================================================================ scheduling
+    def schedule(self) -> None:
+        """Grant every queued request that fits, in arrival order."""
+        if self.table.queue:
+            self.apply(self.table.schedule(self._envs))
+
+    def apply(self, actions: list[Action]) -> list[Action]:
+        """Carry out what the lease table decided; returns the actions."""
+        for action in actions:
+            if isinstance(action, Grant):
+                self._granted(action)
+            elif isinstance(action, ResourcesChanged):
+                self._report_now()
+            elif isinstance(action, KillWorker):
+                self.workers.kill(action.worker, action.reason)
+            elif isinstance(action, NeedWorkers):
+                if not self.node.stopping:
+                    self._start_workers_for(action.env_key, action.requests)
+            elif isinstance(action, ReleaseIdleLeases):
+                for holder in action.holders:
+                    if not self.link.is_control_service(holder):
+                        holder.notify("release_idle_leases", None)
+            else:
+                self._answer(action)
+        return actions
+
+    def _answer(self, action: Reject | Cancelled | Abandoned | SpillBack) -> None:
+        fut = self._replies.pop(action.request, None)
+        if fut is None or fut.done():
             return
-        #: Requests waiting for a worker, per runtime env ("" is the default env).
-        waiting_for_worker: dict[str, list[LeaseRequest]] = {}
-        still_pending: deque[LeaseRequest] = deque()
-        blocked_on_resources = False
-        failures = self.renv_agent.take_failures()
-        while self.pending:
-            req = self.pending.popleft()
-            if req.future.done():
-                continue
-            env_key, env = req.payload.get("renv") or ("", None)
-            if env_key:
-                if env_key in failures:
-                    self._fail_runtime_env(req, failures[env_key])
-                    continue
-                if self.renv_agent.context(env_key, env) is None:
-                    still_pending.append(req)  # its env is being built on this node
-                    continue
-            if not res.fits(req.resources, self.total):
-                # Warned after the next cluster view, unless another node can take it by then.
-                still_pending.append(req)
-                continue
-            if not res.fits(req.resources, self.available):
-                blocked_on_resources = True
-                still_pending.append(req)
-                continue
-            max_actors = config().max_actor_workers
-            if req.for_actor and 0 < max_actors <= self.pool.num_dedicated():
-                reason = worker_limits.max_actors_reason(self.pool.num_dedicated(), max_actors)
-                self._refuse_actors([req], reason, queued=False)
-                continue
-            worker = self.pool.pop_idle(env_key)
-            if worker is None:
-                waiting_for_worker.setdefault(env_key, []).append(req)
-                still_pending.append(req)
-                continue
-            self._grant(req, worker)
-        self.pending = still_pending
-        for env_key, waiting in waiting_for_worker.items():
-            if self.stopping:
-                break
-            self._start_workers_for(env_key, waiting)
-        if blocked_on_resources:
-            for holder in {id(l.holder): l.holder for l in self.leases.values()}.values():
-                if holder is not self.gcs:
-                    holder.notify("release_idle_leases", None)
+        if isinstance(action, Reject):
+            fut.set_exception(action.error)
+        elif isinstance(action, Cancelled):
+            fut.set_result({"cancelled": True})
+        elif isinstance(action, Abandoned):
+            fut.cancel()
+        else:
+            fut.set_result({"spillback": {"node_id": action.node_id, "address": action.address}})
+
+    def _granted(self, grant: Grant) -> None:
+        lease, worker = grant.lease, grant.lease.worker
+        fut = self._replies.pop(grant.request, None)
+        if fut is None or fut.done():
+            # Its caller stopped waiting while it was queued: the lease goes straight back.
+            self.apply(self.table.return_lease(lease.lease_id, lease.holder))
+            return
+        lease.granted_at = time.monotonic()
+        self.workers.log_monitor.wake(worker.out_path)
+        self.workers.log_monitor.wake(worker.err_path)
+        self._report_now()
+        pool = self.workers.pool
+        # Keep a worker warm so the next lease (often an actor) does not wait for a process start.
+        if (not worker.env_key and not pool.idle and not pool.num_starting()
+                and pool.can_start(self.table.num_blocked()) and not self.node.stopping):
+            self.workers.start_worker()
+        fut.set_result({
+            "lease_id": lease.lease_id,
+            "worker_id": worker.worker_id,
+            "address": worker.address,
+            "node_id": self.node.node_id,
+            "pid": worker.pid,
+            "gpu_ids": lease.gpu_ids,
+        })
 
     def _start_workers_for(self, env_key: str, waiting: list[LeaseRequest]) -> None:
         """Start workers of runtime env ``env_key`` for requests that found none idle.
@@ -187,23 +264,26 @@ class LeaseService:
         wait). Then tasks, up to ``max_workers`` (a full pool makes room by
         ending an idle worker of another env).
         """
+        pool = self.workers.pool
         actors = [req for req in waiting if req.for_actor]
         remaining = len(waiting)
-        starting = self.pool.num_starting(env_key)
+        starting = pool.num_starting(env_key)
         wanted = len(actors) - starting
         if wanted > 0:
             room = self._actor_worker_room(wanted)
             if room.count < wanted:
-                self._refuse_actors(actors[len(actors) - (wanted - room.count):], room.reason)
+                refusal = self.table.actor_refusal(room.reason)
+                for req in actors[len(actors) - (wanted - room.count):]:
+                    self.apply(self.table.reject(req, refusal))
                 remaining -= wanted - room.count
             for _ in range(room.count):
-                if not self.pool.launch_ready():
-                    return  # one registers (or the fork server gets ready) soon: _schedule runs again then
+                if not pool.launch_ready():
+                    return  # one registers (or the fork server gets ready) soon: scheduling runs again then
                 if not self._start_env_worker(env_key):
                     return
                 starting += 1
-        while remaining > starting and self.pool.launch_ready():
-            if not self.pool.can_start(self._num_blocked()) and not self.pool.evict_idle(env_key):
+        while remaining > starting and pool.launch_ready():
+            if not pool.can_start(self.table.num_blocked()) and not pool.evict_idle(env_key):
                 break
             if not self._start_env_worker(env_key):
                 return
@@ -212,12 +292,12 @@ class LeaseService:
     def _start_env_worker(self, env_key: str) -> bool:
         """Start a worker of ``env_key``; False (the env failed) when its interpreter cannot run."""
         try:
-            self._start_worker(env_key)
+            self.workers.start_worker(env_key)
         except OSError as exc:
             if not env_key:
                 raise
             self.renv_agent.report_failure(env_key, f"could not start a worker in it: {exc}")
-            asyncio.get_running_loop().call_soon(self._schedule)
+            asyncio.get_running_loop().call_soon(self.schedule)
             return False
         return True
 
@@ -228,7 +308,7 @@ class LeaseService:
         threshold = cfg.memory_usage_threshold
         return worker_limits.actor_worker_room(
             wanted,
-            actor_workers=self.pool.num_dedicated(),
+            actor_workers=self.workers.pool.num_dedicated(),
             max_actor_workers=cfg.max_actor_workers,
             fds_open=worker_limits.open_fds(),
             fd_limit=self.fd_limit,
@@ -236,67 +316,32 @@ class LeaseService:
             memory_threshold=threshold,
         )
 
-    def _refuse_actors(self, requests: list[LeaseRequest], reason: str, queued: bool = True) -> None:
-        from ember.exceptions import ActorUnschedulableError
+    # ================================================================ the cluster view
+    def _local_view(self) -> dict[bytes, policy.NodeView]:
+        return self.view.with_local(self.table.total, self.table.committed_available())
 
-        for req in requests:
-            if queued:
-                self.pending.remove(req)
-            if not req.future.done():
-                err = ActorUnschedulableError(
-                    f"Node {self.node_id.hex()[:12]} ({self.opts.node_ip}) cannot start another actor process: {reason}"
-                )
-                err.expected = True  # type: ignore[attr-defined]
-                req.future.set_exception(err)
+    def on_view(self) -> None:
+        """A new cluster view: move waiting requests elsewhere, warn about those no node can run."""
+        self.rebalance()
+        for req in self.table.queue:
+            if not res.fits(req.resources, self.table.total):
+                self._warn_infeasible(req)
 
-    def _grant(self, req: LeaseRequest, worker: WorkerHandle) -> None:
-        lease_id = ids.random_unique_id()
-        worker.transition(WorkerState.LEASED, f"lease {lease_id.hex()[:12]}")
-        worker.lease_id = lease_id
-        worker.dedicated = req.for_actor
-        self.log_monitor.wake(worker.out_path)
-        self.log_monitor.wake(worker.err_path)
-        res.subtract(self.available, req.hold)
-        self.report_now()
-        lease = Lease(lease_id, worker, req.hold, req.conn)
-        lease.gpu_ids = self.gpus.allocate(req.hold.get("GPU", 0))
-        lease.retriable = bool(req.payload.get("retriable", True))
-        lease.granted_at = time.monotonic()
-        self.leases[lease_id] = lease
-        # Keep a worker warm so the next lease (often an actor) does not wait for a process start.
-        if not worker.env_key and not self.pool.idle and not self.pool.num_starting() and self.pool.can_start(self._num_blocked()) and not self.stopping:
-            self._start_worker()
-        req.future.set_result({
-            "lease_id": lease_id,
-            "worker_id": worker.worker_id,
-            "address": worker.address,
-            "node_id": self.node_id,
-            "pid": worker.pid,
-            "gpu_ids": lease.gpu_ids,
-        })
-
-    def fail_envs_whose_workers_crash(self, limit: int = 3) -> None:
-        """An env whose workers keep exiting before they register (a broken interpreter or
-        package) fails its requests with the last worker's error output, instead of looping."""
-        for env_key, err_paths in list(self.pool.failed_starts.items()):
-            if len(err_paths) < limit:
+    def rebalance(self) -> None:
+        """Send waiting requests to other nodes that can run them now."""
+        if len(self.view.nodes) < 2:
+            self.schedule()
+            return
+        view = self._local_view()
+        for req in list(self.table.queue):
+            # Spilled requests too: the node that sent one here decided on a stale view
+            # (reports lag), so it may wait here while a CPU is free elsewhere.
+            if res.fits(req.resources, self.table.available):
                 continue
-            del self.pool.failed_starts[env_key]
-            try:
-                with open(err_paths[-1], errors="replace") as f:
-                    tail = "\n".join(f.read().splitlines()[-20:])
-            except OSError:
-                tail = "(no output)"
-            self.renv_agent.report_failure(
-                env_key, f"{len(err_paths)} workers exited before they could start in it; the last one wrote:\n{tail}")
-            self._schedule()
-
-    def _fail_runtime_env(self, req: LeaseRequest, message: str) -> None:
-        from ember.exceptions import RuntimeEnvSetupError
-
-        err = RuntimeEnvSetupError(f"Failed to set up runtime environment on node {self.node_id.hex()[:12]}: {message}")
-        err.expected = True  # type: ignore[attr-defined]
-        req.future.set_exception(err)
+            decision = self.view.decide(req.resources, req.payload.get("strategy"), view)
+            if decision.kind == policy.SPILLBACK and decision.node_id is not None:
+                self.apply(self.table.spill_back(req, decision.node_id, view[decision.node_id].address))
+        self.schedule()
 
     def _warn_infeasible(self, req: LeaseRequest) -> None:
         if req.warned_infeasible:
@@ -311,10 +356,11 @@ class LeaseService:
             f"The nodes have: {shapes}. It will wait until a node that can run it joins. "
             "Lower the request (num_cpus=, num_gpus=, resources=), or add a node with enough resources."
         )
-        req.conn.notify("infeasible", {"request_id": req.request_id, "message": message})
+        holder: Holder = req.holder
+        holder.notify("infeasible", {"request_id": req.request_id, "message": message})
 
 
-def _check_renv(renv: Any) -> None:
+def check_renv(renv: Any) -> None:
     """A request's ``renv`` must be [key, env dict] (checked before it reaches scheduling)."""
     if not (isinstance(renv, (list, tuple)) and len(renv) == 2 and isinstance(renv[0], str) and renv[0]
             and isinstance(renv[1], dict)):

@@ -48,8 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     async def serve(stop: asyncio.Event) -> None:
-        raylet = Raylet(opts, token)
-        raylet.stop_event = stop
+        raylet = Raylet(opts, token, stop)
         try:
             await raylet.start()
             await stop.wait()

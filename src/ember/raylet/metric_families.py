@@ -80,6 +80,6 @@ def render(families: list[Family], accept: str = "") -> tuple[bytes, str]:
     from prometheus_client.exposition import choose_encoder
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(families))  # type: ignore[arg-type]
+    registry.register(_Collector(families))
     encoder, content_type = choose_encoder(accept)
     return encoder(registry), content_type

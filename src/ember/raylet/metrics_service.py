@@ -1,6 +1,6 @@
 """The node daemon's metrics: what its processes report, its own, and the metrics port.
 
-Mixed into ``Raylet``. Processes send application metrics in batches
+Processes send application metrics in batches
 (``report_metrics``, see ``ember.core.metrics_recorder``); a scrape of the
 metrics port (``metrics_http``) builds every family at that moment: the
 application metrics, resources, object store, node CPU and memory, per-
@@ -14,7 +14,7 @@ import asyncio
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ember._private import resources as res
 from ember._private import session
@@ -22,57 +22,68 @@ from ember._private.config import config
 from ember._private.version import __version__
 from ember.exceptions import ConnectionLost, RemoteError
 from ember.raylet import metric_families, system_metrics
+from ember.raylet.clients import ClientRegistry
+from ember.raylet.control_link import ControlServiceLink
+from ember.raylet.lease_table import LeaseTable
 from ember.raylet.metric_families import COUNTER, Family
 from ember.raylet.metrics_http import MetricsHttpServer
+from ember.raylet.node import NodeContext
+from ember.raylet.object_store import ObjectStore
 from ember.raylet.user_metrics import UserMetrics
-from ember.raylet.worker_pool import WorkerState
+from ember.raylet.worker_pool import WorkerPool, WorkerState
 from ember.rpc import Connection
-
-if TYPE_CHECKING:
-    from ember.raylet.server import Raylet
 
 logger = logging.getLogger(__name__)
 
 
 class MetricsService:
-    def _init_metrics(self: Raylet) -> None:
-        session = system_metrics.session_name(self.opts.session_dir)
+    def __init__(self, node: NodeContext, table: LeaseTable, store: ObjectStore, pool: WorkerPool,
+                 clients: ClientRegistry, link: ControlServiceLink, listen_fd: int = -1, port: int = 0) -> None:
+        self.node = node
+        self.table = table
+        self.store = store
+        self.pool = pool
+        self.clients = clients
+        self.link = link
+        #: An inherited listening socket (``init`` binds it), else the port to bind.
+        self._listen_fd = listen_fd
+        self._port = port
+        session = system_metrics.session_name(node.session_dir)
         self._raylet_labels = {
-            "Component": "raylet", "NodeAddress": self.opts.node_ip, "SessionName": session, "Version": __version__,
+            "Component": "raylet", "NodeAddress": node.node_ip, "SessionName": session, "Version": __version__,
         }
         self._node_labels = {
-            "IsHeadNode": "true" if self.opts.is_head else "false",
-            "RayNodeType": "head" if self.opts.is_head else "worker",
-            "SessionName": session, "Version": __version__, "ip": self.opts.node_ip,
+            "IsHeadNode": "true" if node.is_head else "false",
+            "RayNodeType": "head" if node.is_head else "worker",
+            "SessionName": session, "Version": __version__, "ip": node.node_ip,
         }
         self.user_metrics = UserMetrics(config().metrics_max_series, {
-            "NodeAddress": self.opts.node_ip, "SessionName": session, "Version": __version__,
+            "NodeAddress": node.node_ip, "SessionName": session, "Version": __version__,
         })
         self._os_sampler = system_metrics.OsSampler()
         #: Each local process's task counts (its latest report), dropped when it disconnects.
         self.task_counts: dict[bytes, list[list[Any]]] = {}
         self.metrics_server: MetricsHttpServer | None = None
 
-    async def _start_metrics(self: Raylet) -> None:
-        opts = self.opts
-        if opts.metrics_listen_fd >= 0:
-            sock = socket.socket(fileno=opts.metrics_listen_fd)
+    async def start(self) -> None:
+        if self._listen_fd >= 0:
+            sock = socket.socket(fileno=self._listen_fd)
         else:
             from ember._private.node import bind_listener
 
-            sock = bind_listener(opts.node_ip, opts.metrics_export_port)
+            sock = bind_listener(self.node.node_ip, self._port)
         self.metrics_server = MetricsHttpServer(sock, self._render_metrics, config().metrics_request_timeout_s)
         await self.metrics_server.start()
 
-    async def _stop_metrics(self: Raylet) -> None:
+    async def stop(self) -> None:
         if self.metrics_server is not None:
             await self.metrics_server.stop()
 
     @property
-    def metrics_export_port(self: Raylet) -> int:
+    def port(self) -> int:
         return self.metrics_server.port if self.metrics_server is not None else 0
 
-    def rpc_report_metrics(self: Raylet, conn: Connection, batch: dict[str, Any]) -> None:
+    def rpc_report_metrics(self, conn: Connection, batch: dict[str, Any]) -> None:
         worker_id = batch["worker_id"]
         if "points" in batch:
             self.user_metrics.report(worker_id, batch)
@@ -80,14 +91,17 @@ class MetricsService:
         if tasks is not None:
             if worker_id not in self.task_counts:
                 # A process's counts go with it (as in Ray, whose per-process gauges stop).
-                conn.add_close_callback(lambda _conn: self.task_counts.pop(worker_id, None))
+                def forget(_conn: Connection) -> None:
+                    self.task_counts.pop(worker_id, None)
+
+                conn.add_close_callback(forget)
             self.task_counts[worker_id] = tasks
 
-    async def _render_metrics(self: Raylet, accept: str) -> tuple[bytes, str]:
+    async def _render_metrics(self, accept: str) -> tuple[bytes, str]:
         families = await self.metric_families()
         return metric_families.render(families, accept)
 
-    async def metric_families(self: Raylet) -> list[Family]:
+    async def metric_families(self) -> list[Family]:
         """Every metric of this node now."""
         families = self.user_metrics.families()
         families.append(Family(
@@ -97,11 +111,11 @@ class MetricsService:
         ))
         cluster_labels = {k: v for k, v in self._raylet_labels.items() if k != "Component"}
         families.append(system_metrics.tasks(self.task_counts.values(), cluster_labels))
-        families.append(system_metrics.resources(res.to_float(self.total), res.to_float(self.available), self._raylet_labels))
+        families.append(system_metrics.resources(res.to_float(self.table.total), res.to_float(self.table.available), self._raylet_labels))
         stats = dict(self.store.stats())
         stats["unsealed"] = sum(e.size for e in self.store.objects.values() if not e.sealed)
         families += system_metrics.object_store(stats, self._raylet_labels)
-        if self.opts.is_head:
+        if self.node.is_head:
             actors = await self._gcs_actors()
             if actors is not None:
                 families.append(system_metrics.actors(actors, cluster_labels))
@@ -110,25 +124,26 @@ class MetricsService:
         families += await asyncio.get_running_loop().run_in_executor(None, self._sample_os, components, labels)
         return families
 
-    def _sample_os(self: Raylet, components: list[tuple[str, int]], labels: dict[str, str]) -> list[Family]:
+    def _sample_os(self, components: list[tuple[str, int]], labels: dict[str, str]) -> list[Family]:
         """The node's and its processes' CPU and memory (in a thread: it reads /proc)."""
         return self._os_sampler.node(self._node_labels) + self._os_sampler.components(components, labels)
 
-    async def _gcs_actors(self: Raylet) -> list[dict[str, Any]] | None:
+    async def _gcs_actors(self) -> list[dict[str, Any]] | None:
         """The control service's actor table (head node; None when it does not answer)."""
-        if self.gcs is None or self.gcs.closed:
+        if not self.link.connected:
             return None
         try:
-            return await self.gcs.call("list_actors", None, config().metrics_gcs_timeout_s)
+            actors: list[dict[str, Any]] = await self.link.call("list_actors", None, config().metrics_gcs_timeout_s)
+            return actors
         except (ConnectionLost, RemoteError, asyncio.TimeoutError) as exc:
             logger.debug("no actor counts for this scrape: %s", exc)
             return None
 
-    def _components(self: Raylet) -> list[tuple[str, int]]:
+    def _components(self) -> list[tuple[str, int]]:
         """(Ray's component name, pid) of every Ember process of this node."""
         out = [("raylet", os.getpid())]
-        if self.opts.is_head:  # the head's other daemons, as their pid files name them now
-            pids = session.read_pid_files(self.opts.session_dir)
+        if self.node.is_head:  # the head's other daemons, as their pid files name them now
+            pids = session.read_pid_files(self.node.session_dir)
             out += [(name, pids[name]) for name in ("gcs", "dashboard") if name in pids]
         launcher = self.pool.launcher
         zygote = getattr(launcher, "proc", None)
@@ -136,8 +151,5 @@ class MetricsService:
             out.append(("ember::fork_server", zygote.pid))
         for worker in self.pool.alive():
             out.append(("ray::IDLE" if worker.state is WorkerState.IDLE else "ray::worker", worker.pid))
-        for conn in self.clients.values():
-            pid = conn.state.get("pid")
-            if pid and "worker" not in conn.state:
-                out.append(("driver", int(pid)))
+        out += [("driver", pid) for pid in self.clients.driver_pids()]
         return out

@@ -1,10 +1,9 @@
-"""The object RPCs of ``Raylet``: creating, sealing, freeing, restoring and pulling objects.
+"""The node's objects as an RPC service: creating, sealing, freeing, restoring and pulling objects.
 
-Also watches owners on other nodes whose objects are stored here, so those
-objects are freed when their owner dies.
-
-A mixin: the state it uses (store, spiller, object manager) is created by
-``Raylet.__init__``.
+Owns the store's accounting (``object_store.py``), the spiller, the object
+manager (pulls between nodes) and the connections to other node daemons. Also
+watches owners on other nodes whose objects are stored here, so those objects
+are freed when their owner dies.
 """
 
 from __future__ import annotations
@@ -14,8 +13,14 @@ import logging
 from typing import Any
 
 from ember._private.config import config
-from ember.exceptions import ConnectionLost, ObjectStoreFullError
-from ember.raylet.object_store import fmt_bytes
+from ember.exceptions import ConnectionLost, ObjectLostError, ObjectStoreFullError
+from ember.raylet.clients import ClientRegistry
+from ember.raylet.cluster_view import ClusterView
+from ember.raylet.lease_table import expected
+from ember.raylet.node import NodeContext
+from ember.raylet.object_manager import ObjectManager
+from ember.raylet.object_store import ObjectStore, fmt_bytes
+from ember.raylet.spilling import Spiller
 from ember.rpc import Connection, connect
 
 logger = logging.getLogger(__name__)
@@ -24,8 +29,49 @@ logger = logging.getLogger(__name__)
 OWNER_WATCH_ATTEMPTS = 8
 
 
+class RayletPeers:
+    """One connection to each other node daemon this one talks to (pulls, remote frees)."""
+
+    def __init__(self, node: NodeContext, handlers: object) -> None:
+        self.node = node
+        self._handlers = handlers
+        self._peers: dict[tuple[str, int], asyncio.Future[Connection]] = {}
+
+    async def connect(self, address: list[Any]) -> Connection:
+        key = (address[0], address[1])
+        fut = self._peers.get(key)
+        if fut is not None and fut.done() and (fut.exception() is not None or fut.result().closed):
+            fut = None
+        if fut is None:
+            fut = asyncio.ensure_future(connect(key, self.node.token, self._handlers,
+                                                info={"role": "raylet", "address": self.node.address}))
+            self._peers[key] = fut
+        return await asyncio.shield(fut)
+
+
 class ObjectService:
-    """Object-store RPCs and owner watches (mixed into ``Raylet``)."""
+    def __init__(self, node: NodeContext, store: ObjectStore, spiller: Spiller, peers: RayletPeers,
+                 clients: ClientRegistry, view: ClusterView) -> None:
+        self.node = node
+        self.store = store
+        self.spiller = spiller
+        self.peers = peers
+        self.clients = clients
+        self.view = view
+        self.objects = ObjectManager(store, node.node_id, peers.connect, node.token, self.allocate_object)
+        #: Owners on other nodes of objects stored here: a connection to each, to learn of its death.
+        self._owner_watches: dict[bytes, asyncio.Task[None]] = {}
+        self._owner_conns: dict[bytes, Connection] = {}
+
+    def sealed_path(self, object_id: bytes) -> str | None:
+        """A local file holding the sealed object (in the store or spilled), for the transfer server."""
+        if self.store.contains(object_id):
+            return self.store.path(object_id)
+        return self.spiller.local_spill_path(object_id)
+
+    def stop(self) -> None:
+        self.store.destroy()
+        self.spiller.stop()
 
     # ================================================================ RPC: objects
     async def rpc_create_object(self, conn: Connection, p: dict[str, Any]) -> Any:
@@ -34,7 +80,7 @@ class ObjectService:
             raise ValueError(f"bad create_object request: size {size}, object id {p.get('object_id')!r}")
         reuse, fallback_path = await self.allocate_object(p["object_id"], size, p["owner"])
         if p.get("owner_address") and p["owner"] not in self.clients and p["owner"] not in self._owner_watches:
-            self._owner_watches[p["owner"]] = self.background.spawn(
+            self._owner_watches[p["owner"]] = self.node.background.spawn(
                 self._watch_owner(p["owner"], p["owner_address"]), "watch an object owner"
             )
         if fallback_path is not None:
@@ -56,9 +102,8 @@ class ObjectService:
         except ObjectStoreFullError as exc:
             why_not = store.fallback_room(size)
             if why_not:
-                err = ObjectStoreFullError(f"{exc} It cannot go to a fallback file on disk either: {why_not}.")
-                err.expected = True  # type: ignore[attr-defined]
-                raise err from None
+                raise expected(ObjectStoreFullError(
+                    f"{exc} It cannot go to a fallback file on disk either: {why_not}.")) from None
         path = store.reserve_fallback(object_id, size, owner, primary)
         logger.warning(
             "object %s of %s does not fit in the object store (%s of %s used after spilling): "
@@ -81,7 +126,7 @@ class ObjectService:
         failure: Exception | None = None
         for _ in range(OWNER_WATCH_ATTEMPTS):
             try:
-                return await connect((address[0], address[1]), self.token, None, info={"role": "raylet"},
+                return await connect((address[0], address[1]), self.node.token, None, info={"role": "raylet"},
                                      timeout=config().owner_watch_connect_timeout_s, retry=False)
             except ConnectionLost as exc:
                 # A core worker listens before its address is handed out: a refusal means it is gone.
@@ -108,18 +153,18 @@ class ObjectService:
     def _owner_gone(self, owner: bytes) -> None:
         self._owner_watches.pop(owner, None)
         self._owner_conns.pop(owner, None)
-        if not self.stopping and owner not in self.clients:
-            self._free_owned(owner)
+        if not self.node.stopping and owner not in self.clients:
+            self.free_owned(owner)
 
-    def _free_owned(self, owner: bytes) -> None:
+    def free_owned(self, owner: bytes) -> None:
         """Free every object (in memory, spilled, and the copies on other nodes) of an owner that died."""
         oids = [oid for oid, e in self.store.objects.items() if e.owner == owner]
         oids += [oid for oid, e in self.store.spilled.items() if e.owner == owner and oid not in oids]
         if oids:
             logger.info("freeing %d object(s) of owner %s, which died", len(oids), owner.hex()[:12])
-            self.rpc_free_objects(None, {"object_ids": oids})  # type: ignore[arg-type]
+            self.free(oids)
 
-    def _close_idle_owner_watches(self) -> None:
+    def close_idle_owner_watches(self) -> None:
         if not self._owner_conns:
             return
         owners = {e.owner for e in self.store.objects.values()} | {e.owner for e in self.store.spilled.values()}
@@ -140,44 +185,40 @@ class ObjectService:
     async def rpc_prepare_transfer(self, conn: Connection, p: dict[str, Any]) -> bool:
         """Before another node streams an object from us: make sure there is a local file to send."""
         object_id = p["object_id"]
-        if self._sealed_path(object_id) is not None:
+        if self.sealed_path(object_id) is not None:
             return True
         if await self.spiller.restore(object_id):
             return True
-        from ember.exceptions import ObjectLostError
+        raise expected(ObjectLostError(object_id.hex(), f"object {object_id.hex()} is not on node {self.node.short_id}"))
 
-        err = ObjectLostError(object_id.hex(), f"object {object_id.hex()} is not on node {self.node_id.hex()[:12]}")
-        err.expected = True  # type: ignore[attr-defined]
-        raise err
+    def rpc_free_objects(self, conn: Connection | None, p: dict[str, Any]) -> None:
+        self.free(p["object_ids"])
 
-    def rpc_free_objects(self, conn: Connection, p: dict[str, Any]) -> None:
+    def free(self, object_ids: list[bytes]) -> None:
+        """Free objects here, their spill files, and the copies other nodes made of them."""
         by_copy: dict[tuple[str, int], list[bytes]] = {}
-        for oid in p["object_ids"]:
+        for oid in object_ids:
             url = self.store.free(oid)
             if url:
                 self.spiller.delete(url)
             for address in self.objects.on_free(oid):
                 by_copy.setdefault((address[0], address[1]), []).append(oid)
-        for address, oids in by_copy.items():
-            self.background.spawn_if_open(self._free_remote(list(address), oids), "free remote copies")
+        for (host, port), oids in by_copy.items():
+            self.node.background.spawn_if_open(self._free_remote([host, port], oids), "free remote copies")
 
     async def _free_remote(self, address: list[Any], object_ids: list[bytes]) -> None:
         try:
-            conn = await self._connect_raylet(address)
+            conn = await self.peers.connect(address)
             conn.notify("free_objects", {"object_ids": object_ids})
         except Exception as exc:
             logger.debug("could not free copies on %s: %s", address, exc)
 
     async def rpc_pull_object(self, conn: Connection, p: dict[str, Any]) -> bool:
         source = p["address"]
-        if any(list(dead.address[:2]) == list(source[:2]) for dead in self.dead_nodes.values()):
+        if self.view.is_dead_address(source):
             # Fail at once (the owner rebuilds it from lineage) instead of retrying a
             # connection to a dead daemon for connect_timeout_s.
-            from ember.exceptions import ObjectLostError
-
-            err = ObjectLostError(p["object_id"].hex(), f"the node at {source[0]}:{source[1]} that held it is dead")
-            err.expected = True  # type: ignore[attr-defined]
-            raise err
+            raise expected(ObjectLostError(p["object_id"].hex(), f"the node at {source[0]}:{source[1]} that held it is dead"))
         await self.objects.pull(p["object_id"], p["address"], int(p["size"]), p.get("owner") or b"")
         return True
 
@@ -196,4 +237,11 @@ class ObjectService:
 
     def rpc_store_stats(self, conn: Connection, p: Any) -> dict[str, int]:
         return self.store.stats()
+
+    def node_died(self, address: tuple[str, int]) -> None:
+        """Copies pulled from a dead node's primaries: nobody will free them (the owner's record
+        points at the dead node, and a reconstructed primary does not know them)."""
+        orphans = [oid for oid, src in self.objects.sources.items() if src == address]
+        if orphans:
+            self.free(orphans)
 

@@ -287,7 +287,7 @@ class ObjectStore:
         pooled = sum(size for _, size in self.pool)
         if self.pooled_bytes != pooled:
             problems.append(f"pooled_bytes is {self.pooled_bytes} but the kept files add up to {pooled}")
-        if min(e.size for e in [*self.objects.values(), *self.spilled.values()] or [ObjectEntry(0, b"", True)]) < 0:
+        if any(e.size < 0 for e in self.objects.values()) or any(e.size < 0 for e in self.spilled.values()):
             problems.append("an object has a negative size")
         if problems:
             raise InvariantViolation("object store: " + "; ".join(problems))

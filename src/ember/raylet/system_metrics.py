@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter as _Tally
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ember.raylet.metric_families import Family, gauge
@@ -100,7 +100,7 @@ class OsSampler:
 
         rss: _Tally[tuple[str, str]] = _Tally()
         uss: _Tally[tuple[str, str]] = _Tally()
-        cpu: _Tally[tuple[str, str]] = _Tally()
+        cpu: dict[tuple[str, str], float] = {}
         seen: set[int] = set()
         for component, pid in components:
             proc = self._procs.get(pid)
@@ -113,7 +113,7 @@ class OsSampler:
                 key = (component, "" if component.startswith("ray::") else str(pid))
                 rss[key] += info.rss
                 uss[key] += getattr(info, "uss", 0)
-                cpu[key] += proc.cpu_percent(None)
+                cpu[key] = cpu.get(key, 0.0) + proc.cpu_percent(None)
                 seen.add(pid)
             except (psutil.Error, OSError):
                 continue
@@ -122,7 +122,7 @@ class OsSampler:
         names = ("Component", "pid", *labels)
         fixed = tuple(labels.values())
 
-        def fam(name: str, help: str, tally: _Tally[tuple[str, str]], scale: float) -> Family:
+        def fam(name: str, help: str, tally: Mapping[tuple[str, str], float], scale: float) -> Family:
             return gauge(name, help, names, [((c, p, *fixed), v / scale) for (c, p), v in sorted(tally.items())])
 
         return [

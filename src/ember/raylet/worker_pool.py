@@ -15,7 +15,6 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ember._private import ids
@@ -73,6 +72,8 @@ class WorkerHandle:
         self.exit_detail = ""
         #: Why the node daemon ended this worker itself ("" when it died on its own).
         self.end_reason = ""
+        #: SIGKILLed by the node daemon: never leased again, whatever its state until its death is seen.
+        self.killed = False
 
     @property
     def label(self) -> str:
@@ -85,12 +86,11 @@ class WorkerHandle:
 
 
 class WorkerPool:
-    def __init__(self, logs_dir: str, env: dict[str, str], max_workers: int, on_change: Callable[[], None]) -> None:
+    def __init__(self, logs_dir: str, env: dict[str, str], max_workers: int) -> None:
         self.launcher: Any = SpawnLauncher()
         self.logs_dir = logs_dir
         self.env = env
         self.max_workers = max_workers
-        self.on_change = on_change
         self.workers: dict[bytes, WorkerHandle] = {}
         self.idle: list[WorkerHandle] = []
         #: Fresh interpreters that may be starting at once while the fork server warms up.
@@ -202,18 +202,28 @@ class WorkerPool:
         """The most recently idle worker of ``env_key`` (a task never runs in another env's worker)."""
         for index in range(len(self.idle) - 1, -1, -1):
             handle = self.idle[index]
-            if handle.state is not WorkerState.IDLE:
+            if handle.state is not WorkerState.IDLE or handle.killed:
                 del self.idle[index]
             elif handle.env_key == env_key:
                 del self.idle[index]
                 return handle
         return None
 
-    def push_idle(self, handle: WorkerHandle) -> None:
-        if handle.state is WorkerState.LEASED:
+    def lease_worker(self, handle: WorkerHandle, lease_id: bytes, dedicated: bool) -> None:
+        """An idle worker (taken with :meth:`pop_idle`) now serves ``lease_id``."""
+        handle.transition(WorkerState.LEASED, f"lease {lease_id.hex()[:12]}")
+        handle.lease_id = lease_id
+        handle.dedicated = dedicated
+
+    def return_worker(self, handle: WorkerHandle) -> None:
+        """Its lease was returned: the worker is idle again (unless it is being killed)."""
+        handle.lease_id = None
+        if handle.state is WorkerState.LEASED and not handle.killed:
             handle.transition(WorkerState.IDLE, "lease returned")
-            handle.lease_id = None
             self.idle.append(handle)
+
+    def leased_workers(self) -> list[WorkerHandle]:
+        return [w for w in self.workers.values() if w.state is WorkerState.LEASED]
 
     # ----------------------------------------------------------------- death
     def mark_dead(self, handle: WorkerHandle) -> None:
@@ -229,6 +239,7 @@ class WorkerPool:
         """SIGKILL the worker; ``reason`` (why the node daemon chose to) is what its death report says."""
         if reason and not handle.end_reason:
             handle.end_reason = reason
+        handle.killed = True
         if handle.proc.poll() is None:
             try:
                 handle.proc.kill()

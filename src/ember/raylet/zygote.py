@@ -59,7 +59,9 @@ def _child(request: dict[str, object], zygote_pid: int) -> None:
     os.dup2(err, 2)
     for fd in (devnull, out, err):
         os.close(fd)
-    os.environ.update({str(k): str(v) for k, v in dict(request.get("env") or {}).items()})  # type: ignore[arg-type]
+    env = request.get("env")
+    if isinstance(env, dict):
+        os.environ.update({str(k): str(v) for k, v in env.items()})
     os.environ["EMBER_WORKER_ID"] = str(request["worker_id"])
     if request.get("cwd"):
         try:
