@@ -66,6 +66,10 @@ class FakeConn:
         self.notified: list[tuple[str, Any]] = []
         self.closed = False
         self.peer_info: dict[str, Any] = {}
+        self.close_callbacks: list[Any] = []
+
+    def add_close_callback(self, callback: Any) -> None:
+        self.close_callbacks.append(callback)
 
     def notify(self, method: str, payload: Any) -> None:
         self.notified.append((method, payload))

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import os
 import socket
-from typing import Any, cast
+from typing import Any
 
 from ember._private import ids
 from ember._private import resources as res
@@ -156,7 +156,7 @@ class Raylet:
             info={"role": "raylet", "node_id": node.node_id, "transfer_port": self.transfer.port},
             on_close=self._on_disconnect,
         )
-        port: int = cast(asyncio.Server, self._server).sockets[0].getsockname()[1]
+        port: int = self._server.sockets[0].getsockname()[1]
         node.address = [opts.node_ip, port]
         await self.metrics.start()
         self.workers.start({
