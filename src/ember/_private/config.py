@@ -184,6 +184,8 @@ class Config:
     job_full_check_period_s: float = 30.0
     #: Seconds between reads of a job's log file while its logs are followed.
     job_log_poll_period_s: float = 0.1
+    #: Seconds the job manager waits for a supervisor to answer a log read.
+    job_supervisor_call_timeout_s: float = 10.0
     #: Characters of output quoted in a FAILED job's message.
     job_failure_log_chars: int = 20000
     #: Bytes of a job's log kept in the cluster when it ran on a node other than the head.

@@ -272,12 +272,13 @@ def _join_existing(gcs_address: str, token: str | None) -> tuple[str, str]:
     """The cluster token and this machine's node daemon address for a running cluster."""
     import asyncio
 
+    from ember._private.config import config
     from ember.rpc import connect
 
     token = session.cluster_token(gcs_address, token)
 
     async def query() -> list[dict[str, Any]]:
-        conn = await connect(gcs_address, token, timeout=5.0)
+        conn = await connect(gcs_address, token, timeout=config().connect_timeout_s)
         try:
             nodes: list[dict[str, Any]] = await conn.call("get_nodes", None)
             return nodes

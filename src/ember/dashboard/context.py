@@ -8,6 +8,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from ember._private.background import BackgroundTasks
 from ember._private.config import Config
 from ember.dashboard.gcs_client import GcsClient
 
@@ -37,7 +38,7 @@ class DashboardContext:
     port: int = 0
     public_paths: set[str] = field(default_factory=set)
     public_prefixes: list[str] = field(default_factory=list)
-    _background: set[asyncio.Task[Any]] = field(default_factory=set)
+    _background: BackgroundTasks = field(default_factory=lambda: BackgroundTasks("HTTP server"))
 
     @property
     def logs_dir(self) -> str:
@@ -62,18 +63,8 @@ class DashboardContext:
 
     def run_in_background(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Start a task owned by the server: cancelled and awaited when it stops."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
+        return self._background.spawn(coro, getattr(coro, "__name__", ""))
 
     async def close(self) -> None:
-        tasks = list(self._background)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await self._background.close(self.config.process_stop_timeout_s)
         self.gcs.close()

@@ -315,7 +315,8 @@ class JobManager:
         def read() -> bytes | None:
             try:
                 actor = ember.get_actor(supervisor_name(submission_id), namespace=SUPERVISOR_NAMESPACE)
-                data: bytes | None = ember.get(actor.read_log.remote(offset, max_bytes or (1 << 30)), timeout=10)
+                data: bytes | None = ember.get(actor.read_log.remote(offset, max_bytes or (1 << 30)),
+                                               timeout=config().job_supervisor_call_timeout_s)
                 return data
             except Exception:  # gone between the lookup and the call: the caller falls back
                 return None
