@@ -418,7 +418,7 @@ def test_random_event_orders_keep_the_invariants(seed: int) -> None:
         choice = rng.random()
         actors = list(d.core.actors)
         if choice < 0.12 or not actors:
-            d.register(spec(step + 1, max_restarts=rng.choice([0, 1, 3, -1]),
+            d.register(spec(step + 1, max_restarts=rng.choice([0, 1, 3, -1]), detached=rng.random() < 0.5,
                             name=rng.choice([None, "x", "y"]), get_if_exists=True))
         elif choice < 0.25:
             d.place(nodes)
@@ -435,23 +435,26 @@ def test_random_event_orders_keep_the_invariants(seed: int) -> None:
             elif kind < 0.85:
                 d.lease_cancelled(r.actor_id, r.request_id)
             else:
-                d.lease_failed(r.actor_id, r.request_id, rng.choice(list(LeaseFailure)), "no")
+                failure = LeaseFailure.NODE_LOST if rng.random() < 0.7 else rng.choice(list(LeaseFailure))
+                d.lease_failed(r.actor_id, r.request_id, failure, "no")
         elif choice < 0.65 and pushes:
             p = pushes.pop(rng.randrange(len(pushes)))
             if rng.random() < 0.8:
                 d.creation_replied(p.actor_id, p.worker_id, {"s": "ok" if rng.random() < 0.9 else "err"})
             else:
                 d.creation_error(p.actor_id, p.worker_id, "broken")
-        elif choice < 0.8:
+        elif choice < 0.74:
             workers = list(d.core.by_worker) + [p.worker_id for p in pushes]
             if workers:
                 d.worker_died(rng.choice(workers), "crash")
-        elif choice < 0.88:
+        elif choice < 0.85:
             d.kill(rng.choice(actors), rng.random() < 0.5)
-        elif choice < 0.93:
+        elif choice < 0.88:
             d.node_died(rng.choice([NODE_A, NODE_B]), "test")  # node ids are reused: stale answers
-        else:
+        elif choice < 0.89:
             d.job_finished(JOB)
+        else:
+            d.place(nodes)
         for action in d.actions():
             if isinstance(action, RequestLease):
                 requests.append(action)
