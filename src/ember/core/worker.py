@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import json
 import logging
 import os
@@ -63,11 +64,15 @@ class RpcHandlers:
     """
 
     def register(self, component: object) -> None:
-        for name in dir(type(component)):
-            if name.startswith("rpc_"):
-                if name in self.__dict__:
-                    raise ValueError(f"two components answer {name[4:]!r}")
-                setattr(self, name, getattr(component, name))
+        for name in _handler_names(type(component)):
+            if name in self.__dict__:
+                raise ValueError(f"two components answer {name[4:]!r}")
+            setattr(self, name, getattr(component, name))
+
+
+@functools.cache
+def _handler_names(cls: type) -> tuple[str, ...]:
+    return tuple(name for name in dir(cls) if name.startswith("rpc_"))
 
 
 class CoreWorker:
