@@ -152,8 +152,19 @@ class OfflineCore:
                 await asyncio.sleep(0)
 
         self.loop.run_until_complete(yield_often())
+        self.validate()
+
+    def validate(self) -> None:
+        """Every component's invariants (``settle`` checks them after each step)."""
+        worker = self.worker
+        worker.task_manager.validate()
+        worker.reference_counter.validate()
+        worker.memory_store.validate()
+        for stream in list(worker.generators.values()):
+            stream.validate()
 
     def close(self) -> None:
+        self.validate()
         runtime.set_core_worker(None)
         self.worker.task_counts.close()
         self.worker.task_events.close()

@@ -71,3 +71,32 @@ def test_delete_of_an_unknown_id_is_a_no_op() -> None:
     store.put(b"a", _entry(1))
     assert store.delete(b"a") == _entry(1)
     assert not store.contains(b"a")
+
+
+def test_callbacks_run_on_put_and_validate_holds_after_every_step() -> None:
+    store = MemoryStore()
+    seen: list[object] = []
+    store.on_ready(b"a", seen.append)
+    store.validate()
+    assert store.has_callbacks(b"a") and seen == []
+    store.put(b"a", _entry(1))
+    store.validate()
+    assert seen == [_entry(1)] and not store.has_callbacks(b"a")
+    store.on_ready(b"a", seen.append)  # already there: called at once
+    assert len(seen) == 2
+    store.on_ready(b"b", seen.append)
+    assert store.delete(b"b") is None  # a delete drops the waiting callbacks too
+    store.validate()
+    assert not store.has_callbacks(b"b")
+    assert store.delete(b"a") == _entry(1) and len(store) == 0
+    store.validate()
+
+
+def test_validate_reports_a_callback_left_for_an_entry_that_exists() -> None:
+    import pytest
+
+    store = MemoryStore()
+    store.put(b"a", _entry(1))
+    store._callbacks[b"a"] = [lambda entry: None]
+    with pytest.raises(AssertionError, match="callbacks wait for"):
+        store.validate()

@@ -97,6 +97,26 @@ class StreamState:
                 still.append((index, fut))
         self._held_acks = still
 
+    def validate(self) -> None:
+        """Raise ``AssertionError`` if an invariant does not hold (for tests).
+
+        Items waiting for the consumer lie between the next one to take and the last
+        received; a closed stream holds none; answers are held back only under backpressure.
+        """
+        with self._lock:
+            problems = []
+            if not 0 <= self.taken <= self.received:
+                problems.append(f"taken {self.taken}, received {self.received}")
+            bad = [i for i in self.items if not self.taken <= i < self.received]
+            if bad:
+                problems.append(f"items {bad} outside [{self.taken}, {self.received})")
+            if self.closed and self.items:
+                problems.append("a closed stream still holds items")
+            if self._held_acks and not self.backpressure:
+                problems.append("answers held back without backpressure")
+        if problems:
+            raise AssertionError(f"stream {self.task_id.hex()}: " + "; ".join(problems))
+
     # ----------------------------------------------------------- consumer side
     def take(self, index: int) -> ObjectRef | None:
         with self._lock:

@@ -109,6 +109,24 @@ class MemoryStore:
                             del waiting[oid]
         return ids - waiter.missing
 
+    def validate(self) -> None:
+        """Raise ``AssertionError`` if an invariant does not hold (for tests).
+
+        Nothing waits for an entry that exists (callbacks run and waiters are told on
+        ``put``), and each waiting thread is registered under exactly the ids it still misses.
+        """
+        with self._lock:
+            problems = [f"callbacks wait for {oid.hex()}, which is here" for oid in self._callbacks
+                        if oid in self._entries]
+            for oid, waiters in self._waiting.items():
+                if oid in self._entries:
+                    problems.append(f"a thread waits for {oid.hex()}, which is here")
+                problems += [f"a waiter under {oid.hex()} does not miss it" for w in waiters if oid not in w.missing]
+                if not waiters:
+                    problems.append(f"an empty waiter list is kept for {oid.hex()}")
+        if problems:
+            raise AssertionError("memory store: " + "; ".join(problems))
+
     def __len__(self) -> int:
         return len(self._entries)
 

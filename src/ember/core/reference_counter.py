@@ -170,6 +170,8 @@ class ReferenceCounter:
                     state.submitted -= 1
                 elif state.borrowers is not None and borrower is not None:
                     state.borrowers.discard(borrower)
+                    if not state.borrowers:
+                        state.borrowers = None
                 if state.unreferenced():
                     del self._refs[oid]
                     freed.append((oid, state))
@@ -219,6 +221,36 @@ class ReferenceCounter:
         """Whether this process owns any object (or actor) still referenced."""
         with self._lock:
             return any(s.owned for s in self._refs.values())
+
+    def validate(self) -> None:
+        """Raise ``AssertionError`` if an invariant does not hold (for tests; call with nothing deferred
+        in flight from other threads).
+
+        Every tracked borrowed object is still referenced (or has decrements waiting in the
+        deferred queue; an owned one may be between ``add_owned`` and its first ref), no count
+        is negative, only owned objects have borrowers, borrower sets are
+        never kept empty, and pending registrations name tracked objects only.
+        """
+        with self._lock:
+            deferred: dict[bytes, int] = {}
+            for oid in self._deferred:
+                deferred[oid] = deferred.get(oid, 0) + 1
+            problems = []
+            for oid, s in self._refs.items():
+                if s.local < 0 or s.submitted < 0:
+                    problems.append(f"{oid.hex()}: local {s.local}, submitted {s.submitted}")
+                if s.unreferenced() and not s.owned and oid not in deferred:
+                    problems.append(f"{oid.hex()} is tracked but nothing references it")
+                if s.borrowers is not None and not s.owned:
+                    problems.append(f"{oid.hex()} has borrowers but is not owned here")
+                if s.borrowers is not None and not s.borrowers:
+                    problems.append(f"{oid.hex()} keeps an empty borrower set")
+            for oid, count in deferred.items():
+                held = self._refs.get(oid)
+                if held is not None and held.local < count:
+                    problems.append(f"{oid.hex()}: {count} deferred decrements for {held.local} local refs")
+        if problems:
+            raise AssertionError("reference counter: " + "; ".join(problems))
 
     def borrower_counts(self) -> dict[bytes, int]:
         with self._lock:

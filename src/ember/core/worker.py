@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import json
 import logging
 import os
@@ -70,9 +69,14 @@ class RpcHandlers:
             setattr(self, name, getattr(component, name))
 
 
-@functools.cache
+_HANDLER_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _handler_names(cls: type) -> tuple[str, ...]:
-    return tuple(name for name in dir(cls) if name.startswith("rpc_"))
+    names = _HANDLER_NAMES.get(cls)
+    if names is None:
+        names = _HANDLER_NAMES[cls] = tuple(name for name in dir(cls) if name.startswith("rpc_"))
+    return names
 
 
 class CoreWorker:
