@@ -7,7 +7,9 @@ files matter, by a look at the folder: the files on disk are what the accounting
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -204,6 +206,16 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
+@contextlib.contextmanager
+def spilling(store: ObjectStore, location: str, threshold: float) -> Iterator[Spiller]:
+    """A spiller for the test's store, stopped (its folder removed) however the test ends."""
+    spiller = Spiller(store, location, threshold)
+    try:
+        yield spiller
+    finally:
+        spiller.stop()
+
+
 @pytest.fixture
 def spill_dir(tmp_path: Path) -> str:
     return str(tmp_path / "spill")
@@ -211,8 +223,7 @@ def spill_dir(tmp_path: Path) -> str:
 
 def test_a_full_store_spills_the_oldest_objects_and_restores_them_on_read(store: ObjectStore, spill_dir: str) -> None:
     async def scenario() -> None:
-        spiller = Spiller(store, spill_dir, threshold=1.0)
-        try:
+        with spilling(store, spill_dir, 1.0) as spiller:
             for i in range(3):
                 create(store, oid(i), 300, fill=bytes([65 + i]))
             await spiller.make_room(500)
@@ -238,8 +249,6 @@ def test_a_full_store_spills_the_oldest_objects_and_restores_them_on_read(store:
             store.validate()
             assert url == os.path.join(spill_dir, oid(1).hex())
             spiller.delete(url)
-        finally:
-            spiller.stop()
         assert not os.path.exists(spill_dir), "a stopping node removes its spill folder"
 
     run(scenario())
@@ -247,8 +256,7 @@ def test_a_full_store_spills_the_oldest_objects_and_restores_them_on_read(store:
 
 def test_an_object_larger_than_the_store_fails_with_a_clear_error(store: ObjectStore, spill_dir: str) -> None:
     async def scenario() -> None:
-        spiller = Spiller(store, spill_dir, threshold=1.0)
-        try:
+        with spilling(store, spill_dir, 1.0) as spiller:
             with pytest.raises(ObjectStoreFullError, match="does not fit even after spilling"):
                 await spiller.make_room(5000)
             create(store, oid(1), 500)
@@ -257,16 +265,13 @@ def test_an_object_larger_than_the_store_fails_with_a_clear_error(store: ObjectS
                 await spiller.make_room(700)
             store.validate()
             assert oid(2) in store.objects and oid(1) in store.spilled
-        finally:
-            spiller.stop()
 
     run(scenario())
 
 
 def test_pulled_copies_are_dropped_not_spilled(store: ObjectStore, spill_dir: str) -> None:
     async def scenario() -> None:
-        spiller = Spiller(store, spill_dir, threshold=1.0)
-        try:
+        with spilling(store, spill_dir, 1.0) as spiller:
             store.reserve(oid(1), 500, OWNER, primary=False)
             write(store, oid(1), 500)
             store.seal(oid(1))
@@ -274,16 +279,13 @@ def test_pulled_copies_are_dropped_not_spilled(store: ObjectStore, spill_dir: st
             store.validate()
             assert oid(1) not in store.objects and oid(1) not in store.spilled
             assert files(spill_dir) == set()
-        finally:
-            spiller.stop()
 
     run(scenario())
 
 
 def test_sealing_past_the_threshold_spills_in_the_background(store: ObjectStore, spill_dir: str) -> None:
     async def scenario() -> None:
-        spiller = Spiller(store, spill_dir, threshold=0.5)
-        try:
+        with spilling(store, spill_dir, 0.5) as spiller:
             for i in range(4):
                 create(store, oid(i), 200)
                 spiller.after_seal()
@@ -291,16 +293,13 @@ def test_sealing_past_the_threshold_spills_in_the_background(store: ObjectStore,
             await spiller._background
             store.validate()
             assert store.used <= 500 and len(store.spilled) >= 2
-        finally:
-            spiller.stop()
 
     run(scenario())
 
 
 def test_a_lost_spill_file_is_an_object_lost_error_and_leaves_no_half_object(store: ObjectStore, spill_dir: str) -> None:
     async def scenario() -> None:
-        spiller = Spiller(store, spill_dir, threshold=1.0)
-        try:
+        with spilling(store, spill_dir, 1.0) as spiller:
             create(store, oid(1), 600)
             await spiller.make_room(500)
             os.unlink(os.path.join(spill_dir, oid(1).hex()))
@@ -308,32 +307,26 @@ def test_a_lost_spill_file_is_an_object_lost_error_and_leaves_no_half_object(sto
                 await spiller.restore(oid(1))
             store.validate()
             assert oid(1) not in store.objects and files(store.directory) == set()
-        finally:
-            spiller.stop()
 
     run(scenario())
 
 
 def test_concurrent_restores_of_one_object_share_one_copy(store: ObjectStore, spill_dir: str) -> None:
     async def scenario() -> None:
-        spiller = Spiller(store, spill_dir, threshold=1.0)
-        try:
+        with spilling(store, spill_dir, 1.0) as spiller:
             create(store, oid(1), 600, fill=b"z")
             await spiller.make_room(500)
             results = await asyncio.gather(*(spiller.restore(oid(1)) for _ in range(3)))
             assert results == [True, True, True]
             store.validate()
             assert store.used == 600 and list(store.objects) == [oid(1)]
-        finally:
-            spiller.stop()
 
     run(scenario())
 
 
 def test_an_object_freed_while_it_is_being_spilled_leaves_no_spill_file(store: ObjectStore, spill_dir: str) -> None:
     async def scenario() -> None:
-        spiller = Spiller(store, spill_dir, threshold=1.0)
-        try:
+        with spilling(store, spill_dir, 1.0) as spiller:
             create(store, oid(1), 600)
             task = asyncio.ensure_future(spiller.make_room(500))
             await asyncio.sleep(0)  # the copy is running in its thread now
@@ -343,8 +336,6 @@ def test_an_object_freed_while_it_is_being_spilled_leaves_no_spill_file(store: O
             assert oid(1) not in store.spilled
             spiller._pool.submit(lambda: None).result(10)
             assert files(spill_dir) == set()
-        finally:
-            spiller.stop()
 
     run(scenario())
 
@@ -354,14 +345,11 @@ def test_an_unusable_spill_location_is_logged_and_spilling_fails_cleanly(store: 
     blocker.write_text("")
 
     async def scenario() -> None:
-        spiller = Spiller(store, str(blocker / "spill"), threshold=1.0)
-        try:
+        with spilling(store, str(blocker / "spill"), 1.0) as spiller:
             create(store, oid(1), 600)
             with pytest.raises(ObjectStoreFullError):
                 await spiller.make_room(500)
             store.validate()
             assert oid(1) in store.objects and not store.spilled
-        finally:
-            spiller.stop()
 
     run(scenario())

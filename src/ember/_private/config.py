@@ -147,6 +147,13 @@ class Config:
     parent_check_period_s: float = 0.5
     #: Seconds between sweeps of a node's worker table for exited processes.
     worker_reap_period_s: float = 0.5
+    #: Seconds a node daemon waits for a dead (or OOM-killed) worker's exit status before it
+    #: reports the death without it (or looks at memory again).
+    worker_exit_wait_s: float = 1.0
+    #: Seconds a node daemon's load report may wait for the control service's answer.
+    resource_report_timeout_s: float = 5.0
+    #: Longest pause between a node daemon's attempts to reach a restarting control service.
+    gcs_reconnect_max_backoff_s: float = 1.0
 
     # --- daemon-to-daemon calls ---------------------------------------------
     #: Calls the control service makes to a node daemon or a worker (bundles, actor creation).

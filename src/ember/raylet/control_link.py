@@ -123,7 +123,7 @@ class ControlServiceLink:
                     self._on_lost_for_good()
                     return
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                delay = min(delay * 2, config().gcs_reconnect_max_backoff_s)
                 continue
             break
         else:

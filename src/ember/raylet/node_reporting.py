@@ -79,7 +79,7 @@ class NodeReporter:
             last_sent = time.monotonic()
             if self.link.connected:
                 try:
-                    rows = await self.link.call("report", self.report(), timeout=max(5.0, period * 10))
+                    rows = await self.link.call("report", self.report(), timeout=config().resource_report_timeout_s)
                     self.view.update(rows, self.table.total, self.table.available)
                     self._on_view()
                 except Exception as exc:  # a slow or restarting control service: try again next period

@@ -100,7 +100,7 @@ class Raylet:
             fallback_max_bytes=cfg.object_store_fallback_max_bytes,
             fallback_min_free_bytes=cfg.object_store_fallback_min_free_bytes,
         )
-        self.spiller = Spiller(self.store, self._spill_location(), cfg.object_spilling_threshold)
+        self.spiller = Spiller(self.store, self._spill_location(), cfg.object_spilling_threshold, node.background)
         self.clients = ClientRegistry(self.store, self.client_info)
         self.view = ClusterView(
             node, policy.PolicyConfig(cfg.scheduler_spread_threshold, cfg.scheduler_top_k_fraction,

@@ -17,6 +17,7 @@ import os
 import shutil
 from typing import Any
 
+from ember._private.background import BackgroundTasks
 from ember.exceptions import ObjectLostError, ObjectStoreFullError
 from ember.raylet.object_store import ObjectStore, SpilledEntry
 
@@ -28,8 +29,11 @@ def _is_url(location: str) -> bool:
 
 
 class Spiller:
-    def __init__(self, store: ObjectStore, location: str, threshold: float) -> None:
+    def __init__(self, store: ObjectStore, location: str, threshold: float,
+                 background: BackgroundTasks | None = None) -> None:
         self.store = store
+        #: Owns the background spill (the node daemon's tasks: cancelled and awaited when it stops).
+        self._tasks = background or BackgroundTasks("spiller")
         self.location = location[len("file://"):] if location.startswith("file://") else location
         self.threshold = threshold
         self._pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="ember-spill")
@@ -68,7 +72,7 @@ class Spiller:
         """Start a background spill if the store is past its threshold."""
         store = self.store
         if store.used > self.threshold * store.capacity and (self._background is None or self._background.done()):
-            self._background = asyncio.get_running_loop().create_task(self._spill_to_threshold())
+            self._background = self._tasks.spawn_if_open(self._spill_to_threshold(), "spill past the threshold")
 
     async def _spill_to_threshold(self) -> None:
         async with self._lock:

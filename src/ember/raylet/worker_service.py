@@ -142,11 +142,7 @@ class WorkerService:
 
     async def _report_death(self, worker: WorkerHandle) -> None:
         """Tell the control service a worker died, with its exit status once it is known."""
-        for _ in range(100):
-            if worker.proc.poll() is not None:
-                break
-            await asyncio.sleep(0.01)
-        code = worker.proc.poll()
+        code = await wait_for_exit(worker, config().worker_exit_wait_s)
         detail = death_detail(worker.end_reason, code)
         worker.exit_detail = detail
         logger.info("worker %s (pid %d) died: %s", worker.worker_id.hex()[:12], worker.pid, detail)
@@ -237,10 +233,21 @@ class WorkerService:
             lease.holder.notify("worker_oom_killed", {"worker_id": victim.worker_id, "detail": detail})
             self.pool.kill(lease.worker)
             # Let the kill take effect before looking again.
-            for _ in range(40):
-                if lease.worker.proc.poll() is not None:
-                    break
-                await asyncio.sleep(0.025)
+            await wait_for_exit(lease.worker, cfg.worker_exit_wait_s)
+
+
+#: How often the exit status of a process that is not our child is looked at (no event tells us).
+EXIT_POLL_PERIOD_S = 0.01
+
+
+async def wait_for_exit(worker: WorkerHandle, timeout: float) -> int | None:
+    """The worker process's exit code once it has exited, or None after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    code: int | None = worker.proc.poll()
+    while code is None and time.monotonic() < deadline:
+        await asyncio.sleep(EXIT_POLL_PERIOD_S)
+        code = worker.proc.poll()
+    return code
 
 
 def death_detail(end_reason: str, exit_code: int | None) -> str:
