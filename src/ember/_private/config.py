@@ -47,6 +47,18 @@ class Config:
     connect_timeout_s: float = 10.0
     #: Default timeout of an RPC call that has no explicit one.
     rpc_timeout_s: float = 30.0
+    #: Seconds a core worker tries to connect to another one (an owner, a leased worker, an actor).
+    peer_connect_timeout_s: float = 5.0
+    #: Seconds one reconnection attempt to a restarting control service may take...
+    gcs_reconnect_attempt_timeout_s: float = 2.0
+    #: ... and the longest pause between two attempts (the pause doubles from 50 ms).
+    gcs_reconnect_max_backoff_s: float = 1.0
+    #: Seconds a borrower waits for an owner to acknowledge its registration.
+    borrower_registration_timeout_s: float = 30.0
+    #: Seconds a core worker's shutdown waits for its connections and background tasks to close.
+    core_worker_shutdown_timeout_s: float = 5.0
+    #: Seconds an actor calling exit_actor() waits for the control service to record it dead.
+    actor_exit_timeout_s: float = 5.0
 
     # --- scheduling --------------------------------------------------------
     #: Tasks pushed to one leased worker before its first reply comes back.

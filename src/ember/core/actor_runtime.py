@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ember._private.background import BackgroundTasks
+from ember._private.config import config
 from ember._private.object_ref import ObjectRef
 from ember.core import metrics_recorder
 from ember.core.generator_stream import run_generator, run_generator_async
@@ -259,7 +260,7 @@ class ActorRuntime:
                 await worker.gcs_request(
                     "kill_actor",
                     {"actor_id": self.spec["actor_id"], "no_restart": True, "cause": "the actor called exit_actor()"},
-                    timeout=5.0,
+                    timeout=config().actor_exit_timeout_s,
                 )
             finally:
                 metrics_recorder.flush_if_used(worker)

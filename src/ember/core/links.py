@@ -155,15 +155,16 @@ class ClusterLinks:
                 return fut.result()
         fut = self.loop.create_future()
         self._peers[key] = fut
+        timeout = config().peer_connect_timeout_s
         try:
             try:
-                conn = await connect(key, self.token, self.handler, info={"role": self.mode}, timeout=5.0, retry=False)
+                conn = await connect(key, self.token, self.handler, info={"role": self.mode}, timeout=timeout, retry=False)
             except ConnectionLost as exc:
                 # A core worker listens before its address is ever handed out: a refusal means
                 # the process is gone (an owner that died), so fail now rather than retry for 5 s.
                 if isinstance(exc.__cause__, ConnectionRefusedError):
                     raise
-                conn = await connect(key, self.token, self.handler, info={"role": self.mode}, timeout=5.0)
+                conn = await connect(key, self.token, self.handler, info={"role": self.mode}, timeout=timeout)
         except BaseException as exc:
             self._peers.pop(key, None)
             fut.set_exception(exc)

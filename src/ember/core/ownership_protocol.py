@@ -22,6 +22,7 @@ from typing import Any
 
 from ember._private import ids, serialization
 from ember._private.background import BackgroundTasks
+from ember._private.config import config
 from ember._private.object_ref import ObjectRef, is_counted
 from ember.core.links import ClusterLinks, ProcessInfo
 from ember.core.memory_store import INLINE, PLASMA, Entry, MemoryStore
@@ -158,7 +159,8 @@ class OwnershipService:
         async def one(owner: Any, object_ids: list[bytes]) -> None:
             try:
                 conn = await self.links.connect_to(owner)
-                missing = await conn.call("add_borrowers", {"object_ids": object_ids}, timeout=30.0)
+                missing = await conn.call("add_borrowers", {"object_ids": object_ids},
+                                         timeout=config().borrower_registration_timeout_s)
             except (ConnectionLost, OSError) as exc:
                 for object_id in object_ids:
                     if len(object_id) != ids.UNIQUE_ID_LEN and not self.store.contains(object_id):

@@ -279,13 +279,14 @@ class CoreWorker:
     async def _reconnect_gcs(self) -> None:
         """Wait out a control-service restart: reconnect, re-attach our job, re-subscribe."""
         loop = asyncio.get_running_loop()
-        timeout = config().gcs_reconnect_timeout_s
+        cfg = config()
+        timeout = cfg.gcs_reconnect_timeout_s
         deadline = loop.time() + timeout
         delay = 0.05
         while not self.shutting_down:
             try:
                 conn = await connect(self.gcs_address, self.token, self.handlers, info={"role": self.mode},
-                                     timeout=2.0, retry=False)
+                                     timeout=cfg.gcs_reconnect_attempt_timeout_s, retry=False)
                 if self.mode == DRIVER:
                     await conn.call("reattach_job", {"job_id": self.job_id})
                 # The log records published while we were away are sent first.
@@ -295,7 +296,7 @@ class CoreWorker:
                     logger.error("the control service did not come back within %gs: %s", timeout, exc)
                     return
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                delay = min(delay * 2, cfg.gcs_reconnect_max_backoff_s)
                 continue
             self.links.gcs = conn
             conn.add_close_callback(self._gcs_lost)
@@ -341,7 +342,7 @@ class CoreWorker:
             await self.background.close(config().process_stop_timeout_s)
 
         try:
-            io.run(_close(), timeout=5)
+            io.run(_close(), timeout=config().core_worker_shutdown_timeout_s)
         except Exception as exc:  # best effort: the daemons may already be gone
             logger.debug("error while closing connections: %s", exc)
         io.stop()
