@@ -49,10 +49,9 @@ class Config:
     rpc_timeout_s: float = 30.0
     #: Seconds a core worker tries to connect to another one (an owner, a leased worker, an actor).
     peer_connect_timeout_s: float = 5.0
-    #: Seconds one reconnection attempt to a restarting control service may take...
+    #: Seconds one reconnection attempt of a core worker to a restarting control service may take
+    #: (between attempts it pauses from 50 ms doubling up to ``gcs_reconnect_max_backoff_s``).
     gcs_reconnect_attempt_timeout_s: float = 2.0
-    #: ... and the longest pause between two attempts (the pause doubles from 50 ms).
-    gcs_reconnect_max_backoff_s: float = 1.0
     #: Seconds a borrower waits for an owner to acknowledge its registration.
     borrower_registration_timeout_s: float = 30.0
     #: Seconds a core worker's shutdown waits for its connections and background tasks to close.
@@ -164,7 +163,8 @@ class Config:
     worker_exit_wait_s: float = 1.0
     #: Seconds a node daemon's load report may wait for the control service's answer.
     resource_report_timeout_s: float = 5.0
-    #: Longest pause between a node daemon's attempts to reach a restarting control service.
+    #: Longest pause between a node daemon's (or core worker's) attempts to reach a restarting
+    #: control service.
     gcs_reconnect_max_backoff_s: float = 1.0
 
     # --- daemon-to-daemon calls ---------------------------------------------
