@@ -20,9 +20,10 @@ from raylet_fakes import FakeConn, FakeLauncher
 from ember.exceptions import ActorUnschedulableError, ObjectLostError, TaskUnschedulableError
 from ember.raylet.lease_table import NeedWorkers
 from ember.raylet.scheduling_policy import NodeView
-from ember.raylet.server import Raylet, RayletOptions, RpcHandlers
+from ember.raylet.server import Raylet, RayletOptions
 from ember.raylet.worker_pool import WorkerState
 from ember.raylet.worker_service import death_detail
+from ember.rpc.handlers import RpcHandlers
 
 NODE = b"n" * 28
 OTHER = b"o" * 28
@@ -413,7 +414,7 @@ def test_handlers_of_two_components_may_not_collide() -> None:
 
     handlers = RpcHandlers()
     handlers.register(A())
-    with pytest.raises(ValueError, match="two components of the node daemon handle 'ping'"):
+    with pytest.raises(ValueError, match="two components answer 'ping'"):
         handlers.register(A())
 
 

@@ -49,34 +49,11 @@ from ember.exceptions import (
     RemoteError,
 )
 from ember.rpc import Connection, EventLoopThread, connect, start_server
+from ember.rpc.handlers import RpcHandlers
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DRIVER", "WORKER", "CoreWorker", "RpcHandlers"]
-
-
-class RpcHandlers:
-    """What other processes may call here: the ``rpc_<method>`` of each registered component.
-
-    Connections look a method up by name on this object (``ember.rpc``); a name two
-    components both answer is a wiring bug, refused at start-up.
-    """
-
-    def register(self, component: object) -> None:
-        for name in _handler_names(type(component)):
-            if name in self.__dict__:
-                raise ValueError(f"two components answer {name[4:]!r}")
-            setattr(self, name, getattr(component, name))
-
-
-_HANDLER_NAMES: dict[type, tuple[str, ...]] = {}
-
-
-def _handler_names(cls: type) -> tuple[str, ...]:
-    names = _HANDLER_NAMES.get(cls)
-    if names is None:
-        names = _HANDLER_NAMES[cls] = tuple(name for name in dir(cls) if name.startswith("rpc_"))
-    return names
 
 
 class CoreWorker:

@@ -47,6 +47,7 @@ from ember.raylet.spilling import Spiller
 from ember.raylet.worker_pool import WorkerPool
 from ember.raylet.worker_service import WorkerService
 from ember.rpc import Connection, start_server
+from ember.rpc.handlers import RpcHandlers
 from ember.runtime_env.process_context import resources_dir
 
 logger = logging.getLogger(__name__)
@@ -66,17 +67,6 @@ class RayletOptions:
         self.is_head: bool = kw.get("is_head", False)
         self.metrics_export_port: int = kw.get("metrics_export_port") or 0
         self.metrics_listen_fd: int = kw.get("metrics_listen_fd", -1)
-
-
-class RpcHandlers:
-    """The daemon's RPC methods gathered from its components: a connection calls ``rpc_<method>``."""
-
-    def register(self, component: object) -> None:
-        for name in dir(type(component)):
-            if name.startswith("rpc_"):
-                if name in vars(self):
-                    raise ValueError(f"two components of the node daemon handle {name[4:]!r}")
-                setattr(self, name, getattr(component, name))
 
 
 class Raylet:
