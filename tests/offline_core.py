@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from ember._private import ids, runtime
 from ember.core.links import DRIVER
 from ember.core.worker import CoreWorker
+from ember.exceptions import ConnectionLost
 
 T = TypeVar("T")
 
@@ -134,7 +135,8 @@ class OfflineCore:
             key = (address[0], address[1])
             conn = self.peers.get(key)
             if conn is None or conn.closed:
-                raise ConnectionRefusedError(f"nothing listens at {key}")
+                # As ember.rpc.connect says it: a lost connection caused by the refusal.
+                raise ConnectionLost(f"cannot connect to {key}") from ConnectionRefusedError(f"nothing listens at {key}")
             return conn
 
         links.connect_to = connect_to  # type: ignore[method-assign]

@@ -519,3 +519,79 @@ def test_every_handler_is_registered_once() -> None:
     assert handlers.rpc_x(None, None) == 1  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="two components answer 'x'"):
         handlers.register(A())
+
+
+# ==================================================================== the assembly's own duties
+def test_logs_of_this_job_are_printed_with_their_origin(core: OfflineCore, capsys: Any) -> None:
+    worker = core.worker
+    handlers: Any = worker.handlers
+    handlers.rpc_pub(None, ["logs", {"job": worker.job_id.hex(), "fn": "f", "pid": 12, "lines": ["hello"], "seq": 3, "gcs": "g"}])
+    handlers.rpc_pub(None, ["logs", {"job": "ffffffff", "pid": 13, "lines": ["other job"], "err": True}])
+    handlers.rpc_pub(None, ["logs", {"pid": 14, "lines": ["oops"], "err": True}])
+    out = capsys.readouterr()
+    assert out.out == "(f pid=12) hello\n"
+    assert out.err == "(pid=14) oops\n"
+    assert worker._last_log == ["g", 3]
+    assert handlers.rpc_ping(None, None) == "pong"
+
+
+def test_cancel_of_a_ref_owned_elsewhere_goes_to_its_owner(core: OfflineCore) -> None:
+    owner = core.peer(44000)
+    task_id = ids.new_task_id(core.worker.job_id)
+    ref = ObjectRef(ids.return_object_id(task_id, 1), ["127.0.0.1", 44000, b"o" * 28], _count=False)
+    core.worker.cancel(ref, force=True, recursive=False)
+    assert owner.notified("cancel_owned_task") == [{"tid": task_id, "force": True, "recursive": False}]
+    gone = ObjectRef(ids.return_object_id(task_id, 2), ["127.0.0.1", 44001, b"o" * 28], _count=False)
+    core.worker.cancel(gone, force=False)  # an owner that is gone: nothing to do
+
+
+def test_an_owner_cancels_on_request(core: OfflineCore) -> None:
+    entry, (ref,) = _task(core)
+    core.settle()
+    handlers: Any = core.worker.handlers
+    handlers.rpc_cancel_owned_task(None, {"tid": entry.spec["tid"], "force": False, "recursive": True})
+    core.settle()
+    with pytest.raises(TaskCancelledError):
+        core.worker.get([ref], 0)
+    handlers.rpc_cancel_owned_task(None, {"tid": b"\x00" * 24})  # unknown: ignored
+
+
+def test_gpu_ids_follow_into_cuda_visible_devices(core: OfflineCore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    core.worker.set_gpu_ids([1, 3])
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1,3" and core.worker.gpu_ids == [1, 3]
+    core.worker.set_gpu_ids(None)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_gcs_request_waits_out_a_reconnection(core: OfflineCore) -> None:
+    links = core.worker.links
+    assert links.gcs_up is not None
+    links.gcs_up.clear()
+    request = core.loop.create_task(links.gcs_request("kv_get", {"key": b"k"}))
+    core.settle()
+    assert not request.done() and not core.gcs.waiting  # nothing sent while it is away
+    links.gcs_up.set()
+    core.settle()
+    payload, fut = core.gcs.take("kv_get")
+    fut.set_result(b"v")
+    core.settle()
+    assert request.result() == b"v"
+    links.notify_gcs("add_task_events", {"events": []})
+    assert core.gcs.notified("add_task_events") == [{"events": []}]
+
+
+def test_the_task_context_and_put_ids(core: OfflineCore) -> None:
+    worker = core.worker
+    context = worker.context
+    assert worker.current_task_id is None and worker.current_job_id == worker.job_id
+    assert ids.task_id_of(context.new_put_id()) == worker.driver_task_id
+    spec = {"tid": ids.new_task_id(worker.job_id), "job": worker.job_id, "name": "t", "pg_group": [b"p" * 18, True]}
+    worker.set_task_context(spec)
+    try:
+        assert worker.current_task_id == spec["tid"] and worker.current_task_name == "t"
+        assert worker.current_placement_group == b"p" * 18 and worker.captured_placement_group == b"p" * 18
+        assert ids.task_id_of(context.new_put_id()) == spec["tid"]
+    finally:
+        worker.clear_task_context()
+    assert worker.current_placement_group is None and worker.current_task_id is None
