@@ -387,5 +387,13 @@ def error_code_of(exc: BaseException) -> ErrorCode:
     return ErrorCode.INTERNAL
 
 
+class AutoscalerConfigError(RayError, ValueError):
+    """A cluster YAML (``ember up``, ``--autoscaling-config``) that cannot be used; says where and why."""
+
+
+class NodeProviderError(RayError):
+    """A node provider could not create or end a node (the autoscaler retries with backoff)."""
+
+
 class RayStateApiException(RayError):
     """A state-API query failed, or (with ``raise_on_missing_output``) its output is incomplete."""

@@ -167,6 +167,22 @@ class Config:
     #: control service.
     gcs_reconnect_max_backoff_s: float = 1.0
 
+    # --- autoscaler --------------------------------------------------------
+    #: Seconds between two decisions of the autoscaler (it also decides at once when demand appears).
+    autoscaler_update_interval_s: float = 1.0
+    #: Nodes allowed to be launching at once whatever ``upscaling_speed`` says (Ray's 5).
+    autoscaler_upscaling_initial_num_nodes: int = 5
+    #: Seconds a launched node has to join the cluster before it counts as failed and is ended.
+    autoscaler_node_start_timeout_s: float = 60.0
+    #: First pause after a node provider failed to launch a node type, doubled per failure...
+    autoscaler_launch_backoff_initial_s: float = 1.0
+    #: ...up to this.
+    autoscaler_launch_backoff_max_s: float = 30.0
+    #: Scale-up/down events and failures kept for ``ember status`` and the dashboard (the newest).
+    autoscaler_max_events: int = 200
+    #: Object store of a fake_multinode node whose type names no object_store_memory.
+    autoscaler_fake_node_object_store_bytes: int = 100 * 1024 * 1024
+
     # --- daemon-to-daemon calls ---------------------------------------------
     #: Calls the control service makes to a node daemon or a worker (bundles, actor creation).
     gcs_node_call_timeout_s: float = 10.0

@@ -21,6 +21,7 @@ def main() -> None:
 
 
 # Command modules register themselves on ``main`` when imported (one line per area).
+from ember.cli import autoscaler as _autoscaler  # noqa: E402,F401
 from ember.cli import cluster as _cluster  # noqa: E402,F401
 from ember.cli import job as _job  # noqa: E402,F401
 from ember.cli import state as _state  # noqa: E402,F401

@@ -60,16 +60,28 @@ def _save_started(entries: list[dict[str, Any]]) -> None:
 @click.option("--dashboard-host", default="127.0.0.1", show_default=True, help="Address the HTTP server listens on.")
 @click.option("--dashboard-port", default=8265, show_default=True, type=int,
               help="HTTP server port (the next free one if taken).")
+@click.option("--autoscaling-config", default=None, type=click.Path(dir_okay=False),
+              help="Cluster YAML (Ray's keys): run the autoscaler on this head (head only).")
 def start(head: bool, address: str | None, port: int, num_cpus: float | None, num_gpus: float | None,
           resources: str | None, object_store_memory: int | None, node_ip_address: str, token: str | None,
           storage: str | None, metrics_export_port: int, include_dashboard: bool, dashboard_host: str,
-          dashboard_port: int) -> None:
+          dashboard_port: int, autoscaling_config: str | None = None) -> None:
     """Start Ember daemons on this machine."""
     from ember._private import node
     from ember.rpc.sync_client import wait_for_nodes
 
     if head == bool(address):
         raise click.UsageError("Give exactly one of --head or --address HOST:PORT.")
+    if autoscaling_config is not None:
+        if not head:
+            raise click.UsageError("--autoscaling-config runs the autoscaler on the head: use it with --head.")
+        from ember.autoscaler.cluster_config import load
+        from ember.exceptions import AutoscalerConfigError
+
+        try:
+            load(autoscaling_config)  # a bad file fails here, before anything starts
+        except AutoscalerConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
     try:
         custom = json.loads(resources) if resources else None
         if custom is not None and not isinstance(custom, dict):
@@ -91,6 +103,10 @@ def start(head: bool, address: str | None, port: int, num_cpus: float | None, nu
                 nodes.stop()
                 raise click.ClickException(f"the head did not come up: {exc}; see {nodes.session_dir}/logs") from exc
             session.write_current_cluster({"gcs_address": nodes.gcs_address, "session_dir": nodes.session_dir})
+            if autoscaling_config is not None:
+                from ember.autoscaler.main import start_autoscaler
+
+                start_autoscaler(nodes.session_dir, nodes.gcs_address, autoscaling_config)
         else:
             assert address is not None
             try:
@@ -161,30 +177,47 @@ def _address_and_token(address: str | None) -> tuple[str, str]:
 @click.option("--force", is_flag=True, help="SIGKILL instead of a graceful stop.")
 def stop(force: bool) -> None:
     """Stop every Ember daemon started on this machine by `ember start`."""
+    entries = _load_started()
+    stopped = sum(stop_started(entry, force) for entry in entries)
+    _save_started([])
+    click.echo(f"Stopped {stopped} Ember process(es)." if stopped else "No running Ember processes were found.")
+
+
+def stop_started(entry: dict[str, Any], force: bool = False) -> int:
+    """End the daemons one ``ember start`` recorded; how many were running.
+
+    The autoscaler first (it would launch nodes while the others stop), then node daemons
+    (they end their workers), then the control service.
+    """
     import shutil
     import signal
 
     from ember._private.processes import pid_alive, stop_pid
 
-    entries = _load_started()
+    def end(pid: int) -> int:
+        if not pid_alive(pid):
+            return 0
+        if force:
+            os.kill(pid, signal.SIGKILL)
+        else:
+            stop_pid(pid, 5.0)
+        return 1
+
     stopped = 0
-    # Node daemons first (they end their workers), then control services.
-    for entry in entries:
-        # The session's pid files also name daemons restarted since `ember start` (a new control service).
-        pids = {**entry["pids"], **session.read_pid_files(entry["session_dir"])}
-        for _name, pid in sorted(pids.items(), key=lambda kv: kv[0] == "gcs"):
-            if pid_alive(pid):
-                if force:
-                    os.kill(pid, signal.SIGKILL)
-                else:
-                    stop_pid(pid, 5.0)
-                stopped += 1
-        if entry.get("store_dir"):
-            shutil.rmtree(entry["store_dir"], ignore_errors=True)
-        session.remove_current_cluster(entry["session_dir"])
-        session.unregister_cluster(entry["session_dir"])
-    _save_started([])
-    click.echo(f"Stopped {stopped} Ember process(es)." if stopped else "No running Ember processes were found.")
+    scaler = session.read_pid_files(entry["session_dir"]).get("autoscaler") or entry["pids"].get("autoscaler")
+    if scaler:
+        stopped += end(scaler)
+    # The session's pid files also name daemons started since `ember start` (a restarted control
+    # service, nodes the autoscaler added).
+    pids = {**entry["pids"], **session.read_pid_files(entry["session_dir"])}
+    pids.pop("autoscaler", None)
+    for _name, pid in sorted(pids.items(), key=lambda kv: kv[0] == "gcs"):
+        stopped += end(pid)
+    if entry.get("store_dir"):
+        shutil.rmtree(entry["store_dir"], ignore_errors=True)
+    session.remove_current_cluster(entry["session_dir"])
+    session.unregister_cluster(entry["session_dir"])
+    return stopped
 
 
 @main.command()
@@ -232,6 +265,16 @@ def status(address: str | None) -> None:
     click.echo(f"Object store: {_fmt_bytes(store_used)} / {_fmt_bytes(store_cap)} used ({pct:.1f}%), {store_objs} objects")
     if fallback_objs:
         click.echo(f"  + {_fmt_bytes(fallback)} in {fallback_objs} fallback file(s) on disk (objects larger than the store could take)")
+    try:
+        demand = gcs_request(address, token, "get_cluster_demand")
+        autoscaler = gcs_request(address, token, "get_autoscaler_status")
+    except Exception as exc:
+        raise click.ClickException(f"cannot read the cluster's demand at {address}: {exc}") from exc
+    from ember.autoscaler.status import format_status, status_document
+
+    # Ray's `ray status` view: nodes per type, pending and failed launches, demands, autoscaler events.
+    click.echo("")
+    click.echo(format_status(status_document(nodes, demand, autoscaler)))
 
 
 @main.command()

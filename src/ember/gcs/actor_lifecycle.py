@@ -176,6 +176,8 @@ class ActorEntry:
         self.lease_request: tuple[bytes, bytes] | None = None
         self.lease_seq = 0
         self.warned_unplaceable = False
+        #: True while no live node could ever host it (demand an autoscaler may add a node for).
+        self.awaiting_node = False
 
     @property
     def dead(self) -> bool:
@@ -323,6 +325,7 @@ class ActorLifecycle:
         for actor_id in list(self.queues[Stage.PLACING]):
             entry = self.actors[actor_id]
             node_id = self._pick_node(entry, nodes)
+            entry.awaiting_node = node_id is None
             if node_id is None:
                 if not entry.warned_unplaceable:
                     entry.warned_unplaceable = True

@@ -22,6 +22,7 @@ from ember._private.state_filters import check_filters
 from ember.gcs import metrics_discovery
 from ember.gcs import persistence as db
 from ember.gcs.actor_manager import ActorManager
+from ember.gcs.autoscaler_state import AutoscalerState
 from ember.gcs.placement_groups import PlacementGroupManager
 from ember.gcs.storage import InMemoryStorage
 from ember.gcs.task_events import TASK_FIELDS, TaskEventStore
@@ -48,6 +49,9 @@ class NodeEntry:
         self.store_fallback_objects = 0
         self.last_heartbeat = time.monotonic()
         self.death_reason = ""
+        #: ``[[shape, count], ...]`` of the lease requests queued there, and seconds it has been idle.
+        self.demand: list[list[Any]] = []
+        self.idle_s = 0.0
 
     def to_public(self) -> dict[str, Any]:
         info = self.info
@@ -120,6 +124,7 @@ class GcsServer:
         #: Task events of every process, for the state API (bounded per job).
         self.task_events = TaskEventStore(config().task_events_max_tasks_per_job)
         self.pg_manager = PlacementGroupManager(self)
+        self.autoscaler = AutoscalerState(self)
         self._oom_details: dict[bytes, str] = {}
         self.restarted = False
 
@@ -236,6 +241,7 @@ class GcsServer:
         self.publish("nodes", entry.to_public())
         self.cluster_changed.notify()
         self._write_metrics_discovery()
+        self.autoscaler.on_node_registered(conn)
         return {"cluster_id": self.cluster_id, "release_leases": release}
 
     def _node_disconnected(self, node_id: bytes, conn: Connection) -> None:
@@ -284,6 +290,7 @@ class GcsServer:
             entry.store_fallback = report.get("store_fallback", 0)
             entry.store_fallback_objects = report.get("store_fallback_objects", 0)
             entry.last_heartbeat = time.monotonic()
+            self.autoscaler.on_load_report(entry, report)
             self.cluster_changed.notify()
         return self.rpc_get_node_addresses(conn, None)
 
@@ -468,6 +475,24 @@ class GcsServer:
             for r in self.task_events.executions()
             if (r.end is None or r.end >= since) and (job is None or r.job_id == job)
         ]
+
+    # ----------------------------------------------------------- autoscaling
+    def rpc_get_cluster_demand(self, conn: Connection, p: Any) -> dict[str, Any]:
+        """Live nodes (with ``IdleSeconds``), queued task/actor shapes, pending groups, requests."""
+        return self.autoscaler.cluster_demand()
+
+    def rpc_request_resources(self, conn: Connection, p: dict[str, Any]) -> None:
+        self.autoscaler.request_resources(p.get("bundles"))
+
+    def rpc_autoscaler_report(self, conn: Connection, p: dict[str, Any]) -> None:
+        self.autoscaler.report(p)
+        if not conn.state.get("autoscaler"):
+            # Gone autoscaler, no node types: requests no node fits are infeasible again.
+            conn.state["autoscaler"] = True
+            conn.add_close_callback(lambda c: self.autoscaler.autoscaler_gone())
+
+    def rpc_get_autoscaler_status(self, conn: Connection, p: Any) -> dict[str, Any] | None:
+        return self.autoscaler.status()
 
     # --------------------------------------------------------------- status
     def rpc_cluster_info(self, conn: Connection, payload: Any) -> dict[str, Any]:

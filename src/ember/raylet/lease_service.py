@@ -23,6 +23,7 @@ from ember.raylet import scheduling_policy as policy
 from ember.raylet import worker_limits
 from ember.raylet.cluster_view import ClusterView
 from ember.raylet.control_link import ControlServiceLink
+from ember.raylet.demand import fits_any
 from ember.raylet.lease_table import (
     Abandoned,
     Action,
@@ -84,6 +85,9 @@ class LeaseService:
         self._envs = AgentEnvironments(renv_agent)
         #: The reply each queued request is answered through.
         self._replies: dict[LeaseRequest, asyncio.Future[Any]] = {}
+        #: Shapes of the node types an autoscaler can launch (None: no autoscaler); a request that
+        #: fits one of them is waiting for a node, not infeasible.
+        self.launchable: list[res.Resources] | None = None
 
     # ================================================================ RPC: leases
     def rpc_request_lease(self, conn: Connection, p: dict[str, Any]) -> asyncio.Future[Any]:
@@ -325,7 +329,15 @@ class LeaseService:
         self.rebalance()
         for req in self.table.queue:
             if not res.fits(req.resources, self.table.total):
+                if self.launchable is not None and fits_any(req.resources, self.launchable):
+                    continue  # an autoscaler can add a node for it
                 self._warn_infeasible(req)
+
+    def rpc_set_launchable(self, conn: Connection, shapes: list[dict[str, float]] | None) -> None:
+        """The control service tells which node shapes an autoscaler can add (None: no autoscaler)."""
+        self.launchable = None if shapes is None else [res.to_fixed(s) for s in shapes]
+        for req in self.table.queue:
+            req.warned_infeasible = False  # judged again against the new shapes at the next report
 
     def rebalance(self) -> None:
         """Send waiting requests to other nodes that can run them now."""
@@ -351,8 +363,12 @@ class LeaseService:
         req.warned_infeasible = True
         shape = res.describe(req.resources)
         shapes = "; ".join(sorted(res.describe(n.total) for n in self._local_view().values() if n.alive))
+        launchable = self.launchable
+        scaler = "" if launchable is None else (
+            " nor any node type the autoscaler can add ("
+            + ("; ".join(sorted(res.describe(s) for s in launchable)) or "none") + ")")
         message = (
-            f"No node in this cluster can ever satisfy the resource request {shape}. "
+            f"No node in this cluster{scaler} can ever satisfy the resource request {shape}. "
             f"The nodes have: {shapes}. It will wait until a node that can run it joins. "
             "Lower the request (num_cpus=, num_gpus=, resources=), or add a node with enough resources."
         )

@@ -18,6 +18,7 @@ from ember._private import resources as res
 from ember._private.config import config
 from ember.raylet.cluster_view import ClusterView
 from ember.raylet.control_link import ControlServiceLink
+from ember.raylet.demand import IdleClock, queued_demand
 from ember.raylet.lease_table import LeaseTable
 from ember.raylet.node import NodeContext
 from ember.raylet.object_store import ObjectStore
@@ -46,6 +47,7 @@ class NodeReporter:
         #: Runs after each new cluster view (the lease service rebalances its queue).
         self._on_view = on_view
         self._wakeup = asyncio.Event()
+        self.idle_clock = IdleClock(time.monotonic())
 
     def report_now(self) -> None:
         """Send a report (and so refresh our cluster view) without waiting for the period."""
@@ -66,7 +68,15 @@ class NodeReporter:
             "store_fallback": stats["fallback_bytes"],
             "store_fallback_objects": stats["fallback_objects"],
             "num_workers": len(self.pool.alive()),
+            # For an autoscaler: what waits here, and for how long the node has had no work.
+            "demand": queued_demand(self.table.queue),
+            "idle_s": self.idle_clock.update(self._busy(), time.monotonic()),
         }
+
+    def _busy(self) -> bool:
+        """A lease, a queued request or a placement-group bundle keeps the node from being idle."""
+        table = self.table
+        return bool(table.leases or table.queue or table.bundles.prepared or table.bundles.committed)
 
     async def run(self) -> None:
         period = config().resource_report_period_s

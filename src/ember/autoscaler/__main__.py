@@ -1,0 +1,3 @@
+from ember.autoscaler.main import main
+
+main()

@@ -1,0 +1,66 @@
+"""Entry point of the autoscaler process (``python -m ember.autoscaler``), and how the head starts it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+
+from ember._private import session
+from ember._private.processes import spawn
+from ember.autoscaler.cluster_config import ClusterConfig
+from ember.autoscaler.node_provider import NodeProvider, provider_class
+from ember.rpc.daemon import run_daemon, setup_logging
+
+logger = logging.getLogger(__name__)
+
+#: The autoscaler's name in the session's ``pids/`` folder.
+PID_NAME = "autoscaler"
+
+
+def start_autoscaler(session_dir: str, gcs_address: str, config_path: str, *, detach: bool = True,
+                     env: dict[str, str] | None = None) -> int:
+    """Start the autoscaler process for a head (its config must be checked already); its pid."""
+    proc = spawn(
+        ["-m", "ember.autoscaler", "--session-dir", session_dir, "--gcs-address", gcs_address,
+         "--config", os.path.abspath(config_path)],
+        log_path=os.path.join(session_dir, "logs", "monitor.log"), env=env, detach=detach,
+    )
+    session.write_pid_file(session_dir, PID_NAME, proc.pid)
+    return proc.pid
+
+
+def build_provider(cluster: ClusterConfig, session_dir: str, gcs_address: str) -> NodeProvider:
+    """The cluster's node provider; the head's address and session are added to its config."""
+    provider_config = {"session_dir": session_dir, "gcs_address": gcs_address, **cluster.provider}
+    return provider_class(provider_config)(provider_config, cluster.cluster_name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ember-autoscaler")
+    parser.add_argument("--session-dir", required=True)
+    parser.add_argument("--gcs-address", required=True)
+    parser.add_argument("--config", required=True, help="the cluster YAML")
+    args = parser.parse_args(argv)
+    setup_logging("autoscaler")
+    from ember.autoscaler import cluster_config
+    from ember.autoscaler.monitor import Autoscaler
+    from ember.dashboard.gcs_client import GcsClient
+
+    cluster = cluster_config.load(args.config)
+    provider = build_provider(cluster, args.session_dir, args.gcs_address)
+    token = session.read_token(args.session_dir)
+
+    async def serve(stop: asyncio.Event) -> None:
+        gcs = GcsClient(args.gcs_address, token)
+        autoscaler = Autoscaler(cluster, provider, gcs)
+        try:
+            await autoscaler.run(stop)
+        finally:
+            gcs.close()
+            provider.shutdown()
+        logger.info("autoscaler stopped")
+
+    run_daemon(serve)
+    os._exit(0)

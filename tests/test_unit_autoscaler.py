@@ -1,0 +1,263 @@
+"""The autoscaler without processes: cluster YAML checks, the decision core, backoff, status text."""
+
+from __future__ import annotations
+
+import pytest
+
+from ember.autoscaler import cluster_config, scaling
+from ember.autoscaler.monitor import LaunchBackoff
+from ember.autoscaler.node_provider import provider_class
+from ember.autoscaler.status import format_status, status_document
+from ember.exceptions import AutoscalerConfigError
+
+HEAD = scaling.FixedNode("head", {"CPU": 0}, {"CPU": 0})
+
+
+def make_config(**overrides):
+    raw = {
+        "cluster_name": "t",
+        "max_workers": 3,
+        "idle_timeout_minutes": 1,
+        "upscaling_speed": 1.0,
+        "provider": {"type": "fake_multinode"},
+        "head_node_type": "head",
+        "available_node_types": {
+            "head": {"resources": {"CPU": 0}, "node_config": {}},
+            "cpu": {"resources": {"CPU": 1}, "min_workers": 0, "max_workers": 3, "node_config": {}},
+        },
+    }
+    raw.update(overrides)
+    return cluster_config.parse(raw)
+
+
+def running(pid, node_type="cpu", cpus=1.0, free=None, idle_s=0.0, holds_objects=False):
+    return scaling.WorkerNode(pid, node_type, joined=True, age_s=100, total={"CPU": cpus},
+                              available={"CPU": cpus if free is None else free}, idle_s=idle_s,
+                              holds_objects=holds_objects)
+
+
+def launching(pid, node_type="cpu", age_s=1.0):
+    return scaling.WorkerNode(pid, node_type, joined=False, age_s=age_s)
+
+
+# ------------------------------------------------------------------ config
+def test_config_reads_rays_keys_and_defaults():
+    cfg = make_config(idle_timeout_minutes=0.5)
+    assert cfg.idle_timeout_s == 30.0 and cfg.max_workers == 3 and cfg.head_node_type == "head"
+    assert list(cfg.worker_types) == ["cpu"] and cfg.worker_types["cpu"].resources == {"CPU": 1.0}
+    raw = {"cluster_name": "d", "provider": {"type": "fake_multinode"}, "head_node_type": "h",
+           "available_node_types": {"h": {}, "w": {"resources": {"CPU": 2}}}, "setup_commands": ["echo"]}
+    cfg = cluster_config.parse(raw)
+    assert (cfg.max_workers, cfg.idle_timeout_s, cfg.upscaling_speed) == (2, 300.0, 1.0)  # Ray's defaults
+    assert cfg.node_types["w"].max_workers == 2 and cfg.node_types["w"].min_workers == 0
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"max_wrokers": 3}, "max_wrokers: unknown key"),
+    ({"max_workers": -1}, "max_workers: must be a whole number >= 0, got -1"),
+    ({"max_workers": "3"}, "max_workers: must be a whole number"),
+    ({"idle_timeout_minutes": "soon"}, "idle_timeout_minutes: must be a number"),
+    ({"upscaling_speed": 0}, "upscaling_speed: must be above 0"),
+    ({"head_node_type": "nope"}, "head_node_type: 'nope' is not one of available_node_types"),
+    ({"provider": "fake_multinode"}, "provider: must be a mapping with a 'type'"),
+    ({"available_node_types": {}}, "available_node_types: must be a non-empty mapping"),
+    ({"available_node_types": {"head": {}, "w": {"resources": {"CPU": -1}}}}, "available_node_types.w.resources.CPU"),
+    ({"available_node_types": {"head": {}, "w": {"min_workers": 4, "max_workers": 2}}}, "above the type's max_workers"),
+    ({"available_node_types": {"head": {}, "w": {"cpus": 1}}}, "available_node_types.w.cpus: unknown key"),
+    ({"available_node_types": {"head": {}, "w": {"min_workers": 3}, "v": {"min_workers": 2}}}, "add up to 5"),
+    ({"cluster_name": ""}, "cluster_name: must be a non-empty name"),
+])
+def test_bad_config_names_the_key_and_the_problem(change, words):
+    with pytest.raises(AutoscalerConfigError, match="the cluster config: ") as info:
+        make_config(**change)
+    assert words in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_missing_required_key_and_bad_yaml_file(tmp_path):
+    with pytest.raises(AutoscalerConfigError, match="provider: is required"):
+        cluster_config.parse({"cluster_name": "x", "available_node_types": {"h": {}}, "head_node_type": "h"})
+    path = tmp_path / "cluster.yaml"
+    path.write_text("cluster_name: [unclosed\n")
+    with pytest.raises(AutoscalerConfigError, match=f"{path} is not valid YAML"):
+        cluster_config.load(str(path))
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(AutoscalerConfigError, match="must be a mapping of Ray's cluster keys"):
+        cluster_config.load(str(path))
+    with pytest.raises(AutoscalerConfigError, match="cannot read the cluster config"):
+        cluster_config.load(str(tmp_path / "missing.yaml"))
+
+
+def test_provider_lookup_is_checked():
+    assert provider_class({"type": "fake_multinode"}).__name__ == "FakeMultiNodeProvider"
+    with pytest.raises(AutoscalerConfigError, match="unknown provider 'aws'"):
+        provider_class({"type": "aws"})
+    with pytest.raises(AutoscalerConfigError, match="not a NodeProvider subclass"):
+        provider_class({"type": "external", "module": "ember.autoscaler.scaling.Demand"})
+    with pytest.raises(AutoscalerConfigError, match="cannot import"):
+        provider_class({"type": "external", "module": "no_such_pkg.Provider"})
+
+
+# ------------------------------------------------------------------ scale up
+def test_tasks_launch_one_node_per_cpu_up_to_max_workers():
+    d = scaling.decide(make_config(), [], [HEAD], scaling.Demand(shapes=[({"CPU": 1}, 6)]))
+    assert d.launch == {"cpu": 3}
+    assert "6 queued task/actor request(s)" in d.launch_reasons["cpu"]
+    assert d.waiting and "max_workers" in d.waiting[0][1] and not d.infeasible
+
+
+def test_free_room_and_launching_nodes_absorb_demand():
+    nodes = [running("a", free=1.0), launching("b")]
+    d = scaling.decide(make_config(), nodes, [HEAD], scaling.Demand(shapes=[({"CPU": 1}, 3)]))
+    assert d.launch == {"cpu": 1} and not d.terminate
+    d = scaling.decide(make_config(), nodes, [HEAD], scaling.Demand(shapes=[({"CPU": 1}, 2)]))
+    assert d.launch == {}
+
+
+def test_bin_packing_picks_the_type_that_packs_best_and_avoids_gpu_nodes():
+    types = {"head": {"resources": {"CPU": 0}},
+             "small": {"resources": {"CPU": 1}, "max_workers": 5},
+             "big": {"resources": {"CPU": 4}, "max_workers": 5},
+             "gpu": {"resources": {"CPU": 4, "GPU": 1}, "max_workers": 5}}
+    cfg = make_config(available_node_types=types, max_workers=10)
+    d = scaling.decide(cfg, [], [HEAD], scaling.Demand(shapes=[({"CPU": 1}, 8)]))
+    assert d.launch == {"big": 2}  # fully used, fewer nodes; never the GPU type for CPU work
+    d = scaling.decide(cfg, [], [HEAD], scaling.Demand(shapes=[({"CPU": 1, "GPU": 1}, 1)]))
+    assert d.launch == {"gpu": 1}
+    d = scaling.decide(cfg, [], [HEAD], scaling.Demand(shapes=[({"CPU": 2}, 1)]))
+    assert d.launch == {"big": 1}
+
+
+def test_strict_spread_group_gets_all_its_nodes_in_one_decision():
+    pg = ("STRICT_SPREAD", [{"CPU": 1}] * 3)
+    d = scaling.decide(make_config(), [], [HEAD], scaling.Demand(placement_groups=[pg]))
+    assert d.launch == {"cpu": 3} and "STRICT_SPREAD" in d.launch_reasons["cpu"]
+    # One node already free: two more.
+    d = scaling.decide(make_config(), [running("a")], [HEAD], scaling.Demand(placement_groups=[pg]))
+    assert d.launch == {"cpu": 2}
+    # A group larger than max_workers allows launches nothing (it could never be placed whole).
+    d = scaling.decide(make_config(max_workers=2), [], [HEAD], scaling.Demand(placement_groups=[pg]))
+    assert d.launch == {} and "max_workers" in d.waiting[0][1]
+
+
+def test_strict_pack_group_needs_one_node_that_holds_it_all():
+    types = {"head": {"resources": {"CPU": 0}}, "cpu": {"resources": {"CPU": 1}}, "big": {"resources": {"CPU": 4}}}
+    cfg = make_config(available_node_types=types)
+    d = scaling.decide(cfg, [], [HEAD], scaling.Demand(placement_groups=[("STRICT_PACK", [{"CPU": 1}] * 3)]))
+    assert d.launch == {"big": 1}
+    d = scaling.decide(cfg, [], [HEAD], scaling.Demand(placement_groups=[("STRICT_PACK", [{"CPU": 3}] * 2)]))
+    assert d.launch == {} and "STRICT_PACK" in d.infeasible[0][0]
+
+
+def test_infeasible_shapes_are_named_and_launch_nothing():
+    d = scaling.decide(make_config(), [], [HEAD], scaling.Demand(shapes=[({"GPU": 1}, 2), ({"CPU": 1}, 1)]))
+    assert d.launch == {"cpu": 1}
+    assert d.infeasible == [("{GPU: 1}", "no node type (and no node) has these resources")]
+    # A shape an existing (unmanaged) node can run is not infeasible: it waits for that node.
+    big_head = scaling.FixedNode("head", {"CPU": 8}, {"CPU": 0})
+    d = scaling.decide(make_config(), [], [big_head], scaling.Demand(shapes=[({"CPU": 8}, 1)]))
+    assert not d.infeasible and d.launch == {}
+
+
+def test_upscaling_speed_limits_nodes_launching_at_once():
+    cfg = make_config(max_workers=50, available_node_types={
+        "head": {"resources": {"CPU": 0}}, "cpu": {"resources": {"CPU": 1}, "max_workers": 50}})
+    d = scaling.decide(cfg, [], [HEAD], scaling.Demand(shapes=[({"CPU": 1}, 20)]), scaling.Limits(upscaling_initial_num_nodes=5))
+    assert d.launch == {"cpu": 5} and "upscaling_speed" in d.waiting[0][1]
+    nodes = [running(f"n{i}", free=0.0) for i in range(10)]
+    d = scaling.decide(cfg, nodes, [HEAD], scaling.Demand(shapes=[({"CPU": 1}, 20)]), scaling.Limits(5))
+    assert d.launch == {"cpu": 11}  # 1.0 * 11 running nodes
+    slow = make_config(max_workers=50, upscaling_speed=0.5, available_node_types={
+        "head": {"resources": {"CPU": 0}}, "cpu": {"resources": {"CPU": 1}, "max_workers": 50}})
+    d = scaling.decide(slow, nodes, [HEAD], scaling.Demand(shapes=[({"CPU": 1}, 20)]), scaling.Limits(5))
+    assert d.launch == {"cpu": 6}
+
+
+def test_min_workers_are_kept_and_max_never_exceeded():
+    types = {"head": {"resources": {"CPU": 0}}, "cpu": {"resources": {"CPU": 1}, "min_workers": 2, "max_workers": 3}}
+    cfg = make_config(available_node_types=types)
+    assert scaling.decide(cfg, [], [HEAD], scaling.Demand()).launch == {"cpu": 2}
+    idle = [running("a", idle_s=1e6), running("b", idle_s=1e6)]
+    d = scaling.decide(cfg, idle, [HEAD], scaling.Demand())
+    assert d.launch == {} and d.terminate == []  # idle, but at min_workers
+    over = [running(str(i), idle_s=i) for i in range(5)]
+    d = scaling.decide(cfg, over, [HEAD], scaling.Demand(shapes=[({"CPU": 1}, 10)]))
+    assert d.launch == {} and [pid for pid, _ in d.terminate] == ["4", "3"]
+    assert "max_workers" in d.terminate[0][1]
+
+
+# ------------------------------------------------------------------ scale down
+def test_idle_nodes_end_after_the_timeout_unless_busy_or_holding_objects():
+    cfg = make_config(idle_timeout_minutes=1, max_workers=5, available_node_types={
+        "head": {"resources": {"CPU": 0}}, "cpu": {"resources": {"CPU": 1}, "max_workers": 5}})
+    nodes = [running("idle", idle_s=61), running("young", idle_s=59), running("busy", free=0.0),
+             running("objects", idle_s=600, holds_objects=True)]
+    d = scaling.decide(cfg, nodes, [HEAD], scaling.Demand())
+    assert d.terminate == [("idle", "idle for 61s (idle_timeout_minutes: 1)")]
+    # Queued demand that fits on the idle node keeps it.
+    d = scaling.decide(cfg, nodes, [HEAD], scaling.Demand(shapes=[({"CPU": 1}, 1)]))
+    assert d.terminate == [] and d.launch == {}
+
+
+def test_request_resources_launches_at_once_and_keeps_its_nodes():
+    cfg = make_config(idle_timeout_minutes=0.1)
+    d = scaling.decide(cfg, [], [HEAD], scaling.Demand(requested=[{"CPU": 1}] * 2), scaling.Limits(upscaling_initial_num_nodes=1))
+    assert d.launch == {"cpu": 2} and "request_resources" in d.launch_reasons["cpu"]
+    nodes = [running("a", idle_s=100), running("b", idle_s=100), running("c", idle_s=100)]
+    d = scaling.decide(cfg, nodes, [HEAD], scaling.Demand(requested=[{"CPU": 1}] * 2))
+    assert [pid for pid, _ in d.terminate] == ["c"] and d.launch == {}
+    # Requests count against total capacity: busy nodes satisfy them too.
+    busy = [running("a", free=0.0), running("b", free=0.0)]
+    assert scaling.decide(cfg, busy, [HEAD], scaling.Demand(requested=[{"CPU": 1}] * 2)).launch == {}
+
+
+def test_broken_nodes_are_ended_with_their_reason():
+    nodes = [launching("slow", age_s=61), running("dead"), running("stray", node_type="gone")]
+    nodes[1].alive = False
+    d = scaling.decide(make_config(), nodes, [HEAD], scaling.Demand(), scaling.Limits(node_start_timeout_s=60))
+    reasons = dict(d.terminate)
+    assert "did not join the cluster within 60s" in reasons["slow"]
+    assert reasons["dead"] == "its node daemon died"
+    assert "'gone' is not a worker type" in reasons["stray"]
+
+
+def test_launch_backoff_doubles_and_resets():
+    backoff = LaunchBackoff(1.0, 5.0)
+    assert backoff.wait_s("cpu", 0.0) == 0.0
+    assert [backoff.failed("cpu", 0.0) for _ in range(4)] == [1.0, 2.0, 4.0, 5.0]
+    assert backoff.wait_s("cpu", 1.0) == 4.0 and backoff.wait_s("gpu", 1.0) == 0.0
+    backoff.succeeded("cpu")
+    assert backoff.wait_s("cpu", 1.0) == 0.0
+
+
+# ------------------------------------------------------------------ status text
+def test_status_text_shows_types_pending_failures_demands_and_events():
+    nodes = [
+        {"NodeID": "h" * 56, "Alive": True, "IsHead": True, "NodeManagerAddress": "127.0.0.1",
+         "Resources": {"CPU": 0.0}, "AvailableResources": {}},
+        {"NodeID": "w" * 56, "Alive": True, "NodeManagerAddress": "127.0.0.1",
+         "Resources": {"CPU": 1.0}, "AvailableResources": {"CPU": 0.0}},
+        {"NodeID": "d" * 56, "Alive": False, "NodeManagerAddress": "127.0.0.1", "DeathReason": "no heartbeat for 30s",
+         "Resources": {}, "AvailableResources": {}},
+        {"NodeID": "s" * 56, "Alive": False, "NodeManagerAddress": "127.0.0.1",
+         "DeathReason": "its node daemon was stopped", "Resources": {}, "AvailableResources": {}},
+    ]
+    demand = {"nodes": [], "tasks": [[{"CPU": 1.0}, 4]], "actors": [],
+              "placement_groups": [{"strategy": "STRICT_SPREAD", "bundles": [{"CPU": 1.0}] * 3}],
+              "requested": [{"CPU": 1.0}, {"CPU": 1.0}]}
+    autoscaler = {"head_node_type": "head", "active": {"cpu": ["w" * 56]},
+                  "pending": [{"node_type": "cpu", "provider_id": "fake-1", "status": "launching"}],
+                  "failed": [{"time": 0, "node_type": "cpu", "reason": "quota exceeded"}],
+                  "infeasible": [["{GPU: 1}", "no node type has it"]], "waiting": [],
+                  "events": [{"time": 0, "kind": "scale_up", "message": "adding 1 cpu node(s): 4 queued"}],
+                  "node_types": {"cpu": {"resources": {"CPU": 1}}}}
+    text = format_status(status_document(nodes, demand, autoscaler))
+    for line in (" 1 head", " 1 cpu", " fake-1: cpu, launching", "no heartbeat for 30s",
+                 " cpu: LaunchFailed", "quota exceeded", " 1/1 CPU",
+                 " {'CPU': 1.0}: 2 from request_resources()", " {'CPU': 1.0}: 4+ pending tasks/actors",
+                 " {'CPU': 1.0} * 3 (STRICT_SPREAD): 1+ pending placement groups",
+                 " {GPU: 1}: no node type has it", "scale_up: adding 1 cpu node(s)"):
+        assert line in text, (line, text)
+    assert "its node daemon was stopped" not in text  # a node ended on purpose is not a failure
+    plain = format_status(status_document(nodes[:1], None, None))
+    assert " 1 node" in plain and "(no resource demands)" in plain and "autoscaler events" not in plain
