@@ -180,6 +180,8 @@ class Config:
     autoscaler_launch_backoff_max_s: float = 30.0
     #: Scale-up/down events and failures kept for ``ember status`` and the dashboard (the newest).
     autoscaler_max_events: int = 200
+    #: Seconds ``ember up`` / ``ember start --autoscaling-config`` wait for the autoscaler's first report.
+    autoscaler_start_timeout_s: float = 30.0
     #: Object store of a fake_multinode node whose type names no object_store_memory.
     autoscaler_fake_node_object_store_bytes: int = 100 * 1024 * 1024
 

@@ -31,6 +31,25 @@ def start_autoscaler(session_dir: str, gcs_address: str, config_path: str, *, de
     return proc.pid
 
 
+def wait_for_autoscaler(gcs_address: str, token: str, pid: int) -> None:
+    """Wait until the autoscaler ``pid`` has reported to the control service (RuntimeError if it exits)."""
+    import time
+
+    from ember._private.config import config
+    from ember._private.processes import pid_alive
+    from ember.rpc.sync_client import gcs_request
+
+    deadline = time.monotonic() + config().autoscaler_start_timeout_s
+    while time.monotonic() < deadline:
+        status = gcs_request(gcs_address, token, "get_autoscaler_status")
+        if status is not None and status.get("pid") == pid and not status.get("stopped"):
+            return
+        if not pid_alive(pid):
+            raise RuntimeError("the autoscaler exited at start")
+        time.sleep(0.05)  # polling another process's first report: no event to wait on
+    raise RuntimeError(f"the autoscaler did not report within {config().autoscaler_start_timeout_s:g}s")
+
+
 def build_provider(cluster: ClusterConfig, session_dir: str, gcs_address: str) -> NodeProvider:
     """The cluster's node provider; the head's address and session are added to its config."""
     provider_config = {"session_dir": session_dir, "gcs_address": gcs_address, **cluster.provider}

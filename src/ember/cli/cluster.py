@@ -104,9 +104,15 @@ def start(head: bool, address: str | None, port: int, num_cpus: float | None, nu
                 raise click.ClickException(f"the head did not come up: {exc}; see {nodes.session_dir}/logs") from exc
             session.write_current_cluster({"gcs_address": nodes.gcs_address, "session_dir": nodes.session_dir})
             if autoscaling_config is not None:
-                from ember.autoscaler.main import start_autoscaler
+                from ember.autoscaler.main import start_autoscaler, wait_for_autoscaler
 
-                start_autoscaler(nodes.session_dir, nodes.gcs_address, autoscaling_config)
+                pid = start_autoscaler(nodes.session_dir, nodes.gcs_address, autoscaling_config)
+                try:
+                    # Until it has reported, node daemons would call demand for its node types infeasible.
+                    wait_for_autoscaler(nodes.gcs_address, nodes.token, pid)
+                except RuntimeError as exc:
+                    raise click.ClickException(f"{exc}; see {nodes.session_dir}/logs/monitor.log "
+                                               "(the head is running: `ember stop` ends it)") from exc
         else:
             assert address is not None
             try:

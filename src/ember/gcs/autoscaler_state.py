@@ -102,7 +102,10 @@ class AutoscalerState:
         """The autoscaler's status; ``launchable`` (its node types' shapes) goes to every node."""
         if not isinstance(payload, dict):
             raise ValueError("an autoscaler report is a dict")
-        self.last_report = payload.get("status")
+        status = payload.get("status")
+        if status is not None and not isinstance(status, dict):
+            raise ValueError("an autoscaler report's status is a dict")
+        self.last_report = status
         self.reported_at = time.time()
         launchable = payload.get("launchable")
         if launchable is not None:

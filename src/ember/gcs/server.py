@@ -482,6 +482,8 @@ class GcsServer:
         return self.autoscaler.cluster_demand()
 
     def rpc_request_resources(self, conn: Connection, p: dict[str, Any]) -> None:
+        if not isinstance(p, dict):
+            raise ValueError("request_resources takes {'bundles': [{resource: amount}, ...]}")
         self.autoscaler.request_resources(p.get("bundles"))
 
     def rpc_autoscaler_report(self, conn: Connection, p: dict[str, Any]) -> None:

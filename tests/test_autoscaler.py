@@ -1,0 +1,289 @@
+"""The autoscaler end to end: real heads (``ember up`` / ``ember start --autoscaling-config``), real
+node daemons started by the fake_multinode provider, real drivers.
+
+Clusters are small for 2 cores: a head with no CPU and up to 3 one-CPU worker nodes.
+Every test ends every process it started, by pid (``ember down``/``ember stop``, and
+``end_everything`` as a backstop whatever happened).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import pytest
+import yaml
+
+import ember
+from ember._private import session
+from ember._private.processes import pid_alive
+from ember._private.test_utils import wait_for_condition, wait_for_file, write_file_atomic
+from ember.autoscaler.fake_multinode import state_path
+from ember.rpc.sync_client import gcs_request
+from tests.cli_cluster import cli_env, ember_cli, end_everything, session_pids
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+IDLE_TIMEOUT_S = 3.0
+
+
+def cluster_yaml(name: str, **overrides) -> dict:
+    raw = {
+        "cluster_name": name,
+        "max_workers": 3,
+        "idle_timeout_minutes": IDLE_TIMEOUT_S / 60,
+        "upscaling_speed": 1.0,
+        "provider": {"type": "fake_multinode"},
+        "head_node_type": "head",
+        "available_node_types": {
+            "head": {"resources": {"CPU": 0}, "node_config": {}},
+            "cpu_worker": {"resources": {"CPU": 1}, "min_workers": 0, "max_workers": 3, "node_config": {}},
+        },
+    }
+    raw.update(overrides)
+    return raw
+
+
+class ScaledCluster:
+    """A head with an autoscaler, started through the CLI under its own EMBER_TMPDIR."""
+
+    def __init__(self, tmp_path: pathlib.Path, config: dict) -> None:
+        self.tmpdir = str(tmp_path / "ember")
+        self.config = config
+        self.yaml = str(tmp_path / "cluster.yaml")
+        pathlib.Path(self.yaml).write_text(yaml.safe_dump(config))
+        python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        self.env = cli_env(self.tmpdir, EMBER_autoscaler_update_interval_s="0.2",
+                           EMBER_autoscaler_launch_backoff_initial_s="0.2", PYTHONPATH=python_path)
+        self.address = ""
+        self.token = ""
+        self.session_dir = ""
+        self.max_workers_seen = 0
+
+    def up(self) -> None:
+        result = ember_cli(["up", self.yaml, "--port", "0", "--no-include-dashboard"], self.env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        with open(os.path.join(self.tmpdir, "autoscaler", f"{self.config['cluster_name']}.json")) as f:
+            record = json.load(f)
+        self._attach(record["session_dir"], record["gcs_address"])
+
+    def start_head(self) -> None:
+        """``ember start --head --autoscaling-config`` (ended with ``ember stop``)."""
+        result = ember_cli(["start", "--head", "--port", "0", "--num-cpus", "0", "--no-include-dashboard",
+                            "--autoscaling-config", self.yaml], self.env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        started = json.loads(pathlib.Path(self.tmpdir, "ember_started.json").read_text())
+        session_dir = started[0]["session_dir"]
+        with open(os.path.join(session_dir, "gcs_restart_args.json")) as f:
+            args = json.load(f)
+        self._attach(session_dir, f"{args[args.index('--host') + 1]}:{args[args.index('--port') + 1]}")
+
+    def _attach(self, session_dir: str, address: str) -> None:
+        self.session_dir = session_dir
+        self.address = address
+        self.token = session.read_token(session_dir)
+
+    def connect(self) -> None:
+        ember.init(address=self.address, _token=self.token)
+
+    def call(self, method: str, payload=None):
+        return gcs_request(self.address, self.token, method, payload)
+
+    def workers(self) -> list[dict]:
+        """Live worker nodes (every node but the head); remembers the most ever seen."""
+        nodes = [n for n in self.call("get_cluster_demand")["nodes"] if not n["IsHead"]]
+        self.max_workers_seen = max(self.max_workers_seen, len(nodes))
+        return nodes
+
+    def status(self) -> str:
+        result = ember_cli(["status", "--address", self.address], self.env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def provider_pids(self) -> set[int]:
+        try:
+            with open(state_path(self.session_dir)) as f:
+                return {record["pid"] for record in json.load(f).values()}
+        except OSError:
+            return set()
+
+    def close(self) -> None:
+        if ember.is_initialized():
+            ember.shutdown()
+        end_everything(self.tmpdir)
+
+
+@pytest.fixture
+def make_cluster(tmp_path):
+    made: list[ScaledCluster] = []
+
+    def make(config: dict) -> ScaledCluster:
+        cluster = ScaledCluster(tmp_path, config)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.close()
+
+
+@ember.remote(num_cpus=1)
+def hold(release: str, report: str) -> str:
+    node_id = ember.get_runtime_context().get_node_id()
+    write_file_atomic(report, node_id)
+    wait_for_file(release, timeout=120)
+    return node_id
+
+
+def test_tasks_scale_up_to_max_then_idle_nodes_go_and_down_ends_everything(make_cluster, tmp_path):
+    cluster = make_cluster(cluster_yaml("tasks"))
+    cluster.up()
+    cluster.connect()
+    head = next(n["NodeID"] for n in cluster.call("get_nodes") if n["IsHead"])
+    release = str(tmp_path / "release")
+    reports = [str(tmp_path / f"report-{i}") for i in range(6)]
+    refs = [hold.remote(release, report) for report in reports]
+    # Six one-CPU tasks, max_workers 3: three nodes come up and run three tasks at once.
+    wait_for_condition(lambda: len([r for r in reports if os.path.exists(r)]) == 3 and cluster.workers(), timeout=90)
+    running_on = {pathlib.Path(r).read_text() for r in reports if os.path.exists(r)}
+    assert len(running_on) == 3 and head not in running_on
+    write_file_atomic(release, "go")
+    done = ember.get(refs, timeout=90)
+    assert len(done) == 6 and head not in done
+    assert cluster.max_workers_seen == 3
+    ember.shutdown()
+    # Idle for IDLE_TIMEOUT_S: every worker node is removed, with the reason.
+    wait_for_condition(lambda: not cluster.workers(), timeout=60)
+    assert cluster.max_workers_seen == 3
+    text = cluster.status()
+    assert "scale_up: adding 3 cpu_worker node(s): 6 queued task/actor request(s)" in text
+    assert text.count("scale_down: removing cpu_worker node") == 3 and "idle for" in text
+    pids = session_pids(cluster.tmpdir)
+    result = ember_cli(["down", cluster.yaml], cluster.env)
+    assert result.returncode == 0 and "is down" in result.stdout, result.stdout + result.stderr
+    assert not [pid for pid in pids if pid_alive(pid)]
+    assert not os.path.exists(os.path.join(cluster.tmpdir, "autoscaler", "tasks.json"))
+    again = ember_cli(["down", cluster.yaml], cluster.env)
+    assert again.returncode == 0 and "No cluster named 'tasks' is up" in again.stdout
+
+
+@ember.remote(num_cpus=1)
+class Pinger:
+    def node(self) -> str:
+        return ember.get_runtime_context().get_node_id()
+
+
+def test_actor_strict_spread_group_and_request_resources(make_cluster):
+    from ember.autoscaler.sdk import request_resources
+    from ember.util.placement_group import (
+        placement_group,
+        placement_group_table,
+        remove_placement_group,
+    )
+
+    cluster = make_cluster(cluster_yaml("actors"))
+    cluster.up()
+    cluster.connect()
+    head = next(n["NodeID"] for n in cluster.call("get_nodes") if n["IsHead"])
+    actor = Pinger.remote()
+    assert ember.get(actor.node.remote(), timeout=90) != head  # a node was added for the actor
+    ember.kill(actor)
+    # A STRICT_SPREAD group of 3 needs 3 nodes at once (one may be the actor's, if still there).
+    pg = placement_group([{"CPU": 1}] * 3, strategy="STRICT_SPREAD")
+    ember.get(pg.ready(), timeout=90)
+    nodes = placement_group_table(pg)["bundles_to_node_id"]
+    assert len(set(nodes.values())) == 3 and head not in nodes.values()
+    assert cluster.max_workers_seen <= 3
+    remove_placement_group(pg)
+    # Requested capacity keeps two nodes through the idle timeout; the third goes.
+    request_resources(num_cpus=2)
+    wait_for_condition(lambda: len(cluster.workers()) == 2, timeout=60)
+    wait_for_condition(lambda: all(n["IdleSeconds"] > 2 * IDLE_TIMEOUT_S for n in cluster.workers())
+                       and len(cluster.workers()) == 2, timeout=60)
+    assert "{'CPU': 1.0}: 2 from request_resources()" in cluster.status()
+    with pytest.raises(ValueError, match="non-negative number"):
+        request_resources(bundles=[{"CPU": -1}])
+    with pytest.raises(TypeError):
+        request_resources(num_cpus="2")
+    # `ember down` with live worker nodes ends them too (the autoscaler first).
+    pids = session_pids(cluster.tmpdir) | cluster.provider_pids()
+    assert len(cluster.provider_pids()) == 2
+    ember.shutdown()
+    result = ember_cli(["down", cluster.yaml], cluster.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not [pid for pid in pids if pid_alive(pid)]
+
+
+@ember.remote
+def needs_gpu() -> int:
+    return 1
+
+
+def test_infeasible_demand_is_reported_within_seconds(make_cluster, capfd):
+    cluster = make_cluster(cluster_yaml("gpu"))
+    cluster.up()
+    cluster.connect()
+    ref = needs_gpu.options(num_gpus=1).remote()
+    seen = []
+
+    def warned() -> bool:
+        seen.append(capfd.readouterr().err)
+        return "cannot be scheduled" in "".join(seen)
+
+    wait_for_condition(warned, timeout=10)
+    text = "".join(seen)
+    assert "nor any node type the autoscaler can add ({CPU: 1" in text and "GPU: 1" in text
+    wait_for_condition(lambda: "Infeasible" in cluster.status(), timeout=10)
+    status = cluster.status()
+    assert "{CPU: 1, GPU: 1}: no node type (and no node) has these resources" in status
+    assert "{'CPU': 1.0, 'GPU': 1.0}: 1+ pending tasks/actors" in status
+    assert cluster.workers() == []  # nothing was launched for it
+    ember.cancel(ref)
+
+
+def test_bad_yaml_is_a_clear_error_and_starts_nothing(tmp_path):
+    env = cli_env(str(tmp_path / "ember"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cluster_yaml("bad", max_workers=-2)))
+    for args in (["up", str(bad)], ["start", "--head", "--port", "0", "--autoscaling-config", str(bad)]):
+        result = ember_cli(args, env)
+        assert result.returncode != 0
+        assert f"{bad}: max_workers: must be a whole number >= 0, got -2" in result.stderr
+    bad.write_text("cluster_name: x\navailable_node_types: {head: {}}\n  bad indent: [")
+    result = ember_cli(["up", str(bad)], env)
+    assert result.returncode != 0 and "is not valid YAML" in result.stderr
+    result = ember_cli(["start", "--address", "127.0.0.1:1", "--autoscaling-config", str(bad)], env)
+    assert result.returncode != 0 and "use it with --head" in result.stderr
+    assert not list((tmp_path / "ember").glob("session_*"))
+
+
+def test_provider_failures_are_retried_reported_and_stop_ends_everything(make_cluster, tmp_path):
+    failing = tmp_path / "quota-exhausted"
+    failing.write_text("")
+    provider = {"type": "external", "module": "tests.flaky_provider.FlakyProvider", "fail_while": str(failing)}
+    cluster = make_cluster(cluster_yaml("flaky", provider=provider))
+    cluster.start_head()
+    cluster.connect()
+    ref = hold.remote(str(tmp_path / "release"), str(tmp_path / "report"))
+    wait_for_condition(lambda: cluster.status().count("launch_failed: launching 1 cpu_worker") >= 2, timeout=30)
+    status = cluster.status()
+    assert "cpu_worker: LaunchFailed" in status and "quota exceeded (simulated by the test)" in status
+    assert "retrying in" in status and cluster.workers() == []
+
+    # The cluster keeps working meanwhile (the head runs what needs no CPU).
+    @ember.remote(num_cpus=0)
+    def zero() -> str:
+        return "ok"
+
+    assert ember.get(zero.remote(), timeout=30) == "ok"
+    failing.unlink()  # the provider recovers: the node comes and the task runs
+    wait_for_file(str(tmp_path / "report"), timeout=60)
+    write_file_atomic(str(tmp_path / "release"), "go")
+    assert ember.get(ref, timeout=30) != ""
+    assert "scale_up: adding 1 cpu_worker node(s)" in cluster.status()
+    pids = session_pids(cluster.tmpdir) | cluster.provider_pids()
+    assert cluster.provider_pids()
+    ember.shutdown()
+    result = ember_cli(["stop"], cluster.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not [pid for pid in pids if pid_alive(pid)]
