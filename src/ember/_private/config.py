@@ -170,6 +170,10 @@ class Config:
     # --- autoscaler --------------------------------------------------------
     #: Seconds between two decisions of the autoscaler (it also decides at once when demand appears).
     autoscaler_update_interval_s: float = 1.0
+    #: Shortest pause between two decisions (new demand wakes the autoscaler; this bounds how often).
+    autoscaler_min_update_gap_s: float = 0.1
+    #: Longest a ``get_cluster_demand`` call waits for new demand (bounds a client's request).
+    autoscaler_max_demand_wait_s: float = 60.0
     #: Nodes allowed to be launching at once whatever ``upscaling_speed`` says (Ray's 5).
     autoscaler_upscaling_initial_num_nodes: int = 5
     #: Seconds a launched node has to join the cluster before it counts as failed and is ended.

@@ -94,21 +94,27 @@ class Autoscaler:
         interval = config().autoscaler_update_interval_s
         self.event("started", f"autoscaler for cluster {self.cluster.cluster_name!r} "
                    f"({', '.join(self.cluster.worker_types) or 'no worker types'})")
+        gap = config().autoscaler_min_update_gap_s
+        wait_s = 0.0  # the first decision at once (min_workers)
         while not stop.is_set():
+            pause = gap
             try:
-                await self.update()
+                await self.update(wait_s)
+                wait_s = interval
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a control service restarting, a provider bug: try again next round
                 logger.exception("autoscaler update failed")
                 self.event("update_failed", f"{type(exc).__name__}: {exc}", logging.WARNING)
+                pause = interval
             try:
-                await asyncio.wait_for(stop.wait(), interval)
+                await asyncio.wait_for(stop.wait(), pause)
             except asyncio.TimeoutError:
                 pass
 
-    async def update(self) -> scaling.Decision:
-        demand = await self.gcs.call("get_cluster_demand", None)
+    async def update(self, wait_s: float = 0.0) -> scaling.Decision:
+        """One decision; first waits up to ``wait_s`` for new demand (the control service wakes it)."""
+        demand = await self.gcs.call("get_cluster_demand", {"wait_s": wait_s}, timeout=wait_s + 10.0)
         ids = await asyncio.to_thread(self.provider.non_terminated_nodes, {TAG_NODE_KIND: NODE_KIND_WORKER})
         tags = {pid: await asyncio.to_thread(self.provider.node_tags, pid) for pid in ids}
         workers, fixed, gcs_ids = self._nodes(demand["nodes"], ids, tags)

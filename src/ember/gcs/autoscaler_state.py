@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -54,12 +55,25 @@ class AutoscalerState:
         self.reported_at = 0.0
         #: Shapes of the node types the autoscaler can launch (None: no autoscaler).
         self.launchable: list[dict[str, float]] | None = None
+        #: Set when a node reports queued demand it did not report before.
+        self.demand_changed = asyncio.Event()
 
     # ------------------------------------------------------------ node reports
-    @staticmethod
-    def on_load_report(entry: NodeEntry, report: dict[str, Any]) -> None:
-        entry.demand = report.get("demand") or []
+    def on_load_report(self, entry: NodeEntry, report: dict[str, Any]) -> None:
+        demand = report.get("demand") or []
+        if demand and demand != entry.demand:
+            self.demand_changed.set()  # wakes an autoscaler waiting in wait_for_demand
+        entry.demand = demand
         entry.idle_s = float(report.get("idle_s", 0.0))
+
+    async def wait_for_demand(self, wait_s: float) -> None:
+        """Until a node reports new queued demand, or ``wait_s`` seconds (the autoscaler's period)."""
+        if not self.demand_changed.is_set():
+            try:
+                await asyncio.wait_for(self.demand_changed.wait(), wait_s)
+            except asyncio.TimeoutError:
+                pass
+        self.demand_changed.clear()
 
     def on_node_registered(self, conn: Connection) -> None:
         if self.launchable is not None:

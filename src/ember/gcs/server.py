@@ -477,8 +477,14 @@ class GcsServer:
         ]
 
     # ----------------------------------------------------------- autoscaling
-    def rpc_get_cluster_demand(self, conn: Connection, p: Any) -> dict[str, Any]:
-        """Live nodes (with ``IdleSeconds``), queued task/actor shapes, pending groups, requests."""
+    async def rpc_get_cluster_demand(self, conn: Connection, p: Any) -> dict[str, Any]:
+        """Live nodes (with ``IdleSeconds``), queued task/actor shapes, pending groups, requests.
+
+        With ``{"wait_s": s}`` it first waits until a node reports new queued demand, or ``s``
+        seconds (the autoscaler's period: it reacts to new demand at once without polling fast)."""
+        wait_s = p.get("wait_s") if isinstance(p, dict) else None
+        if isinstance(wait_s, (int, float)) and not isinstance(wait_s, bool) and wait_s > 0:
+            await self.autoscaler.wait_for_demand(min(float(wait_s), config().autoscaler_max_demand_wait_s))
         return self.autoscaler.cluster_demand()
 
     def rpc_request_resources(self, conn: Connection, p: dict[str, Any]) -> None:
