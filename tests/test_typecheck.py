@@ -23,6 +23,7 @@ CLEAN_PACKAGES: list[str] = [
     "_raylet.py",
     "actor.py",
     "api",
+    "autoscaler",
     "bench",
     "cli",
     "cluster_utils.py",

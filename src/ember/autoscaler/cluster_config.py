@@ -74,7 +74,10 @@ class ClusterConfig:
 
 def load(path: str) -> ClusterConfig:
     """Read and check a cluster YAML file."""
-    import yaml
+    try:
+        import yaml
+    except ImportError as exc:
+        raise AutoscalerConfigError("reading a cluster YAML needs PyYAML: pip install 'ember[autoscaler]'") from exc
 
     try:
         with open(path) as f:

@@ -51,7 +51,7 @@ class LaunchBackoff:
     def failed(self, node_type: str, now: float) -> float:
         count = self._failures.get(node_type, 0) + 1
         self._failures[node_type] = count
-        pause = min(self.max_s, self.initial_s * 2 ** (count - 1))
+        pause = min(self.max_s, self.initial_s * 2.0 ** (count - 1))
         self._next_try[node_type] = now + pause
         return pause
 

@@ -186,9 +186,8 @@ class _Planner:
 
     # ------------------------------------------------------------ bins
     def bins(self, *, totals: bool) -> list[_Bin]:
-        out = []
-        for node in self.fixed:
-            out.append(_Bin(b"fixed-" + node.node_id.encode(), res.to_fixed(node.total if totals else node.available), None, None))
+        out = [_Bin(b"fixed-" + fixed.node_id.encode(), res.to_fixed(fixed.total if totals else fixed.available), None, None)
+               for fixed in self.fixed]
         for node in self.live():
             t = self.types[node.node_type]
             if node.joined:
