@@ -22,6 +22,7 @@ from ember._private.test_utils import wait_for_condition, wait_for_file, write_f
 from ember.autoscaler.fake_multinode import state_path
 from ember.rpc.sync_client import gcs_request
 from tests.cli_cluster import cli_env, ember_cli, end_everything, session_pids
+from tests.http_helpers import http
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 IDLE_TIMEOUT_S = 3.0
@@ -60,8 +61,9 @@ class ScaledCluster:
         self.session_dir = ""
         self.max_workers_seen = 0
 
-    def up(self) -> None:
-        result = ember_cli(["up", self.yaml, "--port", "0", "--no-include-dashboard"], self.env)
+    def up(self, dashboard: bool = False) -> None:
+        http_args = ["--dashboard-port", "0"] if dashboard else ["--no-include-dashboard"]
+        result = ember_cli(["up", self.yaml, "--port", "0", *http_args], self.env)
         assert result.returncode == 0, result.stdout + result.stderr
         with open(os.path.join(self.tmpdir, "autoscaler", f"{self.config['cluster_name']}.json")) as f:
             record = json.load(f)
@@ -221,7 +223,7 @@ def needs_gpu() -> int:
 
 def test_infeasible_demand_is_reported_within_seconds(make_cluster, capfd):
     cluster = make_cluster(cluster_yaml("gpu"))
-    cluster.up()
+    cluster.up(dashboard=True)
     cluster.connect()
     ref = needs_gpu.options(num_gpus=1).remote()
     seen = []
@@ -238,7 +240,46 @@ def test_infeasible_demand_is_reported_within_seconds(make_cluster, capfd):
     assert "{CPU: 1, GPU: 1}: no node type (and no node) has these resources" in status
     assert "{'CPU': 1.0, 'GPU': 1.0}: 1+ pending tasks/actors" in status
     assert cluster.workers() == []  # nothing was launched for it
+    # The HTTP server shows the same: Ray's status document and the Cluster page's autoscaler card.
+    url = "http://" + session.read_dashboard_url(cluster.session_dir)
+    report = wait_for_condition(lambda: http(url, "/api/cluster_status", token=cluster.token).json()["data"], timeout=30)
+    assert report["clusterStatus"]["loadMetricsReport"]["resourceDemand"] == [[{"CPU": 1.0, "GPU": 1.0}, 1]]
+    assert report["clusterStatus"]["autoscaler"]["infeasible"][0][0] == "{CPU: 1, GPU: 1}"
+    assert "Infeasible" in report["autoscalingStatus"]
+    card = http(url, "/api/ui/nodes", token=cluster.token).json()["autoscaler"]
+    assert card["running"] and card["cluster_name"] == "gpu"
+    assert {t["name"]: (t["active"], t["max_workers"]) for t in card["node_types"]} == {"head": (1, 3), "cpu_worker": (0, 3)}
+    assert card["infeasible"] and "pending tasks/actors" in card["demands"][0]
+    show_cluster_page(url, cluster.token)
     ember.cancel(ref)
+
+
+def show_cluster_page(url: str, token: str) -> None:
+    """The Cluster page in a real browser shows the autoscaler card (skipped without a browser);
+    ``EMBER_UPDATE_SCREENSHOTS=1`` saves it as docs/screenshots/cluster_autoscaler.png."""
+    import urllib.parse
+
+    from tests import browser
+
+    try:
+        browser.require_browser()
+    except pytest.skip.Exception:
+        return
+    with browser.open_browser() as driver:
+        driver.get(f"{url}/login?token={urllib.parse.quote(token)}")
+        driver.get(f"{url}/#/cluster")
+
+        def text() -> str:
+            return driver.execute_script("const el = document.querySelector('#view'); return el ? el.textContent : '';")
+
+        try:
+            wait_for_condition(lambda: "Infeasible (no node type can run these)" in text() and "cpu_worker" in text(),
+                               timeout=30, retry_interval_ms=200)
+        except RuntimeError as exc:
+            raise AssertionError(f"the Cluster page shows:\n{text()[:2000]}") from exc
+        assert "Autoscaler" in text() and "Recent scaling events" in text()
+        if os.environ.get("EMBER_UPDATE_SCREENSHOTS") == "1":
+            assert driver.save_screenshot(str(ROOT / "docs" / "screenshots" / "cluster_autoscaler.png"))
 
 
 def test_bad_yaml_is_a_clear_error_and_starts_nothing(tmp_path):

@@ -46,6 +46,17 @@ class ClusterSource:
         rows: list[dict[str, Any]] = hexify(await self.ctx.gcs.call("get_nodes"))
         return rows
 
+    async def autoscaler(self, nodes: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The autoscaler's view for the Cluster page (None when no autoscaler has reported)."""
+        from ember.autoscaler.status import status_document
+
+        report = await self.ctx.gcs.call("get_autoscaler_status")
+        if report is None:
+            return None
+        demand = await self.ctx.gcs.call("get_cluster_demand")
+        doc = status_document(nodes, demand, report)
+        return autoscaler_summary(doc, report)
+
     async def jobs(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = hexify(await self.ctx.gcs.call("get_jobs"))
         return rows
@@ -104,3 +115,31 @@ class ClusterSource:
         for client in self._node_clients.values():
             client.close()
         self._node_clients.clear()
+
+
+def autoscaler_summary(doc: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """Node types with their active / idle / pending counts and limits, demands, verdicts, events."""
+    scaler = doc["autoscaler"] or {}
+    auto = doc["autoscalerReport"]
+    load = doc["loadMetricsReport"]
+    pending: dict[str, int] = dict(auto["pendingLaunches"])
+    for _pid, kind, _state in auto["pendingNodes"]:
+        pending[kind] = pending.get(kind, 0) + 1
+    types = [
+        {"name": name, "resources": t.get("resources", {}), "min_workers": t.get("min_workers", 0),
+         "max_workers": t.get("max_workers", 0), "active": auto["activeNodes"].get(name, 0),
+         "idle": auto["idleNodes"].get(name, 0), "pending": pending.get(name, 0),
+         "head": name == report.get("head_node_type")}
+        for name, t in report.get("node_types", {}).items()
+    ]
+    demands = [f"{shape}: {count}+ pending tasks/actors" for shape, count in load["resourceDemand"]]
+    demands += [f"{', '.join(f'{b} * {n}' for b, n in g['bundles'])} ({g['strategy']}): placement group"
+                for g, _count in load["pgDemand"]]
+    demands += [f"{shape}: {count} from request_resources()" for shape, count in load["requestDemand"]]
+    return {
+        "running": scaler.get("running", False), "cluster_name": scaler.get("clusterName"),
+        "max_workers": report.get("max_workers"), "node_types": types, "demands": demands,
+        "infeasible": scaler.get("infeasible", []), "waiting": scaler.get("waiting", []),
+        "failures": auto.get("launchFailures", [])[-5:],
+        "events": [e for e in scaler.get("events", []) if e.get("kind") != "started"][-10:],
+    }

@@ -103,7 +103,7 @@ class Documents:
         self.logs.learn_owners(infos)
         out = [self._node_row(n, infos.get(n["NodeID"]), actors, running, head_processes) for n in nodes]
         out.sort(key=lambda n: (n["state"] != "ALIVE", not n["is_head"], n["ip"], n["node_id"]))
-        return {"nodes": out}
+        return {"nodes": out, "autoscaler": await self.cluster.autoscaler(nodes)}
 
     async def _running_by_worker(self) -> dict[str, str]:
         return await self.tasks.running_by_worker() if self.tasks is not None else {}

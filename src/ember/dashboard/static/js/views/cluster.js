@@ -57,6 +57,38 @@ function nodeCard(node, detail) {
     h("h3", {}, `Worker processes (${node.workers.length})`), workerTable(node));
 }
 
+function shape(resources) {
+  return Object.keys(resources).sort().map((k) => `${k}: ${fmtNumber(resources[k])}`).join(", ") || "–";
+}
+
+function lines(items, empty) {
+  return items.length ? h("ul", {}, ...items.map((text) => h("li", {}, text))) : h("p", { class: "note" }, empty);
+}
+
+// The autoscaler: node types (active / idle / pending of min..max), demands, verdicts, events.
+function autoscalerCard(a) {
+  const state = a.running ? "RUNNING" : "STOPPED";
+  return h("section", { class: "card autoscaler" },
+    h("h2", {}, "Autoscaler ", h("code", { class: "note" }, a.cluster_name || ""), " ", badge(state)),
+    table([
+      { title: "Node type", get: (t) => t.head ? h("span", {}, t.name, " ", h("span", { class: "tag" }, "head")) : t.name },
+      { title: "Resources", get: (t) => shape(t.resources) },
+      { title: "Active", get: (t) => t.active, class: "num" },
+      { title: "Idle", get: (t) => t.idle, class: "num" },
+      { title: "Pending", get: (t) => t.pending, class: "num" },
+      { title: "Min..max", get: (t) => t.head ? "–" : `${t.min_workers}..${t.max_workers}`, class: "num" },
+    ], a.node_types, "No node types."),
+    h("h3", {}, "Pending demands"), lines(a.demands, "No resource demands."),
+    a.infeasible.length ? h("h3", {}, "Infeasible (no node type can run these)") : null,
+    a.infeasible.length ? lines(a.infeasible.map(([what, why]) => `${what}: ${why}`), "") : null,
+    a.waiting.length ? h("h3", {}, "Waiting for a limit") : null,
+    a.waiting.length ? lines(a.waiting.map(([what, why]) => `${what}: ${why}`), "") : null,
+    a.failures.length ? h("h3", {}, "Launch failures") : null,
+    a.failures.length ? lines(a.failures.map((f) => `${f.node_type}: ${f.reason}`), "") : null,
+    h("h3", {}, "Recent scaling events"),
+    lines(a.events.map((e) => `${new Date(e.time * 1000).toLocaleTimeString()} ${e.kind}: ${e.message}`), "None yet."));
+}
+
 export function render(root) {
   const body = h("div");
   root.append(h("h1", {}, "Cluster"), body);
@@ -64,6 +96,7 @@ export function render(root) {
     fill(body, h("p", { class: "summary" },
       `${data.nodes.filter((n) => n.state === "ALIVE").length} ALIVE, ` +
       `${data.nodes.filter((n) => n.state !== "ALIVE").length} DEAD`),
+    data.autoscaler ? autoscalerCard(data.autoscaler) : null,
     ...data.nodes.map((n) => nodeCard(n, false)));
   }, (err) => fill(body, errorBox(err)));
   return () => poller.stop();
