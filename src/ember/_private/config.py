@@ -184,6 +184,8 @@ class Config:
     autoscaler_launch_backoff_max_s: float = 30.0
     #: Scale-up/down events and failures kept for ``ember status`` and the dashboard (the newest).
     autoscaler_max_events: int = 200
+    #: Seconds between draining an idle node (no new work is sent to it) and ending it if still idle.
+    autoscaler_drain_settle_s: float = 0.5
     #: Seconds ``ember up`` / ``ember start --autoscaling-config`` wait for the autoscaler's first report.
     autoscaler_start_timeout_s: float = 30.0
     #: Object store of a fake_multinode node whose type names no object_store_memory.

@@ -134,7 +134,10 @@ class Autoscaler:
                 self._infeasible_reported.add(description)
                 self.event("infeasible", f"{description}: {reason}", logging.WARNING)
         self._infeasible_reported &= {d for d, _ in decision.infeasible}
+        drained = await self._drain({gcs_ids[p] for p in decision.idle if p in gcs_ids})
         for provider_id, reason in decision.terminate:
+            if provider_id in decision.idle and gcs_ids.get(provider_id) not in drained:
+                continue  # work reached it meanwhile: it stays
             await self._terminate(provider_id, tags.get(provider_id, {}), reason)
         for node_type, count in decision.launch.items():
             await self._launch(node_type, count, decision.launch_reasons.get(node_type, ""))
@@ -183,6 +186,22 @@ class Autoscaler:
         fixed = [scaling.FixedNode(n["NodeID"], _plain(n["Resources"]), _plain(n["AvailableResources"]))
                  for n in live if n["NodeID"] not in claimed]
         return workers, fixed, gcs_ids
+
+    async def _drain(self, node_ids: set[str]) -> set[str]:
+        """Stop sending work to idle nodes about to be ended; those still idle once every node has
+        seen that (``autoscaler_drain_settle_s``) are returned, the others are given work again."""
+        drained = set()
+        for node_id in node_ids:
+            if await self.gcs.call("drain_node", {"node_id": bytes.fromhex(node_id), "drain": True}):
+                drained.add(node_id)
+        if not drained:
+            return drained
+        await asyncio.sleep(config().autoscaler_drain_settle_s)  # other nodes' views drop it at their next report
+        live = {n["NodeID"]: n for n in (await self.gcs.call("get_cluster_demand", None))["nodes"]}
+        busy = {node_id for node_id in drained if node_id in live and live[node_id].get("IdleSeconds", 0.0) <= 0}
+        for node_id in busy:
+            await self.gcs.call("drain_node", {"node_id": bytes.fromhex(node_id), "drain": False})
+        return drained - busy
 
     async def _launch(self, node_type: str, count: int, reason: str) -> None:
         now = time.monotonic()

@@ -87,6 +87,8 @@ class Decision:
     launch_reasons: dict[str, str] = field(default_factory=dict)
     #: ``(provider_id, reason)``.
     terminate: list[tuple[str, str]] = field(default_factory=list)
+    #: The provider ids in ``terminate`` ended for being idle (drained first: work may just be arriving).
+    idle: set[str] = field(default_factory=set)
     #: Demands no node type (and no node) can ever satisfy: ``(description, reason)``.
     infeasible: list[tuple[str, str]] = field(default_factory=list)
     #: Demands that must wait for a limit (max_workers, upscaling_speed): ``(description, reason)``.
@@ -338,6 +340,7 @@ class _Planner:
             if self.count(node.node_type) <= t.min_workers:
                 continue
             self.end(node, f"idle for {node.idle_s:.0f}s (idle_timeout_minutes: {timeout / 60:g})")
+            self.decision.idle.add(node.provider_id)
 
 
 def decide(config: ClusterConfig, nodes: list[WorkerNode], fixed_nodes: list[FixedNode], demand: Demand,

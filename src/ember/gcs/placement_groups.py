@@ -152,7 +152,7 @@ class PlacementGroupManager:
     def _node_views(self) -> list[NodeView]:
         return [
             NodeView(node_id, n.info["resources"], n.available)
-            for node_id, n in self.gcs.nodes.items() if n.alive and n.conn is not None
+            for node_id, n in self.gcs.nodes.items() if n.alive and n.conn is not None and not n.draining
         ]
 
     async def _schedule_when_nodes_change(self) -> None:

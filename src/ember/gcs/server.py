@@ -52,6 +52,8 @@ class NodeEntry:
         #: ``[[shape, count], ...]`` of the lease requests queued there, and seconds it has been idle.
         self.demand: list[list[Any]] = []
         self.idle_s = 0.0
+        #: An autoscaler is about to end it: no new work is sent there (see rpc_drain_node).
+        self.draining = False
 
     def to_public(self) -> dict[str, Any]:
         info = self.info
@@ -301,7 +303,7 @@ class GcsServer:
         return [
             [nid, e.info["address"], e.info["resources"], e.available]
             for nid, e in self.nodes.items()
-            if e.alive
+            if e.alive and not e.draining
         ]
 
     async def _health_loop(self) -> None:
@@ -486,6 +488,26 @@ class GcsServer:
         if isinstance(wait_s, (int, float)) and not isinstance(wait_s, bool) and wait_s > 0:
             await self.autoscaler.wait_for_demand(min(float(wait_s), config().autoscaler_max_demand_wait_s))
         return self.autoscaler.cluster_demand()
+
+    def rpc_drain_node(self, conn: Connection, p: dict[str, Any]) -> bool:
+        """``{"node_id", "drain": bool}``: stop (or resume) sending work to a node an autoscaler is about to end.
+
+        Draining is refused (False) while the node has work (its last report was not idle). A drained
+        node leaves every node daemon's view (their next report) and actor and group placement."""
+        if not isinstance(p, dict):
+            raise ValueError("drain_node takes {'node_id': bytes, 'drain': bool}")
+        node_id = p.get("node_id")
+        entry = self.nodes.get(node_id) if isinstance(node_id, bytes) else None
+        if entry is None or not entry.alive:
+            return False
+        drain = bool(p.get("drain", True))
+        if drain and (entry.idle_s <= 0 or entry.demand):
+            return False
+        entry.draining = drain
+        for other in self.nodes.values():
+            if other.alive and other.conn is not None and other is not entry:
+                other.conn.notify("refresh_view", None)
+        return True
 
     def rpc_request_resources(self, conn: Connection, p: dict[str, Any]) -> None:
         if not isinstance(p, dict):
