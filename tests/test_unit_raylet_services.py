@@ -450,3 +450,28 @@ def test_need_workers_is_not_acted_on_while_stopping(tmp_path: Path) -> None:
         assert not raylet.pool.workers
 
     run(tmp_path, scenario)
+
+
+def test_a_pull_stops_when_its_source_node_is_heard_dead_meanwhile(tmp_path: Path) -> None:
+    async def scenario(raylet: Raylet) -> None:
+        h, driver = raylet.handlers, FakeConn("driver")
+        connecting: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def connect_forever(address: list[Any]) -> Any:
+            return await connecting  # a dead daemon: the connection is retried for connect_timeout_s
+
+        raylet.objects.objects._connect = connect_forever
+        pull = asyncio.ensure_future(
+            h.rpc_pull_object(driver, {"object_id": oid(5), "address": ["10.0.0.2", 7000], "size": 10}))  # type: ignore[attr-defined]
+        await settle()
+        assert not pull.done()
+        h.rpc_pub(None, ["nodes", {  # type: ignore[attr-defined]
+            "NodeID": OTHER.hex(), "Alive": False, "NodeManagerAddress": "10.0.0.2", "NodeManagerPort": 7000}])
+        with pytest.raises(ObjectLostError, match="that held it is dead"):
+            await pull
+        await settle()
+        assert connecting.cancelled(), "the connection attempt is abandoned"
+        raylet.store.validate()
+        assert oid(5) not in raylet.store.objects
+
+    run(tmp_path, scenario)

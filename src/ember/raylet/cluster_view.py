@@ -7,6 +7,7 @@ Refreshed by every load report's answer and at once by the control service's
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,8 @@ class ClusterView:
         self.dead: dict[bytes, policy.NodeView] = {}
         self._on_change = on_change
         self._on_node_death = on_node_death
+        #: Set when the node at that address is heard dead (pulls from it wait on these).
+        self._deaths: dict[tuple[str, int], asyncio.Event] = {}
 
     def update(self, rows: list[list[Any]], total: res.Resources, available: res.Resources) -> None:
         """The control service's answer to a load report: ``[node_id, address, total, available]`` rows."""
@@ -55,6 +58,14 @@ class ClusterView:
     def is_dead_address(self, address: list[Any]) -> bool:
         return any(list(dead.address[:2]) == list(address[:2]) for dead in self.dead.values())
 
+    def death_of(self, address: list[Any]) -> asyncio.Event:
+        """An event set when the node at ``address`` is heard dead."""
+        key = (address[0], int(address[1]))
+        event = self._deaths.get(key)
+        if event is None:
+            event = self._deaths[key] = asyncio.Event()
+        return event
+
     def rpc_pub(self, conn: Any, message: list[Any]) -> None:
         """A node joined or died (the control service's ``nodes`` channel): update the view now.
 
@@ -76,6 +87,9 @@ class ClusterView:
                 self._on_change()
         else:
             self.dead[node_id] = policy.NodeView(node_id, address, {}, {}, alive=False)
+            event = self._deaths.pop((address[0], int(address[1])), None)
+            if event is not None:
+                event.set()
             self._on_node_death((address[0], address[1]))
             if self.nodes.pop(node_id, None) is not None:
                 self._on_change()

@@ -215,11 +215,24 @@ class ObjectService:
 
     async def rpc_pull_object(self, conn: Connection, p: dict[str, Any]) -> bool:
         source = p["address"]
+        dead = expected(ObjectLostError(p["object_id"].hex(), f"the node at {source[0]}:{source[1]} that held it is dead"))
         if self.view.is_dead_address(source):
             # Fail at once (the owner rebuilds it from lineage) instead of retrying a
             # connection to a dead daemon for connect_timeout_s.
-            raise expected(ObjectLostError(p["object_id"].hex(), f"the node at {source[0]}:{source[1]} that held it is dead"))
-        await self.objects.pull(p["object_id"], p["address"], int(p["size"]), p.get("owner") or b"")
+            raise dead
+        # The news of its death may come while we pull (the caller can learn it first):
+        # then stop retrying the connection and fail at once too.
+        pull = asyncio.ensure_future(self.objects.pull(p["object_id"], source, int(p["size"]), p.get("owner") or b""))
+        death = asyncio.ensure_future(self.view.death_of(source).wait())
+        try:
+            await asyncio.wait([pull, death], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            death.cancel()
+            if not pull.done():
+                pull.cancel()
+        if pull.cancelled() or not pull.done():
+            raise dead
+        pull.result()
         return True
 
     def rpc_read_object_chunk(self, conn: Connection, p: dict[str, Any]) -> bytes:
