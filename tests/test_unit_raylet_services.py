@@ -475,3 +475,104 @@ def test_a_pull_stops_when_its_source_node_is_heard_dead_meanwhile(tmp_path: Pat
         assert oid(5) not in raylet.store.objects
 
     run(tmp_path, scenario)
+
+
+def test_stopping_closes_connections_to_peers(tmp_path: Path) -> None:
+    peer = FakeConn("peer daemon")
+    closed: list[str] = []
+    peer.close = lambda reason="": closed.append(reason)  # type: ignore[attr-defined]
+
+    async def scenario(raylet: Raylet) -> None:
+        ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        ready.set_result(peer)
+        pending: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        raylet.objects.peers._peers[("10.0.0.2", 7000)] = ready
+        raylet.objects.peers._peers[("10.0.0.3", 7000)] = pending
+        await raylet.stop()
+        assert closed == ["node daemon stopping"] and pending.cancelled()
+        assert not raylet.objects.peers._peers
+
+    run(tmp_path, scenario)
+
+
+class FakeControlService(FakeConn):
+    """The control service's end of the node's connection: answers calls from a table."""
+
+    def __init__(self, answers: dict[str, Any]) -> None:
+        super().__init__("control service")
+        self.answers = answers
+        self.calls: list[tuple[str, Any]] = []
+
+    async def call(self, method: str, payload: Any = None, timeout: float | None = -1.0) -> Any:
+        self.calls.append((method, payload))
+        answer = self.answers.get(method)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def close(self, reason: str = "") -> None:
+        self.closed = True
+        self.close_reason = reason
+        for callback in self.close_callbacks:
+            callback(self)
+
+
+def test_the_node_joins_rejoins_a_restarted_control_service_and_leaves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ember.raylet import control_link
+
+    first = FakeControlService({"register_node": {"cluster_id": "c1"}})
+    second = FakeControlService({"register_node": {"release_leases": []}})
+    offered = [first, second]
+
+    async def fake_connect(address: Any, token: str, handler: Any = None, **kw: Any) -> FakeControlService:
+        assert token == "secret"
+        return offered.pop(0)
+
+    monkeypatch.setattr(control_link, "connect", fake_connect)
+
+    async def scenario(raylet: Raylet) -> None:
+        await raylet.link.join()
+        assert raylet.link.connected and raylet.link.cluster_id == "c1"
+        assert [m for m, _ in first.calls] == ["register_node", "subscribe"]
+        raylet.workers.start_worker()
+        register(raylet)
+        lease = raylet.handlers.rpc_request_lease(first, {"request_id": 1, "resources": {"CPU": 1}, "actor": True}).result()  # type: ignore[attr-defined]
+        first.close("restarting")  # the control service went away
+        assert not raylet.link.connected
+        raylet.link.notify("worker_died", {"pid": 1})  # kept meanwhile
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert raylet.link.conn is second
+        register_call = second.calls[0]
+        assert register_call[0] == "register_node" and register_call[1]["cluster_id"] == "c1"
+        assert register_call[1]["gcs_leases"] == [[lease["lease_id"], lease["worker_id"]]]
+        assert raylet.table.leases[lease["lease_id"]].holder is second, "its lease moved to the new connection"
+        assert ("worker_died", {"pid": 1}) in second.notified, "the backlog went out"
+        raylet.table.validate()
+        await raylet.link.leave()
+        assert second.calls[-1][0] == "unregister_node" and second.closed
+
+    run(tmp_path, scenario)
+
+
+def test_a_control_service_that_refuses_the_node_stops_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ember.exceptions import ErrorCode, RemoteError
+    from ember.raylet import control_link
+
+    first = FakeControlService({"register_node": {"cluster_id": "c1"}})
+    refusing = FakeControlService({"register_node": RemoteError(ErrorCode.BAD_REQUEST, "this node belongs to another cluster")})
+    offered = [first, refusing]
+
+    async def fake_connect(address: Any, token: str, handler: Any = None, **kw: Any) -> FakeControlService:
+        return offered.pop(0)
+
+    monkeypatch.setattr(control_link, "connect", fake_connect)
+
+    async def scenario(raylet: Raylet) -> None:
+        await raylet.link.join()
+        first.close("restarting")
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert raylet.stop_event.is_set()
+
+    run(tmp_path, scenario)

@@ -48,6 +48,15 @@ class RayletPeers:
             self._peers[key] = fut
         return await asyncio.shield(fut)
 
+    def close(self) -> None:
+        """Cancel the connections being made and close the open ones (the daemon stops)."""
+        for fut in self._peers.values():
+            if not fut.done():
+                fut.cancel()
+            elif not fut.cancelled() and fut.exception() is None:
+                fut.result().close("node daemon stopping")
+        self._peers.clear()
+
 
 class ObjectService:
     def __init__(self, node: NodeContext, store: ObjectStore, spiller: Spiller, peers: RayletPeers,
@@ -70,6 +79,10 @@ class ObjectService:
         return self.spiller.local_spill_path(object_id)
 
     def stop(self) -> None:
+        self.peers.close()
+        for conn in list(self._owner_conns.values()):
+            conn.close("node daemon stopping")
+        self._owner_conns.clear()
         self.store.destroy()
         self.spiller.stop()
 
