@@ -54,6 +54,8 @@ class WorkerSlots(Protocol):
 
     def leased_workers(self) -> Iterable[WorkerHandle]: ...
 
+    def validate(self) -> None: ...
+
 
 class Environments(Protocol):
     """Runtime envs as the table sees them: built (ready) or failed."""
@@ -456,6 +458,7 @@ class LeaseTable:
         if both:
             problems.append(f"bundles both prepared and committed: {sorted(both)}")
         problems += self._gpu_problems()
+        self.workers.validate()
         if problems:
             raise InvariantViolation("lease table of node " + self.node_label + ": " + "; ".join(problems))
 

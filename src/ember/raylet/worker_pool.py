@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ember._private import ids
 from ember._private.state_machine import History, TransitionTable
+from ember.exceptions import InvariantViolation
 from ember.raylet.worker_launcher import ForkedProcess, SpawnLauncher
 from ember.rpc import Connection
 
@@ -263,6 +264,31 @@ class WorkerPool:
                 del self.workers[wid]
                 if handle.env_key:
                     self.failed_starts.setdefault(handle.env_key, []).append(handle.err_path)
+
+    def validate(self) -> None:
+        """Check the pool's bookkeeping; raise ``InvariantViolation`` naming what is wrong.
+
+        Every idle-listed worker is known and listed once; every IDLE worker that may still
+        be handed out is listed; a STARTING worker has no connection, a registered one has;
+        a worker with a lease id is LEASED.
+        """
+        problems = []
+        listed = [id(w) for w in self.idle]
+        if len(set(listed)) != len(listed):
+            problems.append("a worker is on the idle list twice")
+        problems += [f"{w.label} is on the idle list but not in the pool" for w in self.idle
+                     if self.workers.get(w.worker_id) is not w]
+        for worker in self.workers.values():
+            if worker.state is WorkerState.IDLE and not worker.killed and id(worker) not in listed:
+                problems.append(f"{worker.label} is IDLE but not on the idle list")
+            if worker.state is WorkerState.STARTING and worker.conn is not None:
+                problems.append(f"{worker.label} is STARTING with a connection")
+            if worker.state in (WorkerState.IDLE, WorkerState.LEASED) and worker.conn is None:
+                problems.append(f"{worker.label} is {worker.state.name} without a connection")
+            if worker.lease_id is not None and worker.state is not WorkerState.LEASED:
+                problems.append(f"{worker.label} holds lease {worker.lease_id.hex()[:12]} in state {worker.state.name}")
+        if problems:
+            raise InvariantViolation("worker pool: " + "; ".join(problems))
 
     def stop_all(self, timeout: float) -> None:
         for handle in self.workers.values():
