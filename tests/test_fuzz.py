@@ -25,12 +25,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import msgspec.inspect as mi
 import psutil
+from protocol_helpers import valid_payload
 
 import ember
 from ember._private import runtime
 from ember._private.config import config
 from ember._private.processes import pid_alive
+from ember.exceptions import FrameError
+from ember.protocol import Service, methods_of
 from ember.rpc import framing
 from ember.rpc.connection import parse_address
 from ember.rpc.framing import ERROR, HELLO_MAGIC, NOTIFY, REPLY, REQUEST
@@ -46,6 +50,15 @@ HARMLESS = {
     "worker": ["ping", "memory_table"],
     "driver": ["ping", "memory_table"],
 }
+#: Read-only requests with a typed payload, per role: valid payloads with one thing wrong.
+TYPED_HARMLESS = {
+    "gcs": ["kv_get", "kv_keys", "get_named_actor", "list_named_actors"],
+    "raylet": ["list_logs", "read_log"],
+    "worker": ["get_object"],
+    "driver": ["get_object"],
+}
+SERVICE_OF = {"gcs": Service.GCS, "raylet": Service.RAYLET, "worker": Service.CORE_WORKER,
+              "driver": Service.CORE_WORKER}
 
 
 @dataclass
@@ -100,6 +113,29 @@ def _flip(rng: random.Random, data: bytes, start: int = 0) -> bytes:
 
 
 # ----------------------------------------------------------------------------- frame generators
+def _typed_mutation(rng: random.Random, role: str) -> tuple[str, Any]:
+    """A harmless typed method and a payload that breaks its declared type in one way: a field of
+    the wrong type, a missing field, an unknown field, or another method's payload."""
+    name = rng.choice(TYPED_HARMLESS[role])
+    request = methods_of(SERVICE_OF[role])[name].request
+    if not isinstance(request, type):  # e.g. ``ListLogs | None``
+        request = next(t for t in request.__args__ if t is not type(None))
+    payload = valid_payload(request)
+    fields = mi.type_info(request).fields
+    how = rng.randrange(4)
+    if how == 0 and fields:
+        field = rng.choice(fields).encode_name
+        payload[field] = rng.choice(["text", -5, 2.5, True, None, b"\x00", [1], {"k": 1}, 2**64 - 1])
+    elif how == 1 and fields:
+        payload.pop(rng.choice(fields).encode_name, None)
+    elif how == 2:
+        payload["fuzz_" + str(rng.randrange(100))] = _random_obj(rng, 2)
+    else:
+        other = rng.choice([m for m in methods_of(SERVICE_OF[role]).values() if isinstance(m.request, type)])
+        payload = valid_payload(other.request)
+    return name, payload
+
+
 def _pre_auth_batch(rng: random.Random, token: str) -> tuple[list[bytes], bool]:
     """Frames for a fresh, unauthenticated connection; True if a DENIED reply is required."""
     hello = _enc([HELLO_MAGIC, token, {"role": "fuzz"}])
@@ -133,7 +169,7 @@ def _pre_auth_batch(rng: random.Random, token: str) -> tuple[list[bytes], bool]:
 def _post_auth_frame(rng: random.Random, role: str, msg_id: int) -> tuple[bytes, bool]:
     """One frame for an authenticated connection; True if it ends the batch (the framing may break)."""
     # Mostly frames the server must answer or ignore, so connections live long enough to matter.
-    kind = rng.choices(range(16), weights=[1, 6, 6, 4, 2, 3, 3, 1, 4, 1, 1, 1, 0.3, 1, 1, 2])[0]
+    kind = rng.choices(range(17), weights=[1, 6, 6, 4, 2, 3, 3, 1, 4, 1, 1, 1, 0.3, 1, 1, 2, 5])[0]
     if kind == 0:  # framed random body
         return _frame(rng.randbytes(rng.randrange(0, 2000))), False
     if kind == 1:  # a harmless request with a random payload
@@ -174,9 +210,12 @@ def _post_auth_frame(rng: random.Random, role: str, msg_id: int) -> tuple[bytes,
             payload = [payload]
         try:
             return _enc([REQUEST, msg_id, "ping", payload]), False
-        except (ValueError, TypeError):  # msgpack refuses to pack that deep: send the same bytes by hand
+        except FrameError:  # too deep to encode: send the same bytes by hand
             depth = rng.randrange(100, 5000)
             return _frame(b"\x94\x00" + msgpack.packb(msg_id) + b"\xa4ping" + b"\x91" * depth + b"\x90"), False
+    if kind == 16:  # a typed request with one field wrong, missing or unknown
+        name, payload = _typed_mutation(rng, role)
+        return _enc([REQUEST, msg_id, name, payload]), False
     return _enc([REQUEST, msg_id, "ping", None]), False
 
 

@@ -2,7 +2,7 @@
 
 Layers, lowest first::
 
-    _private, exceptions          ids, config, serialization, object files, resources, placement policy
+    _private, exceptions, protocol  ids, config, serialization, object files, resources, placement policy
     rpc                           frames, connections, the daemon harness, one-shot control-service calls
     runtime_env                   runtime-env validation, packages, node-side setup (used by core, raylet, api)
     core | raylet | gcs           core worker | node daemon | control service (peers that never import
@@ -23,7 +23,7 @@ import pytest
 SRC = pathlib.Path(__file__).resolve().parent.parent / "src"
 
 LAYER_OF = {
-    "_private": 0, "exceptions": 0,
+    "_private": 0, "exceptions": 0, "protocol": 0,
     "rpc": 1, "runtime_env": 1,
     "core": 2, "raylet": 2, "gcs": 2,
     "api": 3, "runtime_context": 3, "actor": 3,

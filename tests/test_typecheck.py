@@ -35,6 +35,7 @@ CLEAN_PACKAGES: list[str] = [
     "job_config.py",
     "job_submission",
     "jobs",
+    "protocol",
     "ray_constants.py",
     "raylet",
     "rpc",

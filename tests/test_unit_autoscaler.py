@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from protocol_helpers import via_wire
 
 from ember.autoscaler import cluster_config, scaling
 from ember.autoscaler.monitor import LaunchBackoff
@@ -267,44 +268,47 @@ def test_status_text_shows_types_pending_failures_demands_and_events():
 def test_control_service_aggregates_demand_requests_drains_and_reports(tmp_path):
     import asyncio
 
+    from ember.exceptions import ProtocolError
     from ember.gcs.server import GcsServer
     from tests.test_unit_gcs_tables import FakeConn, node_info
 
     async def scenario() -> None:
         gcs = GcsServer(str(tmp_path), "token")
         a, b = FakeConn(), FakeConn()
-        gcs.rpc_register_node(a, node_info(b"A" * 28))
-        gcs.rpc_register_node(b, node_info(b"B" * 28))
-        gcs.rpc_report(a, {"node_id": b"A" * 28, "available": {"CPU": 0}, "demand": [[{"CPU": 1.0}, 2]], "idle_s": 0})
-        gcs.rpc_report(b, {"node_id": b"B" * 28, "available": {"CPU": 2}, "demand": [[{"CPU": 1.0}, 1]], "idle_s": 9})
-        demand = await gcs.rpc_get_cluster_demand(a, {"wait_s": 5})  # new demand: no wait
+        via_wire(gcs).rpc_register_node(a, node_info(b"A" * 28))
+        via_wire(gcs).rpc_register_node(b, node_info(b"B" * 28))
+        via_wire(gcs).rpc_report(a, {"node_id": b"A" * 28, "available": {"CPU": 0}, "demand": [[{"CPU": 1.0}, 2]], "idle_s": 0})
+        via_wire(gcs).rpc_report(b, {"node_id": b"B" * 28, "available": {"CPU": 2}, "demand": [[{"CPU": 1.0}, 1]], "idle_s": 9})
+        demand = await via_wire(gcs).rpc_get_cluster_demand(a, {"wait_s": 5})  # new demand: no wait
         assert demand["tasks"] == [[{"CPU": 1.0}, 3]]
         assert {n["NodeID"][:2]: n["IdleSeconds"] for n in demand["nodes"]} == {"41": 0.0, "42": 9.0}
         # request_resources: checked, stored (a restarted control service keeps it), replaced by the next call.
-        gcs.rpc_request_resources(a, {"bundles": [{"CPU": 1}, {"GPU": 1}]})
+        via_wire(gcs).rpc_request_resources(a, {"bundles": [{"CPU": 1}, {"GPU": 1}]})
         assert GcsServer(str(tmp_path), "token", gcs.storage).autoscaler.requested == [{"CPU": 1.0}, {"GPU": 1.0}]
         with pytest.raises(ValueError, match="non-negative"):
-            gcs.rpc_request_resources(a, {"bundles": [{"CPU": "x"}]})
+            via_wire(gcs).rpc_request_resources(a, {"bundles": [{"CPU": -1}]})
+        with pytest.raises(ProtocolError, match="request_resources"):  # not a number: refused on arrival
+            via_wire(gcs).rpc_request_resources(a, {"bundles": [{"CPU": "x"}]})
         # Draining: refused while the node has work; a drained node leaves the other nodes' views.
-        assert gcs.rpc_drain_node(a, {"node_id": b"A" * 28}) is False
-        assert gcs.rpc_drain_node(a, {"node_id": b"B" * 28}) is False  # it has queued demand
-        gcs.rpc_report(b, {"node_id": b"B" * 28, "available": {"CPU": 2}, "demand": [], "idle_s": 10})
-        assert gcs.rpc_drain_node(a, {"node_id": b"B" * 28}) is True
-        assert [row[0] for row in gcs.rpc_get_node_addresses(a, None)] == [b"A" * 28]
+        assert via_wire(gcs).rpc_drain_node(a, {"node_id": b"A" * 28}) is False
+        assert via_wire(gcs).rpc_drain_node(a, {"node_id": b"B" * 28}) is False  # it has queued demand
+        via_wire(gcs).rpc_report(b, {"node_id": b"B" * 28, "available": {"CPU": 2}, "demand": [], "idle_s": 10})
+        assert via_wire(gcs).rpc_drain_node(a, {"node_id": b"B" * 28}) is True
+        assert [row[0] for row in via_wire(gcs).rpc_get_node_addresses(a, None)] == [b"A" * 28]
         assert ("refresh_view", None) in a.notified
-        gcs.rpc_drain_node(a, {"node_id": b"B" * 28, "drain": False})
-        assert len(gcs.rpc_get_node_addresses(a, None)) == 2
+        via_wire(gcs).rpc_drain_node(a, {"node_id": b"B" * 28, "drain": False})
+        assert len(via_wire(gcs).rpc_get_node_addresses(a, None)) == 2
         # The autoscaler's report: its node types' shapes go to every node, and are withdrawn when it goes.
         scaler = FakeConn()
-        gcs.rpc_autoscaler_report(scaler, {"status": {"cluster_name": "c"}, "launchable": [{"CPU": 1}]})
+        via_wire(gcs).rpc_autoscaler_report(scaler, {"status": {"cluster_name": "c"}, "launchable": [{"CPU": 1}]})
         assert ("set_launchable", [{"CPU": 1.0}]) in b.notified
-        assert gcs.rpc_get_autoscaler_status(a, None)["cluster_name"] == "c"
+        assert via_wire(gcs).rpc_get_autoscaler_status(a, None)["cluster_name"] == "c"
         late = FakeConn()
-        gcs.rpc_register_node(late, node_info(b"C" * 28))
+        via_wire(gcs).rpc_register_node(late, node_info(b"C" * 28))
         assert ("set_launchable", [{"CPU": 1.0}]) in late.notified
         scaler.close()
-        assert b.notified[-1] == ("set_launchable", None) and gcs.rpc_get_autoscaler_status(a, None)["stopped"]
-        with pytest.raises(ValueError):
-            gcs.rpc_autoscaler_report(scaler, {"status": "not a dict"})
+        assert b.notified[-1] == ("set_launchable", None) and via_wire(gcs).rpc_get_autoscaler_status(a, None)["stopped"]
+        with pytest.raises(ProtocolError, match="status"):
+            via_wire(gcs).rpc_autoscaler_report(scaler, {"status": "not a dict"})
 
     asyncio.run(scenario())

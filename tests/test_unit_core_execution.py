@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from protocol_helpers import via_wire
 
 from ember._private import ids, serialization
 from ember._private.object_ref import ObjectRef
@@ -271,12 +272,12 @@ def test_create_actor_is_refused_twice_and_by_a_driver(node: OfflineCore, tmp_pa
     assert executor is not None
     executor.actor = object()  # type: ignore[assignment]  # this worker hosts one already
     with pytest.raises(ValueError, match="cannot host an actor"):
-        node.worker.handlers.rpc_create_actor(None, {})  # type: ignore[attr-defined]
+        via_wire(node.worker.handlers).rpc_create_actor(None, {})  # type: ignore[attr-defined]
     executor.actor = None
     driver = OfflineCore(str(tmp_path / "driver"))
     try:
         with pytest.raises(ValueError, match="does not execute tasks"):
-            driver.worker.handlers.rpc_push_task(None, {})  # type: ignore[attr-defined]
+            via_wire(driver.worker.handlers).rpc_push_task(None, {})  # type: ignore[attr-defined]
     finally:
         driver.close()
         from ember._private import runtime
@@ -315,13 +316,13 @@ def test_the_owner_records_items_and_hands_them_out_in_order(tmp_path: Any) -> N
         sender = core.peer(47000)
         for index, value in enumerate(["x", "y"]):
             ret = [0, serialization.serialize(value).to_inline(), []]
-            answer = worker.handlers.rpc_generator_item(sender, {"tid": task_id, "i": index, "r": ret})  # type: ignore[attr-defined]
+            answer = via_wire(worker.handlers).rpc_generator_item(sender, {"tid": task_id, "i": index, "r": ret})  # type: ignore[attr-defined]
             if index == 0:
                 assert answer is True
             else:
                 assert isinstance(answer, asyncio.Future) and not answer.done()  # backpressure: 2 items not taken
         # A duplicate of item 0 (a retried attempt) is ignored.
-        worker.handlers.rpc_generator_item(sender, {"tid": task_id, "i": 0, "r": [0, serialization.serialize("dup").to_inline(), []]})  # type: ignore[attr-defined]
+        via_wire(worker.handlers).rpc_generator_item(sender, {"tid": task_id, "i": 0, "r": [0, serialization.serialize("dup").to_inline(), []]})  # type: ignore[attr-defined]
         assert gen.next_ready()
         first = next(gen)
         assert first._id == item_id(task_id, 0) and worker.get([first], 0) == ["x"]
@@ -335,7 +336,7 @@ def test_the_owner_records_items_and_hands_them_out_in_order(tmp_path: Any) -> N
         core.settle()
         assert task_id not in worker.generators
         # An item for a stream nobody consumes is dropped.
-        assert worker.handlers.rpc_generator_item(sender, {"tid": task_id, "i": 5, "r": [0, b"", []]}) is True  # type: ignore[attr-defined]
+        assert via_wire(worker.handlers).rpc_generator_item(sender, {"tid": task_id, "i": 5, "r": [0, b"", []]}) is True  # type: ignore[attr-defined]
         with pytest.raises(TypeError, match="cannot be passed"):
             gen.__reduce__()
     finally:
@@ -366,6 +367,6 @@ def test_cancelled_tasks_read_as_cancelled(node: OfflineCore) -> None:
     assert executor is not None
     spec = _spec(node, _register(node, lambda: 1))
     fut = executor.push(TASK, spec)
-    node.worker.handlers.rpc_cancel_task(None, {"tid": spec["tid"], "recursive": True})  # type: ignore[attr-defined]
+    via_wire(node.worker.handlers).rpc_cancel_task(None, {"tid": spec["tid"], "recursive": True})  # type: ignore[attr-defined]
     assert fut.result() == {"s": "cancelled"}
     assert TaskCancelledError  # the owner turns this reply into TaskCancelledError

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from protocol_helpers import via_wire
 
 from ember._private import ids, serialization
 from ember._private.object_ref import ObjectRef
@@ -322,7 +323,7 @@ def test_infeasible_warning_then_timeout(core: OfflineCore, capsys: Any) -> None
     entry, (ref,) = _task(core, name="huge")
     core.settle()
     payload, _fut = core.raylet.take("request_lease")
-    core.worker.handlers.rpc_infeasible(None, {"request_id": payload["request_id"], "message": "needs 64 CPUs"})  # type: ignore[attr-defined]
+    via_wire(core.worker.handlers).rpc_infeasible(None, {"request_id": payload["request_id"], "message": "needs 64 CPUs"})  # type: ignore[attr-defined]
     assert "huge" in capsys.readouterr().err
     cls = core.worker.submitter.classes[entry.sched_key]
     assert cls.infeasible == "needs 64 CPUs"
@@ -370,7 +371,7 @@ def test_node_death_fails_the_lease_and_retries(core: OfflineCore) -> None:
     _, peer = _grant(core)
     peer.take("push_task")
     core.raylet.peer_info["node_id"] = b"dead" * 7
-    core.worker.handlers.rpc_pub(None, ["nodes", {  # type: ignore[attr-defined]
+    via_wire(core.worker.handlers).rpc_pub(None, ["nodes", {  # type: ignore[attr-defined]
         "Alive": False, "NodeID": (b"dead" * 7).hex(), "NodeManagerAddress": "10.0.0.9",
         "NodeManagerPort": 1, "DeathReason": "test"}])
     core.settle()
@@ -383,13 +384,13 @@ def test_borrower_registers_and_the_owner_counts_it(core: OfflineCore) -> None:
     worker = core.worker
     ref = worker.put(1)
     borrower = core.peer(42000)
-    missing = worker.handlers.rpc_add_borrowers(borrower, {"object_ids": [ref._id, b"\x01" * 28]})  # type: ignore[attr-defined]
+    missing = via_wire(worker.handlers).rpc_add_borrowers(borrower, {"object_ids": [ref._id, b"\x01" * 28]})  # type: ignore[attr-defined]
     assert missing == [b"\x01" * 28]
     oid = ref._id
     del ref
     core.settle()
     assert worker.memory_store.contains(oid)  # the borrower keeps it
-    worker.handlers.rpc_remove_borrowers(borrower, {"object_ids": [oid]})  # type: ignore[attr-defined]
+    via_wire(worker.handlers).rpc_remove_borrowers(borrower, {"object_ids": [oid]})  # type: ignore[attr-defined]
     core.settle()
     assert not worker.memory_store.contains(oid)
 
@@ -398,7 +399,7 @@ def test_a_borrower_that_dies_is_dropped(core: OfflineCore) -> None:
     worker = core.worker
     ref = worker.put(1)
     borrower = core.peer(42001)
-    worker.handlers.rpc_add_borrowers(borrower, {"object_ids": [ref._id]})  # type: ignore[attr-defined]
+    via_wire(worker.handlers).rpc_add_borrowers(borrower, {"object_ids": [ref._id]})  # type: ignore[attr-defined]
     oid = ref._id
     del ref
     core.settle()
@@ -443,7 +444,7 @@ def test_the_owner_answers_get_object_when_the_value_arrives(core: OfflineCore) 
     worker = core.worker
     entry, (ref,) = _task(core)
     core.settle()
-    answer = core.loop.create_task(worker.handlers.rpc_get_object(None, {"object_id": ref._id}))  # type: ignore[attr-defined]
+    answer = core.loop.create_task(via_wire(worker.handlers).rpc_get_object(None, {"object_id": ref._id}))  # type: ignore[attr-defined]
     core.settle()
     assert not answer.done()
     _, peer = _grant(core)
@@ -452,7 +453,7 @@ def test_the_owner_answers_get_object_when_the_value_arrives(core: OfflineCore) 
     core.settle()
     kind, data = answer.result()
     assert kind == INLINE and serialization.deserialize_inline(data)[1] == "v"
-    lost = core.loop.run_until_complete(worker.handlers.rpc_get_object(None, {"object_id": b"\x02" * 28}))  # type: ignore[attr-defined]
+    lost = core.loop.run_until_complete(via_wire(worker.handlers).rpc_get_object(None, {"object_id": b"\x02" * 28}))  # type: ignore[attr-defined]
     assert isinstance(serialization.deserialize_inline(lost[1])[1], ObjectLostError)
 
 
@@ -486,7 +487,7 @@ def test_memory_table_describes_each_reference(core: OfflineCore) -> None:
     assert rows[big.hex()]["reference_type"] == "PINNED_IN_MEMORY" and rows[big.hex()]["size"] > BIG
     assert rows[pending.hex()]["reference_type"] == "LOCAL_REFERENCE"
     assert table["mode"] == "driver"
-    assert worker.handlers.rpc_owns_objects(None, None) is True  # type: ignore[attr-defined]
+    assert via_wire(worker.handlers).rpc_owns_objects(None, None) is True  # type: ignore[attr-defined]
 
 
 def test_a_dead_attempts_copies_are_freed_now_and_again_with_the_object(core: OfflineCore) -> None:
@@ -503,18 +504,19 @@ def test_a_dead_attempts_copies_are_freed_now_and_again_with_the_object(core: Of
 
 def test_recover_object_of_a_put_value_says_why_not(core: OfflineCore) -> None:
     ref = core.worker.put(1)
-    reply = core.worker.handlers.rpc_recover_object(None, {"object_id": ref._id})  # type: ignore[attr-defined]
+    reply = via_wire(core.worker.handlers).rpc_recover_object(None, {"object_id": ref._id})  # type: ignore[attr-defined]
     assert isinstance(serialization.deserialize_inline(reply)[1], ObjectLostError)
 
 
 def test_every_handler_is_registered_once() -> None:
     from ember.core.worker import RpcHandlers
+    from ember.protocol import Service
 
     class A:
         def rpc_x(self, conn: Any, p: Any) -> int:
             return 1
 
-    handlers = RpcHandlers()
+    handlers = RpcHandlers(Service.CORE_WORKER)
     handlers.register(A())
     assert handlers.rpc_x(None, None) == 1  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="two components answer 'x'"):
@@ -524,7 +526,7 @@ def test_every_handler_is_registered_once() -> None:
 # ==================================================================== the assembly's own duties
 def test_logs_of_this_job_are_printed_with_their_origin(core: OfflineCore, capsys: Any) -> None:
     worker = core.worker
-    handlers: Any = worker.handlers
+    handlers: Any = via_wire(worker.handlers)
     handlers.rpc_pub(None, ["logs", {"job": worker.job_id.hex(), "fn": "f", "pid": 12, "lines": ["hello"], "seq": 3, "gcs": "g"}])
     handlers.rpc_pub(None, ["logs", {"job": "ffffffff", "pid": 13, "lines": ["other job"], "err": True}])
     handlers.rpc_pub(None, ["logs", {"pid": 14, "lines": ["oops"], "err": True}])
@@ -548,7 +550,7 @@ def test_cancel_of_a_ref_owned_elsewhere_goes_to_its_owner(core: OfflineCore) ->
 def test_an_owner_cancels_on_request(core: OfflineCore) -> None:
     entry, (ref,) = _task(core)
     core.settle()
-    handlers: Any = core.worker.handlers
+    handlers: Any = via_wire(core.worker.handlers)
     handlers.rpc_cancel_owned_task(None, {"tid": entry.spec["tid"], "force": False, "recursive": True})
     core.settle()
     with pytest.raises(TaskCancelledError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from protocol_helpers import via_wire
 
 from ember.jobs.common import (
     TRANSITIONS,
@@ -173,7 +174,7 @@ def _store_on_a_control_service(tmp_path):
 
     async def call(method, payload):
         await asyncio.sleep(0)  # let the other writer in between every request
-        return getattr(gcs, "rpc_" + method)(None, payload)
+        return getattr(via_wire(gcs), "rpc_" + method)(None, payload)
 
     return JobStore(call), gcs
 

@@ -18,6 +18,7 @@ from raylet_fakes import FakeConn, make_pool, start_idle_worker
 
 from ember._private import resources as res
 from ember.exceptions import ActorUnschedulableError, InvariantViolation, RuntimeEnvSetupError
+from ember.protocol.raylet import RequestLease
 from ember.raylet.lease_table import (
     Abandoned,
     Cancelled,
@@ -69,7 +70,9 @@ class Node:
 
     def request(self, holder: FakeConn, resources: dict[str, float], **payload: Any) -> LeaseRequest:
         hold = payload.pop("hold", None)
-        req = LeaseRequest(next(self.ids), holder, res.to_fixed(resources), payload,
+        request_id = next(self.ids)
+        req = LeaseRequest(request_id, holder, res.to_fixed(resources),
+                           RequestLease(request_id=request_id, resources=resources, **payload),
                            None if hold is None else res.to_fixed(hold))
         self.table.submit(req)
         self.table.validate()

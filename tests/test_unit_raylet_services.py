@@ -15,9 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from protocol_helpers import via_wire
 from raylet_fakes import FakeConn, FakeLauncher
 
-from ember.exceptions import ActorUnschedulableError, ObjectLostError, TaskUnschedulableError
+from ember.exceptions import (
+    ActorUnschedulableError,
+    ObjectLostError,
+    ProtocolError,
+    TaskUnschedulableError,
+)
+from ember.protocol import Service
 from ember.raylet.lease_table import NeedWorkers
 from ember.raylet.scheduling_policy import NodeView
 from ember.raylet.server import Raylet, RayletOptions
@@ -61,7 +68,7 @@ def register(raylet: Raylet, worker_index: int = -1) -> FakeConn:
     """The newest started worker connects back and registers."""
     handle = list(raylet.pool.workers.values())[worker_index]
     conn = FakeConn(f"worker {handle.pid}")
-    info = raylet.handlers.rpc_register_worker(conn, {"worker_id": handle.worker_id, "address": ["127.0.0.1", handle.pid]})  # type: ignore[attr-defined]
+    info = via_wire(raylet.handlers).rpc_register_worker(conn, {"worker_id": handle.worker_id, "address": ["127.0.0.1", handle.pid, handle.worker_id]})  # type: ignore[attr-defined]
     assert info["node_id"] == NODE and info["resources"]["CPU"] == 2.0
     return conn
 
@@ -77,7 +84,7 @@ async def settle() -> None:
 def test_a_lease_request_starts_a_worker_and_is_granted_when_it_registers(tmp_path: Path) -> None:
     async def scenario(raylet: Raylet) -> None:
         driver = FakeConn("driver")
-        h = raylet.handlers
+        h = via_wire(raylet.handlers)
         reply = h.rpc_request_lease(driver, {"request_id": 1, "resources": {"CPU": 1}})  # type: ignore[attr-defined]
         raylet.table.validate()
         assert not reply.done() and len(raylet.pool.workers) == 1, "no idle worker: one is started"
@@ -107,14 +114,14 @@ def test_a_lease_request_starts_a_worker_and_is_granted_when_it_registers(tmp_pa
 
 def test_bad_lease_requests_are_refused_with_the_reason(tmp_path: Path) -> None:
     async def scenario(raylet: Raylet) -> None:
-        h, driver = raylet.handlers, FakeConn("driver")
+        h, driver = via_wire(raylet.handlers), FakeConn("driver")
         with pytest.raises(ValueError, match="bad resource request"):
             h.rpc_request_lease(driver, {"request_id": 1, "resources": {"CPU": -1}})  # type: ignore[attr-defined]
-        with pytest.raises(ValueError, match="bad resource request"):
+        with pytest.raises(ProtocolError, match="resources"):  # not a map: refused before the handler
             h.rpc_request_lease(driver, {"request_id": 2, "resources": ["CPU"]})  # type: ignore[attr-defined]
         with pytest.raises(ValueError, match="bad runtime env"):
             h.rpc_request_lease(driver, {"request_id": 3, "resources": {}, "renv": ["", {}]})  # type: ignore[attr-defined]
-        with pytest.raises(ValueError, match="bad runtime env"):
+        with pytest.raises(ProtocolError, match="prepare_runtime_env"):
             h.rpc_prepare_runtime_env(driver, "not an env")  # type: ignore[attr-defined]
         affinity = {"type": "node_affinity", "node_id": OTHER, "soft": False}
         with pytest.raises(TaskUnschedulableError, match="is not part of the cluster"):
@@ -127,13 +134,13 @@ def test_bad_lease_requests_are_refused_with_the_reason(tmp_path: Path) -> None:
 
 def test_requests_go_where_their_arguments_are_or_to_a_free_node(tmp_path: Path) -> None:
     async def scenario(raylet: Raylet) -> None:
-        h, driver = raylet.handlers, FakeConn("driver")
+        h, driver = via_wire(raylet.handlers), FakeConn("driver")
         raylet.view.update([[OTHER, ["10.0.0.2", 7000], {"CPU": 4.0}, {"CPU": 4.0}]], raylet.table.total, raylet.table.available)
         near_args = h.rpc_request_lease(driver, {"request_id": 1, "resources": {"CPU": 1}, "prefer": OTHER})  # type: ignore[attr-defined]
         assert near_args.result() == {"spillback": {"node_id": OTHER, "address": ["10.0.0.2", 7000]}}
         # An idle node keeps the request; once its queue holds all its CPUs, the next goes to the free node.
         local = h.rpc_request_lease(driver, {"request_id": 2, "resources": {"CPU": 2}})  # type: ignore[attr-defined]
-        assert list(raylet.table.queue)[0].payload["request_id"] == 2
+        assert list(raylet.table.queue)[0].payload.request_id == 2
         third = h.rpc_request_lease(driver, {"request_id": 3, "resources": {"CPU": 2}})  # type: ignore[attr-defined]
         assert third.result()["spillback"]["node_id"] == OTHER
         # A request that was spilled here must wait here.
@@ -152,7 +159,7 @@ def test_requests_go_where_their_arguments_are_or_to_a_free_node(tmp_path: Path)
 
 def test_requests_no_node_can_run_get_one_warning(tmp_path: Path) -> None:
     async def scenario(raylet: Raylet) -> None:
-        h, driver = raylet.handlers, FakeConn("driver")
+        h, driver = via_wire(raylet.handlers), FakeConn("driver")
         reply = h.rpc_request_lease(driver, {"request_id": 7, "resources": {"CPU": 64}})  # type: ignore[attr-defined]
         raylet.leases.on_view()
         raylet.leases.on_view()
@@ -169,7 +176,7 @@ def test_requests_no_node_can_run_get_one_warning(tmp_path: Path) -> None:
 
 def test_a_holder_that_disconnects_loses_its_requests_and_leased_workers(tmp_path: Path) -> None:
     async def scenario(raylet: Raylet) -> None:
-        h, driver = raylet.handlers, FakeConn("driver")
+        h, driver = via_wire(raylet.handlers), FakeConn("driver")
         raylet.workers.start_worker()
         register(raylet)
         granted = h.rpc_request_lease(driver, {"request_id": 1, "resources": {"CPU": 2}})  # type: ignore[attr-defined]
@@ -187,7 +194,7 @@ def test_a_holder_that_disconnects_loses_its_requests_and_leased_workers(tmp_pat
 
 def test_a_reply_nobody_awaits_returns_its_lease(tmp_path: Path) -> None:
     async def scenario(raylet: Raylet) -> None:
-        h, driver = raylet.handlers, FakeConn("driver")
+        h, driver = via_wire(raylet.handlers), FakeConn("driver")
         reply = h.rpc_request_lease(driver, {"request_id": 1, "resources": {"CPU": 1}})  # type: ignore[attr-defined]
         reply.cancel()  # the caller's call was cancelled while it waited for a worker
         await settle()
@@ -201,7 +208,7 @@ def test_a_reply_nobody_awaits_returns_its_lease(tmp_path: Path) -> None:
 
 def test_worker_death_ends_its_lease_and_is_reported_once_the_exit_is_known(tmp_path: Path) -> None:
     async def scenario(raylet: Raylet) -> None:
-        h, driver = raylet.handlers, FakeConn("driver")
+        h, driver = via_wire(raylet.handlers), FakeConn("driver")
         reply = h.rpc_request_lease(driver, {"request_id": 1, "resources": {"CPU": 1}})  # type: ignore[attr-defined]
         worker_conn = register(raylet)
         worker = raylet.pool.workers[reply.result()["worker_id"]]
@@ -244,7 +251,7 @@ def test_death_detail_says_why() -> None:
 
 def test_actors_beyond_the_node_limits_fail_at_once(tmp_path: Path) -> None:
     async def scenario(raylet: Raylet) -> None:
-        h, driver = raylet.handlers, FakeConn("driver")
+        h, driver = via_wire(raylet.handlers), FakeConn("driver")
         raylet.leases.fd_limit = 0  # no descriptor left for another worker
         reply = h.rpc_request_lease(driver, {"request_id": 1, "resources": {"CPU": 1}, "actor": True})  # type: ignore[attr-defined]
         with pytest.raises(ActorUnschedulableError, match="file descriptors"):
@@ -259,7 +266,7 @@ def test_bundles_through_rpc(tmp_path: Path) -> None:
     pg = bytes.fromhex("cd" * 18)
 
     async def scenario(raylet: Raylet) -> None:
-        h, gcs = raylet.handlers, FakeConn("control service")
+        h, gcs = via_wire(raylet.handlers), FakeConn("control service")
         assert h.rpc_prepare_bundle(gcs, {"pg_id": pg, "index": 0, "resources": {"CPU": 1}})  # type: ignore[attr-defined]
         assert h.rpc_commit_bundle(gcs, {"pg_id": pg, "index": 0})  # type: ignore[attr-defined]
         raylet.workers.start_worker()
@@ -278,7 +285,7 @@ def test_bundles_through_rpc(tmp_path: Path) -> None:
 
 def test_leases_granted_to_a_restarted_control_service_move_or_end(tmp_path: Path) -> None:
     async def scenario(raylet: Raylet) -> None:
-        h, old, new = raylet.handlers, FakeConn("old gcs"), FakeConn("new gcs")
+        h, old, new = via_wire(raylet.handlers), FakeConn("old gcs"), FakeConn("new gcs")
         for _ in range(2):
             raylet.workers.start_worker()
             register(raylet)
@@ -297,7 +304,7 @@ def test_leases_granted_to_a_restarted_control_service_move_or_end(tmp_path: Pat
 
 def test_object_rpcs_create_seal_free_and_refuse_what_is_not_here(tmp_path: Path) -> None:
     async def scenario(raylet: Raylet) -> None:
-        h, driver = raylet.handlers, FakeConn("driver")
+        h, driver = via_wire(raylet.handlers), FakeConn("driver")
         with pytest.raises(ValueError, match="bad create_object request"):
             await h.rpc_create_object(driver, {"object_id": b"short", "size": 1, "owner": OWNER})  # type: ignore[attr-defined]
         assert await h.rpc_create_object(driver, {"object_id": oid(1), "size": 100, "owner": OWNER}) == {"reuse": False}  # type: ignore[attr-defined]
@@ -329,7 +336,7 @@ def test_object_rpcs_create_seal_free_and_refuse_what_is_not_here(tmp_path: Path
 
         raylet.objects.peers.connect = connect_peer  # type: ignore[method-assign,assignment]
         # A dead node's objects cannot be pulled: fail at once.
-        raylet.handlers.rpc_pub(None, ["nodes", {  # type: ignore[attr-defined]
+        via_wire(raylet.handlers).rpc_pub(None, ["nodes", {  # type: ignore[attr-defined]
             "NodeID": OTHER.hex(), "Alive": False, "NodeManagerAddress": "10.0.0.2", "NodeManagerPort": 7000}])
         with pytest.raises(ObjectLostError, match="is dead"):
             await h.rpc_pull_object(driver, {"object_id": oid(5), "address": ["10.0.0.2", 7000], "size": 1})  # type: ignore[attr-defined]
@@ -350,17 +357,17 @@ def test_cluster_view_follows_node_joins_and_deaths(tmp_path: Path) -> None:
     async def scenario(raylet: Raylet) -> None:
         joined = {"NodeID": OTHER.hex(), "Alive": True, "NodeManagerAddress": "10.0.0.2", "NodeManagerPort": 7000,
                   "Resources": {"CPU": 8.0}}
-        raylet.handlers.rpc_pub(None, ["nodes", joined])  # type: ignore[attr-defined]
-        raylet.handlers.rpc_pub(None, ["logs", {}])  # type: ignore[attr-defined]
-        raylet.handlers.rpc_pub(None, ["nodes", {**joined, "NodeID": NODE.hex()}])  # type: ignore[attr-defined]
+        via_wire(raylet.handlers).rpc_pub(None, ["nodes", joined])  # type: ignore[attr-defined]
+        via_wire(raylet.handlers).rpc_pub(None, ["logs", {}])  # type: ignore[attr-defined]
+        via_wire(raylet.handlers).rpc_pub(None, ["nodes", {**joined, "NodeID": NODE.hex()}])  # type: ignore[attr-defined]
         assert raylet.view.nodes[OTHER] == NodeView(OTHER, ["10.0.0.2", 7000], {"CPU": 80000}, {"CPU": 80000})
         raylet.objects.objects.sources[oid(1)] = ("10.0.0.2", 7000)
         raylet.store.reserve(oid(1), 10, OWNER, primary=False)
         raylet.store.seal(oid(1))
-        raylet.handlers.rpc_pub(None, ["nodes", {**joined, "Alive": False}])  # type: ignore[attr-defined]
+        via_wire(raylet.handlers).rpc_pub(None, ["nodes", {**joined, "Alive": False}])  # type: ignore[attr-defined]
         assert OTHER not in raylet.view.nodes and raylet.view.is_dead_address(["10.0.0.2", 7000, "x"])
         assert oid(1) not in raylet.store.objects, "copies pulled from a dead node's primaries are freed"
-        raylet.handlers.rpc_pub(None, ["nodes", joined])  # type: ignore[attr-defined]
+        via_wire(raylet.handlers).rpc_pub(None, ["nodes", joined])  # type: ignore[attr-defined]
         assert OTHER in raylet.view.nodes and not raylet.view.dead
 
     run(tmp_path, scenario)
@@ -370,11 +377,11 @@ def test_cluster_view_follows_node_joins_and_deaths(tmp_path: Path) -> None:
 
 def test_reports_info_logs_and_metrics(tmp_path: Path) -> None:
     async def scenario(raylet: Raylet) -> None:
-        h, driver = raylet.handlers, FakeConn("driver")
+        h, driver = via_wire(raylet.handlers), FakeConn("driver")
         report = raylet.reporter.report()
         assert report["node_id"] == NODE and report["available"] == {"CPU": 2.0} and report["num_workers"] == 0
         assert raylet.node_info()["resources"] == {"CPU": 2.0}
-        info = h.rpc_register_client(driver, {"client_id": OWNER, "pid": 77, "address": ["127.0.0.1", 9]})  # type: ignore[attr-defined]
+        info = h.rpc_register_client(driver, {"client_id": OWNER, "pid": 77, "address": ["127.0.0.1", 9, OWNER]})  # type: ignore[attr-defined]
         assert info["node_id"] == NODE
         assert raylet.clients.driver_pids() == [77]
         os.makedirs(raylet.pool.logs_dir, exist_ok=True)
@@ -412,7 +419,7 @@ def test_handlers_of_two_components_may_not_collide() -> None:
         def rpc_ping(self, conn: Any, p: Any) -> str:
             return "a"
 
-    handlers = RpcHandlers()
+    handlers = RpcHandlers(Service.RAYLET)
     handlers.register(A())
     with pytest.raises(ValueError, match="two components answer 'ping'"):
         handlers.register(A())
@@ -420,7 +427,7 @@ def test_handlers_of_two_components_may_not_collide() -> None:
 
 def test_housekeeping_forgets_exited_workers_and_fails_envs_that_crash(tmp_path: Path) -> None:
     async def scenario(raylet: Raylet) -> None:
-        h, driver = raylet.handlers, FakeConn("driver")
+        h, driver = via_wire(raylet.handlers), FakeConn("driver")
         raylet.workers.start_worker()
         starting = list(raylet.pool.workers.values())[0]
         starting.proc.returncode = 1  # it exited before registering
@@ -454,7 +461,7 @@ def test_need_workers_is_not_acted_on_while_stopping(tmp_path: Path) -> None:
 
 def test_a_pull_stops_when_its_source_node_is_heard_dead_meanwhile(tmp_path: Path) -> None:
     async def scenario(raylet: Raylet) -> None:
-        h, driver = raylet.handlers, FakeConn("driver")
+        h, driver = via_wire(raylet.handlers), FakeConn("driver")
         connecting: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         async def connect_forever(address: list[Any]) -> Any:
@@ -536,7 +543,7 @@ def test_the_node_joins_rejoins_a_restarted_control_service_and_leaves(tmp_path:
         assert [m for m, _ in first.calls] == ["register_node", "subscribe"]
         raylet.workers.start_worker()
         register(raylet)
-        lease = raylet.handlers.rpc_request_lease(first, {"request_id": 1, "resources": {"CPU": 1}, "actor": True}).result()  # type: ignore[attr-defined]
+        lease = via_wire(raylet.handlers).rpc_request_lease(first, {"request_id": 1, "resources": {"CPU": 1}, "actor": True}).result()  # type: ignore[attr-defined]
         first.close("restarting")  # the control service went away
         assert not raylet.link.connected
         raylet.link.notify("worker_died", {"pid": 1})  # kept meanwhile

@@ -27,7 +27,8 @@ user code catches them by name)::
         └── RpcError                      internal: transport and protocol errors
             ├── ConnectionLost            the peer went away
             ├── AuthenticationError       bad or missing cluster token
-            └── FrameError                a malformed or oversized frame
+            ├── FrameError                a malformed or oversized frame
+            └── ProtocolError             a message that does not match its declared type
 
 Bad input is a plain ``ValueError``/``TypeError`` as in Ray; a malformed
 ``runtime_env`` raises ``RuntimeEnvValueError``, which is both.
@@ -87,6 +88,10 @@ class FrameError(RpcError):
     """A frame was malformed, or larger than the configured limit."""
 
 
+class ProtocolError(RpcError):
+    """A message did not match the type its method declares (``ember.protocol``)."""
+
+
 class ErrorCode(enum.IntEnum):
     """Why a call failed, as it crosses the wire in an ERROR frame (see ``ERROR_TABLE``)."""
 
@@ -99,6 +104,7 @@ class ErrorCode(enum.IntEnum):
     TASK_UNSCHEDULABLE = 7  # no node can ever satisfy the request
     RUNTIME_ENV_SETUP_FAILED = 8  # a lease's runtime env could not be built on the node
     ACTOR_UNSCHEDULABLE = 9  # a node cannot start another actor process (a real limit was reached)
+    PROTOCOL_ERROR = 10  # the request's payload does not match its method's declared type
 
     @classmethod
     def from_wire(cls, raw: Any) -> ErrorCode:
@@ -373,6 +379,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], ErrorCode], ...] = (
     (ActorUnschedulableError, ErrorCode.ACTOR_UNSCHEDULABLE),
     (RuntimeEnvSetupError, ErrorCode.RUNTIME_ENV_SETUP_FAILED),
     (FrameError, ErrorCode.FRAME_TOO_LARGE),
+    (ProtocolError, ErrorCode.PROTOCOL_ERROR),
     (ValueError, ErrorCode.BAD_REQUEST),
     (TypeError, ErrorCode.BAD_REQUEST),
     (LookupError, ErrorCode.BAD_REQUEST),

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ember._private import ids, runtime
 from ember._private.object_ref import ObjectRef
+from ember.protocol.core_worker import GeneratorItem
 
 if TYPE_CHECKING:
     from ember.core.worker import CoreWorker
@@ -313,17 +314,17 @@ def start_stream(worker: CoreWorker, task_id: bytes, completion: ObjectRef, mode
     return completion
 
 
-def on_item(worker: CoreWorker, payload: dict[str, Any], sender: Any) -> Any:
+def on_item(worker: CoreWorker, item: GeneratorItem, sender: Any) -> Any:
     """The ``generator_item`` request, on the owner's loop."""
-    state = worker.generators.get(payload["tid"])
-    ret = payload["r"]
+    state = worker.generators.get(item.task_id)
+    ret = item.ret
     if state is None:
         # Nobody consumes this stream any more: drop the item (and its stored copy) at once.
-        oid = item_id(payload["tid"], payload["i"])
+        oid = item_id(item.task_id, item.index)
         if ret[0] != 0:
             worker.ownership.store_owned_result(oid, (ret[0], ret[1]))
         return True
-    return state.add_item(payload["i"], ret, sender)
+    return state.add_item(item.index, ret, sender)
 
 
 # ==================================================================== the executor

@@ -33,6 +33,7 @@ from ember.exceptions import (
     OwnerDiedError,
     RemoteError,
 )
+from ember.protocol import core_worker as msg
 from ember.rpc import Connection
 
 logger = logging.getLogger(__name__)
@@ -179,15 +180,15 @@ class OwnershipService:
 
         await asyncio.gather(*(one(owner, oids) for owner, oids in _by_address(borrows)))
 
-    def rpc_add_borrowers(self, conn: Connection, p: dict[str, Any]) -> list[bytes]:
+    def rpc_add_borrowers(self, conn: Connection, p: msg.ObjectIds) -> list[bytes]:
         key = id(conn)
         if not conn.state.get("borrower"):
             conn.state["borrower"] = True
             conn.add_close_callback(lambda c: self.counter.drop_borrower(id(c)))
-        return self.counter.add_borrowers(p["object_ids"], key)
+        return self.counter.add_borrowers(p.object_ids, key)
 
-    def rpc_remove_borrowers(self, conn: Connection, p: dict[str, Any]) -> None:
-        self.counter.remove_borrowers(p["object_ids"], id(conn))
+    def rpc_remove_borrowers(self, conn: Connection, p: msg.ObjectIds) -> None:
+        self.counter.remove_borrowers(p.object_ids, id(conn))
 
     def adopt_nested(self, object_id: bytes, nested: list[list[Any]], holder: Connection | None, task_id: bytes) -> None:
         """On the loop: a result we own contains these refs; hold them while it lives.
@@ -209,8 +210,8 @@ class OwnershipService:
         if refs:
             self._contained.setdefault(object_id, []).extend(refs)
 
-    def rpc_release_handoff(self, conn: Connection, p: dict[str, Any]) -> None:
-        self._handoffs.pop(p["tid"], None)
+    def rpc_release_handoff(self, conn: Connection, p: msg.TaskId) -> None:
+        self._handoffs.pop(p.task_id, None)
 
     def hold_handoff(self, task_id: bytes, refs: list[Any], conn: Connection | None) -> None:
         self._handoffs.setdefault(task_id, []).extend(refs)
@@ -322,9 +323,9 @@ class OwnershipService:
             error = OwnerDiedError(object_id.hex(), f"Object {object_id.hex()} was lost and its owner is unreachable ({exc}).")
             return serialization.serialize_error(error).to_inline()
 
-    def rpc_recover_object(self, conn: Connection, p: dict[str, Any]) -> Any:
+    def rpc_recover_object(self, conn: Connection, p: msg.ObjectId) -> Any:
         """A borrower lost its copy of an object we own: re-run its task (None) or say why not."""
-        error = self.reconstruct(p["object_id"])
+        error = self.reconstruct(p.object_id)
         return None if error is None else serialization.serialize_error(error).to_inline()
 
     def start_fetch(self, object_id: bytes, owner: Any) -> None:
@@ -358,9 +359,9 @@ class OwnershipService:
         if self.counter.has_reference(object_id) or self.store.has_callbacks(object_id):
             self.store.put(object_id, entry)
 
-    async def rpc_get_object(self, conn: Connection, p: dict[str, Any]) -> list[Any]:
+    async def rpc_get_object(self, conn: Connection, p: msg.ObjectId) -> list[Any]:
         """A borrower asks for an object we own: answer once it is ready."""
-        object_id = p["object_id"]
+        object_id = p.object_id
         entry = self.store.get(object_id)
         if entry is None:
             if not self.counter.is_owned(object_id):
@@ -411,10 +412,10 @@ class OwnershipService:
         return {"pid": os.getpid(), "worker_id": info.worker_id.hex(), "node_id": info.node_id.hex(),
                 "mode": info.mode, "ip": info.node_ip, "objects": rows}
 
-    def rpc_memory_table(self, conn: Connection | None, p: Any) -> dict[str, Any]:
+    def rpc_memory_table(self, conn: Connection | None, p: None) -> dict[str, Any]:
         return self.memory_table()
 
-    def rpc_owns_objects(self, conn: Connection, p: Any) -> bool:
+    def rpc_owns_objects(self, conn: Connection, p: None) -> bool:
         """Whether this process owns objects (or actors) still referenced: its node daemon keeps it then."""
         return self.counter.owns_any()
 

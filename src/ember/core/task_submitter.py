@@ -36,6 +36,7 @@ from ember.exceptions import (
     RpcError,
     TaskUnschedulableError,
 )
+from ember.protocol.gcs import Infeasible, WorkerOomKilled
 from ember.rpc import Connection
 
 if TYPE_CHECKING:
@@ -429,13 +430,13 @@ class TaskSubmitter:
         for task_id in self.manager.children_of(parent_id):
             self.manager.cancel(task_id, False, True)
 
-    def rpc_infeasible(self, conn: Connection, p: dict[str, Any]) -> None:
-        self.on_infeasible(p["request_id"], p["message"])
+    def rpc_infeasible(self, conn: Connection, p: Infeasible) -> None:
+        self.on_infeasible(p.request_id, p.message)
 
-    def rpc_worker_oom_killed(self, conn: Connection, p: dict[str, Any]) -> None:
-        self.on_worker_oom_killed(p["worker_id"], p["detail"])
+    def rpc_worker_oom_killed(self, conn: Connection, p: WorkerOomKilled) -> None:
+        self.on_worker_oom_killed(p.worker_id, p.detail)
 
-    def rpc_release_idle_leases(self, conn: Connection, p: Any) -> None:
+    def rpc_release_idle_leases(self, conn: Connection, p: None) -> None:
         self.release_idle_leases()
 
     def num_pending(self) -> int:

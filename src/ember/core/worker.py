@@ -48,6 +48,8 @@ from ember.exceptions import (
     ConnectionLost,
     RemoteError,
 )
+from ember.protocol import Service
+from ember.protocol import core_worker as msg
 from ember.rpc import Connection, EventLoopThread, connect, start_server
 from ember.rpc.handlers import RpcHandlers
 
@@ -87,7 +89,7 @@ class CoreWorker:
         self.log_to_driver = log_to_driver
         self.job_config = job_config or {}
         self.info = ProcessInfo(mode, worker_id or ids.random_unique_id(), node_ip)
-        self.handlers = RpcHandlers()
+        self.handlers = RpcHandlers(Service.CORE_WORKER)
         self.links = ClusterLinks(mode, gcs_address, token, self.handlers)
         self.context = TaskContext()
         #: Every background task this process's runtime starts on its I/O loop.
@@ -476,49 +478,49 @@ class CoreWorker:
         self.links.run(forward())
 
     # ================================================================ RPC handlers
-    def rpc_push_task(self, conn: Connection, spec: dict[str, Any]) -> Any:
+    def rpc_push_task(self, conn: Connection, spec: msg.TaskSpec) -> Any:
         if self.executor is None:
             raise ValueError("this process does not execute tasks")
         return self.executor.push(TASK, spec)
 
-    def rpc_create_actor(self, conn: Connection, spec: dict[str, Any]) -> Any:
+    def rpc_create_actor(self, conn: Connection, spec: msg.TaskSpec) -> Any:
         if self.executor is None or self.executor.actor is not None:
             raise ValueError("this process cannot host an actor")
         return self.executor.push(CREATE_ACTOR, spec)
 
-    def rpc_push_actor_task(self, conn: Connection, spec: dict[str, Any]) -> Any:
+    def rpc_push_actor_task(self, conn: Connection, spec: msg.TaskSpec) -> Any:
         if self.executor is None:
             raise ValueError("this process does not host an actor")
         return self.executor.push(ACTOR_CALL, spec)
 
-    def rpc_generator_item(self, conn: Connection, p: dict[str, Any]) -> Any:
+    def rpc_generator_item(self, conn: Connection, p: msg.GeneratorItem) -> Any:
         """An item of a generator task this process submitted (answered when the executor may go on)."""
         from ember.core.generator_stream import on_item
 
         return on_item(self, p, conn)
 
-    def rpc_steal_tasks(self, conn: Connection, p: Any) -> None:
+    def rpc_steal_tasks(self, conn: Connection, p: None) -> None:
         if self.executor is not None:
             self.executor.bounce_queued()
 
-    def rpc_cancel_task(self, conn: Connection, p: dict[str, Any]) -> None:
+    def rpc_cancel_task(self, conn: Connection, p: msg.CancelTask) -> None:
         """The owner of the task running here cancels it (and, recursively, what it submitted)."""
         if self.executor is not None:
-            if p.get("recursive"):
-                self.submitter.cancel_children(p["tid"])
-            self.executor.cancel(p["tid"])
+            if p.recursive:
+                self.submitter.cancel_children(p.task_id)
+            self.executor.cancel(p.task_id)
 
-    def rpc_cancel_owned_task(self, conn: Connection, p: dict[str, Any]) -> None:
+    def rpc_cancel_owned_task(self, conn: Connection, p: msg.CancelOwnedTask) -> None:
         """Another process asks this owner to cancel one of its tasks (``ember.cancel`` of a ref it got)."""
-        self.cancel_owned(p["tid"], bool(p.get("force")), bool(p.get("recursive")))
+        self.cancel_owned(p.task_id, p.force, p.recursive)
 
     def cancel_owned(self, task_id: bytes, force: bool, recursive: bool) -> None:
         """On the loop: cancel a task or an actor call this process submitted."""
         if not self.submitter.cancel(task_id, force, recursive):
             self.actor_submitter.cancel(task_id, recursive)
 
-    def rpc_pub(self, conn: Connection, message: list[Any]) -> None:
-        channel, data = message
+    def rpc_pub(self, conn: Connection, message: msg.Publication) -> None:
+        channel, data = message.channel, message.data
         if channel == "logs":
             self._print_logs(data)
         elif channel == "nodes" and not data.get("Alive"):
@@ -544,5 +546,5 @@ class CoreWorker:
         except (OSError, ValueError):
             pass
 
-    def rpc_ping(self, conn: Connection, p: Any) -> str:
+    def rpc_ping(self, conn: Connection, p: None) -> str:
         return "pong"

@@ -59,12 +59,12 @@ class AutoscalerState:
         self.demand_changed = asyncio.Event()
 
     # ------------------------------------------------------------ node reports
-    def on_load_report(self, entry: NodeEntry, report: dict[str, Any]) -> None:
-        demand = report.get("demand") or []
+    def on_load_report(self, entry: NodeEntry, demand: list[list[Any]], idle_s: float) -> None:
+        """A node's load report: ``[[shape, count], ...]`` queued there, seconds without work."""
         if demand and demand != entry.demand:
             self.demand_changed.set()  # wakes an autoscaler waiting in wait_for_demand
         entry.demand = demand
-        entry.idle_s = float(report.get("idle_s", 0.0))
+        entry.idle_s = idle_s
 
     async def wait_for_demand(self, wait_s: float) -> None:
         """Until a node reports new queued demand, or ``wait_s`` seconds (the autoscaler's period)."""

@@ -15,6 +15,8 @@ import time
 from collections import deque
 from typing import Any
 
+import msgspec
+
 from ember._private import ids
 from ember._private.background import BackgroundTasks
 from ember._private.config import config
@@ -26,6 +28,8 @@ from ember.gcs.autoscaler_state import AutoscalerState
 from ember.gcs.placement_groups import PlacementGroupManager
 from ember.gcs.storage import InMemoryStorage
 from ember.gcs.task_events import TASK_FIELDS, TaskEventStore
+from ember.protocol import Service
+from ember.protocol import gcs as msg
 from ember.rpc import Connection
 
 logger = logging.getLogger(__name__)
@@ -99,6 +103,9 @@ class ChangeSignal:
 
 
 class GcsServer:
+    #: The methods this object serves (``ember.protocol.gcs``): requests arrive decoded.
+    protocol_service = Service.GCS
+
     def __init__(self, session_dir: str, token: str, storage: Any = None) -> None:
         self.session_dir = session_dir
         self.token = token
@@ -189,19 +196,19 @@ class GcsServer:
         for conn in list(self.subscribers.get(channel, ())):
             conn.notify("pub", [channel, data])
 
-    def rpc_subscribe(self, conn: Connection, p: dict[str, Any]) -> bool:
-        """Subscribe to ``p["channels"]``.
+    def rpc_subscribe(self, conn: Connection, p: msg.Subscribe) -> bool:
+        """Subscribe to ``p.channels``.
 
         With ``logs_after`` (a reconnecting driver: the last log record it printed, or None),
         the log records it missed are sent first: those after it from this process, or every
         kept one if it came from an earlier process (records published since this one started).
         """
-        channels = list(p["channels"])
+        channels = p.channels
         for channel in channels:
             self.subscribers.setdefault(channel, set()).add(conn)
         conn.add_close_callback(self._drop_subscriber)
-        if "logs" in channels and "logs_after" in p:
-            instance, seq = p["logs_after"] or (None, 0)
+        if "logs" in channels and p.logs_after is not msgspec.UNSET:
+            instance, seq = p.logs_after or (None, 0)
             after = seq if instance == self.instance else 0
             for record in self.recent_logs:
                 if record["seq"] > after:
@@ -212,16 +219,15 @@ class GcsServer:
         for subs in self.subscribers.values():
             subs.discard(conn)
 
-    def rpc_publish(self, conn: Connection, payload: list[Any]) -> None:
-        channel, data = payload
-        self.publish(str(channel), data)
+    def rpc_publish(self, conn: Connection, p: msg.Publication) -> None:
+        self.publish(p.channel, p.data)
 
     # ---------------------------------------------------------------- nodes
-    def rpc_register_node(self, conn: Connection, info: dict[str, Any]) -> dict[str, Any]:
-        node_id = info["node_id"]
-        if info.get("cluster_id") and info["cluster_id"] != self.cluster_id:
+    def rpc_register_node(self, conn: Connection, p: msg.RegisterNode) -> msg.RegisterNodeReply:
+        node_id = p.node_id
+        if p.cluster_id and p.cluster_id != self.cluster_id:
             raise ValueError(
-                f"this node belongs to cluster {info['cluster_id']}, but this control service runs cluster "
+                f"this node belongs to cluster {p.cluster_id}, but this control service runs cluster "
                 f"{self.cluster_id}; start the node again with the right --address to join this cluster"
             )
         known = self.nodes.get(node_id)
@@ -231,12 +237,11 @@ class GcsServer:
                 f"node {node_id.hex()[:12]} was declared dead ({known.death_reason}); "
                 "restart it so that it joins as a new node"
             )
-        gcs_leases = info.get("gcs_leases") or []
-        info = {k: v for k, v in info.items() if k not in ("gcs_leases", "cluster_id")}
+        info = p.node_record()
         entry = NodeEntry(info, conn)
         self.nodes[node_id] = entry
         self.persist_node(entry)
-        release = self.actor_manager.on_node_reconnected(node_id, gcs_leases)
+        release = self.actor_manager.on_node_reconnected(node_id, p.gcs_leases)
         conn.state["node_id"] = node_id
         conn.add_close_callback(lambda c: self._node_disconnected(node_id, c))
         logger.info("node %s joined at %s", node_id.hex()[:12], info["address"])
@@ -244,16 +249,16 @@ class GcsServer:
         self.cluster_changed.notify()
         self._write_metrics_discovery()
         self.autoscaler.on_node_registered(conn)
-        return {"cluster_id": self.cluster_id, "release_leases": release}
+        return msg.RegisterNodeReply(cluster_id=self.cluster_id, release_leases=release)
 
     def _node_disconnected(self, node_id: bytes, conn: Connection) -> None:
         entry = self.nodes.get(node_id)
         if entry is not None and entry.conn is conn and entry.alive:
             self._mark_node_dead(entry, "its node daemon disconnected")
 
-    def rpc_unregister_node(self, conn: Connection, p: dict[str, Any]) -> None:
+    def rpc_unregister_node(self, conn: Connection, p: msg.NodeId) -> None:
         """A node daemon stopping on purpose leaves the cluster before it closes its connection."""
-        entry = self.nodes.get(p["node_id"])
+        entry = self.nodes.get(p.node_id)
         if entry is not None and entry.conn is conn and entry.alive:
             self._mark_node_dead(entry, "its node daemon was stopped", expected=True)
 
@@ -274,32 +279,32 @@ class GcsServer:
         """Prometheus's list of every live node's metrics port (joins and deaths change it)."""
         metrics_discovery.write_discovery(self.session_dir, [e.to_public() for e in self.nodes.values()])
 
-    def rpc_report(self, conn: Connection, report: dict[str, Any]) -> list[list[Any]]:
+    def rpc_report(self, conn: Connection, report: msg.LoadReport) -> list[list[Any]]:
         """A node's load report (its heartbeat); the reply is every live node's load."""
-        entry = self.nodes.get(report["node_id"])
+        entry = self.nodes.get(report.node_id)
         if entry is not None and entry.alive:
-            entry.available = report["available"]
-            if "total" in report and report["total"] != entry.info["resources"]:
-                entry.info["resources"] = report["total"]
+            entry.available = report.available
+            if report.total is not None and report.total != entry.info["resources"]:
+                entry.info["resources"] = report.total
                 # Node shapes changed (placement-group bundles): let every node see it now.
                 self.persist_node(entry)
                 for other in self.nodes.values():
                     if other is not entry and other.alive and other.conn is not None:
                         other.conn.notify("refresh_view", None)
-            entry.store_used = report.get("store_used", 0)
-            entry.store_objects = report.get("store_objects", 0)
-            entry.store_spilled = report.get("store_spilled", 0)
-            entry.store_fallback = report.get("store_fallback", 0)
-            entry.store_fallback_objects = report.get("store_fallback_objects", 0)
+            entry.store_used = report.store_used
+            entry.store_objects = report.store_objects
+            entry.store_spilled = report.store_spilled
+            entry.store_fallback = report.store_fallback
+            entry.store_fallback_objects = report.store_fallback_objects
             entry.last_heartbeat = time.monotonic()
-            self.autoscaler.on_load_report(entry, report)
+            self.autoscaler.on_load_report(entry, [list(row) for row in report.demand], report.idle_s)
             self.cluster_changed.notify()
         return self.rpc_get_node_addresses(conn, None)
 
-    def rpc_get_nodes(self, conn: Connection, payload: Any) -> list[dict[str, Any]]:
+    def rpc_get_nodes(self, conn: Connection, p: None) -> list[dict[str, Any]]:
         return [entry.to_public() for entry in self.nodes.values()]
 
-    def rpc_get_node_addresses(self, conn: Connection, payload: Any) -> list[list[Any]]:
+    def rpc_get_node_addresses(self, conn: Connection, p: None) -> list[list[Any]]:
         return [
             [nid, e.info["address"], e.info["resources"], e.available]
             for nid, e in self.nodes.items()
@@ -319,25 +324,25 @@ class GcsServer:
                         entry.conn.close("missed heartbeats")
 
     # ----------------------------------------------------------------- jobs
-    def rpc_register_job(self, conn: Connection, info: dict[str, Any]) -> dict[str, Any]:
+    def rpc_register_job(self, conn: Connection, p: msg.RegisterJob) -> msg.RegisterJobReply:
         job_id = ids.job_id_from_int(self._next_job)
         self._next_job += 1
         self.storage.put("meta", b"next_job", str(self._next_job).encode())
         entry = {
             "job_id": job_id,
-            "namespace": info.get("namespace") or f"anonymous-{job_id.hex()}",
-            "driver_pid": info.get("pid"),
-            "driver_address": info.get("address"),
+            "namespace": p.namespace or f"anonymous-{job_id.hex()}",
+            "driver_pid": p.pid,
+            "driver_address": list(p.address) if p.address is not None else None,
             "start_time": time.time(),
             "end_time": None,
             "status": "RUNNING",
-            "entrypoint": info.get("entrypoint", ""),
-            "submission_id": info.get("submission_id"),
+            "entrypoint": p.entrypoint,
+            "submission_id": p.submission_id,
         }
         self.jobs[job_id] = entry
         self.persist_job(entry)
         self._attach_job(job_id, conn)
-        return {"job_id": job_id, "namespace": entry["namespace"], "cluster_id": self.cluster_id}
+        return msg.RegisterJobReply(job_id=job_id, namespace=entry["namespace"], cluster_id=self.cluster_id)
 
     def _attach_job(self, job_id: bytes, conn: Connection) -> None:
         self._job_conns[job_id] = conn
@@ -349,13 +354,13 @@ class GcsServer:
 
         conn.add_close_callback(closed)
 
-    def rpc_reattach_job(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any]:
+    def rpc_reattach_job(self, conn: Connection, p: msg.JobId) -> msg.ClusterIdReply:
         """A driver reconnecting after a control-service restart."""
-        job = self.jobs.get(p["job_id"])
+        job = self.jobs.get(p.job_id)
         if job is None or job["status"] != "RUNNING":
-            raise ValueError(f"job {p['job_id'].hex()} is not running here")
-        self._attach_job(p["job_id"], conn)
-        return {"cluster_id": self.cluster_id}
+            raise ValueError(f"job {p.job_id.hex()} is not running here")
+        self._attach_job(p.job_id, conn)
+        return msg.ClusterIdReply(cluster_id=self.cluster_id)
 
     def _job_finished(self, job_id: bytes) -> None:
         entry = self.jobs.get(job_id)
@@ -370,108 +375,105 @@ class GcsServer:
 
             package_gc.collect(self)
 
-    def rpc_get_jobs(self, conn: Connection, payload: Any) -> list[dict[str, Any]]:
+    def rpc_get_jobs(self, conn: Connection, p: None) -> list[dict[str, Any]]:
         return list(self.jobs.values())
 
     # --------------------------------------------------------------- actors
-    def rpc_register_actor(self, conn: Connection, spec: dict[str, Any]) -> dict[str, Any]:
-        return self.actor_manager.register(spec)
+    def rpc_register_actor(self, conn: Connection, spec: msg.ActorCreationSpec) -> dict[str, Any]:
+        return self.actor_manager.register(spec.record())
 
-    def rpc_get_named_actor(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any] | None:
-        return self.actor_manager.get_named(p["name"], p.get("namespace") or "")
+    def rpc_get_named_actor(self, conn: Connection, p: msg.NamedLookup) -> dict[str, Any] | None:
+        return self.actor_manager.get_named(p.name, p.namespace or "")
 
-    async def rpc_wait_actor(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any]:
-        return await self.actor_manager.wait(p["actor_id"], p.get("after", 0))
+    async def rpc_wait_actor(self, conn: Connection, p: msg.WaitActor) -> dict[str, Any]:
+        return await self.actor_manager.wait(p.actor_id, p.after)
 
-    def rpc_kill_actor(self, conn: Connection, p: dict[str, Any]) -> bool:
-        cause = p.get("cause") or "it was killed with ember.kill()"
-        return self.actor_manager.kill(p["actor_id"], bool(p.get("no_restart", True)), cause)
+    def rpc_kill_actor(self, conn: Connection, p: msg.KillActor) -> bool:
+        cause = p.cause or "it was killed with ember.kill()"
+        return self.actor_manager.kill(p.actor_id, p.no_restart, cause)
 
-    def rpc_worker_died(self, conn: Connection, p: dict[str, Any]) -> None:
-        detail = self._oom_details.pop(p["worker_id"], None) or p.get("detail", "")
-        self.actor_manager.on_worker_died(p["worker_id"], detail)
+    def rpc_worker_died(self, conn: Connection, p: msg.WorkerDied) -> None:
+        detail = self._oom_details.pop(p.worker_id, None) or p.detail
+        self.actor_manager.on_worker_died(p.worker_id, detail)
 
-    def rpc_worker_oom_killed(self, conn: Connection, p: dict[str, Any]) -> None:
-        self._oom_details[p["worker_id"]] = "it ran out of memory: " + p["detail"]
+    def rpc_worker_oom_killed(self, conn: Connection, p: msg.WorkerOomKilled) -> None:
+        self._oom_details[p.worker_id] = "it ran out of memory: " + p.detail
 
     # ------------------------------------------------------ placement groups
-    def rpc_create_placement_group(self, conn: Connection, spec: dict[str, Any]) -> dict[str, Any]:
-        return self.pg_manager.create(spec)
+    def rpc_create_placement_group(self, conn: Connection, spec: msg.CreatePlacementGroup) -> dict[str, Any]:
+        return self.pg_manager.create(msgspec.structs.asdict(spec))
 
-    async def rpc_remove_placement_group(self, conn: Connection, p: dict[str, Any]) -> bool:
-        return await self.pg_manager.remove(p["pg_id"])
+    async def rpc_remove_placement_group(self, conn: Connection, p: msg.PlacementGroupId) -> bool:
+        return await self.pg_manager.remove(p.pg_id)
 
-    async def rpc_wait_placement_group(self, conn: Connection, p: dict[str, Any]) -> str:
-        return await self.pg_manager.wait_ready(p["pg_id"])
+    async def rpc_wait_placement_group(self, conn: Connection, p: msg.PlacementGroupId) -> str:
+        return await self.pg_manager.wait_ready(p.pg_id)
 
-    def rpc_placement_group_table(self, conn: Connection, p: Any) -> dict[str, Any]:
+    def rpc_placement_group_table(self, conn: Connection, p: None) -> dict[str, Any]:
         return self.pg_manager.table()
 
-    def rpc_get_placement_group(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any] | None:
-        return self.pg_manager.get_by_name(p["name"], p.get("namespace") or "")
+    def rpc_get_placement_group(self, conn: Connection, p: msg.NamedLookup) -> dict[str, Any] | None:
+        return self.pg_manager.get_by_name(p.name, p.namespace or "")
 
-    def rpc_infeasible(self, conn: Connection, p: dict[str, Any]) -> None:
-        logger.warning("an actor cannot be placed: %s", p.get("message"))
+    def rpc_infeasible(self, conn: Connection, p: msg.Infeasible) -> None:
+        logger.warning("an actor cannot be placed: %s", p.message)
 
-    def rpc_list_actors(self, conn: Connection, p: Any) -> list[dict[str, Any]]:
+    def rpc_list_actors(self, conn: Connection, p: None) -> list[dict[str, Any]]:
         return [entry.public() for entry in self.actor_manager.actors.values()]
 
-    def rpc_list_named_actors(self, conn: Connection, p: dict[str, Any]) -> list[dict[str, str]]:
-        all_ns = p.get("all_namespaces")
+    def rpc_list_named_actors(self, conn: Connection, p: msg.ListNamedActors) -> list[msg.NamedActorRow]:
         return [
-            {"name": name, "namespace": ns}
+            msg.NamedActorRow(name=name, namespace=ns)
             for (ns, name) in self.actor_manager.named
-            if all_ns or ns == p.get("namespace")
+            if p.all_namespaces or ns == p.namespace
         ]
 
     # ------------------------------------------------------------------- KV
-    def rpc_kv_put(self, conn: Connection, p: dict[str, Any]) -> bool:
+    def rpc_kv_put(self, conn: Connection, p: msg.KvPut) -> bool:
         """Write a KV entry. With ``expect`` (bytes, or None for "absent") it is a
         compare-and-set: written only if the current value is ``expect``; the reply says
         whether it was (one loop, so no other write comes between the read and the write)."""
-        table = "kv:" + p.get("ns", "")
-        if "expect" in p and self.storage.get(table, p["key"]) != p["expect"]:
+        table = "kv:" + p.ns
+        if p.expect is not msgspec.UNSET and self.storage.get(table, p.key) != p.expect:
             return False
-        return self.storage.put(table, p["key"], p["value"], p.get("overwrite", True))
+        return self.storage.put(table, p.key, p.value, p.overwrite)
 
-    def rpc_kv_get(self, conn: Connection, p: dict[str, Any]) -> bytes | None:
-        return self.storage.get("kv:" + p.get("ns", ""), p["key"])
+    def rpc_kv_get(self, conn: Connection, p: msg.KvKey) -> bytes | None:
+        return self.storage.get("kv:" + p.ns, p.key)
 
-    def rpc_kv_del(self, conn: Connection, p: dict[str, Any]) -> bool:
-        return self.storage.delete("kv:" + p.get("ns", ""), p["key"])
+    def rpc_kv_del(self, conn: Connection, p: msg.KvKey) -> bool:
+        return self.storage.delete("kv:" + p.ns, p.key)
 
-    def rpc_kv_keys(self, conn: Connection, p: dict[str, Any]) -> list[bytes]:
-        return self.storage.keys("kv:" + p.get("ns", ""), p.get("prefix", b""))
+    def rpc_kv_keys(self, conn: Connection, p: msg.KvPrefix) -> list[bytes]:
+        return self.storage.keys("kv:" + p.ns, p.prefix)
 
-    def rpc_kv_items(self, conn: Connection, p: dict[str, Any]) -> list[list[bytes]]:
+    def rpc_kv_items(self, conn: Connection, p: msg.KvPrefix) -> list[list[bytes]]:
         """Every ``[key, value]`` of a namespace whose key starts with ``prefix`` (one round trip)."""
-        prefix = p.get("prefix", b"")
-        return [[k, v] for k, v in self.storage.items("kv:" + p.get("ns", "")) if k.startswith(prefix)]
+        prefix = p.prefix
+        return [[k, v] for k, v in self.storage.items("kv:" + p.ns) if k.startswith(prefix)]
 
     # ---------------------------------------------------------- task events
-    def rpc_add_task_events(self, conn: Connection, batch: dict[str, Any]) -> None:
-        self.task_events.add_batch(batch)
+    def rpc_add_task_events(self, conn: Connection, batch: msg.TaskEventBatch) -> None:
+        self.task_events.add_events(batch.events, batch.dropped, batch.job or b"")
 
-    def rpc_list_tasks(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any]:
+    def rpc_list_tasks(self, conn: Connection, p: msg.ListTasks) -> dict[str, Any]:
         """``{filters: [[key, "="|"!=", value]], limit, detail}`` -> matches (newest first) and counts."""
-        filters = check_filters(p.get("filters") or [], TASK_FIELDS)
-        limit = int(p.get("limit", 100))
-        if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
-        return self.task_events.list(filters, min(limit, config().state_api_max_limit), bool(p.get("detail")))
+        filters = check_filters(p.filters, TASK_FIELDS)
+        if p.limit < 0:
+            raise ValueError(f"limit must be >= 0, got {p.limit}")
+        return self.task_events.list(filters, min(p.limit, config().state_api_max_limit), p.detail)
 
-    def rpc_summarize_tasks(self, conn: Connection, p: Any) -> dict[str, Any]:
+    def rpc_summarize_tasks(self, conn: Connection, p: None) -> dict[str, Any]:
         return self.task_events.summary()
 
-    def rpc_task_counts_by_state(self, conn: Connection, p: Any) -> dict[str, int]:
+    def rpc_task_counts_by_state(self, conn: Connection, p: None) -> dict[str, int]:
         return self.task_events.counts_by_state()
 
-    def rpc_task_executions(self, conn: Connection, p: dict[str, Any] | None) -> list[list[Any]]:
+    def rpc_task_executions(self, conn: Connection, p: msg.TaskExecutions) -> list[list[Any]]:
         """Recorded executions still running or ended after ``since`` (seconds; optional ``job_id``):
         ``[task_id, name, job_id, node_id, worker_id, pid, start_s, end_s, state]``."""
-        p = p or {}
-        since = float(p.get("since") or 0.0)
-        job = p.get("job_id")
+        since = p.since or 0.0
+        job = p.job_id
         return [
             [r.task_id, r.name, r.job_id, r.node, r.worker, r.pid, r.start, r.end, r.state]
             for r in self.task_events.executions()
@@ -479,58 +481,52 @@ class GcsServer:
         ]
 
     # ----------------------------------------------------------- autoscaling
-    async def rpc_get_cluster_demand(self, conn: Connection, p: Any) -> dict[str, Any]:
+    async def rpc_get_cluster_demand(self, conn: Connection, p: msg.ClusterDemand | None) -> dict[str, Any]:
         """Live nodes (with ``IdleSeconds``), queued task/actor shapes, pending groups, requests.
 
         With ``{"wait_s": s}`` it first waits until a node reports new queued demand, or ``s``
         seconds (the autoscaler's period: it reacts to new demand at once without polling fast)."""
-        wait_s = p.get("wait_s") if isinstance(p, dict) else None
-        if isinstance(wait_s, (int, float)) and not isinstance(wait_s, bool) and wait_s > 0:
-            await self.autoscaler.wait_for_demand(min(float(wait_s), config().autoscaler_max_demand_wait_s))
+        wait_s = p.wait_s if p is not None else None
+        if wait_s is not None and wait_s > 0:
+            await self.autoscaler.wait_for_demand(min(wait_s, config().autoscaler_max_demand_wait_s))
         return self.autoscaler.cluster_demand()
 
-    def rpc_drain_node(self, conn: Connection, p: dict[str, Any]) -> bool:
-        """``{"node_id", "drain": bool}``: stop (or resume) sending work to a node an autoscaler is about to end.
+    def rpc_drain_node(self, conn: Connection, p: msg.DrainNode) -> bool:
+        """Stop (``drain``) or resume sending work to a node an autoscaler is about to end.
 
         Draining is refused (False) while the node has work (its last report was not idle). A drained
         node leaves every node daemon's view (their next report) and actor and group placement."""
-        if not isinstance(p, dict):
-            raise ValueError("drain_node takes {'node_id': bytes, 'drain': bool}")
-        node_id = p.get("node_id")
-        entry = self.nodes.get(node_id) if isinstance(node_id, bytes) else None
+        entry = self.nodes.get(p.node_id)
         if entry is None or not entry.alive:
             return False
-        drain = bool(p.get("drain", True))
-        if drain and (entry.idle_s <= 0 or entry.demand):
+        if p.drain and (entry.idle_s <= 0 or entry.demand):
             return False
-        entry.draining = drain
+        entry.draining = p.drain
         for other in self.nodes.values():
             if other.alive and other.conn is not None and other is not entry:
                 other.conn.notify("refresh_view", None)
         return True
 
-    def rpc_request_resources(self, conn: Connection, p: dict[str, Any]) -> None:
-        if not isinstance(p, dict):
-            raise ValueError("request_resources takes {'bundles': [{resource: amount}, ...]}")
-        self.autoscaler.request_resources(p.get("bundles"))
+    def rpc_request_resources(self, conn: Connection, p: msg.RequestResources) -> None:
+        self.autoscaler.request_resources(p.bundles)
 
-    def rpc_autoscaler_report(self, conn: Connection, p: dict[str, Any]) -> None:
-        self.autoscaler.report(p)
+    def rpc_autoscaler_report(self, conn: Connection, p: msg.AutoscalerReport) -> None:
+        self.autoscaler.report({"status": p.status, "launchable": p.launchable})
         if not conn.state.get("autoscaler"):
             # Gone autoscaler, no node types: requests no node fits are infeasible again.
             conn.state["autoscaler"] = True
             conn.add_close_callback(lambda c: self.autoscaler.autoscaler_gone())
 
-    def rpc_get_autoscaler_status(self, conn: Connection, p: Any) -> dict[str, Any] | None:
+    def rpc_get_autoscaler_status(self, conn: Connection, p: None) -> dict[str, Any] | None:
         return self.autoscaler.status()
 
     # --------------------------------------------------------------- status
-    def rpc_cluster_info(self, conn: Connection, payload: Any) -> dict[str, Any]:
+    def rpc_cluster_info(self, conn: Connection, p: None) -> msg.ClusterInfo:
         url = self.storage.get("kv:dashboard", b"dashboard_url")
-        return {
-            "cluster_id": self.cluster_id, "session_dir": self.session_dir, "pid": os.getpid(),
-            "dashboard_url": url.decode() if url else None,
-        }
+        return msg.ClusterInfo(
+            cluster_id=self.cluster_id, session_dir=self.session_dir, pid=os.getpid(),
+            dashboard_url=url.decode() if url else None,
+        )
 
-    def rpc_ping(self, conn: Connection, payload: Any) -> str:
+    def rpc_ping(self, conn: Connection, p: None) -> str:
         return "pong"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import builtins
 import sys
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ember._private.state_filters import matches
@@ -135,10 +135,13 @@ class TaskEventStore:
 
     # ---------------------------------------------------------------- intake
     def add_batch(self, batch: dict[str, Any]) -> None:
-        job = batch.get("job") or b""
-        if batch.get("dropped"):
-            self.dropped[job] = self.dropped.get(job, 0) + int(batch["dropped"])
-        for task_id, attempt, state, ts, info in batch.get("events") or ():
+        self.add_events(batch.get("events") or (), int(batch.get("dropped") or 0), batch.get("job") or b"")
+
+    def add_events(self, events: Iterable[Sequence[Any]], dropped: int, job: bytes) -> None:
+        """One reporter's batch: ``[task_id, attempt, state, ts, info]`` events, and how many it dropped."""
+        if dropped:
+            self.dropped[job] = self.dropped.get(job, 0) + dropped
+        for task_id, attempt, state, ts, info in events:
             self._add(task_id, attempt, state, ts, info, job)
 
     def _add(self, task_id: bytes, attempt: int, state: str, ts: float, info: dict[str, Any] | None,

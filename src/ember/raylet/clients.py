@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ember.protocol import raylet as msg
 from ember.raylet.object_store import ObjectStore
 from ember.rpc import Connection
 
@@ -31,13 +32,13 @@ class ClientRegistry:
     def __contains__(self, client_id: object) -> bool:
         return client_id in self.clients
 
-    def rpc_register_client(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any]:
-        conn.state["address"] = p.get("address")
-        conn.state["pid"] = p.get("pid")
-        self.add(p["client_id"], conn, f"driver pid {p.get('pid', '?')}")
+    def rpc_register_client(self, conn: Connection, p: msg.RegisterClient) -> dict[str, Any]:
+        conn.state["address"] = list(p.address) if p.address is not None else None
+        conn.state["pid"] = p.pid
+        self.add(p.client_id, conn, f"driver pid {p.pid if p.pid is not None else '?'}")
         return self.client_info()
 
-    def rpc_list_clients(self, conn: Connection, p: Any) -> list[list[Any]]:
+    def rpc_list_clients(self, conn: Connection, p: None) -> list[list[Any]]:
         """Addresses of the core workers on this node (drivers and workers), for inspection tools."""
         out = []
         for client in self.clients.values():

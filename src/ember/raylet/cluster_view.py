@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ember._private import resources as res
+from ember.protocol.gcs import Publication
 from ember.raylet import scheduling_policy as policy
 from ember.raylet.node import NodeContext
 
@@ -66,13 +67,13 @@ class ClusterView:
             event = self._deaths[key] = asyncio.Event()
         return event
 
-    def rpc_pub(self, conn: Any, message: list[Any]) -> None:
+    def rpc_pub(self, conn: Any, message: Publication) -> None:
         """A node joined or died (the control service's ``nodes`` channel): update the view now.
 
         Otherwise a node that just joined is unknown here until the next report, and
         node affinity to it fails with "not part of the cluster".
         """
-        channel, data = message
+        channel, data = message.channel, message.data
         if channel != "nodes":
             return
         node_id = bytes.fromhex(data["NodeID"])

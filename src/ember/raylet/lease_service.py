@@ -19,6 +19,7 @@ from typing import Any
 from ember._private import resources as res
 from ember._private.config import config
 from ember.exceptions import TaskUnschedulableError
+from ember.protocol import raylet as msg
 from ember.raylet import scheduling_policy as policy
 from ember.raylet import worker_limits
 from ember.raylet.cluster_view import ClusterView
@@ -90,26 +91,24 @@ class LeaseService:
         self.launchable: list[res.Resources] | None = None
 
     # ================================================================ RPC: leases
-    def rpc_request_lease(self, conn: Connection, p: dict[str, Any]) -> asyncio.Future[Any]:
+    def rpc_request_lease(self, conn: Connection, p: msg.RequestLease) -> asyncio.Future[Any]:
         # A resent request (its reply was lost) gets the same answer, not a second lease.
         seen: dict[Any, asyncio.Future[Any]] = conn.state.setdefault("lease_requests", {})
-        request_id = p.get("request_id")
-        if request_id is not None and request_id in seen:
+        request_id = p.request_id
+        if request_id in seen:
             return seen[request_id]
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if request_id is not None:
-            seen[request_id] = fut
-            if len(seen) > SEEN_REQUESTS_PER_CONNECTION:
-                seen.pop(next(iter(seen)))
+        seen[request_id] = fut
+        if len(seen) > SEEN_REQUESTS_PER_CONNECTION:
+            seen.pop(next(iter(seen)))
         try:
-            request = res.to_fixed(p.get("resources") or {})
-            hold = p.get("hold")
-            held = res.to_fixed(hold) if hold is not None else request
+            request = res.to_fixed(p.resources)
+            held = res.to_fixed(p.hold) if p.hold is not None else request
         except (TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"bad resource request: {exc}") from exc
-        if p.get("renv") is not None:
-            check_renv(p["renv"])
-        if not p.get("spilled"):
+        if p.renv is not None:
+            check_renv(p.renv)
+        if not p.spilled:
             answer = self._decide_elsewhere(request, p)
             if answer is not None:
                 fut.set_result(answer)
@@ -121,14 +120,14 @@ class LeaseService:
         self.schedule()
         return fut
 
-    def _decide_elsewhere(self, request: res.Resources, p: dict[str, Any]) -> dict[str, Any] | None:
+    def _decide_elsewhere(self, request: res.Resources, p: msg.RequestLease) -> dict[str, Any] | None:
         """The answer for a request that should not wait here (a spillback), or None; raises if it cannot run."""
-        prefer = p.get("prefer")
-        target = self.view.nodes.get(prefer) if prefer and prefer != self.node.node_id and not p.get("strategy") else None
+        prefer = p.prefer
+        target = self.view.nodes.get(prefer) if prefer and prefer != self.node.node_id and not p.strategy else None
         if target is not None and target.alive and res.fits(request, target.available):
             # The task's large arguments live there: run it next to them.
             return {"spillback": {"node_id": target.node_id, "address": target.address}}
-        decision = self.view.decide(request, p.get("strategy"), self._local_view())
+        decision = self.view.decide(request, p.strategy, self._local_view())
         if decision.kind == policy.SPILLBACK and decision.node_id is not None:
             return {"spillback": {"node_id": decision.node_id, "address": self.view.nodes[decision.node_id].address}}
         if decision.kind == policy.UNSCHEDULABLE:
@@ -140,46 +139,46 @@ class LeaseService:
         if fut.cancelled():  # nobody waits for it any more (the caller's call was cancelled)
             self.table.abandon(req)
 
-    def rpc_prepare_runtime_env(self, conn: Connection, p: Any) -> None:
+    def rpc_prepare_runtime_env(self, conn: Connection, p: msg.RuntimeEnvRequest) -> None:
         """Build a runtime env ahead of its first lease (a job's env, ``eager_install``)."""
-        check_renv(p)
-        if self.renv_agent.context(p[0], p[1]) is not None:
-            self.renv_agent.touch(p[0])
+        check_renv((p.key, p.env))
+        if self.renv_agent.context(p.key, p.env) is not None:
+            self.renv_agent.touch(p.key)
 
-    def rpc_cancel_lease_request(self, conn: Connection, p: dict[str, Any]) -> None:
-        self.apply(self.table.cancel(conn, p["request_id"]))
+    def rpc_cancel_lease_request(self, conn: Connection, p: msg.LeaseRequestId) -> None:
+        self.apply(self.table.cancel(conn, p.request_id))
 
-    def rpc_return_lease(self, conn: Connection, p: dict[str, Any]) -> None:
-        self.apply(self.table.return_lease(p["lease_id"], conn, bool(p.get("kill"))))
+    def rpc_return_lease(self, conn: Connection, p: msg.ReturnLease) -> None:
+        self.apply(self.table.return_lease(p.lease_id, conn, p.kill))
         self.schedule()
 
-    def rpc_notify_blocked(self, conn: Connection, p: Any) -> None:
+    def rpc_notify_blocked(self, conn: Connection, p: None) -> None:
         worker = conn.state.get("worker")
         if worker is not None and self.apply(self.table.set_blocked(worker, True)):
             self.schedule()
 
-    def rpc_notify_unblocked(self, conn: Connection, p: Any) -> None:
+    def rpc_notify_unblocked(self, conn: Connection, p: None) -> None:
         worker = conn.state.get("worker")
         if worker is not None:
             self.apply(self.table.set_blocked(worker, False))
 
     # ================================================================ RPC: bundles
-    def rpc_prepare_bundle(self, conn: Connection, p: dict[str, Any]) -> bool:
-        self.table.prepare_bundle(p["pg_id"], int(p["index"]), p["resources"])
+    def rpc_prepare_bundle(self, conn: Connection, p: msg.PrepareBundle) -> bool:
+        self.table.prepare_bundle(p.pg_id, p.index, p.resources)
         return True
 
-    def rpc_cancel_bundle(self, conn: Connection, p: dict[str, Any]) -> bool:
-        self.table.cancel_bundle(p["pg_id"], int(p["index"]))
+    def rpc_cancel_bundle(self, conn: Connection, p: msg.Bundle) -> bool:
+        self.table.cancel_bundle(p.pg_id, p.index)
         self.schedule()
         return True
 
-    def rpc_commit_bundle(self, conn: Connection, p: dict[str, Any]) -> bool:
-        self.apply(self.table.commit_bundle(p["pg_id"], int(p["index"])))
+    def rpc_commit_bundle(self, conn: Connection, p: msg.Bundle) -> bool:
+        self.apply(self.table.commit_bundle(p.pg_id, p.index))
         self.schedule()
         return True
 
-    def rpc_remove_bundle(self, conn: Connection, p: dict[str, Any]) -> bool:
-        self.apply(self.table.remove_bundle(p["pg_id"], int(p["index"])))
+    def rpc_remove_bundle(self, conn: Connection, p: msg.Bundle) -> bool:
+        self.apply(self.table.remove_bundle(p.pg_id, p.index))
         self.schedule()
         return True
 
@@ -350,7 +349,7 @@ class LeaseService:
             # (reports lag), so it may wait here while a CPU is free elsewhere.
             if res.fits(req.resources, self.table.available):
                 continue
-            decision = self.view.decide(req.resources, req.payload.get("strategy"), view)
+            decision = self.view.decide(req.resources, req.payload.strategy, view)
             if decision.kind == policy.SPILLBACK and decision.node_id is not None:
                 self.apply(self.table.spill_back(req, decision.node_id, view[decision.node_id].address))
         self.schedule()

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from ember._private.resources import Resources
 from ember._private.state_machine import History, TransitionTable
+from ember.protocol.raylet import RequestLease
 from ember.raylet.worker_pool import WorkerHandle
 
 
@@ -55,7 +56,7 @@ class LeaseRequest:
 
     state: RequestState
 
-    def __init__(self, request_id: Any, holder: Holder, resources: Resources, payload: dict[str, Any],
+    def __init__(self, request_id: Any, holder: Holder, resources: Resources, payload: RequestLease,
                  hold: Resources | None = None) -> None:
         self.request_id = request_id
         self.holder = holder
@@ -65,12 +66,12 @@ class LeaseRequest:
         self.hold = resources if hold is None else hold
         self.payload = payload
         #: An actor's lease: its worker is dedicated to the actor for the actor's life.
-        self.for_actor = bool(payload.get("actor"))
-        renv = payload.get("renv")
+        self.for_actor = payload.actor
+        renv = payload.renv
         #: The runtime env its worker must run in ("" and None: the default one).
         self.env_key: str = renv[0] if renv else ""
         self.env: dict[str, Any] | None = renv[1] if renv else None
-        self.retriable = bool(payload.get("retriable", True))
+        self.retriable = payload.retriable
         self.warned_infeasible = False
         self.history = History()
 

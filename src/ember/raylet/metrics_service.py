@@ -21,6 +21,7 @@ from ember._private import session
 from ember._private.config import config
 from ember._private.version import __version__
 from ember.exceptions import ConnectionLost, RemoteError
+from ember.protocol import raylet as msg
 from ember.raylet import metric_families, system_metrics
 from ember.raylet.clients import ClientRegistry
 from ember.raylet.control_link import ControlServiceLink
@@ -83,11 +84,11 @@ class MetricsService:
     def port(self) -> int:
         return self.metrics_server.port if self.metrics_server is not None else 0
 
-    def rpc_report_metrics(self, conn: Connection, batch: dict[str, Any]) -> None:
-        worker_id = batch["worker_id"]
-        if "points" in batch:
-            self.user_metrics.report(worker_id, batch)
-        tasks = batch.get("tasks")
+    def rpc_report_metrics(self, conn: Connection, batch: msg.MetricsBatch) -> None:
+        worker_id = batch.worker_id
+        if batch.points is not None:
+            self.user_metrics.report(worker_id, {"defs": batch.defs, "points": batch.points})
+        tasks = batch.tasks
         if tasks is not None:
             if worker_id not in self.task_counts:
                 # A process's counts go with it (as in Ray, whose per-process gauges stop).

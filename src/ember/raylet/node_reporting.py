@@ -53,7 +53,7 @@ class NodeReporter:
         """Send a report (and so refresh our cluster view) without waiting for the period."""
         self._wakeup.set()
 
-    def rpc_refresh_view(self, conn: Any, p: Any) -> None:
+    def rpc_refresh_view(self, conn: Any, p: None) -> None:
         self.report_now()
 
     def report(self) -> dict[str, Any]:

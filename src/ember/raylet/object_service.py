@@ -14,6 +14,7 @@ from typing import Any
 
 from ember._private.config import config
 from ember.exceptions import ConnectionLost, ObjectLostError, ObjectStoreFullError
+from ember.protocol import raylet as msg
 from ember.raylet.clients import ClientRegistry
 from ember.raylet.cluster_view import ClusterView
 from ember.raylet.lease_table import expected
@@ -87,18 +88,18 @@ class ObjectService:
         self.spiller.stop()
 
     # ================================================================ RPC: objects
-    async def rpc_create_object(self, conn: Connection, p: dict[str, Any]) -> Any:
-        size = int(p["size"])
-        if size < 0 or not isinstance(p.get("object_id"), bytes) or len(p["object_id"]) != 20:
-            raise ValueError(f"bad create_object request: size {size}, object id {p.get('object_id')!r}")
-        reuse, fallback_path = await self.allocate_object(p["object_id"], size, p["owner"])
-        if p.get("owner_address") and p["owner"] not in self.clients and p["owner"] not in self._owner_watches:
-            self._owner_watches[p["owner"]] = self.node.background.spawn(
-                self._watch_owner(p["owner"], p["owner_address"]), "watch an object owner"
+    async def rpc_create_object(self, conn: Connection, p: msg.CreateObject) -> msg.CreateObjectReply:
+        size, owner = p.size, p.owner
+        if size < 0 or len(p.object_id) != 20:
+            raise ValueError(f"bad create_object request: size {size}, object id {p.object_id!r}")
+        reuse, fallback_path = await self.allocate_object(p.object_id, size, owner)
+        if p.owner_address and owner not in self.clients and owner not in self._owner_watches:
+            self._owner_watches[owner] = self.node.background.spawn(
+                self._watch_owner(owner, list(p.owner_address)), "watch an object owner"
             )
         if fallback_path is not None:
-            return {"reuse": False, "path": fallback_path}
-        return {"reuse": reuse}
+            return msg.CreateObjectReply(reuse=False, path=fallback_path)
+        return msg.CreateObjectReply(reuse=reuse)
 
     async def allocate_object(self, object_id: bytes, size: int, owner: bytes, primary: bool = True) -> tuple[bool, str | None]:
         """Room for a new object: in the store (spilling others first if needed), else in a
@@ -187,25 +188,25 @@ class ObjectService:
                 self._owner_watches.pop(owner, None)
                 conn.close("no objects of this owner left here")
 
-    def rpc_seal_object(self, conn: Connection, p: dict[str, Any]) -> None:
-        self.store.seal(p["object_id"])
+    def rpc_seal_object(self, conn: Connection, p: msg.ObjectId) -> None:
+        self.store.seal(p.object_id)
         self.spiller.after_seal()
 
-    async def rpc_restore_object(self, conn: Connection, p: dict[str, Any]) -> bool:
+    async def rpc_restore_object(self, conn: Connection, p: msg.ObjectId) -> bool:
         """Make a spilled object readable in memory again; False if this node does not have it."""
-        return await self.spiller.restore(p["object_id"])
+        return await self.spiller.restore(p.object_id)
 
-    async def rpc_prepare_transfer(self, conn: Connection, p: dict[str, Any]) -> bool:
+    async def rpc_prepare_transfer(self, conn: Connection, p: msg.ObjectId) -> bool:
         """Before another node streams an object from us: make sure there is a local file to send."""
-        object_id = p["object_id"]
+        object_id = p.object_id
         if self.sealed_path(object_id) is not None:
             return True
         if await self.spiller.restore(object_id):
             return True
         raise expected(ObjectLostError(object_id.hex(), f"object {object_id.hex()} is not on node {self.node.short_id}"))
 
-    def rpc_free_objects(self, conn: Connection | None, p: dict[str, Any]) -> None:
-        self.free(p["object_ids"])
+    def rpc_free_objects(self, conn: Connection | None, p: msg.ObjectIds) -> None:
+        self.free(p.object_ids)
 
     def free(self, object_ids: list[bytes]) -> None:
         """Free objects here, their spill files, and the copies other nodes made of them."""
@@ -226,16 +227,16 @@ class ObjectService:
         except Exception as exc:
             logger.debug("could not free copies on %s: %s", address, exc)
 
-    async def rpc_pull_object(self, conn: Connection, p: dict[str, Any]) -> bool:
-        source = p["address"]
-        dead = expected(ObjectLostError(p["object_id"].hex(), f"the node at {source[0]}:{source[1]} that held it is dead"))
+    async def rpc_pull_object(self, conn: Connection, p: msg.PullObject) -> bool:
+        source = p.address
+        dead = expected(ObjectLostError(p.object_id.hex(), f"the node at {source[0]}:{source[1]} that held it is dead"))
         if self.view.is_dead_address(source):
             # Fail at once (the owner rebuilds it from lineage) instead of retrying a
             # connection to a dead daemon for connect_timeout_s.
             raise dead
         # The news of its death may come while we pull (the caller can learn it first):
         # then stop retrying the connection and fail at once too.
-        pull = asyncio.ensure_future(self.objects.pull(p["object_id"], source, int(p["size"]), p.get("owner") or b""))
+        pull = asyncio.ensure_future(self.objects.pull(p.object_id, source, p.size, p.owner or b""))
         death = asyncio.ensure_future(self.view.death_of(source).wait())
         try:
             await asyncio.wait([pull, death], return_when=asyncio.FIRST_COMPLETED)
@@ -248,11 +249,11 @@ class ObjectService:
         pull.result()
         return True
 
-    def rpc_read_object_chunk(self, conn: Connection, p: dict[str, Any]) -> bytes:
-        return self.objects.read_chunk(p["object_id"], int(p["offset"]), int(p["length"]))
+    def rpc_read_object_chunk(self, conn: Connection, p: msg.ReadObjectChunk) -> bytes:
+        return self.objects.read_chunk(p.object_id, p.offset, p.length)
 
-    def rpc_copy_made(self, conn: Connection, p: dict[str, Any]) -> None:
-        object_id = p["object_id"]
+    def rpc_copy_made(self, conn: Connection, p: msg.CopyMade) -> None:
+        object_id = p.object_id
         if object_id not in self.store.objects and object_id not in self.store.spilled:
             # Freed here while the other node was copying it: nobody would free that copy.
             conn.notify("free_objects", {"object_ids": [object_id]})
@@ -261,7 +262,7 @@ class ObjectService:
         if address:
             self.objects.copy_made(object_id, address)
 
-    def rpc_store_stats(self, conn: Connection, p: Any) -> dict[str, int]:
+    def rpc_store_stats(self, conn: Connection, p: None) -> dict[str, int]:
         return self.store.stats()
 
     def node_died(self, address: tuple[str, int]) -> None:

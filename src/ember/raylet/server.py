@@ -29,6 +29,8 @@ from ember._private import ids
 from ember._private import resources as res
 from ember._private.config import config
 from ember._private.processes import host_memory, raise_fd_limit, resident_bytes
+from ember.protocol import Service
+from ember.protocol import raylet as msg
 from ember.raylet import log_files
 from ember.raylet import scheduling_policy as policy
 from ember.raylet.clients import ClientRegistry
@@ -75,7 +77,7 @@ class Raylet:
         #: Set to stop the daemon (the control service refused it or did not come back).
         self.stop_event = stop_event or asyncio.Event()
         node = self.node = NodeContext(opts.node_id, opts.node_ip, opts.session_dir, opts.gcs_address, token, opts.is_head)
-        self.handlers = RpcHandlers()
+        self.handlers = RpcHandlers(Service.RAYLET)
         cfg = config()
         num_cpus = int(opts.resources.get("CPU", 0))
         prestart = num_cpus if cfg.num_prestart_workers < 0 else cfg.num_prestart_workers
@@ -224,7 +226,7 @@ class Raylet:
         self._schedule()
 
     # ================================================================ RPC: the node as a whole
-    def rpc_get_info(self, conn: Connection, p: Any) -> dict[str, Any]:
+    def rpc_get_info(self, conn: Connection, p: None) -> dict[str, Any]:
         info = self.client_info()
         info["available"] = res.to_float(self.table.available)
         info["store"] = self.store.stats()
@@ -244,18 +246,18 @@ class Raylet:
         info["host_memory"] = host_memory()
         return info
 
-    def rpc_task_counts(self, conn: Connection, p: Any) -> list[list[Any]]:
+    def rpc_task_counts(self, conn: Connection, p: None) -> list[list[Any]]:
         """Tasks by name, state and job as this node's processes last reported them (``ray_tasks``):
         ``[name, state, is_retry, source, job id, count]`` rows, for the dashboard's progress bars."""
         return [row for rows in self.metrics.task_counts.values() for row in rows]
 
-    def rpc_list_logs(self, conn: Connection, p: dict[str, Any] | None) -> list[list[Any]]:
+    def rpc_list_logs(self, conn: Connection, p: msg.ListLogs | None) -> list[list[Any]]:
         """This node's log files ``[[name, size], ...]`` (``glob`` filters names)."""
-        return log_files.list_files(self.workers.pool.logs_dir, (p or {}).get("glob"))
+        return log_files.list_files(self.workers.pool.logs_dir, p.glob if p is not None else None)
 
-    def rpc_read_log(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any]:
+    def rpc_read_log(self, conn: Connection, p: msg.ReadLog) -> dict[str, Any]:
         """A chunk of one log file (``name``, ``offset``, ``max_bytes``); names outside logs/ are refused."""
-        return log_files.read(self.workers.pool.logs_dir, p["name"], int(p.get("offset", 0)), int(p.get("max_bytes", 1 << 20)))
+        return log_files.read(self.workers.pool.logs_dir, p.name, p.offset, p.max_bytes)
 
-    def rpc_ping(self, conn: Connection, p: Any) -> str:
+    def rpc_ping(self, conn: Connection, p: None) -> str:
         return "pong"

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ember._private.config import config
+from ember.protocol import raylet as msg
 from ember.raylet.clients import ClientRegistry
 from ember.raylet.control_link import ControlServiceLink
 from ember.raylet.lease_table import LeaseTable
@@ -104,17 +105,17 @@ class WorkerService:
         self.pool.kill(worker, reason)
 
     # ------------------------------------------------------------ registration and death
-    def rpc_register_worker(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any]:
-        handle = self.pool.register(conn, p["worker_id"], p["address"])
+    def rpc_register_worker(self, conn: Connection, p: msg.RegisterWorker) -> dict[str, Any]:
+        handle = self.pool.register(conn, p.worker_id, list(p.address))
         if handle is None:
             raise ValueError("unknown worker id; this worker was not started by this node daemon")
         conn.state["worker"] = handle
-        self.clients.add(p["worker_id"], conn, f"worker pid {handle.pid}")
+        self.clients.add(p.worker_id, conn, f"worker pid {handle.pid}")
         self._on_change()
         return self.clients.client_info()
 
-    def rpc_kill_worker(self, conn: Connection, p: dict[str, Any]) -> bool:
-        worker = self.pool.workers.get(p["worker_id"])
+    def rpc_kill_worker(self, conn: Connection, p: msg.WorkerId) -> bool:
+        worker = self.pool.workers.get(p.worker_id)
         if worker is None:
             return False
         self.pool.kill(worker)

@@ -2,9 +2,13 @@
 
 A ``Connection`` is an asyncio protocol. Either side may send requests,
 replies and one-way notifications. Incoming requests are dispatched to a
-*handler* object: method ``m`` calls ``handler.rpc_m(conn, payload)``, which
-returns a value or an awaitable. A handler that raises sends an ERROR reply
-(code = exception class name) and the daemon carries on.
+*handler* object, which serves one ``ember.protocol.Service`` (its
+``protocol_service``): method ``m`` must be registered for that service; its
+payload is decoded into the declared request type and ``handler.rpc_m(conn,
+request)`` is called, which returns a value or an awaitable. A payload that does
+not match gets an ERROR reply with ``ErrorCode.PROTOCOL_ERROR``; a handler that
+raises sends an ERROR reply with its exception's ``ErrorCode``; either way the
+daemon carries on.
 
 Invariants:
   * no frame is decoded beyond the hello until the peer authenticated;
@@ -30,9 +34,11 @@ from ember.exceptions import (
     ConnectionLost,
     ErrorCode,
     FrameError,
+    ProtocolError,
     RemoteError,
     error_code_of,
 )
+from ember.protocol.registry import Method, methods_of
 from ember.rpc import framing
 from ember.rpc.fault_injection import Fault, fault_for, rng
 from ember.rpc.framing import ERROR, HELLO_MAGIC, NOTIFY, REPLY, REQUEST
@@ -56,6 +62,9 @@ class Connection(asyncio.Protocol):
     ) -> None:
         self._token = token
         self.handler = handler
+        service = getattr(handler, "protocol_service", None)
+        #: The methods the handler serves (None: a handler not yet typed, looked up by name).
+        self._methods: dict[str, Method] | None = methods_of(service) if service is not None else None
         self.is_server = is_server
         self.info = info or {}
         #: What the peer said about itself in its hello (or its OK reply).
@@ -185,15 +194,29 @@ class Connection(asyncio.Protocol):
         else:
             raise FrameError(f"unknown message kind {kind!r}")
 
-    def _lookup(self, method: str) -> Any:
+    def _lookup(self, method: str) -> tuple[Any, Method | None] | None:
+        """The handler's function for ``method`` and its registered type (None: no such method)."""
         if self.handler is None or method.startswith("_"):
             return None
-        return getattr(self.handler, "rpc_" + method, None)
+        spec = None
+        if self._methods is not None:
+            spec = self._methods.get(method)
+            if spec is None:
+                return None
+        fn = getattr(self.handler, "rpc_" + method, None)
+        return None if fn is None else (fn, spec)
 
     def _handle_request(self, msg_id: Any, method: str, payload: Any) -> None:
-        fn = self._lookup(method)
-        if fn is None:
+        found = self._lookup(method)
+        if found is None:
             self._send_error(msg_id, ErrorCode.NO_SUCH_METHOD, f"no such method: {method!r}")
+            return
+        fn, spec = found
+        try:
+            if spec is not None:
+                payload = spec.decode(payload)
+        except ProtocolError as exc:
+            self._send_error(msg_id, ErrorCode.PROTOCOL_ERROR, str(exc))
             return
         try:
             result = fn(self, payload)
@@ -234,9 +257,16 @@ class Connection(asyncio.Protocol):
         self.send([ERROR, msg_id, int(code), message])
 
     def _handle_notify(self, method: str, payload: Any) -> None:
-        fn = self._lookup(method)
-        if fn is None:
+        found = self._lookup(method)
+        if found is None:
             logger.warning("ignoring notification %r from %s: no such method", method, self.peername)
+            return
+        fn, spec = found
+        try:
+            if spec is not None:
+                payload = spec.decode(payload)
+        except ProtocolError as exc:
+            logger.warning("ignoring notification from %s: %s", self.peername, exc)
             return
         try:
             result = fn(self, payload)

@@ -1,4 +1,4 @@
-"""Frames: a 4-byte big-endian length, then a msgpack body.
+"""Frames: a 4-byte big-endian length, then a msgpack body (written and read by msgspec).
 
 Message bodies are msgpack arrays whose first element is the kind:
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgpack
+import msgspec
 
 from ember.exceptions import FrameError
 
@@ -31,25 +31,29 @@ HELLO_MAGIC = "EMBER/1"
 _HEADER = 4
 
 
-def _default(obj: Any) -> Any:
-    if isinstance(obj, (set, frozenset)):
-        return list(obj)
+def _unsupported(obj: Any) -> Any:
     raise TypeError(f"cannot encode {type(obj).__name__} in an RPC message")
 
 
-_packer_default = _default
+# msgspec writes protocol structs (ember.protocol) and plain values alike; sets go as arrays.
+_encode = msgspec.msgpack.Encoder(enc_hook=_unsupported).encode
+_decode = msgspec.msgpack.Decoder().decode
 
 
 def encode(message: Any) -> bytes:
-    """One frame (header + body) for ``message``."""
-    body = msgpack.packb(message, use_bin_type=True, default=_packer_default)
+    """One frame (header + body) for ``message``; ``FrameError`` if it is nested too deeply."""
+    try:
+        body = _encode(message)
+    except RecursionError:
+        raise FrameError("a message nested too deeply to encode") from None
     return len(body).to_bytes(_HEADER, "big") + body
 
 
 def decode_body(body: bytes | bytearray | memoryview) -> Any:
+    """A frame body as plain values (maps, arrays, ...); typed decoding is the dispatcher's."""
     try:
-        return msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True)
-    except Exception as exc:  # msgpack raises several unrelated types
+        return _decode(body)
+    except Exception as exc:  # malformed, truncated, too deep (RecursionError), unhashable keys ...
         raise FrameError(f"undecodable frame body ({type(exc).__name__}: {exc})") from exc
 
 

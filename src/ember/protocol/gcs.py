@@ -1,0 +1,350 @@
+"""The control service's methods (``ember/gcs/server.py``) and their messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ember.protocol.base import HostPort, Message, Record, WorkerAddress
+from ember.protocol.registry import Method, Service, register
+
+# ---------------------------------------------------------------- pub/sub
+
+
+class Subscribe(Message):
+    channels: list[str]
+    #: A reconnecting driver: the last log record it printed (``[gcs instance, seq]``) or None;
+    #: absent when the caller wants no replay.
+    logs_after: tuple[str | None, int] | None | msgspec.UnsetType = msgspec.UNSET
+
+
+class Publication(Message, array_like=True):
+    """``[channel, data]``: a message of a pub/sub channel (``logs``, ``nodes``, ``jobs``)."""
+
+    channel: str
+    data: Any
+
+
+# ------------------------------------------------------------------ nodes
+
+
+class RegisterNode(Message):
+    node_id: bytes
+    address: HostPort
+    resources: dict[str, float]
+    store_capacity: int = 0
+    store_dir: str = ""
+    transfer_port: int = 0
+    hostname: str = ""
+    is_head: bool = False
+    pid: int = 0
+    metrics_export_port: int = 0
+    #: A node rejoining a restarted control service: the cluster it belonged to ...
+    cluster_id: str | None = None
+    #: ... and the leases the control service held on it (``[lease_id, actor_id]``).
+    gcs_leases: list[list[Any]] = []
+
+    def node_record(self) -> dict[str, Any]:
+        """What the node table keeps (and persists) of this registration."""
+        record = msgspec.structs.asdict(self)
+        del record["cluster_id"], record["gcs_leases"]
+        record["address"] = list(self.address)  # as stored records read it back
+        return record
+
+
+class RegisterNodeReply(Message):
+    cluster_id: str
+    release_leases: list[Any]
+
+
+class NodeId(Message):
+    node_id: bytes
+
+
+class LoadReport(Message):
+    """A node's heartbeat: what it has free (and in total) and its object store's use."""
+
+    node_id: bytes
+    available: dict[str, float]
+    total: dict[str, float] | None = None
+    store_used: int = 0
+    store_objects: int = 0
+    store_spilled: int = 0
+    store_fallback: int = 0
+    store_fallback_objects: int = 0
+    num_workers: int = 0
+    #: For an autoscaler: ``[[shape, count], ...]`` of the requests queued there ...
+    demand: list[tuple[dict[str, float], int]] = []
+    #: ... and for how long the node has had no work.
+    idle_s: float = 0.0
+
+
+#: ``[node_id, [host, port], total resources, available resources]`` per live node.
+NodeAddressRow = tuple[bytes, HostPort, dict[str, float], dict[str, float]]
+
+# ------------------------------------------------------------------- jobs
+
+
+class RegisterJob(Message):
+    namespace: str | None = None
+    pid: int | None = None
+    address: WorkerAddress | None = None
+    entrypoint: str = ""
+    submission_id: str | None = None
+
+
+class RegisterJobReply(Message):
+    job_id: bytes
+    namespace: str
+    cluster_id: str
+
+
+class JobId(Message):
+    job_id: bytes
+
+
+class ClusterIdReply(Message):
+    cluster_id: str
+
+
+# ----------------------------------------------------------------- actors
+
+
+class ActorCreationSpec(Message):
+    """What a driver or worker asks the control service to create (``api/actor.py``)."""
+
+    actor_id: bytes
+    job: bytes
+    fid: bytes
+    class_name: str
+    args: list[Any]
+    kw: list[str]
+    owner: WorkerAddress
+    name: str | None = None
+    namespace: str | None = None
+    detached: bool = False
+    get_if_exists: bool = False
+    max_restarts: int = 0
+    max_task_retries: int = 0
+    max_concurrency: int | None = None
+    concurrency_groups: dict[str, int] = {}
+    method_groups: dict[str, str] = {}
+    is_async: bool = False
+    #: Resources to place the actor (``place``) and to hold while it lives (``hold``);
+    #: ``res`` as requested (before a placement group renames them).
+    place: dict[str, float] = {}
+    hold: dict[str, float] = {}
+    res: dict[str, float] = {}
+    meta: Record = {}
+    node_id: bytes | None = None
+    strategy: Any = None
+    pg: bytes | None = None
+    pg_group: list[Any] | None = None
+    renv: list[Any] | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The spec as the actor manager keeps and persists it (absent options left out)."""
+        record = msgspec.structs.asdict(self)
+        for optional in ("pg_group", "renv"):
+            if record[optional] is None:
+                del record[optional]
+        return record
+
+
+class RegisterActorReply(Message):
+    actor_id: bytes
+    existing: bool
+    meta: Record | None = None
+
+
+class NamedLookup(Message):
+    """A named actor or placement group in a namespace."""
+
+    name: str
+    namespace: str | None = None
+
+
+class WaitActor(Message):
+    actor_id: bytes
+    #: Answer once the actor is past this incarnation (0: as soon as it is alive or dead).
+    after: int = 0
+
+
+class KillActor(Message):
+    actor_id: bytes
+    no_restart: bool = True
+    cause: str | None = None
+
+
+class WorkerDied(Message):
+    worker_id: bytes
+    node_id: bytes | None = None
+    pid: int | None = None
+    detail: str = ""
+
+
+class WorkerOomKilled(Message):
+    worker_id: bytes
+    detail: str
+
+
+class Infeasible(Message):
+    """A node daemon cannot grant a lease request anywhere (sent to whoever asked)."""
+
+    request_id: int | bytes
+    message: str
+
+
+class ListNamedActors(Message):
+    all_namespaces: bool = False
+    namespace: str | None = None
+
+
+class NamedActorRow(Message):
+    name: str
+    namespace: str
+
+
+# ------------------------------------------------------- placement groups
+
+
+class CreatePlacementGroup(Message):
+    pg_id: bytes
+    bundles: list[dict[str, float]]
+    strategy: str
+    name: str | None = None
+    namespace: str | None = None
+    lifetime: str | None = None
+    job: bytes | None = None
+
+
+class PlacementGroupId(Message):
+    pg_id: bytes
+
+
+# --------------------------------------------------------------------- KV
+
+
+class KvPut(Message):
+    key: bytes
+    value: bytes
+    ns: str = ""
+    overwrite: bool = True
+    #: Compare-and-set: write only if the current value is this (None: only if absent).
+    expect: bytes | None | msgspec.UnsetType = msgspec.UNSET
+
+
+class KvKey(Message):
+    key: bytes
+    ns: str = ""
+
+
+class KvPrefix(Message):
+    ns: str = ""
+    prefix: bytes = b""
+
+
+# ------------------------------------------------------------ task events
+
+
+class TaskEventBatch(Message):
+    """An owner's or executor's task events (``core/task_events.py``): each
+    ``[task_id, attempt, state, timestamp, info]``."""
+
+    events: list[tuple[bytes, int, str, float, Record | None]] = []
+    dropped: int = 0
+    job: bytes | None = None
+
+
+class ListTasks(Message):
+    filters: list[tuple[str, str, Any]] = []
+    limit: int = 100
+    detail: bool = False
+
+
+class TaskExecutions(Message):
+    since: float | None = None
+    job_id: bytes | None = None
+
+
+#: ``[task_id, name, job_id, node_id, worker_id, pid, start_s, end_s, state]``
+ExecutionRow = tuple[bytes, str, bytes, Any, Any, Any, float | None, float | None, str]
+
+
+# ------------------------------------------------------------ autoscaling
+
+
+class ClusterDemand(Message):
+    #: Wait (up to this many seconds) until a node reports new queued demand.
+    wait_s: float | None = None
+
+
+class DrainNode(Message):
+    node_id: bytes
+    #: True: stop sending work there (refused while it has work); False: resume.
+    drain: bool = True
+
+
+class RequestResources(Message):
+    bundles: list[dict[str, float]]
+
+
+class AutoscalerReport(Message):
+    status: Record | None = None
+    #: The node shapes the autoscaler can add (None: it has none, or is gone).
+    launchable: list[dict[str, float]] | None = None
+
+
+class ClusterInfo(Message):
+    cluster_id: str
+    session_dir: str
+    pid: int
+    dashboard_url: str | None
+
+
+METHODS = (
+    Method("subscribe", Subscribe, bool),
+    Method("publish", Publication, oneway=True),
+    Method("register_node", RegisterNode, RegisterNodeReply),
+    Method("unregister_node", NodeId, None),
+    Method("report", LoadReport, list[NodeAddressRow]),
+    Method("get_nodes", None, list[Record]),
+    Method("get_node_addresses", None, list[NodeAddressRow]),
+    Method("register_job", RegisterJob, RegisterJobReply),
+    Method("reattach_job", JobId, ClusterIdReply),
+    Method("get_jobs", None, list[Record]),
+    Method("register_actor", ActorCreationSpec, RegisterActorReply),
+    Method("get_named_actor", NamedLookup, Record | None),
+    Method("wait_actor", WaitActor, Record),
+    Method("kill_actor", KillActor, bool),
+    Method("worker_died", WorkerDied, oneway=True),
+    Method("worker_oom_killed", WorkerOomKilled, oneway=True),
+    Method("create_placement_group", CreatePlacementGroup, Record),
+    Method("remove_placement_group", PlacementGroupId, bool),
+    Method("wait_placement_group", PlacementGroupId, str),
+    Method("placement_group_table", None, dict[str, Record]),
+    Method("get_placement_group", NamedLookup, Record | None),
+    Method("infeasible", Infeasible, oneway=True),
+    Method("list_actors", None, list[Record]),
+    Method("list_named_actors", ListNamedActors, list[NamedActorRow]),
+    Method("kv_put", KvPut, bool),
+    Method("kv_get", KvKey, bytes | None),
+    Method("kv_del", KvKey, bool),
+    Method("kv_keys", KvPrefix, list[bytes]),
+    Method("kv_items", KvPrefix, list[tuple[bytes, bytes]]),
+    Method("add_task_events", TaskEventBatch, oneway=True),
+    Method("list_tasks", ListTasks, Record),
+    Method("summarize_tasks", None, Record),
+    Method("task_counts_by_state", None, dict[str, int]),
+    Method("task_executions", TaskExecutions, list[ExecutionRow]),
+    Method("get_cluster_demand", ClusterDemand | None, Record),
+    Method("request_resources", RequestResources, None),
+    Method("drain_node", DrainNode, bool),
+    Method("autoscaler_report", AutoscalerReport, None),
+    Method("get_autoscaler_status", None, Record | None),
+    Method("cluster_info", None, ClusterInfo),
+    Method("ping", None, str),
+)
+
+register(Service.GCS, METHODS)
