@@ -328,9 +328,10 @@ class GcsServer:
         job_id = ids.job_id_from_int(self._next_job)
         self._next_job += 1
         self.storage.put("meta", b"next_job", str(self._next_job).encode())
+        namespace = p.namespace or f"anonymous-{job_id.hex()}"
         entry = {
             "job_id": job_id,
-            "namespace": p.namespace or f"anonymous-{job_id.hex()}",
+            "namespace": namespace,
             "driver_pid": p.pid,
             "driver_address": list(p.address) if p.address is not None else None,
             "start_time": time.time(),
@@ -342,7 +343,7 @@ class GcsServer:
         self.jobs[job_id] = entry
         self.persist_job(entry)
         self._attach_job(job_id, conn)
-        return msg.RegisterJobReply(job_id=job_id, namespace=entry["namespace"], cluster_id=self.cluster_id)
+        return msg.RegisterJobReply(job_id=job_id, namespace=namespace, cluster_id=self.cluster_id)
 
     def _attach_job(self, job_id: bytes, conn: Connection) -> None:
         self._job_conns[job_id] = conn
