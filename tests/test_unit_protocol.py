@@ -279,3 +279,17 @@ def test_the_registry_refuses_duplicates_and_private_names() -> None:
         register(Service.GCS, [Method("ping", None, str)])
     with pytest.raises(ValueError, match="must not start"):
         register(Service.GCS, [Method("_hidden", None, str)])
+
+
+def test_stored_records_keep_what_the_components_read() -> None:
+    from ember.protocol import gcs
+
+    node = gcs.RegisterNode(node_id=b"n", address=("h", 1), resources={"CPU": 2.0}, cluster_id="c",
+                            gcs_leases=[[b"l", b"a"]])
+    record = node.node_record()
+    assert record["node_id"] == b"n" and record["resources"] == {"CPU": 2.0}
+    assert "cluster_id" not in record and "gcs_leases" not in record  # registration details only
+    spec = sample(gcs.ActorCreationSpec)
+    assert spec.record()["renv"] == spec.renv
+    bare = msgspec.structs.replace(spec, renv=None, pg_group=None).record()
+    assert "renv" not in bare and "pg_group" not in bare and bare["pg"] == spec.pg  # absent options stay absent

@@ -11,6 +11,6 @@ bottom of the layers with ``_private``: it imports nothing of Ember but exceptio
 from __future__ import annotations
 
 from ember.protocol.base import Message
-from ember.protocol.registry import Method, Service, method, methods_of
+from ember.protocol.registry import Method, Service, methods_of
 
-__all__ = ["Message", "Method", "Service", "method", "methods_of"]
+__all__ = ["Message", "Method", "Service", "methods_of"]

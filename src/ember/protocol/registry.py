@@ -87,10 +87,6 @@ def methods_of(service: Service) -> dict[str, Method]:
     return _REGISTRY[service]
 
 
-def method(service: Service, name: str) -> Method | None:
-    return methods_of(service).get(name)
-
-
 _loaded = False
 
 
