@@ -36,7 +36,7 @@ from ember.exceptions import (
     RpcError,
     TaskUnschedulableError,
 )
-from ember.protocol.gcs import Infeasible, WorkerOomKilled
+from ember.protocol.core_worker import Infeasible, WorkerOomKilled
 from ember.rpc import Connection
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 
 from ember.protocol.base import Message, Record
-from ember.protocol.gcs import Infeasible, Publication, WorkerOomKilled
+from ember.protocol.gcs import Publication, WorkerOomKilled
 from ember.protocol.registry import Method, Service, register
 
 #: A task's, an actor call's or an actor creation's spec, built by the submitter
@@ -25,6 +25,13 @@ class GeneratorItem(Message):
     index: int = msgspec.field(name="i")
     #: The item as a return value (``[INLINE, data]`` or a stored object's ``[PLASMA, ...]``).
     ret: list[Any] = msgspec.field(name="r")
+
+
+class Infeasible(Message):
+    """No node can grant one of this process's lease requests yet (its node daemon says why)."""
+
+    request_id: int
+    message: str
 
 
 class ObjectIds(Message):
@@ -79,3 +86,6 @@ METHODS = (
 )
 
 register(Service.CORE_WORKER, METHODS)
+
+__all__ = ["CancelOwnedTask", "CancelTask", "GeneratorItem", "Infeasible", "ObjectId", "ObjectIds", "Publication",
+           "TaskId", "TaskSpec", "WorkerOomKilled"]
