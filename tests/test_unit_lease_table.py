@@ -250,16 +250,6 @@ def test_a_lease_returned_by_someone_else_is_ignored(tmp_path: Path, holder: Fak
     assert grant.lease.lease_id in node.table.leases
 
 
-def test_an_abandoned_request_leaves_the_queue(tmp_path: Path, holder: FakeConn) -> None:
-    node = Node(tmp_path, {"CPU": 1}, workers=0)
-    req = node.request(holder, {"CPU": 1})
-    node.table.abandon(req)
-    node.table.validate()
-    assert req.state is RequestState.ABANDONED and not node.table.queue
-    node.table.abandon(req)  # twice: nothing more happens
-    node.table.validate()
-
-
 # ---------------------------------------------------------------------------- blocked workers
 
 def test_a_blocked_worker_lends_its_cpu_and_taking_it_back_may_overcommit(tmp_path: Path, holder: FakeConn) -> None:

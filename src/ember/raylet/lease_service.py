@@ -11,7 +11,6 @@ other nodes that can run them now, and warns about requests no node can run.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -115,7 +114,6 @@ class LeaseService:
                 return fut
         req = LeaseRequest(request_id, conn, request, p, held)
         self._replies[req] = fut
-        fut.add_done_callback(functools.partial(self._reply_done, req))
         self.table.submit(req)
         self.schedule()
         return fut
@@ -133,11 +131,6 @@ class LeaseService:
         if decision.kind == policy.UNSCHEDULABLE:
             raise expected(TaskUnschedulableError(decision.reason))
         return None
-
-    def _reply_done(self, req: LeaseRequest, fut: asyncio.Future[Any]) -> None:
-        self._replies.pop(req, None)
-        if fut.cancelled():  # nobody waits for it any more (the caller's call was cancelled)
-            self.table.abandon(req)
 
     def rpc_prepare_runtime_env(self, conn: Connection, p: msg.RuntimeEnvRequest) -> None:
         """Build a runtime env ahead of its first lease (a job's env, ``eager_install``)."""

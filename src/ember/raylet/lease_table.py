@@ -78,33 +78,33 @@ class DefaultEnvironmentOnly:
 # ---------------------------------------------------------------------------- actions
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Grant:
     """Answer the request with its lease."""
     request: LeaseRequest
     lease: Lease
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reject:
     """Answer the request with this error (it can never be served here)."""
     request: LeaseRequest
     error: Exception
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Cancelled:
     """The holder cancelled its request: answer ``{"cancelled": True}``."""
     request: LeaseRequest
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Abandoned:
     """Nobody waits for the answer any more (the holder left): drop the reply."""
     request: LeaseRequest
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SpillBack:
     """Answer the request with another node to ask."""
     request: LeaseRequest
@@ -112,27 +112,27 @@ class SpillBack:
     address: list[Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NeedWorkers:
     """These requests found no idle worker of their env: start some (within the node's limits)."""
     env_key: str
     requests: list[LeaseRequest] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class KillWorker:
     """The worker's lease ended under it (holder gone, group removed, returned with kill): end it."""
     worker: WorkerHandle
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReleaseIdleLeases:
     """Requests wait for resources: ask these holders to return the leases they do not use."""
     holders: list[Holder]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResourcesChanged:
     """What is available changed: report the node's load soon."""
 
@@ -305,12 +305,6 @@ class LeaseTable:
             REQUEST_TRANSITIONS.move(req, RequestState.CANCELLED, "cancelled by its holder")
             actions.append(Cancelled(req))
         return actions
-
-    def abandon(self, req: LeaseRequest) -> None:
-        """Nobody waits for this request's answer any more (its reply was cancelled)."""
-        if req.state is RequestState.QUEUED:
-            self.queue.remove(req)
-            REQUEST_TRANSITIONS.move(req, RequestState.ABANDONED, "its reply is no longer awaited")
 
     def spill_back(self, req: LeaseRequest, node_id: bytes, address: list[Any]) -> list[Action]:
         """Send a queued request to another node that can run it now."""
