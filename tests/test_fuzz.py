@@ -33,7 +33,7 @@ import ember
 from ember._private import runtime
 from ember._private.config import config
 from ember._private.processes import pid_alive
-from ember.exceptions import FrameError
+from ember.exceptions import ErrorCode, FrameError
 from ember.protocol import Service, methods_of
 from ember.rpc import framing
 from ember.rpc.connection import parse_address
@@ -70,6 +70,7 @@ class Target:
     connections: int = 0
     denied: int = 0
     replies: int = 0
+    protocol_errors: int = 0
     closed_by_server: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -244,6 +245,8 @@ def _read_until(sock: socket.socket, decoder: framing.FrameDecoder, want_id: int
             seen.append(message)
             if isinstance(message, list) and len(message) >= 2 and message[0] in (REPLY, ERROR):
                 target.replies += 1
+                if message[0] == ERROR and len(message) > 2 and message[2] == ErrorCode.PROTOCOL_ERROR:
+                    target.protocol_errors += 1
                 if message[1] == want_id:
                     return True, seen
             if isinstance(message, list) and message[:1] == ["DENIED"]:
@@ -375,9 +378,11 @@ def test_fuzzed_frames_on_every_port(ember_start, record_property):
         _fuzz_post_auth(target, token, rng, FRAMES_PER_PORT)
         assert pid_alive(target.pid), f"the {target.role} (pid {target.pid}) died while being fuzzed"
         assert target.denied > 0
+        assert target.protocol_errors > 0, f"the {target.role} never answered a mistyped request with PROTOCOL_ERROR"
         report.append(
             f"{target.role}: {target.frames} frames ({pre} before authentication) over {target.connections} "
-            f"connections, {target.replies} replies, {target.denied} DENIED, {time.monotonic() - start:.1f}s"
+            f"connections, {target.replies} replies ({target.protocol_errors} PROTOCOL_ERROR), {target.denied} DENIED, "
+            f"{time.monotonic() - start:.1f}s"
         )
     for i, target in enumerate(targets):
         assert pid_alive(target.pid), f"the {target.role} (pid {target.pid}) died"
