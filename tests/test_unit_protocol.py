@@ -237,6 +237,21 @@ def test_unregistered_and_unknown_methods_do_not_exist(server: Any) -> None:
     assert handler.received == []
 
 
+def test_a_handler_that_names_no_service_serves_nothing() -> None:
+    class Untyped:
+        def rpc_ping(self, conn: Connection, p: Any) -> str:
+            raise AssertionError("reached without a declared type")
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        conn = Connection("token", Untyped(), is_server=True)
+        assert conn._lookup("ping") is None
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
 def test_a_bad_notification_is_dropped(server: Any) -> None:
     from ember.protocol import gcs
 

@@ -63,8 +63,8 @@ class Connection(asyncio.Protocol):
         self._token = token
         self.handler = handler
         service = getattr(handler, "protocol_service", None)
-        #: The methods the handler serves (None: a handler not yet typed, looked up by name).
-        self._methods: dict[str, Method] | None = methods_of(service) if service is not None else None
+        #: The methods the handler serves: those registered for its service (none without one).
+        self._methods: dict[str, Method] = methods_of(service) if service is not None else {}
         self.is_server = is_server
         self.info = info or {}
         #: What the peer said about itself in its hello (or its OK reply).
@@ -194,15 +194,11 @@ class Connection(asyncio.Protocol):
         else:
             raise FrameError(f"unknown message kind {kind!r}")
 
-    def _lookup(self, method: str) -> tuple[Any, Method | None] | None:
+    def _lookup(self, method: str) -> tuple[Any, Method] | None:
         """The handler's function for ``method`` and its registered type (None: no such method)."""
-        if self.handler is None or method.startswith("_"):
+        spec = self._methods.get(method)
+        if spec is None:
             return None
-        spec = None
-        if self._methods is not None:
-            spec = self._methods.get(method)
-            if spec is None:
-                return None
         fn = getattr(self.handler, "rpc_" + method, None)
         return None if fn is None else (fn, spec)
 
@@ -213,8 +209,7 @@ class Connection(asyncio.Protocol):
             return
         fn, spec = found
         try:
-            if spec is not None:
-                payload = spec.decode(payload)
+            payload = spec.decode(payload)
         except ProtocolError as exc:
             self._send_error(msg_id, ErrorCode.PROTOCOL_ERROR, str(exc))
             return
@@ -263,8 +258,7 @@ class Connection(asyncio.Protocol):
             return
         fn, spec = found
         try:
-            if spec is not None:
-                payload = spec.decode(payload)
+            payload = spec.decode(payload)
         except ProtocolError as exc:
             logger.warning("ignoring notification from %s: %s", self.peername, exc)
             return
