@@ -459,12 +459,21 @@ def test_malformed_env_in_a_lease_request_is_refused(ember_shared: Any) -> None:
     from ember.exceptions import ErrorCode, RemoteError
 
     worker = runtime.core_worker()
-    for bad in (5, ["key"], ["", {}], ["key", "not a dict"]):
+    # A wrongly shaped env is refused by the protocol's decoder, naming the field; a
+    # well-shaped but meaningless one (an empty key) by the runtime-env check.
+    cases = [
+        (5, ErrorCode.PROTOCOL_ERROR, "$.renv"),
+        (["key"], ErrorCode.PROTOCOL_ERROR, "$.renv"),
+        (["key", "not a dict"], ErrorCode.PROTOCOL_ERROR, "$.renv[1]"),
+        (["", {}], ErrorCode.BAD_REQUEST, "bad runtime env"),
+    ]
+    for number, (bad, code, reason) in enumerate(cases):
         with pytest.raises(RemoteError) as info:
-            worker.raylet_call("request_lease", {"request_id": f"bad-{bad!r}", "resources": {"CPU": 1}, "renv": bad})
-        assert info.value.code is ErrorCode.BAD_REQUEST and "bad runtime env" in info.value.message
-        with pytest.raises(RemoteError):
+            worker.raylet_call("request_lease", {"request_id": 90_000 + number, "resources": {"CPU": 1}, "renv": bad})
+        assert info.value.code is code and reason in info.value.message, info.value
+        with pytest.raises(RemoteError) as info:
             worker.raylet_call("prepare_runtime_env", bad)
+        assert info.value.code is code, info.value
     assert ember.get(getenv.options(runtime_env={"env_vars": {"STILL": "fine"}}).remote("STILL")) == "fine"
 
 
