@@ -156,6 +156,7 @@ class WorkerService:
         before = len(self.pool.workers)
         self.pool.reap()
         await self._kill_surplus_idle()
+        await self._replace_a_spawned_idle_worker()
         self.fail_envs_whose_workers_crash()
         self.renv_agent.collect({w.env_key for w in self.pool.alive()})
         if len(self.pool.workers) != before:
@@ -170,18 +171,44 @@ class WorkerService:
         for worker in sorted(idle, key=lambda w: w.idle_since):
             if (surplus <= 0 and not worker.env_key) or now - worker.idle_since <= timeout:
                 continue
-            # As in Ray, a worker that owns objects still referenced elsewhere (a task put a value and
-            # returned its ref) stays: its exit would lose them. Asked again after another idle period.
-            try:
-                owns = worker.conn is None or bool(await worker.conn.call("owns_objects", None, config().worker_query_timeout_s))
-            except Exception:
-                owns = True
-            if owns:
-                worker.idle_since = time.monotonic()
+            if await self._owns_objects(worker):
                 continue
             if worker.state is WorkerState.IDLE:
                 self.pool.kill(worker, f"idle for over {timeout:g}s beyond the pool's size")
                 surplus -= 0 if worker.env_key else 1
+
+    async def _replace_a_spawned_idle_worker(self) -> None:
+        """Replace one idle default worker that started as a fresh interpreter (before the fork
+        server was ready: the prestarted ones, the first task's) by a fork, once it has been idle
+        ``idle_worker_kill_s``. A fork shares the runtime's pages with the fork server, a fresh
+        interpreter holds its own copy: about 7 MiB of an idle cluster's memory per worker."""
+        launcher = self.pool.launcher
+        if not getattr(launcher, "ready", False) or getattr(launcher, "dead", False):
+            return
+        timeout = config().idle_worker_kill_s
+        now = time.monotonic()
+        for worker in self.pool.alive():
+            if (worker.state is not WorkerState.IDLE or worker.forked or worker.env_key or worker.killed
+                    or now - worker.idle_since <= timeout):
+                continue
+            if await self._owns_objects(worker):
+                continue
+            if worker.state is WorkerState.IDLE:
+                # Its death refills the prestarted pool, with a fork (worker_died).
+                self.pool.kill(worker, "replaced by a forked worker, which shares the fork server's memory")
+            return
+
+    async def _owns_objects(self, worker: WorkerHandle) -> bool:
+        """Whether an idle worker owns objects still referenced elsewhere (a task put a value and
+        returned its ref): as in Ray, such a worker stays, since its exit would lose them. It is
+        asked again after another idle period."""
+        try:
+            owns = worker.conn is None or bool(await worker.conn.call("owns_objects", None, config().worker_query_timeout_s))
+        except Exception:
+            owns = True
+        if owns:
+            worker.idle_since = time.monotonic()
+        return owns
 
     def fail_envs_whose_workers_crash(self, limit: int = 3) -> None:
         """An env whose workers keep exiting before they register (a broken interpreter or

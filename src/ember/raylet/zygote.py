@@ -14,6 +14,7 @@ No threads run here, so forking is safe.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -84,6 +85,10 @@ def _child(request: dict[str, object], zygote_pid: int) -> None:
 
 def main() -> None:
     _preload()
+    # What the preload built is never garbage: move it out of the collector's reach, so a
+    # worker's collections do not write to (and so copy) every page it shares with us.
+    gc.collect()
+    gc.freeze()
     zygote_pid = os.getpid()
     from ember._private.processes import set_parent_death_signal
 
