@@ -328,3 +328,58 @@ def test_provider_failures_are_retried_reported_and_stop_ends_everything(make_cl
     result = ember_cli(["stop"], cluster.env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not [pid for pid in pids if pid_alive(pid)]
+
+
+def test_a_killed_autoscaler_is_restarted_with_backoff_and_adopts_its_nodes(make_cluster, tmp_path, capfd):
+    import signal
+
+    # A long idle timeout: no node is ended for being idle while this test looks at them.
+    cluster = make_cluster(cluster_yaml("supervised", idle_timeout_minutes=10))
+    cluster.up()
+    cluster.connect()
+    release = str(tmp_path / "release")
+    first = hold.remote(release, str(tmp_path / "report-1"))
+    wait_for_file(str(tmp_path / "report-1"), timeout=90)
+    nodes_before = cluster.provider_pids()
+    assert len(nodes_before) == 1
+    scaler = cluster.call("get_autoscaler_status")["pid"]
+    os.kill(scaler, signal.SIGKILL)
+    wait_for_condition(lambda: not pid_alive(scaler), timeout=10)
+
+    # While it is down the cluster keeps working, and demand a node type fits is not called infeasible.
+    @ember.remote(num_cpus=0)
+    def zero() -> str:
+        return "ok"
+
+    assert ember.get(zero.remote(), timeout=30) == "ok"
+    second = hold.remote(release, str(tmp_path / "report-2"))
+
+    def restarted(old: int) -> int | None:
+        status = cluster.call("get_autoscaler_status")
+        pid = status.get("pid") if status else None
+        return pid if pid not in (None, old) and not status.get("stopped") else None
+
+    new = wait_for_condition(lambda: restarted(scaler), timeout=30)
+    # The restarted autoscaler adopts the running node: the second task gets one more node, not two.
+    wait_for_file(str(tmp_path / "report-2"), timeout=90)
+    assert nodes_before < cluster.provider_pids() and len(cluster.provider_pids()) == 2
+    text = cluster.status()
+    assert f"autoscaler_died: the autoscaler (pid {scaler}) exited; restarting it in 0.5s" in text
+    assert f"autoscaler_restarted: started the autoscaler again as pid {new} (restart 1)" in text
+    assert "adopted: took over the nodes the provider runs: 1 cpu_worker" in text
+    assert "scale_up: adding 1 cpu_worker node(s)" in text  # the events from before the death are kept
+    assert session.read_pid_files(cluster.session_dir)["autoscaler"] == new
+    # Killed again soon after: the pause doubles (and a child of the control service is reaped with its cause).
+    os.kill(new, signal.SIGKILL)
+    newer = wait_for_condition(lambda: restarted(new), timeout=30)
+    assert f"the autoscaler (pid {new}) was killed by SIGKILL; restarting it in 1s" in cluster.status()
+    assert "cannot be scheduled" not in capfd.readouterr().err
+    write_file_atomic(release, "go")
+    assert len(ember.get([first, second], timeout=60)) == 2
+    assert len(cluster.provider_pids()) == 2, cluster.status()
+    # `ember down` ends the restarted autoscaler (never restarted again) and every node.
+    pids = session_pids(cluster.tmpdir) | cluster.provider_pids() | {newer}
+    ember.shutdown()
+    result = ember_cli(["down", cluster.yaml], cluster.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not [pid for pid in pids if pid_alive(pid)]

@@ -92,6 +92,7 @@ class Autoscaler:
     # ------------------------------------------------------------------ loop
     async def run(self, stop: asyncio.Event) -> None:
         interval = config().autoscaler_update_interval_s
+        await self._adopt()
         self.event("started", f"autoscaler for cluster {self.cluster.cluster_name!r} "
                    f"({', '.join(self.cluster.worker_types) or 'no worker types'})")
         gap = config().autoscaler_min_update_gap_s
@@ -111,6 +112,27 @@ class Autoscaler:
                 await asyncio.wait_for(stop.wait(), pause)
             except asyncio.TimeoutError:
                 pass
+
+    async def _adopt(self) -> None:
+        """Take over from an earlier autoscaler of this cluster (one that died and is restarted):
+        keep its events, and count the nodes its provider still runs as this one's (they are
+        matched to cluster nodes by their tags at every update, so none is launched twice)."""
+        try:
+            previous = await self.gcs.call("get_autoscaler_status", None)
+        except Exception as exc:  # the control service restarting: the first update retries
+            logger.warning("could not read the previous autoscaler's status: %s", exc)
+            previous = None
+        if previous and previous.get("cluster_name") == self.cluster.cluster_name:
+            self.events.extend(previous.get("events") or [])
+            self.failures.extend(previous.get("failed") or [])
+        ids = await asyncio.to_thread(self.provider.non_terminated_nodes, {TAG_NODE_KIND: NODE_KIND_WORKER})
+        if ids:
+            kinds: dict[str, int] = {}
+            for provider_id in ids:
+                node_type = (await asyncio.to_thread(self.provider.node_tags, provider_id)).get(TAG_USER_NODE_TYPE, "?")
+                kinds[node_type] = kinds.get(node_type, 0) + 1
+            self.event("adopted", "took over the nodes the provider runs: "
+                       + ", ".join(f"{count} {node_type}" for node_type, count in sorted(kinds.items())))
 
     async def update(self, wait_s: float = 0.0) -> scaling.Decision:
         """One decision; first waits up to ``wait_s`` for new demand (the control service wakes it)."""

@@ -82,6 +82,7 @@ def status_document(nodes: list[dict[str, Any]], demand: dict[str, Any] | None =
         },
         "autoscaler": {
             "running": bool(autoscaler) and not report.get("stopped"),
+            "restarting": bool(report.get("restarting")),
             "clusterName": report.get("cluster_name"),
             "infeasible": report.get("infeasible", []),
             "waiting": report.get("waiting", []),
@@ -139,7 +140,9 @@ def format_status(status: dict[str, Any]) -> str:
     lines += demands or [" (no resource demands)"]
     scaler = status.get("autoscaler")
     if scaler:
-        if not scaler["running"]:
+        if scaler.get("restarting"):
+            lines += ["", "Autoscaler: RESTARTING after it died (its last report is shown)"]
+        elif not scaler["running"]:
             lines += ["", "Autoscaler: NOT RUNNING (its last report is shown)"]
         if scaler["infeasible"]:
             lines += ["", "Infeasible (no node type can ever run these; they wait until the cluster changes):"]

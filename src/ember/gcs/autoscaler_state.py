@@ -11,16 +11,23 @@
   launching, failures, events), for ``ember status`` and the HTTP server. Its node types'
   shapes go to every node daemon (``set_launchable``), so a request that an autoscaler
   can add a node for is not reported infeasible, and one no node type fits is.
+* **Supervision** (``autoscaler_supervisor.py``): an autoscaler that dies is restarted;
+  its deaths and restarts are events of this status, and its shapes stay meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from ember._private.config import config
+from ember.gcs.autoscaler_supervisor import AutoscalerSupervisor
 from ember.rpc import Connection
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ember.gcs.server import GcsServer, NodeEntry
@@ -57,6 +64,7 @@ class AutoscalerState:
         self.launchable: list[dict[str, float]] | None = None
         #: Set when a node reports queued demand it did not report before.
         self.demand_changed = asyncio.Event()
+        self.supervisor = AutoscalerSupervisor(gcs.session_dir, gcs.background, self.add_event, self._withdraw_shapes)
 
     # ------------------------------------------------------------ node reports
     def on_load_report(self, entry: NodeEntry, demand: list[list[Any]], idle_s: float) -> None:
@@ -121,6 +129,8 @@ class AutoscalerState:
             raise ValueError("an autoscaler report's status is a dict")
         self.last_report = status
         self.reported_at = time.time()
+        if status is not None and isinstance(status.get("pid"), int) and not status.get("stopped"):
+            self.supervisor.on_report(status["pid"])
         launchable = payload.get("launchable")
         if launchable is not None:
             launchable = check_bundles(launchable)
@@ -130,16 +140,31 @@ class AutoscalerState:
                 if entry.alive and entry.conn is not None:
                     entry.conn.notify("set_launchable", launchable)
 
-    def autoscaler_gone(self) -> None:
-        """Its connection closed: keep its last status (marked stopped), forget its node types."""
+    def autoscaler_gone(self, pid: int | None) -> None:
+        """Its connection closed: keep its last status (marked stopped); unless it is to be
+        restarted should it have died, forget its node types."""
         status = dict(self.last_report or {})
         status["stopped"] = True
-        self.report({"status": status, "launchable": None})
+        self.last_report = status
+        if not self.supervisor.connection_closed(pid):
+            self._withdraw_shapes()
+
+    def _withdraw_shapes(self) -> None:
+        self.report({"status": self.last_report, "launchable": None})
+
+    def add_event(self, kind: str, message: str) -> None:
+        """An event the control service records in the autoscaler's status (its supervision)."""
+        logger.warning("autoscaler %s: %s", kind, message)
+        status = dict(self.last_report or {"stopped": True})
+        events = list(status.get("events") or [])
+        events.append({"time": time.time(), "kind": kind, "message": message})
+        status["events"] = events[-config().autoscaler_max_events:]
+        self.last_report = status
 
     def status(self) -> dict[str, Any] | None:
         if self.last_report is None:
             return None
-        return {**self.last_report, "reported_at": self.reported_at}
+        return {**self.last_report, "reported_at": self.reported_at, "restarting": self.supervisor.restarting}
 
 
 def _count(table: dict[str, list[Any]], shape: dict[str, float], count: int) -> None:

@@ -516,7 +516,8 @@ class GcsServer:
         if not conn.state.get("autoscaler"):
             # Gone autoscaler, no node types: requests no node fits are infeasible again.
             conn.state["autoscaler"] = True
-            conn.add_close_callback(lambda c: self.autoscaler.autoscaler_gone())
+            pid = (p.status or {}).get("pid")
+            conn.add_close_callback(lambda c: self.autoscaler.autoscaler_gone(pid if isinstance(pid, int) else None))
 
     def rpc_get_autoscaler_status(self, conn: Connection, p: None) -> dict[str, Any] | None:
         return self.autoscaler.status()
