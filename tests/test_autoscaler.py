@@ -383,3 +383,40 @@ def test_a_killed_autoscaler_is_restarted_with_backoff_and_adopts_its_nodes(make
     result = ember_cli(["down", cluster.yaml], cluster.env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not [pid for pid in pids if pid_alive(pid)]
+
+
+def test_infeasible_actors_and_placement_groups_are_reported_within_seconds(make_cluster, capfd):
+    from ember.util.placement_group import placement_group
+
+    cluster = make_cluster(cluster_yaml("loud"))
+    cluster.up()
+    cluster.connect()
+    gpu_actor = Pinger.options(num_gpus=1).remote()
+    big_actor = Pinger.options(num_cpus=2).remote()  # the biggest node type has one CPU
+    packed = placement_group([{"CPU": 1}] * 2, strategy="STRICT_PACK")  # two CPUs on one node: no type has them
+    seen = []
+
+    def warned() -> bool:
+        seen.append(capfd.readouterr().err)
+        return "".join(seen).count("cannot be scheduled") >= 3
+
+    wait_for_condition(warned, timeout=10)
+    text = "".join(seen)
+    scaler = "nor any node type the autoscaler can add ({CPU: 1"
+    assert f"WARNING: Actor Pinger {gpu_actor._actor_id.hex()[:12]} cannot be scheduled. No node in this cluster {scaler}" in text
+    assert "can ever satisfy {CPU: 1, GPU: 1}" in text
+    assert f"Actor Pinger {big_actor._actor_id.hex()[:12]} cannot be scheduled" in text and "can ever satisfy {CPU: 2}" in text
+    assert f"WARNING: Placement group {packed.id.hex()} (STRICT_PACK) cannot be scheduled" in text
+    assert "its bundles [{CPU: 1}, {CPU: 1}] together" in text
+    wait_for_condition(lambda: cluster.status().count("no node type") >= 3, timeout=10)
+    status = cluster.status()
+    assert "{CPU: 1, GPU: 1}: no node type (and no node) has these resources" in status
+    assert "{CPU: 2}: no node type (and no node) has these resources" in status
+    assert "placement group STRICT_PACK {CPU: 1} {CPU: 1}: no node type has {CPU: 2}" in status
+    assert "{'CPU': 2.0}: 1+ pending tasks/actors" in status
+    assert "{'CPU': 1.0} * 2 (STRICT_PACK): 1+ pending placement groups" in status
+    assert cluster.workers() == []  # nothing was launched for them
+    # An actor a node type fits is not warned about: the autoscaler adds its node.
+    fits = Pinger.remote()
+    assert ember.get(fits.node.remote(), timeout=90)
+    assert "Actor Pinger " + fits._actor_id.hex()[:12] not in capfd.readouterr().err

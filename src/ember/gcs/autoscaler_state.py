@@ -23,7 +23,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from ember._private import resources as res
 from ember._private.config import config
+from ember._private.placement_policy import place
 from ember.gcs.autoscaler_supervisor import AutoscalerSupervisor
 from ember.rpc import Connection
 
@@ -119,6 +121,35 @@ class AutoscalerState:
         self.requested_at = time.time()
         self.gcs.storage.put(_NS, _REQUESTED, json.dumps(self.requested).encode())
 
+    # ------------------------------------------------------------- feasibility
+    def can_launch_for(self, shape: dict[str, float]) -> bool:
+        """True when the autoscaler can add a node that fits ``shape``."""
+        need = res.to_fixed(shape)
+        return self.launchable is not None and any(res.fits(need, res.to_fixed(s)) for s in self.launchable)
+
+    def can_launch_for_group(self, bundles: list[dict[str, float]], strategy: str,
+                             totals: dict[bytes, res.Resources]) -> bool:
+        """True when the group fits on the nodes' ``totals`` plus new nodes of the autoscaler's types
+        (as many of each as the group has bundles: enough for any strategy)."""
+        if self.launchable is None:
+            return False
+        nodes = dict(totals)
+        for i, shape in enumerate(self.launchable):
+            for k in range(len(bundles)):
+                nodes[b"launchable-%d-%d" % (i, k)] = res.to_fixed(shape)
+        return place([res.to_fixed(b) for b in bundles], strategy, nodes) is not None
+
+    def infeasible_message(self, what: str, need: str) -> str:
+        """Why ``what`` (needing ``need``) waits forever, and what to do (as node daemons word it for tasks)."""
+        shapes = "; ".join(sorted(res.describe(res.to_fixed(_plain(e.info["resources"])))
+                                  for e in self.gcs.nodes.values() if e.alive)) or "no nodes"
+        scaler = "" if self.launchable is None else (
+            " nor any node type the autoscaler can add ("
+            + ("; ".join(sorted(res.describe(res.to_fixed(s)) for s in self.launchable)) or "none") + ")")
+        return (f"{what} cannot be scheduled. No node in this cluster{scaler} can ever satisfy {need}. "
+                f"The nodes have: {shapes}. It will wait until a node that can run it joins. "
+                "Lower the request (num_cpus=, num_gpus=, resources=, bundles), or add a node with enough resources.")
+
     # -------------------------------------------------------------------- status
     def report(self, payload: dict[str, Any]) -> None:
         """The autoscaler's status; ``launchable`` (its node types' shapes) goes to every node."""
@@ -171,3 +202,8 @@ def _count(table: dict[str, list[Any]], shape: dict[str, float], count: int) -> 
     key = json.dumps(shape, sort_keys=True)
     row = table.setdefault(key, [shape, 0])
     row[1] += int(count)
+
+
+def _plain(amounts: dict[str, float]) -> dict[str, float]:
+    """Resources without the per-node ``node:<ip>`` markers and placement-group resources."""
+    return {k: v for k, v in amounts.items() if not k.startswith("node:") and "_group_" not in k}

@@ -355,6 +355,12 @@ class GcsServer:
 
         conn.add_close_callback(closed)
 
+    def warn_job(self, job_id: bytes | None, message: str) -> None:
+        """Show ``message`` to the driver of ``job_id`` (if it is connected)."""
+        conn = self._job_conns.get(job_id) if job_id else None
+        if conn is not None and not conn.closed:
+            conn.notify("cluster_warning", {"message": message})
+
     def rpc_reattach_job(self, conn: Connection, p: msg.JobId) -> msg.ClusterIdReply:
         """A driver reconnecting after a control-service restart."""
         job = self.jobs.get(p.job_id)
