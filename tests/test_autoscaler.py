@@ -420,3 +420,27 @@ def test_infeasible_actors_and_placement_groups_are_reported_within_seconds(make
     fits = Pinger.remote()
     assert ember.get(fits.node.remote(), timeout=90)
     assert "Actor Pinger " + fits._actor_id.hex()[:12] not in capfd.readouterr().err
+
+
+@ember.remote(num_cpus=1)
+def make_block() -> bytes:
+    return b"x" * (2 * 1024 * 1024)  # kept in the object store of the node that ran it
+
+
+def test_an_idle_node_holding_objects_says_why_it_stays_until_they_are_freed(make_cluster):
+    cluster = make_cluster(cluster_yaml("objects"))
+    cluster.up()
+    cluster.connect()
+    ref = make_block.remote()
+    assert ember.wait([ref], timeout=90, fetch_local=False)[0]
+    wait_for_condition(lambda: "holds 1 object(s) referenced elsewhere" in cluster.status(), timeout=60)
+    text = cluster.status()
+    assert "Idle nodes kept past the idle timeout:" in text
+    assert "(cpu_worker): holds 1 object(s) referenced elsewhere; ending it would lose them" in text
+    assert "kept: idle cpu_worker node " in text  # recorded once as an event too
+    assert len(cluster.workers()) == 1
+    assert len(ember.get(ref, timeout=30)) == 2 * 1024 * 1024
+    del ref  # freed: nothing keeps the node any more
+    wait_for_condition(lambda: not cluster.workers(), timeout=60)
+    text = cluster.status()
+    assert "scale_down: removing cpu_worker node" in text and "Idle nodes kept" not in text

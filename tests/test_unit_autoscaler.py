@@ -34,7 +34,7 @@ def make_config(**overrides):
 def running(pid, node_type="cpu", cpus=1.0, free=None, idle_s=0.0, holds_objects=False):
     return scaling.WorkerNode(pid, node_type, joined=True, age_s=100, total={"CPU": cpus},
                               available={"CPU": cpus if free is None else free}, idle_s=idle_s,
-                              holds_objects=holds_objects)
+                              objects=3 if holds_objects else 0)
 
 
 def launching(pid, node_type="cpu", age_s=1.0):
@@ -195,9 +195,21 @@ def test_idle_nodes_end_after_the_timeout_unless_busy_or_holding_objects():
              running("objects", idle_s=600, holds_objects=True)]
     d = scaling.decide(cfg, nodes, [HEAD], scaling.Demand())
     assert d.terminate == [("idle", "idle for 61s (idle_timeout_minutes: 1)")]
+    # Each idle node that stays says why.
+    assert d.kept == [("objects", "holds 3 object(s) referenced elsewhere; ending it would lose them")]
+    nodes[3].spilled_bytes = 3 * 2**20
+    d = scaling.decide(cfg, nodes, [HEAD], scaling.Demand())
+    assert d.kept == [("objects", "holds 3 object(s) referenced elsewhere and 3.0 MiB spilled to its disk; "
+                                  "ending it would lose them")]
     # Queued demand that fits on the idle node keeps it.
     d = scaling.decide(cfg, nodes, [HEAD], scaling.Demand(shapes=[({"CPU": 1}, 1)]))
     assert d.terminate == [] and d.launch == {}
+    assert dict(d.kept)["idle"] == "queued demand or request_resources bundles fit on it"
+    # So does min_workers.
+    cfg = make_config(idle_timeout_minutes=1, available_node_types={
+        "head": {"resources": {"CPU": 0}}, "cpu": {"resources": {"CPU": 1}, "min_workers": 1}})
+    d = scaling.decide(cfg, [running("idle", idle_s=61)], [HEAD], scaling.Demand())
+    assert d.terminate == [] and d.kept == [("idle", "its type 'cpu' is at min_workers (1)")]
 
 
 def test_request_resources_launches_at_once_and_keeps_its_nodes():
@@ -250,6 +262,7 @@ def test_status_text_shows_types_pending_failures_demands_and_events():
                   "pending": [{"node_type": "cpu", "provider_id": "fake-1", "status": "launching"}],
                   "failed": [{"time": 0, "node_type": "cpu", "reason": "quota exceeded"}],
                   "infeasible": [["{GPU: 1}", "no node type has it"]], "waiting": [],
+                  "kept": [["w" * 56, "cpu", "holds 2 object(s) referenced elsewhere; ending it would lose them"]],
                   "events": [{"time": 0, "kind": "scale_up", "message": "adding 1 cpu node(s): 4 queued"}],
                   "node_types": {"cpu": {"resources": {"CPU": 1}}}}
     text = format_status(status_document(nodes, demand, autoscaler))
@@ -257,7 +270,8 @@ def test_status_text_shows_types_pending_failures_demands_and_events():
                  " cpu: LaunchFailed", "quota exceeded", " 1/1 CPU",
                  " {'CPU': 1.0}: 2 from request_resources()", " {'CPU': 1.0}: 4+ pending tasks/actors",
                  " {'CPU': 1.0} * 3 (STRICT_SPREAD): 1+ pending placement groups",
-                 " {GPU: 1}: no node type has it", "scale_up: adding 1 cpu node(s)"):
+                 " {GPU: 1}: no node type has it", "scale_up: adding 1 cpu node(s)",
+                 "Idle nodes kept past the idle timeout:\n wwwwwwwwwwww (cpu): holds 2 object(s) referenced elsewhere"):
         assert line in text, (line, text)
     assert "its node daemon was stopped" not in text  # a node ended on purpose is not a failure
     plain = format_status(status_document(nodes[:1], None, None))

@@ -79,6 +79,8 @@ class Autoscaler:
         #: Provider ids whose node daemon has joined the cluster at some point.
         self._joined: set[str] = set()
         self._infeasible_reported: set[str] = set()
+        #: Idle nodes kept past the timeout -> the reason last recorded as an event.
+        self._kept_reported: dict[str, str] = {}
         #: Resources the nodes of each type reported once joined (see _with_learned_resources).
         self._learned: dict[str, dict[str, float]] = {}
         self.last_decision = scaling.Decision()
@@ -156,6 +158,12 @@ class Autoscaler:
                 self._infeasible_reported.add(description)
                 self.event("infeasible", f"{description}: {reason}", logging.WARNING)
         self._infeasible_reported &= {d for d, _ in decision.infeasible}
+        for provider_id, reason in decision.kept:
+            if self._kept_reported.get(provider_id) != reason:
+                node = gcs_ids.get(provider_id, provider_id)
+                self.event("kept", f"idle {tags.get(provider_id, {}).get(TAG_USER_NODE_TYPE, '?')} node "
+                           f"{node[:12]} stays: {reason}")
+        self._kept_reported = dict(decision.kept)
         drained = await self._drain({gcs_ids[p] for p in decision.idle if p in gcs_ids})
         for provider_id, reason in decision.terminate:
             if provider_id in decision.idle and gcs_ids.get(provider_id) not in drained:
@@ -198,8 +206,9 @@ class Autoscaler:
                 worker.total = _plain(node["Resources"])
                 worker.available = _plain(node["AvailableResources"])
                 worker.idle_s = float(node.get("IdleSeconds", 0.0))
-                worker.holds_objects = bool(node.get("ObjectStoreObjects") or node.get("ObjectStoreSpilled")
-                                            or node.get("ObjectStoreFallbackObjects"))
+                # ObjectStoreObjects counts the fallback files too.
+                worker.objects = int(node.get("ObjectStoreObjects") or 0)
+                worker.spilled_bytes = int(node.get("ObjectStoreSpilled") or 0)
             workers.append(worker)
         for gone in set(self._first_seen) - set(ids):
             self._first_seen.pop(gone, None)
@@ -268,6 +277,7 @@ class Autoscaler:
         active: dict[str, list[str]] = {}
         pending: list[dict[str, Any]] = []
         idle: dict[str, float] = {}
+        types = {w.provider_id: w.node_type for w in workers}
         for w in workers:
             if w.provider_id in ended:
                 continue
@@ -298,6 +308,7 @@ class Autoscaler:
                        "placement_groups": demand["placement_groups"], "requested": demand["requested"]},
             "infeasible": [list(x) for x in decision.infeasible],
             "waiting": [list(x) for x in decision.waiting],
+            "kept": [[gcs_ids.get(pid, pid), types.get(pid, "?"), reason] for pid, reason in decision.kept],
             "events": list(self.events),
         }
         shapes = scaling.node_type_shapes(self.cluster.worker_types)

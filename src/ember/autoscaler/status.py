@@ -86,6 +86,7 @@ def status_document(nodes: list[dict[str, Any]], demand: dict[str, Any] | None =
             "clusterName": report.get("cluster_name"),
             "infeasible": report.get("infeasible", []),
             "waiting": report.get("waiting", []),
+            "kept": report.get("kept", []),
             "events": report.get("events", []),
         } if autoscaler else None,
     }
@@ -150,6 +151,9 @@ def format_status(status: dict[str, Any]) -> str:
         if scaler["waiting"]:
             lines += ["", "Waiting for a limit:"]
             lines += [f" {what}: {why}" for what, why in scaler["waiting"]]
+        if scaler.get("kept"):
+            lines += ["", "Idle nodes kept past the idle timeout:"]
+            lines += [f" {node_id[:12]} ({node_type}): {why}" for node_id, node_type, why in scaler["kept"]]
         events = [e for e in scaler["events"] if e["kind"] != "started"][-_MAX_EVENTS_SHOWN:]
         lines += ["", "Recent autoscaler events:"]
         lines += [f" {_clock(e['time'])} {e['kind']}: {e['message']}" for e in events] or [" (none)"]
