@@ -274,6 +274,10 @@ def test_status_text_shows_types_pending_failures_demands_and_events():
                  "Idle nodes kept past the idle timeout:\n wwwwwwwwwwww (cpu): holds 2 object(s) referenced elsewhere"):
         assert line in text, (line, text)
     assert "its node daemon was stopped" not in text  # a node ended on purpose is not a failure
+    assert "Autoscaler: " not in text
+    down = format_status(status_document(nodes, demand, {**autoscaler, "stopped": True, "restarting": True}))
+    assert "Autoscaler: RESTARTING after it died (its last report is shown)" in down
+    assert "Autoscaler: NOT RUNNING" in format_status(status_document(nodes, demand, {**autoscaler, "stopped": True}))
     plain = format_status(status_document(nodes[:1], None, None))
     assert " 1 node" in plain and "(no resource demands)" in plain and "autoscaler events" not in plain
 
@@ -326,3 +330,61 @@ def test_control_service_aggregates_demand_requests_drains_and_reports(tmp_path)
             via_wire(gcs).rpc_autoscaler_report(scaler, {"status": "not a dict"})
 
     asyncio.run(scenario())
+
+
+# ------------------------------------------------------------------ supervision (control service side)
+def test_supervisor_restarts_with_doubling_pauses_until_withdrawn(tmp_path, monkeypatch):
+    """A dead autoscaler is started again from its recorded command; one that dies before reporting
+    is restarted after twice the pause; a withdrawn command (``ember stop``) ends supervision."""
+    import asyncio
+    import subprocess
+    import sys
+
+    from ember._private import session
+    from ember._private.background import BackgroundTasks
+    from ember._private.config import reset_config
+    from ember.gcs.autoscaler_supervisor import AutoscalerSupervisor
+
+    monkeypatch.setenv("EMBER_autoscaler_restart_backoff_initial_s", "0.05")
+    reset_config()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "pids").mkdir()
+    marker = tmp_path / "starts"
+    # Each start appends a line; the third one withdraws the command (as `ember stop` does) before exiting.
+    script = (f"import os, sys; f = open({str(marker)!r}, 'a'); f.write('x'); f.close(); "
+              f"n = len(open({str(marker)!r}).read()); "
+              f"n >= 3 and os.unlink({str(tmp_path / 'autoscaler_restart_args.json')!r}); sys.exit(3)")
+    session.write_autoscaler_restart_args(str(tmp_path), ["-c", script])
+    events: list[tuple[str, str]] = []
+    gave_up = []
+
+    async def main() -> None:
+        background = BackgroundTasks("test")
+        done = asyncio.Event()
+
+        def stopped() -> None:
+            gave_up.append(True)
+            done.set()
+
+        supervisor = AutoscalerSupervisor(str(tmp_path), background, lambda k, m: events.append((k, m)), stopped)
+        first = subprocess.Popen([sys.executable, "-c", "pass"])
+        first.wait()
+        assert supervisor.connection_closed(first.pid) and supervisor.restarting
+        await asyncio.wait_for(done.wait(), 30)
+        await background.close(1.0)
+        assert not supervisor.restarting and supervisor.restarts == 3
+
+    try:
+        asyncio.run(main())
+    finally:
+        reset_config()
+    kinds = [k for k, _ in events]
+    assert kinds == ["autoscaler_died", "autoscaler_restarted"] * 3 + ["autoscaler_died", "autoscaler_stopped"]
+    died = [m for k, m in events if k == "autoscaler_died"]
+    assert died[0].endswith("exited; restarting it in 0.05s")  # not its child: no exit code
+    assert [m.rsplit("in ", 1)[1] for m in died] == ["0.05s", "0.1s", "0.2s", "0.4s"]
+    assert "exited with code 3" in died[1]
+    assert session.read_pid_files(str(tmp_path))["autoscaler"] > 0 and gave_up == [True]
+    # Nothing is supervised without a recorded command.
+    assert not AutoscalerSupervisor(str(tmp_path), BackgroundTasks("t"), lambda k, m: None, lambda: None
+                                    ).connection_closed(1)
