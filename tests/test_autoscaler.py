@@ -429,7 +429,7 @@ def make_block() -> bytes:
 
 def test_an_idle_node_holding_objects_says_why_it_stays_until_they_are_freed(make_cluster):
     cluster = make_cluster(cluster_yaml("objects"))
-    cluster.up()
+    cluster.up(dashboard=True)
     cluster.connect()
     ref = make_block.remote()
     assert ember.wait([ref], timeout=90, fetch_local=False)[0]
@@ -438,6 +438,10 @@ def test_an_idle_node_holding_objects_says_why_it_stays_until_they_are_freed(mak
     assert "Idle nodes kept past the idle timeout:" in text
     assert "(cpu_worker): holds 1 object(s) referenced elsewhere; ending it would lose them" in text
     assert "kept: idle cpu_worker node " in text  # recorded once as an event too
+    url = "http://" + session.read_dashboard_url(cluster.session_dir)
+    card = wait_for_condition(lambda: http(url, "/api/ui/nodes", token=cluster.token).json()["autoscaler"]["kept"],
+                              timeout=30)
+    assert card[0][1] == "cpu_worker" and card[0][2].startswith("holds 1 object(s) referenced elsewhere")
     assert len(cluster.workers()) == 1
     assert len(ember.get(ref, timeout=30)) == 2 * 1024 * 1024
     del ref  # freed: nothing keeps the node any more
