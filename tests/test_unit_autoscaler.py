@@ -388,3 +388,18 @@ def test_supervisor_restarts_with_doubling_pauses_until_withdrawn(tmp_path, monk
     # Nothing is supervised without a recorded command.
     assert not AutoscalerSupervisor(str(tmp_path), BackgroundTasks("t"), lambda k, m: None, lambda: None
                                     ).connection_closed(1)
+
+
+def test_a_node_reports_as_demand_only_what_its_free_resources_cannot_hold():
+    """A request the node's free resources hold waits only for a worker: not demand (on a node
+    that just joined, the sending node's last report may still count it)."""
+    from types import SimpleNamespace
+
+    from ember._private import resources as res
+    from ember.raylet.demand import queued_demand
+
+    queue = [SimpleNamespace(resources=res.to_fixed(r)) for r in
+             ({"CPU": 1}, {"CPU": 1}, {"CPU": 1, "pg_group_1": 1}, {"GPU": 1})]
+    assert queued_demand(queue) == [[{"CPU": 1.0}, 2], [{"GPU": 1.0}, 1]]
+    assert queued_demand(queue, res.to_fixed({"CPU": 1})) == [[{"CPU": 1.0}, 1], [{"GPU": 1.0}, 1]]
+    assert queued_demand(queue, res.to_fixed({"CPU": 4, "GPU": 1})) == []
