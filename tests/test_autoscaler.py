@@ -328,3 +328,123 @@ def test_provider_failures_are_retried_reported_and_stop_ends_everything(make_cl
     result = ember_cli(["stop"], cluster.env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not [pid for pid in pids if pid_alive(pid)]
+
+
+def test_a_killed_autoscaler_is_restarted_with_backoff_and_adopts_its_nodes(make_cluster, tmp_path, capfd):
+    import signal
+
+    # A long idle timeout: no node is ended for being idle while this test looks at them.
+    cluster = make_cluster(cluster_yaml("supervised", idle_timeout_minutes=10))
+    cluster.up()
+    cluster.connect()
+    release = str(tmp_path / "release")
+    first = hold.remote(release, str(tmp_path / "report-1"))
+    wait_for_file(str(tmp_path / "report-1"), timeout=90)
+    nodes_before = cluster.provider_pids()
+    assert len(nodes_before) == 1
+    scaler = cluster.call("get_autoscaler_status")["pid"]
+    os.kill(scaler, signal.SIGKILL)
+    wait_for_condition(lambda: not pid_alive(scaler), timeout=10)
+
+    # While it is down the cluster keeps working, and demand a node type fits is not called infeasible.
+    @ember.remote(num_cpus=0)
+    def zero() -> str:
+        return "ok"
+
+    assert ember.get(zero.remote(), timeout=30) == "ok"
+    second = hold.remote(release, str(tmp_path / "report-2"))
+
+    def restarted(old: int) -> int | None:
+        status = cluster.call("get_autoscaler_status")
+        pid = status.get("pid") if status else None
+        return pid if pid not in (None, old) and not status.get("stopped") else None
+
+    new = wait_for_condition(lambda: restarted(scaler), timeout=30)
+    # The restarted autoscaler adopts the running node: the second task gets one more node, not two.
+    wait_for_file(str(tmp_path / "report-2"), timeout=90)
+    assert nodes_before < cluster.provider_pids() and len(cluster.provider_pids()) == 2
+    text = cluster.status()
+    assert f"autoscaler_died: the autoscaler (pid {scaler}) exited; restarting it in 0.5s" in text
+    assert f"autoscaler_restarted: started the autoscaler again as pid {new} (restart 1)" in text
+    assert "adopted: took over the nodes the provider runs: 1 cpu_worker" in text
+    assert "scale_up: adding 1 cpu_worker node(s)" in text  # the events from before the death are kept
+    assert session.read_pid_files(cluster.session_dir)["autoscaler"] == new
+    # Killed again soon after: the pause doubles (and a child of the control service is reaped with its cause).
+    os.kill(new, signal.SIGKILL)
+    newer = wait_for_condition(lambda: restarted(new), timeout=30)
+    assert f"the autoscaler (pid {new}) was killed by SIGKILL; restarting it in 1s" in cluster.status()
+    assert "cannot be scheduled" not in capfd.readouterr().err
+    write_file_atomic(release, "go")
+    assert len(ember.get([first, second], timeout=60)) == 2
+    assert len(cluster.provider_pids()) == 2, cluster.status()
+    # `ember down` ends the restarted autoscaler (never restarted again) and every node.
+    pids = session_pids(cluster.tmpdir) | cluster.provider_pids() | {newer}
+    ember.shutdown()
+    result = ember_cli(["down", cluster.yaml], cluster.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not [pid for pid in pids if pid_alive(pid)]
+
+
+def test_infeasible_actors_and_placement_groups_are_reported_within_seconds(make_cluster, capfd):
+    from ember.util.placement_group import placement_group
+
+    cluster = make_cluster(cluster_yaml("loud"))
+    cluster.up()
+    cluster.connect()
+    gpu_actor = Pinger.options(num_gpus=1).remote()
+    big_actor = Pinger.options(num_cpus=2).remote()  # the biggest node type has one CPU
+    packed = placement_group([{"CPU": 1}] * 2, strategy="STRICT_PACK")  # two CPUs on one node: no type has them
+    seen = []
+
+    def warned() -> bool:
+        seen.append(capfd.readouterr().err)
+        return "".join(seen).count("cannot be scheduled") >= 3
+
+    wait_for_condition(warned, timeout=10)
+    text = "".join(seen)
+    scaler = "nor any node type the autoscaler can add ({CPU: 1"
+    assert f"WARNING: Actor Pinger {gpu_actor._actor_id.hex()[:12]} cannot be scheduled. No node in this cluster {scaler}" in text
+    assert "can ever satisfy {CPU: 1, GPU: 1}" in text
+    assert f"Actor Pinger {big_actor._actor_id.hex()[:12]} cannot be scheduled" in text and "can ever satisfy {CPU: 2}" in text
+    assert f"WARNING: Placement group {packed.id.hex()} (STRICT_PACK) cannot be scheduled" in text
+    assert "its bundles [{CPU: 1}, {CPU: 1}] together" in text
+    wait_for_condition(lambda: cluster.status().count("no node type") >= 3, timeout=10)
+    status = cluster.status()
+    assert "{CPU: 1, GPU: 1}: no node type (and no node) has these resources" in status
+    assert "{CPU: 2}: no node type (and no node) has these resources" in status
+    assert "placement group STRICT_PACK {CPU: 1} {CPU: 1}: no node type has {CPU: 2}" in status
+    assert "{'CPU': 2.0}: 1+ pending tasks/actors" in status
+    assert "{'CPU': 1.0} * 2 (STRICT_PACK): 1+ pending placement groups" in status
+    assert cluster.workers() == []  # nothing was launched for them
+    # An actor a node type fits is not warned about: the autoscaler adds its node.
+    fits = Pinger.remote()
+    assert ember.get(fits.node.remote(), timeout=90)
+    assert "Actor Pinger " + fits._actor_id.hex()[:12] not in capfd.readouterr().err
+
+
+@ember.remote(num_cpus=1)
+def make_block() -> bytes:
+    return b"x" * (2 * 1024 * 1024)  # kept in the object store of the node that ran it
+
+
+def test_an_idle_node_holding_objects_says_why_it_stays_until_they_are_freed(make_cluster):
+    cluster = make_cluster(cluster_yaml("objects"))
+    cluster.up(dashboard=True)
+    cluster.connect()
+    ref = make_block.remote()
+    assert ember.wait([ref], timeout=90, fetch_local=False)[0]
+    wait_for_condition(lambda: "holds 1 object(s) referenced elsewhere" in cluster.status(), timeout=60)
+    text = cluster.status()
+    assert "Idle nodes kept past the idle timeout:" in text
+    assert "(cpu_worker): holds 1 object(s) referenced elsewhere; ending it would lose them" in text
+    assert "kept: idle cpu_worker node " in text  # recorded once as an event too
+    url = "http://" + session.read_dashboard_url(cluster.session_dir)
+    card = wait_for_condition(lambda: http(url, "/api/ui/nodes", token=cluster.token).json()["autoscaler"]["kept"],
+                              timeout=30)
+    assert card[0][1] == "cpu_worker" and card[0][2].startswith("holds 1 object(s) referenced elsewhere")
+    assert len(cluster.workers()) == 1
+    assert len(ember.get(ref, timeout=30)) == 2 * 1024 * 1024
+    del ref  # freed: nothing keeps the node any more
+    wait_for_condition(lambda: not cluster.workers(), timeout=60)
+    text = cluster.status()
+    assert "scale_down: removing cpu_worker node" in text and "Idle nodes kept" not in text

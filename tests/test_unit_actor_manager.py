@@ -19,6 +19,7 @@ from ember.gcs import actor_manager as actor_manager_module
 from ember.gcs import persistence as db
 from ember.gcs.actor_lifecycle import Stage
 from ember.gcs.actor_manager import ActorManager, ActorState
+from ember.gcs.autoscaler_state import AutoscalerState
 from ember.gcs.server import ChangeSignal, NodeEntry
 from ember.gcs.storage import InMemoryStorage
 
@@ -63,6 +64,13 @@ class FakeGcs:
         self.background = BackgroundTasks("test control service")
         self.cluster_changed = ChangeSignal()
         self.nodes: dict[bytes, NodeEntry] = {}
+        self.session_dir = "/nonexistent"
+        self.autoscaler = AutoscalerState(self)  # type: ignore[arg-type]
+        #: ``(job, message)`` shown to drivers.
+        self.warnings: list[tuple[bytes | None, str]] = []
+
+    def warn_job(self, job_id: bytes | None, message: str) -> None:
+        self.warnings.append((job_id, message))
 
     def add_node(self, node_id: bytes, cpus: float = 2) -> FakeConn:
         conn = FakeConn()
@@ -156,11 +164,28 @@ def test_an_actor_waits_for_a_node_that_fits(monkeypatch: pytest.MonkeyPatch, ca
         with caplog.at_level(logging.WARNING, logger="ember.gcs.actor_manager"):
             manager.register(s)
             await settle()
-        assert "which no node in the cluster has" in caplog.text
+        # Its driver is told, in the words tasks get (no autoscaler: no node types to add).
+        message = "Actor C 010101010101 cannot be scheduled. No node in this cluster can ever satisfy {CPU: 2}."
+        assert message in caplog.text and gcs.warnings == [(b"j", gcs.warnings[0][1])]
+        assert gcs.warnings[0][1].startswith(message + " The nodes have: {CPU: 1}.")
         assert small.calls == [] and manager.core.actors[s["actor_id"]].stage is Stage.PLACING
         big = gcs.add_node(NODE_B, cpus=4)  # a join wakes the placer
         await settle()
         assert big.calls[0][0] == "request_lease"
+
+    run(body, monkeypatch)
+
+
+def test_an_actor_a_node_type_fits_waits_quietly_for_the_autoscaler(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(gcs: FakeGcs, manager: ActorManager, workers: dict[bytes, FakeConn]) -> None:
+        gcs.add_node(NODE_A, cpus=1)
+        gcs.autoscaler.launchable = [{"CPU": 4.0}]
+        manager.register(spec(1, place={"CPU": 2}))
+        await settle()
+        assert gcs.warnings == []  # the autoscaler adds a node for it
+        manager.register(spec(2, place={"GPU": 1}))
+        await settle()
+        assert len(gcs.warnings) == 1 and "nor any node type the autoscaler can add ({CPU: 4})" in gcs.warnings[0][1]
 
     run(body, monkeypatch)
 

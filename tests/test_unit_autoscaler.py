@@ -34,7 +34,7 @@ def make_config(**overrides):
 def running(pid, node_type="cpu", cpus=1.0, free=None, idle_s=0.0, holds_objects=False):
     return scaling.WorkerNode(pid, node_type, joined=True, age_s=100, total={"CPU": cpus},
                               available={"CPU": cpus if free is None else free}, idle_s=idle_s,
-                              holds_objects=holds_objects)
+                              objects=3 if holds_objects else 0)
 
 
 def launching(pid, node_type="cpu", age_s=1.0):
@@ -195,9 +195,21 @@ def test_idle_nodes_end_after_the_timeout_unless_busy_or_holding_objects():
              running("objects", idle_s=600, holds_objects=True)]
     d = scaling.decide(cfg, nodes, [HEAD], scaling.Demand())
     assert d.terminate == [("idle", "idle for 61s (idle_timeout_minutes: 1)")]
+    # Each idle node that stays says why.
+    assert d.kept == [("objects", "holds 3 object(s) referenced elsewhere; ending it would lose them")]
+    nodes[3].spilled_bytes = 3 * 2**20
+    d = scaling.decide(cfg, nodes, [HEAD], scaling.Demand())
+    assert d.kept == [("objects", "holds 3 object(s) referenced elsewhere and 3.0 MiB spilled to its disk; "
+                                  "ending it would lose them")]
     # Queued demand that fits on the idle node keeps it.
     d = scaling.decide(cfg, nodes, [HEAD], scaling.Demand(shapes=[({"CPU": 1}, 1)]))
     assert d.terminate == [] and d.launch == {}
+    assert dict(d.kept)["idle"] == "queued demand or request_resources bundles fit on it"
+    # So does min_workers.
+    cfg = make_config(idle_timeout_minutes=1, available_node_types={
+        "head": {"resources": {"CPU": 0}}, "cpu": {"resources": {"CPU": 1}, "min_workers": 1}})
+    d = scaling.decide(cfg, [running("idle", idle_s=61)], [HEAD], scaling.Demand())
+    assert d.terminate == [] and d.kept == [("idle", "its type 'cpu' is at min_workers (1)")]
 
 
 def test_request_resources_launches_at_once_and_keeps_its_nodes():
@@ -250,6 +262,7 @@ def test_status_text_shows_types_pending_failures_demands_and_events():
                   "pending": [{"node_type": "cpu", "provider_id": "fake-1", "status": "launching"}],
                   "failed": [{"time": 0, "node_type": "cpu", "reason": "quota exceeded"}],
                   "infeasible": [["{GPU: 1}", "no node type has it"]], "waiting": [],
+                  "kept": [["w" * 56, "cpu", "holds 2 object(s) referenced elsewhere; ending it would lose them"]],
                   "events": [{"time": 0, "kind": "scale_up", "message": "adding 1 cpu node(s): 4 queued"}],
                   "node_types": {"cpu": {"resources": {"CPU": 1}}}}
     text = format_status(status_document(nodes, demand, autoscaler))
@@ -257,9 +270,14 @@ def test_status_text_shows_types_pending_failures_demands_and_events():
                  " cpu: LaunchFailed", "quota exceeded", " 1/1 CPU",
                  " {'CPU': 1.0}: 2 from request_resources()", " {'CPU': 1.0}: 4+ pending tasks/actors",
                  " {'CPU': 1.0} * 3 (STRICT_SPREAD): 1+ pending placement groups",
-                 " {GPU: 1}: no node type has it", "scale_up: adding 1 cpu node(s)"):
+                 " {GPU: 1}: no node type has it", "scale_up: adding 1 cpu node(s)",
+                 "Idle nodes kept past the idle timeout:\n wwwwwwwwwwww (cpu): holds 2 object(s) referenced elsewhere"):
         assert line in text, (line, text)
     assert "its node daemon was stopped" not in text  # a node ended on purpose is not a failure
+    assert "Autoscaler: " not in text
+    down = format_status(status_document(nodes, demand, {**autoscaler, "stopped": True, "restarting": True}))
+    assert "Autoscaler: RESTARTING after it died (its last report is shown)" in down
+    assert "Autoscaler: NOT RUNNING" in format_status(status_document(nodes, demand, {**autoscaler, "stopped": True}))
     plain = format_status(status_document(nodes[:1], None, None))
     assert " 1 node" in plain and "(no resource demands)" in plain and "autoscaler events" not in plain
 
@@ -312,3 +330,76 @@ def test_control_service_aggregates_demand_requests_drains_and_reports(tmp_path)
             via_wire(gcs).rpc_autoscaler_report(scaler, {"status": "not a dict"})
 
     asyncio.run(scenario())
+
+
+# ------------------------------------------------------------------ supervision (control service side)
+def test_supervisor_restarts_with_doubling_pauses_until_withdrawn(tmp_path, monkeypatch):
+    """A dead autoscaler is started again from its recorded command; one that dies before reporting
+    is restarted after twice the pause; a withdrawn command (``ember stop``) ends supervision."""
+    import asyncio
+    import subprocess
+    import sys
+
+    from ember._private import session
+    from ember._private.background import BackgroundTasks
+    from ember._private.config import reset_config
+    from ember.gcs.autoscaler_supervisor import AutoscalerSupervisor
+
+    monkeypatch.setenv("EMBER_autoscaler_restart_backoff_initial_s", "0.05")
+    reset_config()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "pids").mkdir()
+    marker = tmp_path / "starts"
+    # Each start appends a line; the third one withdraws the command (as `ember stop` does) before exiting.
+    script = (f"import os, sys; f = open({str(marker)!r}, 'a'); f.write('x'); f.close(); "
+              f"n = len(open({str(marker)!r}).read()); "
+              f"n >= 3 and os.unlink({str(tmp_path / 'autoscaler_restart_args.json')!r}); sys.exit(3)")
+    session.write_autoscaler_restart_args(str(tmp_path), ["-c", script])
+    events: list[tuple[str, str]] = []
+    gave_up = []
+
+    async def main() -> None:
+        background = BackgroundTasks("test")
+        done = asyncio.Event()
+
+        def stopped() -> None:
+            gave_up.append(True)
+            done.set()
+
+        supervisor = AutoscalerSupervisor(str(tmp_path), background, lambda k, m: events.append((k, m)), stopped)
+        first = subprocess.Popen([sys.executable, "-c", "pass"])
+        first.wait()
+        assert supervisor.connection_closed(first.pid) and supervisor.restarting
+        await asyncio.wait_for(done.wait(), 30)
+        await background.close(1.0)
+        assert not supervisor.restarting and supervisor.restarts == 3
+
+    try:
+        asyncio.run(main())
+    finally:
+        reset_config()
+    kinds = [k for k, _ in events]
+    assert kinds == ["autoscaler_died", "autoscaler_restarted"] * 3 + ["autoscaler_died", "autoscaler_stopped"]
+    died = [m for k, m in events if k == "autoscaler_died"]
+    assert died[0].endswith("exited; restarting it in 0.05s")  # not its child: no exit code
+    assert [m.rsplit("in ", 1)[1] for m in died] == ["0.05s", "0.1s", "0.2s", "0.4s"]
+    assert "exited with code 3" in died[1]
+    assert session.read_pid_files(str(tmp_path))["autoscaler"] > 0 and gave_up == [True]
+    # Nothing is supervised without a recorded command.
+    assert not AutoscalerSupervisor(str(tmp_path), BackgroundTasks("t"), lambda k, m: None, lambda: None
+                                    ).connection_closed(1)
+
+
+def test_a_node_reports_as_demand_only_what_its_free_resources_cannot_hold():
+    """A request the node's free resources hold waits only for a worker: not demand (on a node
+    that just joined, the sending node's last report may still count it)."""
+    from types import SimpleNamespace
+
+    from ember._private import resources as res
+    from ember.raylet.demand import queued_demand
+
+    queue = [SimpleNamespace(resources=res.to_fixed(r)) for r in
+             ({"CPU": 1}, {"CPU": 1}, {"CPU": 1, "pg_group_1": 1}, {"GPU": 1})]
+    assert queued_demand(queue) == [[{"CPU": 1.0}, 2], [{"GPU": 1.0}, 1]]
+    assert queued_demand(queue, res.to_fixed({"CPU": 1})) == [[{"CPU": 1.0}, 1], [{"GPU": 1.0}, 1]]
+    assert queued_demand(queue, res.to_fixed({"CPU": 4, "GPU": 1})) == []

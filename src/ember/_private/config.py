@@ -188,6 +188,16 @@ class Config:
     autoscaler_drain_settle_s: float = 0.5
     #: Seconds ``ember up`` / ``ember start --autoscaling-config`` wait for the autoscaler's first report.
     autoscaler_start_timeout_s: float = 30.0
+    #: First pause before the control service restarts an autoscaler that died, doubled per
+    #: death in a row...
+    autoscaler_restart_backoff_initial_s: float = 0.5
+    #: ...up to this.
+    autoscaler_restart_backoff_max_s: float = 30.0
+    #: An autoscaler that ran this long before dying is restarted after the initial pause again.
+    autoscaler_restart_stable_s: float = 60.0
+    #: Seconds the control service waits for an autoscaler whose connection closed to exit
+    #: (still running after that: it will reconnect, and is not restarted).
+    autoscaler_exit_wait_s: float = 5.0
     #: Object store of a fake_multinode node whose type names no object_store_memory.
     autoscaler_fake_node_object_store_bytes: int = 100 * 1024 * 1024
 

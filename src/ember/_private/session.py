@@ -135,6 +135,38 @@ def read_pid_files(session_dir: str) -> dict[str, int]:
     return pids
 
 
+def _autoscaler_args_path(session_dir: str) -> str:
+    return os.path.join(session_dir, "autoscaler_restart_args.json")
+
+
+def write_autoscaler_restart_args(session_dir: str, args: list[str]) -> None:
+    """Record how the head's autoscaler is started (``python args...``): while this file exists,
+    the control service restarts an autoscaler that dies (``ember stop``/``down`` remove it first)."""
+    path = _autoscaler_args_path(session_dir)
+    tmp = f"{path}.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(args, f)
+    os.replace(tmp, path)
+
+
+def read_autoscaler_restart_args(session_dir: str) -> list[str] | None:
+    """The autoscaler's command (None: no autoscaler is to be kept running)."""
+    try:
+        with open(_autoscaler_args_path(session_dir)) as f:
+            args = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return [str(a) for a in args] if isinstance(args, list) else None
+
+
+def withdraw_autoscaler_restart_args(session_dir: str) -> None:
+    """The autoscaler is being stopped on purpose: it must not be restarted."""
+    try:
+        os.unlink(_autoscaler_args_path(session_dir))
+    except FileNotFoundError:
+        pass
+
+
 def write_dashboard_url(session_dir: str, url: str) -> None:
     """Record the head's HTTP server address (``host:port``) in ``dashboard.json``."""
     path = os.path.join(session_dir, "dashboard.json")

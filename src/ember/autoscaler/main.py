@@ -21,12 +21,15 @@ PID_NAME = "autoscaler"
 
 def start_autoscaler(session_dir: str, gcs_address: str, config_path: str, *, detach: bool = True,
                      env: dict[str, str] | None = None) -> int:
-    """Start the autoscaler process for a head (its config must be checked already); its pid."""
-    proc = spawn(
-        ["-m", "ember.autoscaler", "--session-dir", session_dir, "--gcs-address", gcs_address,
-         "--config", os.path.abspath(config_path)],
-        log_path=os.path.join(session_dir, "logs", "monitor.log"), env=env, detach=detach,
-    )
+    """Start the autoscaler process for a head (its config must be checked already); its pid.
+
+    Its command is recorded (``autoscaler_restart_args.json``): the control service restarts
+    it from there if it dies (``gcs/autoscaler_supervisor.py``).
+    """
+    args = ["-m", "ember.autoscaler", "--session-dir", session_dir, "--gcs-address", gcs_address,
+            "--config", os.path.abspath(config_path)]
+    session.write_autoscaler_restart_args(session_dir, args)
+    proc = spawn(args, log_path=os.path.join(session_dir, "logs", "monitor.log"), env=env, detach=detach)
     session.write_pid_file(session_dir, PID_NAME, proc.pid)
     return proc.pid
 

@@ -79,6 +79,8 @@ class Autoscaler:
         #: Provider ids whose node daemon has joined the cluster at some point.
         self._joined: set[str] = set()
         self._infeasible_reported: set[str] = set()
+        #: Idle nodes kept past the timeout -> the reason last recorded as an event.
+        self._kept_reported: dict[str, str] = {}
         #: Resources the nodes of each type reported once joined (see _with_learned_resources).
         self._learned: dict[str, dict[str, float]] = {}
         self.last_decision = scaling.Decision()
@@ -92,6 +94,7 @@ class Autoscaler:
     # ------------------------------------------------------------------ loop
     async def run(self, stop: asyncio.Event) -> None:
         interval = config().autoscaler_update_interval_s
+        await self._adopt()
         self.event("started", f"autoscaler for cluster {self.cluster.cluster_name!r} "
                    f"({', '.join(self.cluster.worker_types) or 'no worker types'})")
         gap = config().autoscaler_min_update_gap_s
@@ -111,6 +114,27 @@ class Autoscaler:
                 await asyncio.wait_for(stop.wait(), pause)
             except asyncio.TimeoutError:
                 pass
+
+    async def _adopt(self) -> None:
+        """Take over from an earlier autoscaler of this cluster (one that died and is restarted):
+        keep its events, and count the nodes its provider still runs as this one's (they are
+        matched to cluster nodes by their tags at every update, so none is launched twice)."""
+        try:
+            previous = await self.gcs.call("get_autoscaler_status", None)
+        except Exception as exc:  # the control service restarting: the first update retries
+            logger.warning("could not read the previous autoscaler's status: %s", exc)
+            previous = None
+        if previous and previous.get("cluster_name") == self.cluster.cluster_name:
+            self.events.extend(previous.get("events") or [])
+            self.failures.extend(previous.get("failed") or [])
+        ids = await asyncio.to_thread(self.provider.non_terminated_nodes, {TAG_NODE_KIND: NODE_KIND_WORKER})
+        if ids:
+            kinds: dict[str, int] = {}
+            for provider_id in ids:
+                node_type = (await asyncio.to_thread(self.provider.node_tags, provider_id)).get(TAG_USER_NODE_TYPE, "?")
+                kinds[node_type] = kinds.get(node_type, 0) + 1
+            self.event("adopted", "took over the nodes the provider runs: "
+                       + ", ".join(f"{count} {node_type}" for node_type, count in sorted(kinds.items())))
 
     async def update(self, wait_s: float = 0.0) -> scaling.Decision:
         """One decision; first waits up to ``wait_s`` for new demand (the control service wakes it)."""
@@ -134,6 +158,12 @@ class Autoscaler:
                 self._infeasible_reported.add(description)
                 self.event("infeasible", f"{description}: {reason}", logging.WARNING)
         self._infeasible_reported &= {d for d, _ in decision.infeasible}
+        for provider_id, reason in decision.kept:
+            if self._kept_reported.get(provider_id) != reason:
+                node = gcs_ids.get(provider_id, provider_id)
+                self.event("kept", f"idle {tags.get(provider_id, {}).get(TAG_USER_NODE_TYPE, '?')} node "
+                           f"{node[:12]} stays: {reason}")
+        self._kept_reported = dict(decision.kept)
         drained = await self._drain({gcs_ids[p] for p in decision.idle if p in gcs_ids})
         for provider_id, reason in decision.terminate:
             if provider_id in decision.idle and gcs_ids.get(provider_id) not in drained:
@@ -176,8 +206,9 @@ class Autoscaler:
                 worker.total = _plain(node["Resources"])
                 worker.available = _plain(node["AvailableResources"])
                 worker.idle_s = float(node.get("IdleSeconds", 0.0))
-                worker.holds_objects = bool(node.get("ObjectStoreObjects") or node.get("ObjectStoreSpilled")
-                                            or node.get("ObjectStoreFallbackObjects"))
+                # ObjectStoreObjects counts the fallback files too.
+                worker.objects = int(node.get("ObjectStoreObjects") or 0)
+                worker.spilled_bytes = int(node.get("ObjectStoreSpilled") or 0)
             workers.append(worker)
         for gone in set(self._first_seen) - set(ids):
             self._first_seen.pop(gone, None)
@@ -246,6 +277,7 @@ class Autoscaler:
         active: dict[str, list[str]] = {}
         pending: list[dict[str, Any]] = []
         idle: dict[str, float] = {}
+        types = {w.provider_id: w.node_type for w in workers}
         for w in workers:
             if w.provider_id in ended:
                 continue
@@ -276,6 +308,7 @@ class Autoscaler:
                        "placement_groups": demand["placement_groups"], "requested": demand["requested"]},
             "infeasible": [list(x) for x in decision.infeasible],
             "waiting": [list(x) for x in decision.waiting],
+            "kept": [[gcs_ids.get(pid, pid), types.get(pid, "?"), reason] for pid, reason in decision.kept],
             "events": list(self.events),
         }
         shapes = scaling.node_type_shapes(self.cluster.worker_types)

@@ -50,9 +50,16 @@ class WorkerNode:
     total: Shape = field(default_factory=dict)
     available: Shape = field(default_factory=dict)
     idle_s: float = 0.0
-    holds_objects: bool = False
+    #: Objects in its store (memory or fallback files) and bytes spilled to its disk: owners
+    #: elsewhere still reference them, and they would be lost with the node.
+    objects: int = 0
+    spilled_bytes: int = 0
     #: False when it joined and its node daemon has since died.
     alive: bool = True
+
+    @property
+    def holds_objects(self) -> bool:
+        return bool(self.objects or self.spilled_bytes)
 
 
 @dataclass
@@ -93,6 +100,8 @@ class Decision:
     infeasible: list[tuple[str, str]] = field(default_factory=list)
     #: Demands that must wait for a limit (max_workers, upscaling_speed): ``(description, reason)``.
     waiting: list[tuple[str, str]] = field(default_factory=list)
+    #: Nodes idle past the timeout that stay, and why: ``(provider_id, reason)``.
+    kept: list[tuple[str, str]] = field(default_factory=list)
 
 
 class _Bin:
@@ -334,13 +343,26 @@ class _Planner:
     def end_idle(self, needed: set[str]) -> None:
         timeout = self.config.idle_timeout_s
         for node in sorted(self.live(), key=lambda n: -n.idle_s):
-            if not node.joined or node.idle_s < timeout or node.provider_id in needed or node.holds_objects:
+            if not node.joined or node.idle_s < timeout:
                 continue
             t = self.types[node.node_type]
-            if self.count(node.node_type) <= t.min_workers:
-                continue
-            self.end(node, f"idle for {node.idle_s:.0f}s (idle_timeout_minutes: {timeout / 60:g})")
-            self.decision.idle.add(node.provider_id)
+            if node.provider_id in needed:
+                self.decision.kept.append((node.provider_id, "queued demand or request_resources bundles fit on it"))
+            elif node.holds_objects:
+                self.decision.kept.append((node.provider_id, objects_reason(node)))
+            elif self.count(node.node_type) <= t.min_workers:
+                self.decision.kept.append((node.provider_id, f"its type {node.node_type!r} is at min_workers ({t.min_workers})"))
+            else:
+                self.end(node, f"idle for {node.idle_s:.0f}s (idle_timeout_minutes: {timeout / 60:g})")
+                self.decision.idle.add(node.provider_id)
+
+
+def objects_reason(node: WorkerNode) -> str:
+    """Why an idle node holding objects stays: they exist only there, and are not moved off first."""
+    held = [f"{node.objects} object(s) referenced elsewhere"] if node.objects else []
+    if node.spilled_bytes:
+        held.append(f"{node.spilled_bytes / 2**20:.1f} MiB spilled to its disk")
+    return f"holds {' and '.join(held)}; ending it would lose them"
 
 
 def decide(config: ClusterConfig, nodes: list[WorkerNode], fixed_nodes: list[FixedNode], demand: Demand,

@@ -82,9 +82,11 @@ def status_document(nodes: list[dict[str, Any]], demand: dict[str, Any] | None =
         },
         "autoscaler": {
             "running": bool(autoscaler) and not report.get("stopped"),
+            "restarting": bool(report.get("restarting")),
             "clusterName": report.get("cluster_name"),
             "infeasible": report.get("infeasible", []),
             "waiting": report.get("waiting", []),
+            "kept": report.get("kept", []),
             "events": report.get("events", []),
         } if autoscaler else None,
     }
@@ -139,7 +141,9 @@ def format_status(status: dict[str, Any]) -> str:
     lines += demands or [" (no resource demands)"]
     scaler = status.get("autoscaler")
     if scaler:
-        if not scaler["running"]:
+        if scaler.get("restarting"):
+            lines += ["", "Autoscaler: RESTARTING after it died (its last report is shown)"]
+        elif not scaler["running"]:
             lines += ["", "Autoscaler: NOT RUNNING (its last report is shown)"]
         if scaler["infeasible"]:
             lines += ["", "Infeasible (no node type can ever run these; they wait until the cluster changes):"]
@@ -147,6 +151,9 @@ def format_status(status: dict[str, Any]) -> str:
         if scaler["waiting"]:
             lines += ["", "Waiting for a limit:"]
             lines += [f" {what}: {why}" for what, why in scaler["waiting"]]
+        if scaler.get("kept"):
+            lines += ["", "Idle nodes kept past the idle timeout:"]
+            lines += [f" {node_id[:12]} ({node_type}): {why}" for node_id, node_type, why in scaler["kept"]]
         events = [e for e in scaler["events"] if e["kind"] != "started"][-_MAX_EVENTS_SHOWN:]
         lines += ["", "Recent autoscaler events:"]
         lines += [f" {_clock(e['time'])} {e['kind']}: {e['message']}" for e in events] or [" (none)"]

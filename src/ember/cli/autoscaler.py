@@ -95,6 +95,7 @@ def down(cluster_config_file: str, yes: bool) -> None:
         return
     session_dir = record["session_dir"]
     stopped = 0
+    session.withdraw_autoscaler_restart_args(session_dir)  # else the control service restarts it
     scaler = session.read_pid_files(session_dir).get(PID_NAME)
     if scaler and pid_alive(scaler):
         stop_pid(scaler, 5.0)  # first: it would replace the nodes ended below

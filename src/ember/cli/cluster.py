@@ -210,6 +210,8 @@ def stop_started(entry: dict[str, Any], force: bool = False) -> int:
         return 1
 
     stopped = 0
+    # Withdrawn first: the control service would restart the autoscaler ended here.
+    session.withdraw_autoscaler_restart_args(entry["session_dir"])
     scaler = session.read_pid_files(entry["session_dir"]).get("autoscaler") or entry["pids"].get("autoscaler")
     if scaler:
         stopped += end(scaler)

@@ -195,8 +195,13 @@ class TaskSubmitter:
 
     @staticmethod
     def _demand(cls: SchedulingClass) -> int:
-        """Tasks that want a worker: queued ones, and those waiting behind a running task on a lease."""
-        return len(cls.queue) + sum(max(0, l.in_flight - 1) for l in cls.leases if not l.dead)
+        """Tasks that want a worker: queued ones, and those waiting behind a running task on a lease,
+        less the idle leases (they are taking those back: ``_steal``; asking for more leases
+        meanwhile would queue demand an autoscaler launches a node for)."""
+        live = [l for l in cls.leases if not l.dead]
+        behind = sum(max(0, l.in_flight - 1) for l in live)
+        idle = sum(1 for l in live if l.in_flight == 0)
+        return len(cls.queue) + max(0, behind - idle)
 
     def _steal(self, cls: SchedulingClass) -> None:
         """An idle lease while another worker has tasks queued behind a running one: take them back."""

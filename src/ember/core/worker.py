@@ -546,5 +546,9 @@ class CoreWorker:
         except (OSError, ValueError):
             pass
 
+    def rpc_cluster_warning(self, conn: Connection, p: msg.ClusterWarning) -> None:
+        """The control service warns this driver (an actor or placement group that cannot be placed)."""
+        print(f"WARNING: {p.message}", file=sys.stderr, flush=True)
+
     def rpc_ping(self, conn: Connection, p: None) -> str:
         return "pong"

@@ -15,6 +15,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from ember._private import resources as res
 from ember._private.config import config
 from ember.exceptions import ConnectionLost, ErrorCode, RemoteError
 from ember.gcs import persistence as db
@@ -130,11 +131,18 @@ class ActorManager:
         elif isinstance(action, (CancelLeaseRequest, ReturnLease, KillWorker)):
             self._notify_node(action)
         elif isinstance(action, WarnUnplaceable):
-            entry = self.core.actors[action.actor_id]
-            logger.warning(
-                "actor %s (%s) needs %s, which no node in the cluster has; it waits for one to join",
-                entry.actor_id.hex()[:12], entry.spec.get("class_name"), entry.spec.get("place"),
-            )
+            self._warn_unplaceable(self.core.actors[action.actor_id])
+
+    def _warn_unplaceable(self, entry: ActorEntry) -> None:
+        """No node can host the actor: the autoscaler adds one, or its driver is told it waits forever."""
+        need = {k: float(v) for k, v in (entry.spec.get("place") or {}).items() if v}
+        what = f"actor {entry.spec.get('class_name') or ''} {entry.actor_id.hex()[:12]}".replace("  ", " ")
+        if self.gcs.autoscaler.can_launch_for(need):
+            logger.info("%s needs %s: it waits for the autoscaler to add a node", what, need)
+            return
+        message = self.gcs.autoscaler.infeasible_message(what[:1].upper() + what[1:], res.describe(res.to_fixed(need)))
+        logger.warning("%s", message)
+        self.gcs.warn_job(entry.spec.get("job"), message)
 
     def _notify_node(self, action: CancelLeaseRequest | ReturnLease | KillWorker) -> None:
         node = self.gcs.nodes.get(action.node_id)

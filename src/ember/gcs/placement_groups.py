@@ -141,13 +141,21 @@ class PlacementGroupManager:
                 if actor.spec.get("pg") == action.pg_id:
                     self.gcs.actor_manager.kill(actor.actor_id, True, "its placement group was removed")
         elif isinstance(action, WarnUnplaceable):
-            entry = self.core.groups[action.pg_id]
-            nodes = self._node_views()
-            shapes = "; ".join(res.describe(res.to_fixed(n.resources)) for n in nodes)
-            logger.warning(
-                "placement group %s (%s, bundles %s) cannot be placed on the current nodes (%s); "
-                "it waits for nodes to join", entry.pg_id.hex()[:12], entry.strategy, entry.bundles, shapes,
-            )
+            self._warn_unplaceable(self.core.groups[action.pg_id])
+
+    def _warn_unplaceable(self, entry: PgEntry) -> None:
+        """The group fits no set of current nodes: the autoscaler adds nodes, or its driver is told it
+        waits forever."""
+        missing = [entry.bundles[i] for i, node in enumerate(entry.nodes) if node is None]
+        totals = {n.node_id: res.to_fixed(n.resources) for n in self._node_views()}
+        what = f"{entry.label} ({entry.strategy})"
+        if self.gcs.autoscaler.can_launch_for_group(missing, entry.strategy, totals):
+            logger.info("%s waits for the autoscaler to add nodes", what)
+            return
+        bundles = ", ".join(res.describe(res.to_fixed(b)) for b in missing)
+        message = self.gcs.autoscaler.infeasible_message(what[:1].upper() + what[1:], f"its bundles [{bundles}] together")
+        logger.warning("%s", message)
+        self.gcs.warn_job(entry.job, message)
 
     def _node_views(self) -> list[NodeView]:
         return [

@@ -355,6 +355,12 @@ class GcsServer:
 
         conn.add_close_callback(closed)
 
+    def warn_job(self, job_id: bytes | None, message: str) -> None:
+        """Show ``message`` to the driver of ``job_id`` (if it is connected)."""
+        conn = self._job_conns.get(job_id) if job_id else None
+        if conn is not None and not conn.closed:
+            conn.notify("cluster_warning", {"message": message})
+
     def rpc_reattach_job(self, conn: Connection, p: msg.JobId) -> msg.ClusterIdReply:
         """A driver reconnecting after a control-service restart."""
         job = self.jobs.get(p.job_id)
@@ -516,7 +522,8 @@ class GcsServer:
         if not conn.state.get("autoscaler"):
             # Gone autoscaler, no node types: requests no node fits are infeasible again.
             conn.state["autoscaler"] = True
-            conn.add_close_callback(lambda c: self.autoscaler.autoscaler_gone())
+            pid = (p.status or {}).get("pid")
+            conn.add_close_callback(lambda c: self.autoscaler.autoscaler_gone(pid if isinstance(pid, int) else None))
 
     def rpc_get_autoscaler_status(self, conn: Connection, p: None) -> dict[str, Any] | None:
         return self.autoscaler.status()

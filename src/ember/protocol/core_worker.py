@@ -34,6 +34,13 @@ class Infeasible(Message):
     message: str
 
 
+class ClusterWarning(Message):
+    """Something the control service wants a driver's user to see (an actor or a placement
+    group no node, nor any node type an autoscaler can add, can ever host)."""
+
+    message: str
+
+
 class ObjectIds(Message):
     object_ids: list[bytes]
 
@@ -70,6 +77,7 @@ METHODS = (
     Method("cancel_task", CancelTask, oneway=True),
     Method("cancel_owned_task", CancelOwnedTask, oneway=True),
     Method("infeasible", Infeasible, oneway=True),
+    Method("cluster_warning", ClusterWarning, oneway=True),
     Method("worker_oom_killed", WorkerOomKilled, oneway=True),
     Method("release_idle_leases", None, oneway=True),
     Method("pub", Publication, oneway=True),

@@ -13,15 +13,23 @@ from ember._private import resources as res
 from ember.raylet.leases import LeaseRequest
 
 
-def queued_demand(pending: Iterable[LeaseRequest]) -> list[list[Any]]:
+def queued_demand(pending: Iterable[LeaseRequest], available: res.Resources | None = None) -> list[list[Any]]:
     """``[[shape, count], ...]`` of the requests waiting here (shape: ``{resource: float}``).
 
     Requests for a placement group's renamed resources are left out: they wait for
-    the group, whose bundles the control service counts as demand of their own.
+    the group, whose bundles the control service counts as demand of their own. So are
+    requests the node's ``available`` resources hold (in queue order): they wait only for
+    a worker to start here. That matters on a node that just joined: the request another
+    node sent it still shows in that node's last report, and counting it here too would
+    make the autoscaler launch a second node for one request.
     """
+    room = dict(available) if available is not None else None
     counts: dict[tuple[tuple[str, int], ...], int] = {}
     for req in pending:
         if any("_group_" in name for name in req.resources):
+            continue
+        if room is not None and res.fits(req.resources, room):
+            res.subtract(room, req.resources)
             continue
         key = tuple(sorted(req.resources.items()))
         counts[key] = counts.get(key, 0) + 1

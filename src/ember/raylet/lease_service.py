@@ -206,6 +206,9 @@ class LeaseService:
             elif isinstance(action, NeedWorkers):
                 if not self.node.stopping:
                     self._start_workers_for(action.env_key, action.requests)
+            elif isinstance(action, SpillBack):
+                self._answer(action)
+                self._report_now()  # the request left this node's demand: say so before the autoscaler counts it twice
             elif isinstance(action, ReleaseIdleLeases):
                 for holder in action.holders:
                     if not self.link.is_control_service(holder):

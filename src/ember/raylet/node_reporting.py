@@ -69,7 +69,7 @@ class NodeReporter:
             "store_fallback_objects": stats["fallback_objects"],
             "num_workers": len(self.pool.alive()),
             # For an autoscaler: what waits here, and for how long the node has had no work.
-            "demand": queued_demand(self.table.queue),
+            "demand": queued_demand(self.table.queue, self.table.available),
             "idle_s": self.idle_clock.update(self._busy(), time.monotonic()),
         }
 

@@ -140,6 +140,7 @@ def autoscaler_summary(doc: dict[str, Any], report: dict[str, Any]) -> dict[str,
         "running": scaler.get("running", False), "cluster_name": scaler.get("clusterName"),
         "max_workers": report.get("max_workers"), "node_types": types, "demands": demands,
         "infeasible": scaler.get("infeasible", []), "waiting": scaler.get("waiting", []),
+        "kept": scaler.get("kept", []), "restarting": scaler.get("restarting", False),
         "failures": auto.get("launchFailures", [])[-5:],
         "events": [e for e in scaler.get("events", []) if e.get("kind") != "started"][-10:],
     }

@@ -83,6 +83,8 @@ function autoscalerCard(a) {
     a.infeasible.length ? lines(a.infeasible.map(([what, why]) => `${what}: ${why}`), "") : null,
     a.waiting.length ? h("h3", {}, "Waiting for a limit") : null,
     a.waiting.length ? lines(a.waiting.map(([what, why]) => `${what}: ${why}`), "") : null,
+    a.kept && a.kept.length ? h("h3", {}, "Idle nodes kept past the idle timeout") : null,
+    a.kept && a.kept.length ? lines(a.kept.map(([node, type, why]) => `${node.slice(0, 12)} (${type}): ${why}`), "") : null,
     a.failures.length ? h("h3", {}, "Launch failures") : null,
     a.failures.length ? lines(a.failures.map((f) => `${f.node_type}: ${f.reason}`), "") : null,
     h("h3", {}, "Recent scaling events"),
