@@ -3,17 +3,16 @@
 Processes send batches of rows (``core/task_events.py``, ``protocol/gcs.py``): a task's
 owner sends one ``TaskRow`` (its states with their times, the result's error), the
 worker that ran it one ``RunRow`` per execution (start, end; the batch says which
-worker, node and pid). A ``TaskRecord`` keeps the latest of each, as received, and
-its state; everything else the state API shows (``TaskRecord.public``) is derived
-from them when asked. The state is the owner's once terminal; else ``RUNNING`` if the
-latest execution started after the owner's latest state, else the owner's.
-
-Intake is the hot part (every task of the cluster passes through it): per row, a
-dict lookup, a few assignments, and the state. Rows are ``gc=False`` structs, so the
-many records kept cost the garbage collector nothing.
+worker, node and pid). Intake keeps the rows as received, the latest of each kind per
+task, filed in bulk (one dict update per batch): every task of the cluster passes
+through here, so no per-task object is built and nothing is merged on the way in.
+A query assembles a ``TaskView`` per task from its rows (``TaskView.public``): the
+state is the owner's once terminal; else ``RUNNING`` if the latest execution started
+after the owner's latest state, else the owner's. Rows are ``gc=False`` structs, so
+the many kept cost the garbage collector nothing.
 
 Retention is bounded per job (``task_events_max_tasks_per_job``): beyond it the oldest
-*finished* task of that job is dropped first, a live one only when the job has no
+*finished* tasks of that job are dropped first, live ones only when the job has no
 finished task left. Every drop (here, or in a process whose buffer overflowed) is
 counted per job and returned with every query, so truncation is never silent.
 """
@@ -22,11 +21,8 @@ from __future__ import annotations
 
 import bisect
 import builtins
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
-
-import msgspec
 
 from ember._private.state_filters import matches
 from ember.protocol.gcs import (
@@ -46,22 +42,36 @@ _ACTOR_TASK = "ACTOR_TASK"
 
 #: (worker id, node id, pid) of the process that ran an execution.
 Host = tuple[bytes | None, bytes | None, int | None]
+#: The latest execution of a task and where it ran.
+Run = tuple[RunRow, Host]
 
 
-class TaskRecord(msgspec.Struct, gc=False):
-    """One task: the latest row of its owner and of its latest execution, and its state.
+def _state_of(owner: TaskRow | None, run: RunRow | None) -> str:
+    if owner is not None and owner.states:
+        last = owner.states[-1]
+        if last in _TERMINAL_CODES or run is None or run.start < owner.times[-1]:
+            return TASK_STATES[last]
+        return RUNNING
+    return RUNNING if run is not None else "PENDING_ARGS_AVAIL"
 
-    ``gc=False``: nothing here can be part of a cycle, and a store of many records
-    then costs the garbage collector nothing."""
 
-    task_id: bytes
-    job_id: bytes
-    owner: TaskRow | None = None
-    run: RunRow | None = None
-    host: Host | None = None
-    state: str = "PENDING_ARGS_AVAIL"
+class TaskView:
+    """One task as the state API shows it, assembled from its rows when asked."""
 
-    # ------------------------------------------------------------ derived fields
+    __slots__ = ("task_id", "owner", "run", "host", "state")
+
+    def __init__(self, task_id: bytes, owner: TaskRow | None, run: Run | None) -> None:
+        self.task_id = task_id
+        self.owner = owner
+        self.run, self.host = run if run is not None else (None, None)
+        self.state = _state_of(owner, self.run)
+
+    @property
+    def job_id(self) -> bytes:
+        if self.owner is not None:
+            return self.owner.job
+        return self.run.job if self.run is not None else b""
+
     @property
     def name(self) -> str:
         owner, run = self.owner, self.run
@@ -78,8 +88,7 @@ class TaskRecord(msgspec.Struct, gc=False):
 
     @property
     def type(self) -> str:
-        owner = self.owner
-        kind = TASK_KINDS[owner.kind] if owner is not None else "NORMAL_TASK"
+        kind = TASK_KINDS[self.owner.kind] if self.owner is not None else "NORMAL_TASK"
         return _ACTOR_TASK if kind == "NORMAL_TASK" and self.actor else kind
 
     @property
@@ -179,8 +188,8 @@ def _hex(value: bytes | None) -> str | None:
     return value.hex() if value else None
 
 
-#: Filter keys answered from the record without building its public form.
-_FAST_KEYS: dict[str, Callable[[TaskRecord], Any]] = {
+#: Filter keys answered from the view without building its public form.
+_FAST_KEYS: dict[str, Callable[[TaskView], Any]] = {
     "task_id": lambda r: r.task_id.hex(),
     "state": lambda r: r.state,
     "name": lambda r: r.name,
@@ -197,32 +206,21 @@ _FAST_KEYS: dict[str, Callable[[TaskRecord], Any]] = {
 }
 
 #: Every filterable key (Ray's ``TaskState`` fields).
-TASK_FIELDS = frozenset(TaskRecord(b"", b"").public(detail=True))
-
-
-def _state_of(owner: TaskRow | None, run: RunRow | None) -> str:
-    if owner is not None and owner.states:
-        last = owner.states[-1]
-        if last in _TERMINAL_CODES or run is None or run.start < owner.times[-1]:
-            return TASK_STATES[last]
-        return RUNNING
-    return RUNNING if run is not None else "PENDING_ARGS_AVAIL"
+TASK_FIELDS = frozenset(TaskView(b"", None, None).public(detail=True))
 
 
 class TaskEventStore:
     def __init__(self, max_tasks_per_job: int) -> None:
         self.max_per_job = max_tasks_per_job
-        self.records: dict[bytes, TaskRecord] = {}
-        #: Per job: how many tasks are kept, their ids (oldest first) and the ids of finished
-        #: ones (in the order they finished). Both queues may hold ids already dropped (skipped
-        #: when met; the first is compacted when it holds twice what is kept).
+        #: The latest owner row of every kept task, all jobs, in the order tasks were first reported.
+        self.tasks: dict[bytes, TaskRow] = {}
+        #: The latest execution of every task that ran (also of tasks whose owner row has not come).
+        self.runs: dict[bytes, Run] = {}
+        #: Kept tasks per job.
         self._kept: dict[bytes, int] = {}
-        self._by_job: dict[bytes, deque[bytes]] = {}
-        self._finished: dict[bytes, deque[bytes]] = {}
         self.dropped: dict[bytes, int] = {}
-        self._resources: dict[tuple[Any, ...], dict[str, float]] = {}
-        #: One copy of each job, parent and actor id, task name and host (shared by every record).
-        self._shared: dict[Any, Any] = {}
+        #: One copy of each host (shared by every execution of a worker).
+        self._hosts: dict[Host, Host] = {}
 
     # ---------------------------------------------------------------- intake
     def add_batch(self, batch: TaskEventBatch) -> None:
@@ -230,141 +228,140 @@ class TaskEventStore:
         job = batch.job or b""
         if batch.dropped:
             self.dropped[job] = self.dropped.get(job, 0) + batch.dropped
-        shared = self._shared
-        if len(shared) > 1_000_000:
-            shared.clear()
-        share = shared.setdefault
-        for row in task_rows(batch):
-            self._add_task(row, job, share)
+        rows = task_rows(batch)
+        if rows:
+            self._add_tasks(rows)
         runs = run_rows(batch)
         if runs:
-            host = share((batch.worker, batch.node, batch.pid), (batch.worker, batch.node, batch.pid))
-            for run in runs:
-                self._add_run(run, host, job, share)
+            key: Host = (batch.worker, batch.node, batch.pid)
+            if len(self._hosts) > 100_000:
+                self._hosts.clear()
+            self._add_runs(runs, self._hosts.setdefault(key, key))
 
-    def _record(self, task_id: bytes, job: bytes) -> TaskRecord | None:
-        """The task's record, made (and the job's oldest dropped beyond its bound) if new."""
-        rec = self.records.get(task_id)
-        if rec is not None:
-            return rec
-        job = self._shared.setdefault(job, job)
-        rec = self.records[task_id] = TaskRecord(task_id, job)
-        ids = self._by_job.get(job)
-        if ids is None:
-            ids = self._by_job[job] = deque()
-        ids.append(task_id)
-        kept = self._kept[job] = self._kept.get(job, 0) + 1
-        if kept > self.max_per_job:
-            self._evict(job)
-            return self.records.get(task_id)
-        return rec
-
-    def _add_task(self, row: TaskRow, batch_job: bytes, share: Callable[[Any, Any], Any]) -> None:
-        if len(row.states) != len(row.times):
-            raise ValueError(f"a task row of {len(row.states)} states and {len(row.times)} times")
-        rec = self.records.get(row.task_id) or self._record(row.task_id, row.job or batch_job)
-        if rec is None:
+    def _add_tasks(self, rows: list[TaskRow]) -> None:
+        tasks = self.tasks
+        incoming = {row.task_id: row for row in rows}
+        for task_id in incoming.keys() & tasks.keys():  # rows that replace a task's earlier row
+            old, row = tasks[task_id], incoming[task_id]
+            if old.times and row.times and row.times[0] > old.times[0]:
+                # The owner forgot its oldest steps (a long history): keep them from its earlier row.
+                keep = bisect.bisect_left(old.times, row.times[0])
+                row.states, row.times = old.states[:keep] + row.states, old.times[:keep] + row.times
+        before = len(tasks)
+        tasks.update(incoming)
+        added = len(tasks) - before
+        if not added:
             return
-        row.task_id, row.job, row.name = rec.task_id, rec.job_id, share(row.name, row.name)
-        if row.parent is not None:
-            row.parent = share(row.parent, row.parent)
-        if row.actor is not None:
-            row.actor = share(row.actor, row.actor)
-        if row.resources:
-            key = tuple(row.resources.items())
-            row.resources = self._resources.setdefault(key, row.resources)
-        old = rec.owner
-        if old is not None and old.times and row.times and row.times[0] > old.times[0]:
-            # The owner forgot its oldest steps (a long history): keep them from its earlier row.
-            keep = bisect.bisect_left(old.times, row.times[0])
-            row.states, row.times = old.states[:keep] + row.states, old.times[:keep] + row.times
-        rec.owner = row
-        self._set_state(rec, _state_of(row, rec.run))
+        jobs = {row.job for row in rows}
+        kept = self._kept
+        if len(jobs) == 1:
+            (job,) = jobs
+            kept[job] = kept.get(job, 0) + added
+        else:  # rows of several jobs (a worker that ran tasks of several, rare): recount those jobs
+            counts = dict.fromkeys(jobs, 0)
+            for row in tasks.values():
+                if row.job in counts:
+                    counts[row.job] += 1
+            kept.update(counts)
+        for job in jobs:
+            if kept[job] > self.max_per_job:
+                self._evict(job, kept[job] - self.max_per_job)
 
-    def _add_run(self, run: RunRow, host: Host, batch_job: bytes, share: Callable[[Any, Any], Any]) -> None:
-        rec = self.records.get(run.task_id) or self._record(run.task_id, run.job or batch_job)
-        if rec is None:
-            return
-        old = rec.run
-        if old is not None and (run.attempt < old.attempt or (
-                run.attempt == old.attempt and run.end is None and old.end is not None and run.start == old.start)):
-            return  # an older execution, or the "still running" row of one that ended
-        run.task_id, run.job, run.name = rec.task_id, rec.job_id, share(run.name, run.name)
-        if run.actor is not None:
-            run.actor = share(run.actor, run.actor)
-        rec.run, rec.host = run, host
-        if rec.state not in TERMINAL:
-            self._set_state(rec, _state_of(rec.owner, run))
+    def _add_runs(self, runs: list[RunRow], host: Host) -> None:
+        stored = self.runs
+        incoming = {run.task_id: (run, host) for run in runs}
+        for task_id in incoming.keys() & stored.keys():
+            old, new = stored[task_id][0], incoming[task_id][0]
+            if new.attempt < old.attempt or (new.attempt == old.attempt and new.end is None and old.end is not None):
+                incoming[task_id] = stored[task_id]  # an older execution, or the "still running" row of one that ended
+        stored.update(incoming)
+        # Executions whose owner row never comes (its owner died, or records nothing) are bounded too.
+        if len(stored) > len(self.tasks) + max(self.max_per_job, 1024):
+            self._drop_orphan_runs()
 
-    def _set_state(self, rec: TaskRecord, state: str) -> None:
-        was_terminal = rec.state in TERMINAL
-        rec.state = state
-        if state in TERMINAL:
-            if not was_terminal:
-                finished = self._finished.get(rec.job_id)
-                if finished is None:
-                    finished = self._finished[rec.job_id] = deque()
-                finished.append(rec.task_id)
-        # A finished task run again (its result was lost) stays queued as finished: when its
-        # turn comes it is skipped while live (``_evict``).
+    def _drop_orphan_runs(self) -> None:
+        tasks, stored = self.tasks, self.runs
+        excess = len(stored) - len(tasks) - self.max_per_job // 2
+        for task_id in [t for t in stored if t not in tasks][:max(excess, 0)]:
+            run = stored.pop(task_id)[0]
+            self.dropped[run.job] = self.dropped.get(run.job, 0) + 1
 
-    def _evict(self, job: bytes) -> None:
-        records = self.records
-        finished = self._finished.get(job)
-        victim = None
-        while finished:
-            task_id = finished.popleft()
-            rec = records.get(task_id)
-            if rec is not None and rec.state in TERMINAL and rec.job_id == job:
-                victim = task_id
-                break
-        ids = self._by_job[job]
-        if victim is None:  # no finished task left: the oldest live one goes
-            while victim is None:
-                task_id = ids.popleft()
-                if task_id in records:
-                    victim = task_id
-        del records[victim]
-        self._kept[job] -= 1
-        self.dropped[job] = self.dropped.get(job, 0) + 1
-        if len(ids) > 2 * self._kept[job] + 1024:
-            self._by_job[job] = deque(task_id for task_id in ids if task_id in records)
+    def _evict(self, job: bytes, count: int) -> None:
+        """Drop ``count`` tasks of ``job``: the oldest finished first, then the oldest live."""
+        tasks = self.tasks
+        victims: list[bytes] = []
+        live: list[bytes] = []
+        terminal = _TERMINAL_CODES
+        for task_id, row in tasks.items():
+            if row.job != job:
+                continue
+            states = row.states
+            if states and states[-1] in terminal:
+                victims.append(task_id)
+                if len(victims) == count:
+                    break
+            elif len(live) < count:
+                live.append(task_id)
+        victims += live[:count - len(victims)]
+        runs = self.runs
+        for task_id in victims:
+            del tasks[task_id]
+            runs.pop(task_id, None)
+        self._kept[job] -= len(victims)
+        self.dropped[job] = self.dropped.get(job, 0) + len(victims)
 
     # ---------------------------------------------------------------- queries
+    def views(self, newest_first: bool = False) -> Iterator[TaskView]:
+        """Every kept task in the order first reported (tasks known only from an execution last)."""
+        tasks, runs = self.tasks, self.runs
+        if newest_first:
+            yield from self._orphans()
+        for task_id, row in reversed(tasks.items()) if newest_first else tasks.items():
+            yield TaskView(task_id, row, runs.get(task_id))
+        if not newest_first:
+            yield from self._orphans()
+
+    def _orphans(self) -> Iterator[TaskView]:
+        """Tasks known only from an execution (their owner row has not come, or never will)."""
+        tasks = self.tasks
+        for task_id, run in self.runs.items():
+            if task_id not in tasks:
+                yield TaskView(task_id, None, run)
+
     def list(self, filters: list[tuple[str, str, str]], limit: int, detail: bool) -> dict[str, Any]:
         """Newest first; filters apply before the limit; ``total`` counts every match."""
         fast = [(_FAST_KEYS[k], op, v) for k, op, v in filters if k in _FAST_KEYS]
         slow = [(k, op, v) for k, op, v in filters if k not in _FAST_KEYS]
         result: list[dict[str, Any]] = []
-        total = 0
-        for rec in reversed(self.records.values()):
-            if not all(matches(get(rec), op, v) for get, op, v in fast):
+        total = stored = 0
+        for view in self.views(newest_first=True):
+            stored += 1
+            if not all(matches(get(view), op, v) for get, op, v in fast):
                 continue
             if slow:
-                full = rec.public(True)
+                full = view.public(True)
                 if not all(matches(full.get(k), op, v) for k, op, v in slow):
                     continue
             total += 1
             if len(result) < limit:
-                result.append(rec.public(detail))
+                result.append(view.public(detail))
         return {
             "result": result, "total": total, "num_after_truncation": len(result),
-            "num_filtered": total, "dropped": sum(self.dropped.values()),
-            "stored": len(self.records),
+            "num_filtered": total, "dropped": sum(self.dropped.values()), "stored": stored,
         }
 
     def summary(self) -> dict[str, Any]:
         """Ray's ``TaskSummaries``: counts by function and state (exact over what is kept)."""
         summary: dict[str, dict[str, Any]] = {}
         total = actor_tasks = 0
-        for rec in self.records.values():
-            name = rec.name
+        for view in self.views():
+            name = view.name
             row = summary.get(name)
-            kind = rec.type
+            kind = view.type
             if row is None:
                 row = summary[name] = {"func_or_class_name": name, "type": kind, "state_counts": {}}
             counts = row["state_counts"]
-            counts[rec.state] = counts.get(rec.state, 0) + 1
+            counts[view.state] = counts.get(view.state, 0) + 1
             total += 1
             if kind == _ACTOR_TASK:
                 actor_tasks += 1
@@ -373,10 +370,11 @@ class TaskEventStore:
 
     def counts_by_state(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for rec in self.records.values():
-            out[rec.state] = out.get(rec.state, 0) + 1
+        for view in self.views():
+            out[view.state] = out.get(view.state, 0) + 1
         return out
 
-    def executions(self) -> builtins.list[TaskRecord]:  # `list` here is the method above
-        """Records with a start time (for the timeline)."""
-        return [r for r in self.records.values() if r.run is not None]
+    def executions(self) -> builtins.list[TaskView]:  # `list` here is the method above
+        """Tasks that ran or run (for the timeline)."""
+        tasks = self.tasks
+        return [TaskView(task_id, tasks.get(task_id), run) for task_id, run in self.runs.items()]
