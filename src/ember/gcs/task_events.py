@@ -63,7 +63,8 @@ class TaskView:
     def __init__(self, task_id: bytes, owner: TaskRow | None, run: Run | None) -> None:
         self.task_id = task_id
         self.owner = owner
-        self.run, self.host = run if run is not None else (None, None)
+        self.run: RunRow | None = run[0] if run is not None else None
+        self.host: Host | None = run[1] if run is not None else None
         self.state = _state_of(owner, self.run)
 
     @property
