@@ -1,35 +1,71 @@
-"""The task-event store alone: merging owner and executor views, bounded retention, filters."""
+"""Task events without a cluster: the store (owner and executor rows, bounded retention, filters)
+and one process's recorder (rows from task histories, live tasks, executions, drops)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from ember._private import serialization
 from ember._private.state_filters import check_filters, matches
+from ember.core.memory_store import INLINE
+from ember.core.task_context import TaskContext
+from ember.core.task_events import TaskEventRecorder
+from ember.core.task_state import TaskEntry, TaskStatus
+from ember.exceptions import ProtocolError
 from ember.gcs.task_events import TASK_FIELDS, TaskEventStore
+from ember.protocol.gcs import (
+    TASK_STATES,
+    RunRow,
+    TaskEventBatch,
+    TaskRow,
+    encode_rows,
+    run_rows,
+    task_rows,
+)
 
 
 def _tid(i: int) -> bytes:
     return i.to_bytes(16, "big")
 
 
+#: What each task's owner has seen so far: [(state, time), ...] (a row carries them all).
+_HISTORY: dict[tuple[int, int], list[tuple[str, float]]] = {}
+
+
+def _owner_row(store: TaskEventStore, i: int, state: str, ts: float, job: bytes = b"\x01",
+               error_type: str | None = None, error: str | None = None) -> None:
+    steps = _HISTORY.setdefault((id(store), i), [])
+    steps.append((state, ts))
+    row = TaskRow(_tid(i), 0, "f", job, None, 0, None, None,
+                  tuple(TASK_STATES.index(s) for s, _ in steps), tuple(t for _, t in steps), error_type, error)
+    store.add_batch(TaskEventBatch(job=job, tasks=encode_rows([row])))
+
+
 def _submit(store: TaskEventStore, i: int, job: bytes = b"\x01") -> None:
-    store.add_batch({"job": job, "events": [[_tid(i), 0, "PENDING_ARGS_AVAIL", 1.0 + i, {"name": "f", "job": job}]]})
+    _owner_row(store, i, "PENDING_ARGS_AVAIL", 1.0 + i, job)
 
 
-def _state(store: TaskEventStore, i: int, state: str, ts: float, info=None) -> None:
-    store.add_batch({"job": b"\x01", "events": [[_tid(i), 0, state, ts, info]]})
+def _state(store: TaskEventStore, i: int, state: str, ts: float, **error: str) -> None:
+    _owner_row(store, i, state, ts, **error)
+
+
+def _run(store: TaskEventStore, i: int, start: float, end: float | None, pid: int) -> None:
+    run = RunRow(_tid(i), 0, start, end, "f", b"\x01", None)
+    store.add_batch(TaskEventBatch(job=b"\x01", runs=encode_rows([run]), worker=b"w" * 16, node=b"n" * 16, pid=pid))
 
 
 def test_owner_and_executor_views_merge():
     store = TaskEventStore(100)
     _submit(store, 1)
     _state(store, 1, "SUBMITTED_TO_WORKER", 2.0)
-    _state(store, 1, "RUNNING", 2.5, {"worker": b"w" * 16, "node": b"n" * 16, "pid": 42})
+    _run(store, 1, 2.5, None, 42)
     row = store.list([], 10, True)["result"][0]
     assert (row["state"], row["worker_pid"], row["node_id"]) == ("RUNNING", 42, (b"n" * 16).hex())
     # The owner's FINISHED can arrive before the worker's last batch: terminal wins.
     _state(store, 1, "FINISHED", 3.0)
-    _state(store, 1, "END", 2.9)
+    _run(store, 1, 2.5, 2.9, 42)
     row = store.list([], 10, True)["result"][0]
     assert row["state"] == "FINISHED" and row["start_time_ms"] == 2500.0 and row["end_time_ms"] == 2900.0
     assert [e["state"] for e in row["events"]] == ["PENDING_ARGS_AVAIL", "SUBMITTED_TO_WORKER", "RUNNING", "FINISHED"]
@@ -38,7 +74,7 @@ def test_owner_and_executor_views_merge():
 def test_failure_keeps_its_error_type_and_message():
     store = TaskEventStore(100)
     _submit(store, 1)
-    _state(store, 1, "FAILED", 2.0, {"error_type": "WORKER_DIED", "error": "the worker died"})
+    _state(store, 1, "FAILED", 2.0, error_type="WORKER_DIED", error="the worker died")
     row = store.list([("state", "=", "FAILED")], 10, True)["result"][0]
     assert (row["error_type"], row["error_message"]) == ("WORKER_DIED", "the worker died")
 
@@ -65,7 +101,7 @@ def test_retention_drops_finished_tasks_before_live_ones_and_counts_drops():
 
 def test_process_side_drops_are_reported():
     store = TaskEventStore(10)
-    store.add_batch({"job": b"\x01", "events": [], "dropped": 7})
+    store.add_batch(TaskEventBatch(job=b"\x01", dropped=7))
     assert store.list([], 1, False)["dropped"] == 7 and store.summary()["dropped"] == 7
 
 
@@ -95,6 +131,140 @@ def test_matching_is_textual_and_case_insensitive():
 def test_batches_from_owner_and_worker_arrive_in_any_order():
     store = TaskEventStore(100)
     _submit(store, 1)
-    _state(store, 1, "RUNNING", 3.0, {"worker": b"w" * 16, "node": b"n" * 16, "pid": 7})
+    _run(store, 1, 3.0, None, 7)
     _state(store, 1, "SUBMITTED_TO_WORKER", 2.0)  # the owner's batch came later
     assert store.list([], 1, False)["result"][0]["state"] == "RUNNING"
+
+
+def test_a_long_history_keeps_the_steps_its_owner_forgot():
+    store = TaskEventStore(100)
+    first = TaskRow(_tid(1), 0, "f", b"\x01", None, 0, None, None, (0, 1, 2), (1.0, 2.0, 3.0))
+    later = TaskRow(_tid(1), 1, "f", b"\x01", None, 0, None, None, (2, 1, 2, 4), (3.0, 4.0, 5.0, 6.0))
+    store.add_batch(TaskEventBatch(job=b"\x01", tasks=encode_rows([first])))
+    store.add_batch(TaskEventBatch(job=b"\x01", tasks=encode_rows([later])))
+    row = store.list([], 1, True)["result"][0]
+    assert [e["created_ms"] for e in row["events"]] == [1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0]
+    assert row["state"] == "FINISHED" and row["attempt_number"] == 1
+
+
+def test_a_still_running_row_never_undoes_an_ended_execution():
+    store = TaskEventStore(100)
+    _submit(store, 1)
+    _run(store, 1, 2.5, 2.9, 42)
+    _run(store, 1, 2.5, None, 42)  # a stale "still running" row (another batch's order)
+    assert store.list([], 1, True)["result"][0]["end_time_ms"] == 2900.0
+
+
+def test_an_execution_whose_owner_row_has_not_come_is_listed_running():
+    store = TaskEventStore(100)
+    _run(store, 7, 2.5, None, 9)
+    (row,) = store.list([("state", "=", "RUNNING")], 10, False)["result"]
+    assert (row["task_id"], row["name"], row["worker_pid"]) == (_tid(7).hex(), "f", 9)
+    assert store.summary()["summary"]["f"]["state_counts"] == {"RUNNING": 1}
+
+
+def test_a_finished_task_run_again_is_live_again():
+    store = TaskEventStore(100)
+    _submit(store, 1)
+    _state(store, 1, "FINISHED", 2.0)
+    _state(store, 1, "PENDING_ARGS_AVAIL", 3.0)  # its result was lost: lineage reconstruction
+    assert store.counts_by_state() == {"PENDING_ARGS_AVAIL": 1}
+
+
+def test_malformed_rows_are_protocol_errors():
+    store = TaskEventStore(100)
+    bad = TaskEventBatch(job=b"\x01", tasks=encode_rows([[b"x", 0, "f", b"\x01", None, 9, None, None, (), ()]]))
+    with pytest.raises(ProtocolError):
+        store.add_batch(bad)
+    with pytest.raises(ProtocolError):
+        store.add_batch(TaskEventBatch(runs=b"\xc1"))
+    assert store.list([], 10, False)["stored"] == 0
+
+
+# ------------------------------------------------------------------ the recorder of one process
+class _Info:
+    worker_id = b"w" * 16
+    node_id = b"n" * 16
+
+
+def _recorder() -> TaskEventRecorder:
+    context = TaskContext()
+    context.driver_task_id = b"d" * 16
+    return TaskEventRecorder(_Info(), context, None)  # type: ignore[arg-type]
+
+
+def _entry(name: str = "f") -> TaskEntry:
+    spec = {"tid": _tid(len(name)), "name": name, "job": b"\x01", "res": {"CPU": 1.0}}
+    return TaskEntry(spec, name, [], 0, False, [], None, {"CPU": 1.0})
+
+
+def _rows(batch: TaskEventBatch | None) -> tuple[list[TaskRow], list[RunRow]]:
+    assert batch is not None
+    return task_rows(batch), run_rows(batch)
+
+
+def test_the_owner_sends_one_row_per_task_built_from_its_history():
+    recorder = _recorder()
+    entry = _entry()
+    entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT, "queued")
+    entry.transition(TaskStatus.SUBMITTED_TO_WORKER, "pushed")
+    entry.attempt = 1
+    entry.transition(TaskStatus.FINISHED, "returned")
+    recorder.task_finished(entry)
+    (row,), runs = _rows(recorder.take_batch())
+    assert runs == [] and (row.task_id, row.name, row.parent, row.resources) == (_tid(1), "f", b"d" * 16, {"CPU": 1.0})
+    assert [TASK_STATES[c] for c in row.states] == [s.value for _, _, s, _ in entry.history.steps]
+    assert row.times == tuple(at for at, _, _, _ in entry.history.steps)
+    assert recorder.take_batch() is None
+
+
+def test_a_live_task_is_sent_once_its_state_is_older_than_the_last_batch():
+    recorder = _recorder()
+    entry = _entry()
+    recorder.live_tasks = lambda: [entry]
+    assert recorder.take_batch() is None  # it may end before the next batch: not sent yet
+    (row,), _ = _rows(recorder.take_batch())
+    assert [TASK_STATES[c] for c in row.states] == ["PENDING_ARGS_AVAIL"]
+    assert recorder.take_batch() is None  # unchanged: not sent again
+    entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT, "queued")
+    assert recorder.take_batch() is None
+    (row,), _ = _rows(recorder.take_batch())
+    assert [TASK_STATES[c] for c in row.states] == ["PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT"]
+
+
+def test_an_execution_is_sent_running_while_long_then_with_its_end():
+    recorder = _recorder()
+    spec = {"tid": _tid(1), "name": "f", "job": b"\x01", "attempt": 2}
+    recorder.execution_started(spec)
+    assert recorder.take_batch() is None
+    batch = recorder.take_batch()
+    _, (live,) = _rows(batch)
+    assert batch is not None and (batch.worker, batch.pid) == (b"w" * 16, os.getpid())
+    assert (live.attempt, live.end) == (1, None)
+    recorder.execution_ended(_tid(1))
+    _, (ended,) = _rows(recorder.take_batch())
+    assert ended.start == live.start and ended.end is not None and ended.end >= ended.start
+
+
+def test_actor_calls_and_failures_are_rows_too():
+    recorder = _recorder()
+    spec = {"tid": _tid(2), "name": "A.f", "job": b"\x01", "aid": b"a" * 16}
+    recorder.actor_call(spec, "PENDING_ARGS_AVAIL")
+    recorder.actor_call(spec, "SUBMITTED_TO_WORKER")
+    error = serialization.serialize_error(KeyError("lost key")).to_inline()
+    recorder.actor_call_failed(spec, (INLINE, error), "failed")
+    (row,), _ = _rows(recorder.take_batch())
+    assert [TASK_STATES[c] for c in row.states] == ["PENDING_ARGS_AVAIL", "SUBMITTED_TO_WORKER", "FAILED"]
+    assert (row.kind, row.actor, row.error_type) == (1, b"a" * 16, "TASK_EXECUTION_EXCEPTION")
+    assert "lost key" in (row.error or "")
+
+
+def test_a_full_buffer_drops_the_oldest_rows_and_counts_them(ember_env):
+    ember_env(task_events_buffer_size=3)
+    recorder = _recorder()
+    for i in range(5):
+        recorder.execution_started({"tid": _tid(i), "name": "f", "job": b"\x01"})
+        recorder.execution_ended(_tid(i))
+    batch = recorder.take_batch()
+    assert batch is not None and batch.dropped == 2
+    assert [run.task_id for run in run_rows(batch)] == [_tid(2), _tid(3), _tid(4)]

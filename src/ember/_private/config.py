@@ -134,7 +134,8 @@ class Config:
     task_events_enabled: bool = True
     #: Seconds between two batches of task events a process sends to the control service.
     task_events_report_period_s: float = 0.5
-    #: Events a process keeps while the control service cannot take them; beyond, dropped and counted.
+    #: Task rows (of each kind: owned tasks, executions) a process keeps while the control service
+    #: cannot take them; beyond, the oldest are dropped and counted.
     task_events_buffer_size: int = 100_000
     #: Tasks the control service keeps per job; beyond, finished ones are dropped first (counted).
     task_events_max_tasks_per_job: int = 100_000

@@ -9,8 +9,8 @@ that caused it, so an illegal move raises :class:`InvalidTransition` with the st
 far, and :func:`story` answers "what happened to this task/actor?" at any time.
 
 Tables can carry *observers* (called after every move with the object, the edge and
-the reason): the task-event recorder and metrics hook in there instead of sprinkling
-calls next to every assignment.
+the reason): metrics hook in there instead of sprinkling calls next to every
+assignment. The task-event recorder reads a task's history when the task ends.
 
 The hot path is one dict lookup, one ``time.time()`` and one list append per move.
 """

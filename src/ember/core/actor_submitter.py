@@ -339,7 +339,7 @@ class ActorSubmitter:
     def _store(self, call: ActorCall, entry: Entry) -> None:
         call.done = True
         self.counts.actor_call_ended(call.spec, failed=True)
-        self.events.owner_failed(call.spec["tid"], 0, entry, "failed")
+        self.events.actor_call_failed(call.spec, entry, "failed")
         self._release(call)
         for oid in call.return_ids:
             self.ownership.store_owned_result(oid, entry)

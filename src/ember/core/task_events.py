@@ -1,17 +1,23 @@
-"""This process's task events: every state a task or actor call passes through, batched.
+"""This process's task events: what it saw of each task, one row per task, batched.
 
-The owner records what it sees (``PENDING_ARGS_AVAIL``, ``PENDING_NODE_ASSIGNMENT``,
-``SUBMITTED_TO_WORKER``, ``FINISHED``, ``FAILED`` with the error's type and message);
-the executing worker records ``RUNNING`` (with its worker id, node and pid) and the end
-of each execution (for the timeline). A record is one tuple appended to a deque, on
-any thread; the I/O loop sends what accumulated every ``task_events_report_period_s``
-as one ``add_task_events`` notification to the control service, whose
-``gcs/task_events.py`` merges owner and executor views. While the control service is
-unreachable events wait here, up to ``task_events_buffer_size``; older ones beyond
-that are dropped and the count is sent with the next batch.
+As *owner* a process reports each task it submitted as one ``TaskRow``: its states
+(``PENDING_ARGS_AVAIL``, ``PENDING_NODE_ASSIGNMENT``, ``SUBMITTED_TO_WORKER``,
+``FINISHED``, ``FAILED`` with the error's type and message) with the time each began.
+The row is built when the task ends, from the history its ``TaskEntry`` keeps anyway
+(``_private/state_machine.py``): nothing is recorded per transition. Actor calls, which
+have no entry, note their few steps in a list here. As *executor* a process reports
+each execution as one ``RunRow`` (start and end times; the batch says which worker,
+node and pid), built when the execution ends from the start time noted when it began.
 
-Wire form of one event: ``[task_id, attempt, state, time_s, info]`` where ``info`` is
-a dict or None; the first event of a task carries its description.
+Tasks still live are reported from the batch itself: every
+``task_events_report_period_s`` the I/O loop walks the live tasks (the submitter's,
+the actor calls', the executions running here) and adds a row for each one whose
+state is older than the previous batch and not yet reported, so a task that ends
+within a period is sent once, and a long one shows up within two periods. The
+batch goes as one ``add_task_events`` notification; ``gcs/task_events.py`` merges
+owner and executor rows. While the control service is unreachable, rows wait here,
+up to ``task_events_buffer_size`` of each kind; older ones are dropped and the count
+is sent with the next batch.
 """
 
 from __future__ import annotations
@@ -21,22 +27,28 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ember._private.config import config
-from ember.core.task_context import TaskContext, task_context_var
-from ember.core.task_state import TASK_TRANSITIONS, TaskEntry, TaskStatus
+from ember.core.task_context import TaskContext
+from ember.core.task_state import TaskEntry, TaskStatus
+from ember.protocol.gcs import TASK_KINDS, TASK_STATES, RunRow, TaskEventBatch, TaskRow, encode_rows
 
 if TYPE_CHECKING:
     from ember.core.links import ClusterLinks, ProcessInfo
 
 logger = logging.getLogger(__name__)
 
-#: Not a state: an execution ended (its start was RUNNING); gives the timeline its durations.
-EXECUTION_END = "END"
-NORMAL_TASK = "NORMAL_TASK"
-ACTOR_TASK = "ACTOR_TASK"
-ACTOR_CREATION_TASK = "ACTOR_CREATION_TASK"
+NORMAL_TASK = TASK_KINDS.index("NORMAL_TASK")
+ACTOR_TASK = TASK_KINDS.index("ACTOR_TASK")
+ACTOR_CREATION_TASK = TASK_KINDS.index("ACTOR_CREATION_TASK")
+#: A state's wire code by its name (``TaskStatus`` values are the names).
+STATE_CODES = {name: code for code, name in enumerate(TASK_STATES)}
+_PENDING_ARGS = STATE_CODES["PENDING_ARGS_AVAIL"]
+_FINISHED = STATE_CODES["FINISHED"]
+_FAILED = STATE_CODES["FAILED"]
+assert set(STATE_CODES) >= {s.value for s in TaskStatus}
 
 #: Ray's ``ErrorType`` names for Ember's exceptions (the state API's ``error_type``).
 _ERROR_TYPES = {
@@ -65,6 +77,24 @@ def error_type_of(error: BaseException) -> str:
     return "TASK_EXECUTION_EXCEPTION"
 
 
+def describe_error(error: Any, reason: str) -> tuple[str, str]:
+    """Ray's ``ErrorType`` name and the message of a stored error (a memory-store entry
+    ``(kind, data)``). Failures are rare: the error is decoded here."""
+    from ember._private import serialization
+
+    try:
+        _flags, exc = serialization.deserialize_inline(error[1])
+    except Exception as decode_error:  # an exception class the owner cannot import
+        return "TASK_EXECUTION_EXCEPTION", f"{reason} (its error could not be decoded here: {decode_error})"
+    if isinstance(exc, BaseException):
+        return error_type_of(exc), str(exc)[-4000:]
+    return "TASK_EXECUTION_EXCEPTION", reason
+
+
+def _no_live_tasks() -> Iterable[TaskEntry]:
+    return ()
+
+
 class TaskEventRecorder:
     def __init__(self, info: ProcessInfo, context: TaskContext, links: ClusterLinks) -> None:
         cfg = config()
@@ -73,97 +103,166 @@ class TaskEventRecorder:
         self._links = links
         self.enabled = cfg.task_events_enabled
         self._period = cfg.task_events_report_period_s
-        self._events: deque[Any] = deque()
-        self._limit = cfg.task_events_buffer_size
+        self._limit = max(1, cfg.task_events_buffer_size)
+        #: Rows waiting for the next batch (appended on any thread, taken on the I/O loop).
+        self._tasks: deque[TaskRow] = deque(maxlen=self._limit)
+        self._runs: deque[RunRow] = deque(maxlen=self._limit)
         self._dropped = 0
         self._pid = os.getpid()
-        self._task_context = task_context_var
-        self._stop_observing = TASK_TRANSITIONS.observe(self._on_task_move) if self.enabled else None
+        #: The tasks this process submitted and that have not ended (set by the core worker:
+        #: the submitter's pending tasks; read on the I/O loop only).
+        self.live_tasks: Callable[[], Iterable[TaskEntry]] = _no_live_tasks
+        #: Actor calls submitted here and not ended, by task id: [spec, code, time, code, time, ...].
+        self._calls: dict[bytes, list[Any]] = {}
+        #: Executions running here, by task id: (spec, start time).
+        self._running: dict[bytes, tuple[dict[str, Any], float]] = {}
+        #: Live tasks, calls and executions already reported, with what was reported (rebuilt per batch).
+        self._reported: dict[bytes, int] = {}
+        self._reported_runs: set[bytes] = set()
+        self._last_batch = time.time()
 
     def close(self) -> None:
-        if self._stop_observing is not None:
-            self._stop_observing()
-            self._stop_observing = None
+        self.live_tasks = _no_live_tasks
 
-    # ------------------------------------------------------------------ recording
-    def _add(self, event: Any) -> None:
-        events = self._events
-        events.append(event)
-        if len(events) > self._limit:
-            events.popleft()
+    # ------------------------------------------------------------------ owner: tasks
+    def _add_task(self, row: TaskRow) -> None:
+        tasks = self._tasks
+        if len(tasks) == self._limit:
             self._dropped += 1
+        tasks.append(row)
 
-    def _parent(self) -> bytes:
-        ctx = self._task_context.get()
-        return ctx[0] if ctx is not None else self._context.driver_task_id
-
-    def _on_task_move(self, entry: object, old: TaskStatus | None, new: TaskStatus, reason: str) -> None:
-        assert isinstance(entry, TaskEntry)
+    def _task_row(self, entry: TaskEntry, error_type: str | None = None, error: str | None = None) -> TaskRow:
         spec = entry.spec
-        if new is TaskStatus.FAILED:
-            return  # recorded by owner_failed, with the error
-        info = None if old is not None else {
-            "name": entry.name, "job": spec["job"], "parent": self._parent(), "type": NORMAL_TASK, "res": spec.get("res"),
-        }
-        attempt = entry.attempt - 1 if entry.attempt else 0
-        self._add((spec["tid"], attempt, new.value, time.time(), info))
+        codes: list[int] = []
+        times: list[float] = []
+        for at, _old, new, _reason in entry.history.steps:  # a plain loop: cheaper than comprehensions here
+            codes.append(STATE_CODES[new._value_])
+            times.append(at)
+        return TaskRow(
+            spec["tid"], entry.attempt - 1 if entry.attempt else 0, entry.name, spec["job"],
+            entry.parent or self._context.driver_task_id, NORMAL_TASK, None, spec.get("res"),
+            tuple(codes), tuple(times), error_type, error,
+        )
 
-    def owner_failed(self, task_id: bytes, attempt: int, error: Any, reason: str) -> None:
-        """The owner stored ``error`` (a memory-store entry ``(kind, data)``) as a task's result.
+    def task_finished(self, entry: TaskEntry) -> None:
+        """The owner stored a task's results (on the I/O loop)."""
+        if self.enabled:
+            self._add_task(self._task_row(entry))
 
-        Failures are rare: the error is decoded here for its type (Ray's ``ErrorType`` name)
-        and message.
-        """
+    def task_failed(self, entry: TaskEntry, error: Any, reason: str) -> None:
+        """The owner stored ``error`` (a memory-store entry ``(kind, data)``) as a task's result."""
+        if self.enabled:
+            self._add_task(self._task_row(entry, *describe_error(error, reason)))
+
+    # ------------------------------------------------------------------ owner: actor calls
+    def actor_call(self, spec: dict[str, Any], state: str) -> None:
+        """An actor call's state as its caller sees it (on the I/O loop): queued, pushed or finished."""
         if not self.enabled:
             return
-        from ember._private import serialization
+        code = STATE_CODES[state]
+        if code == _PENDING_ARGS:
+            self._calls[spec["tid"]] = [spec, code, time.time()]
+        elif code == _FINISHED:
+            self._add_task(self._call_row(spec, self._calls.pop(spec["tid"], None), code))
+        else:
+            steps = self._calls.get(spec["tid"])
+            if steps is not None:
+                steps += (code, time.time())
 
-        etype, message = "TASK_EXECUTION_EXCEPTION", reason
-        try:
-            _flags, exc = serialization.deserialize_inline(error[1])
-            if isinstance(exc, BaseException):
-                etype, message = error_type_of(exc), str(exc)
-        except Exception as decode_error:  # an exception class the owner cannot import
-            message = f"{reason} (its error could not be decoded here: {decode_error})"
-        self._add([task_id, max(attempt - 1, 0), "FAILED", time.time(), {"error_type": etype, "error": message[-4000:]}])
+    def actor_call_failed(self, spec: dict[str, Any], error: Any, reason: str) -> None:
+        """The caller stored ``error`` as an actor call's result."""
+        if self.enabled:
+            self._add_task(self._call_row(spec, self._calls.pop(spec["tid"], None), _FAILED,
+                                          *describe_error(error, reason)))
 
+    def _call_row(self, spec: dict[str, Any], steps: list[Any] | None, end: int | None,
+                  error_type: str | None = None, error: str | None = None) -> TaskRow:
+        steps = steps[1:] if steps is not None else []
+        if end is not None:
+            steps += (end, time.time())
+        return TaskRow(spec["tid"], 0, spec["name"], spec["job"], self._context.driver_task_id, ACTOR_TASK,
+                       spec["aid"], None, tuple(steps[0::2]), tuple(steps[1::2]), error_type, error)
+
+    # ------------------------------------------------------------------ executor
     def actor_constructed(self, task_id: bytes, spec: dict[str, Any], error: BaseException | None) -> None:
         """The actor's constructor (its creation task) returned or raised, in its worker."""
         if self.enabled:
-            info: dict[str, Any] = {"type": ACTOR_CREATION_TASK, "actor": spec["actor_id"]}
-            if error is not None:
-                info.update(error_type="TASK_EXECUTION_EXCEPTION", error=f"{type(error).__name__}: {error}")
-            self._add([task_id, 0, "FAILED" if error is not None else "FINISHED", time.time(), info])
-
-    def actor_call(self, spec: dict[str, Any], state: str, info: dict[str, Any] | None = None) -> None:
-        """An actor call's state as its caller sees it."""
-        if not self.enabled:
-            return
-        if state == "PENDING_ARGS_AVAIL":
-            info = {"name": spec["name"], "job": spec["job"], "parent": self._parent(), "type": ACTOR_TASK,
-                    "actor": spec["aid"]}
-        self._add([spec["tid"], 0, state, time.time(), info])
+            message = None if error is None else f"{type(error).__name__}: {error}"
+            self._add_task(TaskRow(
+                task_id, 0, "", spec["job"], None, ACTOR_CREATION_TASK, spec["actor_id"], None,
+                (_FINISHED if error is None else _FAILED,), (time.time(),),
+                None if error is None else "TASK_EXECUTION_EXCEPTION", message,
+            ))
 
     def execution_started(self, spec: dict[str, Any]) -> None:
+        """A task starts running in this thread (the hot path of every execution)."""
         if self.enabled:
-            info = self._info
-            self._add([spec["tid"], max(spec.get("attempt", 1) - 1, 0), "RUNNING", time.time(),
-                       {"worker": info.worker_id, "node": info.node_id, "pid": self._pid,
-                        "name": spec["name"], "job": spec["job"], "actor": spec.get("aid")}])
+            self._running[spec["tid"]] = (spec, time.time())
 
     def execution_ended(self, task_id: bytes) -> None:
         if self.enabled:
-            self._add([task_id, -1, EXECUTION_END, time.time(), None])
+            started = self._running.pop(task_id, None)
+            if started is not None:
+                runs = self._runs
+                if len(runs) == self._limit:
+                    self._dropped += 1
+                runs.append(self._run_row(task_id, started, time.time()))
+
+    @staticmethod
+    def _run_row(task_id: bytes, started: tuple[dict[str, Any], float], end: float | None) -> RunRow:
+        spec, start = started
+        return RunRow(task_id, max(spec.get("attempt", 1) - 1, 0), start, end, spec["name"], spec["job"],
+                      spec.get("aid"))
 
     # ------------------------------------------------------------------ sending
-    def take_batch(self) -> dict[str, Any] | None:
-        events = self._events
-        n = len(events)
-        if not n and not self._dropped:
-            return None
-        batch = [events.popleft() for _ in range(n)]
+    def _live_rows(self, since: float) -> tuple[list[TaskRow], list[RunRow]]:
+        """Rows of live tasks whose state began before ``since`` and was not reported yet."""
+        tasks: list[TaskRow] = []
+        reported: dict[bytes, int] = {}
+        previous = self._reported
+        for entry in self.live_tasks():
+            history = entry.history
+            steps = history.steps
+            if steps[-1][0] >= since:
+                continue  # a recent state: the task may end before the next batch
+            task_id = entry.spec["tid"]
+            version = reported[task_id] = len(steps) + history.dropped
+            if previous.get(task_id) != version:
+                tasks.append(self._task_row(entry))
+        for task_id, call in self._calls.items():
+            if call[-1] < since:
+                version = reported[task_id] = len(call)
+                if previous.get(task_id) != version:
+                    tasks.append(self._call_row(call[0], call, None))
+        self._reported = reported
+        runs: list[RunRow] = []
+        running: set[bytes] = set()
+        for task_id, started in self._running.copy().items():  # a copy: other threads add and remove
+            if started[1] < since:
+                running.add(task_id)
+                if task_id not in self._reported_runs:
+                    runs.append(self._run_row(task_id, started, None))
+        self._reported_runs = running
+        return tasks, runs
+
+    def take_batch(self) -> TaskEventBatch | None:
+        """What to send now (on the I/O loop); None if nothing happened."""
+        now = time.time()
+        tasks, runs = self._live_rows(self._last_batch)
+        self._last_batch = now
+        # Live rows first: the row of an execution that ended meanwhile must come after them.
+        queued_tasks, queued_runs = self._tasks, self._runs
+        tasks += [queued_tasks.popleft() for _ in range(len(queued_tasks))]
+        runs += [queued_runs.popleft() for _ in range(len(queued_runs))]
         dropped, self._dropped = self._dropped, 0
-        return {"events": batch, "dropped": dropped, "job": self._context.current_job_id}
+        if not tasks and not runs and not dropped:
+            return None
+        info = self._info
+        return TaskEventBatch(
+            tasks=encode_rows(tasks) if tasks else b"", runs=encode_rows(runs) if runs else b"", dropped=dropped, job=self._context.current_job_id,
+            worker=info.worker_id if runs else None, node=info.node_id if runs else None,
+            pid=self._pid if runs else None,
+        )
 
     def flush(self) -> None:
         """Send what accumulated (on the I/O loop); kept for later if the control service is away."""

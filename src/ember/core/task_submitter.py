@@ -140,11 +140,12 @@ class TaskSubmitter:
             cls.queue.remove(entry)
 
     def store_results(self, entry: TaskEntry, returns: list[Any]) -> None:
+        self.events.task_finished(entry)
         lease = entry.lease
         self.ownership.store_results(entry.spec["tid"], entry.return_ids, returns, lease.conn if lease else None)
 
     def store_error(self, entry: TaskEntry, error: Entry, reason: str) -> None:
-        self.events.owner_failed(entry.spec["tid"], entry.attempt, error, reason)
+        self.events.task_failed(entry, error, reason)
         store = self.ownership.store_owned_result
         for oid in entry.return_ids:
             store(oid, error)

@@ -112,6 +112,7 @@ class CoreWorker:
         self.task_manager = self.submitter.manager
         self.ownership.on_owned_freed = self.task_manager.object_freed
         self.ownership.reconstruct = self.task_manager.reconstruct
+        self.task_events.live_tasks = self.task_manager.pending.values
         self.actor_submitter = ActorSubmitter(self.info, self.links, self.ownership, self.task_events, self.task_counts,
                                               self.background)
         self.actor_id: bytes | None = None

@@ -461,7 +461,7 @@ class GcsServer:
 
     # ---------------------------------------------------------- task events
     def rpc_add_task_events(self, conn: Connection, batch: msg.TaskEventBatch) -> None:
-        self.task_events.add_events(batch.events, batch.dropped, batch.job or b"")
+        self.task_events.add_batch(batch)
 
     def rpc_list_tasks(self, conn: Connection, p: msg.ListTasks) -> dict[str, Any]:
         """``{filters: [[key, "="|"!=", value]], limit, detail}`` -> matches (newest first) and counts."""

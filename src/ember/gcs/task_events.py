@@ -1,89 +1,181 @@
 """The task-event aggregator: what the state API says about tasks (``list_tasks``, summaries, timeline).
 
-Processes send batches of events (``core/task_events.py``); one ``TaskRecord`` per task
-merges what its owner saw (pending states, the result, the error) with what the worker
-that ran it saw (``RUNNING``, worker, node, pid, execution times). The state is the
-terminal one once the owner reported it, else the latest reported.
+Processes send batches of rows (``core/task_events.py``, ``protocol/gcs.py``): a task's
+owner sends one ``TaskRow`` (its states with their times, the result's error), the
+worker that ran it one ``RunRow`` per execution (start, end; the batch says which
+worker, node and pid). Intake keeps the rows as received, the latest of each kind per
+task, filed in bulk (one dict update per batch): every task of the cluster passes
+through here, so no per-task object is built and nothing is merged on the way in.
+A query assembles a ``TaskView`` per task from its rows (``TaskView.public``): the
+state is the owner's once terminal; else ``RUNNING`` if the latest execution started
+after the owner's latest state, else the owner's. Rows are ``gc=False`` structs, so
+the many kept cost the garbage collector nothing.
 
 Retention is bounded per job (``task_events_max_tasks_per_job``): beyond it the oldest
-*finished* task of that job is dropped first, a live one only when the job has no
+*finished* tasks of that job are dropped first, live ones only when the job has no
 finished task left. Every drop (here, or in a process whose buffer overflowed) is
 counted per job and returned with every query, so truncation is never silent.
 """
 
 from __future__ import annotations
 
+import bisect
 import builtins
-import sys
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ember._private.state_filters import matches
+from ember.protocol.gcs import (
+    TASK_KINDS,
+    TASK_STATES,
+    RunRow,
+    TaskEventBatch,
+    TaskRow,
+    run_rows,
+    task_rows,
+)
 
 TERMINAL = frozenset(("FINISHED", "FAILED"))
-END = "END"
+RUNNING = "RUNNING"
+_TERMINAL_CODES = frozenset(TASK_STATES.index(s) for s in TERMINAL)
+_ACTOR_TASK = "ACTOR_TASK"
+
+#: (worker id, node id, pid) of the process that ran an execution.
+Host = tuple[bytes | None, bytes | None, int | None]
+#: The latest execution of a task and where it ran.
+Run = tuple[RunRow, Host]
 
 
-class TaskRecord:
-    __slots__ = (
-        "task_id", "job_id", "attempt", "name", "type", "parent", "actor", "node", "worker", "pid",
-        "state", "events", "error_type", "error", "start", "end", "res", "terminal_seen", "last_ts",
-    )
+def _state_of(owner: TaskRow | None, run: RunRow | None) -> str:
+    if owner is not None and owner.states:
+        last = owner.states[-1]
+        if last in _TERMINAL_CODES or run is None or run.start < owner.times[-1]:
+            return TASK_STATES[last]
+        return RUNNING
+    return RUNNING if run is not None else "PENDING_ARGS_AVAIL"
 
-    def __init__(self, task_id: bytes, job_id: bytes) -> None:
+
+class TaskView:
+    """One task as the state API shows it, assembled from its rows when asked."""
+
+    __slots__ = ("task_id", "owner", "run", "host", "state")
+
+    def __init__(self, task_id: bytes, owner: TaskRow | None, run: Run | None) -> None:
         self.task_id = task_id
-        self.job_id = job_id
-        self.attempt = 0
-        self.name = ""
-        self.type = "NORMAL_TASK"
-        self.parent: bytes | None = None
-        self.actor: bytes | None = None
-        self.node: bytes | None = None
-        self.worker: bytes | None = None
-        self.pid: int | None = None
-        self.state = "PENDING_ARGS_AVAIL"
-        #: [state, time_s, state, time_s, ...] in arrival order.
-        self.events: list[Any] = []
-        self.error_type: str | None = None
-        self.error: str | None = None
-        self.start: float | None = None
-        self.end: float | None = None
-        self.res: dict[str, float] | None = None
-        self.terminal_seen = False
-        #: Time of the latest live state: owner and worker batches arrive in any order.
-        self.last_ts = 0.0
+        self.owner = owner
+        self.run: RunRow | None = run[0] if run is not None else None
+        self.host: Host | None = run[1] if run is not None else None
+        self.state = _state_of(owner, self.run)
+
+    @property
+    def job_id(self) -> bytes:
+        if self.owner is not None:
+            return self.owner.job
+        return self.run.job if self.run is not None else b""
+
+    @property
+    def name(self) -> str:
+        owner, run = self.owner, self.run
+        if owner is not None and owner.name:
+            return owner.name
+        return run.name if run is not None else ""
+
+    @property
+    def actor(self) -> bytes | None:
+        owner, run = self.owner, self.run
+        if owner is not None and owner.actor:
+            return owner.actor
+        return run.actor if run is not None else None
+
+    @property
+    def type(self) -> str:
+        kind = TASK_KINDS[self.owner.kind] if self.owner is not None else "NORMAL_TASK"
+        return _ACTOR_TASK if kind == "NORMAL_TASK" and self.actor else kind
+
+    @property
+    def parent(self) -> bytes | None:
+        return self.owner.parent if self.owner is not None else None
+
+    @property
+    def attempt(self) -> int:
+        return max(self.owner.attempt if self.owner else 0, self.run.attempt if self.run else 0)
+
+    @property
+    def worker(self) -> bytes | None:
+        return self.host[0] if self.host else None
+
+    @property
+    def node(self) -> bytes | None:
+        return self.host[1] if self.host else None
+
+    @property
+    def pid(self) -> int | None:
+        return self.host[2] if self.host else None
+
+    @property
+    def error_type(self) -> str | None:
+        owner = self.owner
+        return owner.error_type if owner is not None and self.state != "FINISHED" else None
+
+    @property
+    def error(self) -> str | None:
+        owner = self.owner
+        return owner.error if owner is not None and self.state != "FINISHED" else None
+
+    @property
+    def start(self) -> float | None:
+        return self.run.start if self.run is not None else None
+
+    @property
+    def end(self) -> float | None:
+        """When the latest execution ended; for a task whose worker never said (it died), when it ended."""
+        run = self.run
+        if run is None:
+            return None
+        if run.end is None and self.state in TERMINAL and self.owner is not None:
+            return self.owner.times[-1]
+        return run.end
+
+    def steps(self) -> list[tuple[str, float]]:
+        """Every state with its start time, oldest first (the owner's and the latest execution's)."""
+        owner, run = self.owner, self.run
+        steps = [(TASK_STATES[c], t) for c, t in zip(owner.states, owner.times)] if owner is not None else []
+        if run is not None:
+            at = bisect.bisect_right([t for _, t in steps], run.start)
+            steps.insert(at, (RUNNING, run.start))
+        return steps
 
     def public(self, detail: bool) -> dict[str, Any]:
         """Ray's ``TaskState`` fields (ids in hex, times in ms)."""
+        parent, actor, node, worker = self.parent, self.actor, self.node, self.worker
         out: dict[str, Any] = {
             "task_id": self.task_id.hex(),
             "attempt_number": self.attempt,
             "name": self.name,
             "state": self.state,
             "job_id": self.job_id.hex(),
-            "actor_id": self.actor.hex() if self.actor else None,
+            "actor_id": actor.hex() if actor else None,
             "type": self.type,
             "func_or_class_name": self.name,
-            "parent_task_id": self.parent.hex() if self.parent else None,
-            "node_id": self.node.hex() if self.node else None,
-            "worker_id": self.worker.hex() if self.worker else None,
+            "parent_task_id": parent.hex() if parent else None,
+            "node_id": node.hex() if node else None,
+            "worker_id": worker.hex() if worker else None,
             "worker_pid": self.pid,
             "error_type": self.error_type,
         }
         if detail:
-            events = self.events
-            steps = [{"state": events[i], "created_ms": events[i + 1] * 1000.0} for i in range(0, len(events), 2)]
+            steps = [{"state": state, "created_ms": at * 1000.0} for state, at in self.steps()]
+            start, end = self.start, self.end
             out.update({
                 "language": "PYTHON",
-                "required_resources": dict(self.res or {}),
+                "required_resources": dict(self.owner.resources or {}) if self.owner else {},
                 "runtime_env_info": None,
                 "placement_group_id": None,
                 "events": steps,
                 "profiling_data": None,
                 "creation_time_ms": steps[0]["created_ms"] if steps else None,
-                "start_time_ms": self.start * 1000.0 if self.start is not None else None,
-                "end_time_ms": self.end * 1000.0 if self.end is not None else None,
+                "start_time_ms": start * 1000.0 if start is not None else None,
+                "end_time_ms": end * 1000.0 if end is not None else None,
                 "task_log_info": None,
                 "error_message": self.error,
                 "is_debugger_paused": None,
@@ -93,162 +185,197 @@ class TaskRecord:
         return out
 
 
-#: Filter keys answered from the record without building its public form.
-_FAST_KEYS: dict[str, Callable[[TaskRecord], Any]] = {
+def _hex(value: bytes | None) -> str | None:
+    return value.hex() if value else None
+
+
+#: Filter keys answered from the view without building its public form.
+_FAST_KEYS: dict[str, Callable[[TaskView], Any]] = {
     "task_id": lambda r: r.task_id.hex(),
     "state": lambda r: r.state,
     "name": lambda r: r.name,
     "func_or_class_name": lambda r: r.name,
     "job_id": lambda r: r.job_id.hex(),
     "type": lambda r: r.type,
-    "node_id": lambda r: r.node.hex() if r.node else None,
-    "worker_id": lambda r: r.worker.hex() if r.worker else None,
-    "actor_id": lambda r: r.actor.hex() if r.actor else None,
+    "node_id": lambda r: _hex(r.node),
+    "worker_id": lambda r: _hex(r.worker),
+    "actor_id": lambda r: _hex(r.actor),
     "worker_pid": lambda r: r.pid,
     "error_type": lambda r: r.error_type,
     "attempt_number": lambda r: r.attempt,
-    "parent_task_id": lambda r: r.parent.hex() if r.parent else None,
+    "parent_task_id": lambda r: _hex(r.parent),
 }
 
 #: Every filterable key (Ray's ``TaskState`` fields).
-TASK_FIELDS = frozenset(TaskRecord(b"", b"").public(detail=True))
+TASK_FIELDS = frozenset(TaskView(b"", None, None).public(detail=True))
 
 
 class TaskEventStore:
     def __init__(self, max_tasks_per_job: int) -> None:
         self.max_per_job = max_tasks_per_job
-        self.records: dict[bytes, TaskRecord] = {}
-        #: Per job: every task id (oldest first) and its finished ones (oldest first).
-        self._by_job: dict[bytes, OrderedDict[bytes, None]] = {}
-        self._finished: dict[bytes, OrderedDict[bytes, None]] = {}
+        #: The latest owner row of every kept task, all jobs, in the order tasks were first reported.
+        self.tasks: dict[bytes, TaskRow] = {}
+        #: The latest execution of every task that ran (also of tasks whose owner row has not come).
+        self.runs: dict[bytes, Run] = {}
+        #: Kept tasks per job.
+        self._kept: dict[bytes, int] = {}
         self.dropped: dict[bytes, int] = {}
-        self._resources: dict[tuple[Any, ...], dict[str, float]] = {}
-        #: One copy of each node, worker and job id (every record of a worker shares it).
-        self._ids: dict[bytes, bytes] = {}
-
-    def _intern(self, value: Any) -> Any:
-        if not isinstance(value, bytes):
-            return value
-        if len(self._ids) > 1_000_000:
-            self._ids.clear()
-        return self._ids.setdefault(value, value)
+        #: One copy of each host (shared by every execution of a worker).
+        self._hosts: dict[Host, Host] = {}
 
     # ---------------------------------------------------------------- intake
-    def add_batch(self, batch: dict[str, Any]) -> None:
-        self.add_events(batch.get("events") or (), int(batch.get("dropped") or 0), batch.get("job") or b"")
+    def add_batch(self, batch: TaskEventBatch) -> None:
+        """One process's rows, and how many it dropped (``ProtocolError``: its rows are malformed)."""
+        job = batch.job or b""
+        if batch.dropped:
+            self.dropped[job] = self.dropped.get(job, 0) + batch.dropped
+        rows = task_rows(batch)
+        if rows:
+            self._add_tasks(rows)
+        runs = run_rows(batch)
+        if runs:
+            key: Host = (batch.worker, batch.node, batch.pid)
+            if len(self._hosts) > 100_000:
+                self._hosts.clear()
+            self._add_runs(runs, self._hosts.setdefault(key, key))
 
-    def add_events(self, events: Iterable[Sequence[Any]], dropped: int, job: bytes) -> None:
-        """One reporter's batch: ``[task_id, attempt, state, ts, info]`` events, and how many it dropped."""
-        if dropped:
-            self.dropped[job] = self.dropped.get(job, 0) + dropped
-        for task_id, attempt, state, ts, info in events:
-            self._add(task_id, attempt, state, ts, info, job)
-
-    def _add(self, task_id: bytes, attempt: int, state: str, ts: float, info: dict[str, Any] | None,
-             batch_job: bytes) -> None:
-        rec = self.records.get(task_id)
-        if rec is None:
-            job = self._intern((info or {}).get("job") or batch_job)
-            rec = self.records[task_id] = TaskRecord(task_id, job)
-            self._by_job.setdefault(job, OrderedDict())[task_id] = None
-            self._evict(job)
-            if task_id not in self.records:
-                return
-        if info:
-            self._describe(rec, info)
-        if state == END:
-            rec.end = ts
+    def _add_tasks(self, rows: list[TaskRow]) -> None:
+        tasks = self.tasks
+        incoming = {row.task_id: row for row in rows}
+        for task_id in incoming.keys() & tasks.keys():  # rows that replace a task's earlier row
+            old, row = tasks[task_id], incoming[task_id]
+            if old.times and row.times and row.times[0] > old.times[0]:
+                # The owner forgot its oldest steps (a long history): keep them from its earlier row.
+                keep = bisect.bisect_left(old.times, row.times[0])
+                row.states, row.times = old.states[:keep] + row.states, old.times[:keep] + row.times
+        before = len(tasks)
+        tasks.update(incoming)
+        added = len(tasks) - before
+        if not added:
             return
-        if attempt > rec.attempt:
-            rec.attempt = attempt
-        rec.events += (state, ts)
-        if state == "RUNNING":
-            rec.start, rec.end = ts, None
-        if state in TERMINAL:
-            if not rec.terminal_seen:
-                rec.terminal_seen = True
-                self._finished.setdefault(rec.job_id, OrderedDict())[task_id] = None
-            rec.state = state
-            if rec.end is None and rec.start is not None:
-                rec.end = ts  # the worker's own end time, when it comes, is more exact
-            if state == "FINISHED":
-                rec.error_type = rec.error = None
-        elif not rec.terminal_seen and ts >= rec.last_ts:
-            rec.state, rec.last_ts = state, ts
+        jobs = {row.job for row in rows}
+        kept = self._kept
+        if len(jobs) == 1:
+            (job,) = jobs
+            kept[job] = kept.get(job, 0) + added
+        else:  # rows of several jobs (a worker that ran tasks of several, rare): recount those jobs
+            counts = dict.fromkeys(jobs, 0)
+            for row in tasks.values():
+                if row.job in counts:
+                    counts[row.job] += 1
+            kept.update(counts)
+        for job in jobs:
+            if kept[job] > self.max_per_job:
+                self._evict(job, kept[job] - self.max_per_job)
 
-    def _describe(self, rec: TaskRecord, info: dict[str, Any]) -> None:
-        if "name" in info and not rec.name:
-            rec.name = sys.intern(str(info["name"]))
-        if "type" in info:
-            rec.type = info["type"]
-        if info.get("parent"):
-            rec.parent = info["parent"]
-        if info.get("actor"):
-            rec.actor = info["actor"]
-            if rec.type == "NORMAL_TASK":
-                rec.type = "ACTOR_TASK"
-        if "worker" in info:
-            rec.worker, rec.node, rec.pid = self._intern(info["worker"]), self._intern(info.get("node")), info.get("pid")
-        if "error_type" in info:
-            rec.error_type, rec.error = info["error_type"], info.get("error")
-        if info.get("res"):
-            key = tuple(sorted(info["res"].items()))
-            rec.res = self._resources.setdefault(key, dict(key))
+    def _add_runs(self, runs: list[RunRow], host: Host) -> None:
+        stored = self.runs
+        incoming = {run.task_id: (run, host) for run in runs}
+        for task_id in incoming.keys() & stored.keys():
+            old, new = stored[task_id][0], incoming[task_id][0]
+            if new.attempt < old.attempt or (new.attempt == old.attempt and new.end is None and old.end is not None):
+                incoming[task_id] = stored[task_id]  # an older execution, or the "still running" row of one that ended
+        stored.update(incoming)
+        # Executions whose owner row never comes (its owner died, or records nothing) are bounded too.
+        if len(stored) > len(self.tasks) + max(self.max_per_job, 1024):
+            self._drop_orphan_runs()
 
-    def _evict(self, job: bytes) -> None:
-        ids = self._by_job[job]
-        while len(ids) > self.max_per_job:
-            finished = self._finished.get(job)
-            victim = finished.popitem(last=False)[0] if finished else next(iter(ids))
-            del ids[victim]
-            self.records.pop(victim, None)
-            self.dropped[job] = self.dropped.get(job, 0) + 1
+    def _drop_orphan_runs(self) -> None:
+        tasks, stored = self.tasks, self.runs
+        excess = len(stored) - len(tasks) - self.max_per_job // 2
+        for task_id in [t for t in stored if t not in tasks][:max(excess, 0)]:
+            run = stored.pop(task_id)[0]
+            self.dropped[run.job] = self.dropped.get(run.job, 0) + 1
+
+    def _evict(self, job: bytes, count: int) -> None:
+        """Drop ``count`` tasks of ``job``: the oldest finished first, then the oldest live."""
+        tasks = self.tasks
+        victims: list[bytes] = []
+        live: list[bytes] = []
+        terminal = _TERMINAL_CODES
+        for task_id, row in tasks.items():
+            if row.job != job:
+                continue
+            states = row.states
+            if states and states[-1] in terminal:
+                victims.append(task_id)
+                if len(victims) == count:
+                    break
+            elif len(live) < count:
+                live.append(task_id)
+        victims += live[:count - len(victims)]
+        runs = self.runs
+        for task_id in victims:
+            del tasks[task_id]
+            runs.pop(task_id, None)
+        self._kept[job] -= len(victims)
+        self.dropped[job] = self.dropped.get(job, 0) + len(victims)
 
     # ---------------------------------------------------------------- queries
+    def views(self, newest_first: bool = False) -> Iterator[TaskView]:
+        """Every kept task in the order first reported (tasks known only from an execution last)."""
+        tasks, runs = self.tasks, self.runs
+        if newest_first:
+            yield from self._orphans()
+        for task_id, row in reversed(tasks.items()) if newest_first else tasks.items():
+            yield TaskView(task_id, row, runs.get(task_id))
+        if not newest_first:
+            yield from self._orphans()
+
+    def _orphans(self) -> Iterator[TaskView]:
+        """Tasks known only from an execution (their owner row has not come, or never will)."""
+        tasks = self.tasks
+        for task_id, run in self.runs.items():
+            if task_id not in tasks:
+                yield TaskView(task_id, None, run)
+
     def list(self, filters: list[tuple[str, str, str]], limit: int, detail: bool) -> dict[str, Any]:
         """Newest first; filters apply before the limit; ``total`` counts every match."""
         fast = [(_FAST_KEYS[k], op, v) for k, op, v in filters if k in _FAST_KEYS]
         slow = [(k, op, v) for k, op, v in filters if k not in _FAST_KEYS]
         result: list[dict[str, Any]] = []
-        total = 0
-        for rec in reversed(self.records.values()):
-            if not all(matches(get(rec), op, v) for get, op, v in fast):
+        total = stored = 0
+        for view in self.views(newest_first=True):
+            stored += 1
+            if not all(matches(get(view), op, v) for get, op, v in fast):
                 continue
             if slow:
-                full = rec.public(True)
+                full = view.public(True)
                 if not all(matches(full.get(k), op, v) for k, op, v in slow):
                     continue
             total += 1
             if len(result) < limit:
-                result.append(rec.public(detail))
+                result.append(view.public(detail))
         return {
             "result": result, "total": total, "num_after_truncation": len(result),
-            "num_filtered": total, "dropped": sum(self.dropped.values()),
-            "stored": len(self.records),
+            "num_filtered": total, "dropped": sum(self.dropped.values()), "stored": stored,
         }
 
     def summary(self) -> dict[str, Any]:
         """Ray's ``TaskSummaries``: counts by function and state (exact over what is kept)."""
         summary: dict[str, dict[str, Any]] = {}
         total = actor_tasks = 0
-        for rec in self.records.values():
-            row = summary.get(rec.name)
+        for view in self.views():
+            name = view.name
+            row = summary.get(name)
+            kind = view.type
             if row is None:
-                row = summary[rec.name] = {"func_or_class_name": rec.name, "type": rec.type, "state_counts": {}}
+                row = summary[name] = {"func_or_class_name": name, "type": kind, "state_counts": {}}
             counts = row["state_counts"]
-            counts[rec.state] = counts.get(rec.state, 0) + 1
+            counts[view.state] = counts.get(view.state, 0) + 1
             total += 1
-            if rec.type == "ACTOR_TASK":
+            if kind == _ACTOR_TASK:
                 actor_tasks += 1
         return {"summary": summary, "total_tasks": total - actor_tasks, "total_actor_tasks": actor_tasks,
                 "total_actor_scheduled": 0, "summary_by": "func_name", "dropped": sum(self.dropped.values())}
 
     def counts_by_state(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for rec in self.records.values():
-            out[rec.state] = out.get(rec.state, 0) + 1
+        for view in self.views():
+            out[view.state] = out.get(view.state, 0) + 1
         return out
 
-    def executions(self) -> builtins.list[TaskRecord]:  # `list` here is the method above
-        """Records with a start time (for the timeline)."""
-        return [r for r in self.records.values() if r.start is not None]
+    def executions(self) -> builtins.list[TaskView]:  # `list` here is the method above
+        """Tasks that ran or run (for the timeline)."""
+        tasks = self.tasks
+        return [TaskView(task_id, tasks.get(task_id), run) for task_id, run in self.runs.items()]

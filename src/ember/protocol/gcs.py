@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
+from ember.exceptions import ProtocolError
 from ember.protocol.base import HostPort, Message, Record, WorkerAddress
 from ember.protocol.registry import Method, Service, register
 
@@ -248,13 +249,87 @@ class KvPrefix(Message):
 # ------------------------------------------------------------ task events
 
 
-class TaskEventBatch(Message):
-    """An owner's or executor's task events (``core/task_events.py``): each
-    ``[task_id, attempt, state, timestamp, info]``."""
+#: A task state on the wire: its index here (``TaskRow.states``).
+TASK_STATES = ("PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER", "RUNNING", "FINISHED", "FAILED")
+#: A task's kind on the wire: its index here (``TaskRow.kind``).
+TASK_KINDS = ("NORMAL_TASK", "ACTOR_TASK", "ACTOR_CREATION_TASK")
+StateCode = Annotated[int, msgspec.Meta(ge=0, lt=len(TASK_STATES))]
+KindCode = Annotated[int, msgspec.Meta(ge=0, lt=len(TASK_KINDS))]
 
-    events: list[tuple[bytes, int, str, float, Record | None]] = []
+
+class TaskRow(msgspec.Struct, array_like=True, gc=False):
+    """What a task's owner knows of it, one row per task (sent again only if it changed).
+
+    ``states[i]`` (an index into ``TASK_STATES``) was entered at ``times[i]`` (seconds),
+    oldest first; the last is the task's state as its owner sees it. A row replaces the
+    task's previous one: it carries every step the owner still remembers. ``gc=False``:
+    the control service keeps many of these and none can be part of a cycle.
+    """
+
+    task_id: bytes
+    attempt: int
+    name: str
+    job: bytes
+    parent: bytes | None
+    kind: KindCode
+    actor: bytes | None
+    resources: dict[str, float] | None
+    states: tuple[StateCode, ...]
+    times: tuple[float, ...]
+    error_type: str | None = None
+    error: str | None = None
+
+
+class RunRow(msgspec.Struct, array_like=True, gc=False):
+    """One execution of a task in the reporting worker (the batch says which worker):
+    started at ``start``, ended at ``end`` (None: still running)."""
+
+    task_id: bytes
+    attempt: int
+    start: float
+    end: float | None
+    name: str
+    job: bytes
+    actor: bytes | None
+
+
+class TaskEventBatch(Message):
+    """What one process saw of tasks since its last batch (``core/task_events.py``): rows of the
+    tasks it owns, and of the executions it ran (``worker``/``node``/``pid``: where they ran).
+
+    ``tasks`` and ``runs`` are the msgpack encodings of ``list[TaskRow]`` and ``list[RunRow]``
+    (``encode_rows``; read them with ``task_rows`` and ``run_rows``): the control service
+    decodes them straight into their types, without first building a plain list per row,
+    which would cost more than the rest of its work on them."""
+
+    tasks: bytes = b""
+    runs: bytes = b""
+    worker: bytes | None = None
+    node: bytes | None = None
+    pid: int | None = None
     dropped: int = 0
     job: bytes | None = None
+
+
+encode_rows = msgspec.msgpack.Encoder().encode
+_decode_task_rows = msgspec.msgpack.Decoder(list[TaskRow]).decode
+_decode_run_rows = msgspec.msgpack.Decoder(list[RunRow]).decode
+
+
+def task_rows(batch: TaskEventBatch) -> list[TaskRow]:
+    """The batch's task rows; ``ProtocolError`` if they are not ``TaskRow`` arrays."""
+    try:
+        return _decode_task_rows(batch.tasks) if batch.tasks else []
+    except msgspec.DecodeError as exc:  # ValidationError included
+        raise ProtocolError(f"bad add_task_events task rows: {exc}") from None
+
+
+def run_rows(batch: TaskEventBatch) -> list[RunRow]:
+    """The batch's execution rows; ``ProtocolError`` if they are not ``RunRow`` arrays."""
+    try:
+        return _decode_run_rows(batch.runs) if batch.runs else []
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"bad add_task_events run rows: {exc}") from None
 
 
 class ListTasks(Message):

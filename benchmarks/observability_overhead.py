@@ -1,0 +1,119 @@
+"""What metrics and task events cost on "tasks async" (submit 1000 no-op tasks, get them; repeat).
+
+    python3 benchmarks/observability_overhead.py [--rounds 3] [--seconds 3] [--variants events-off,events-on]
+
+Variants, alternated in one run so a shared machine's noise falls on all:
+
+* ``metrics-off``: ``EMBER_enable_metrics_collection=0`` (no task counts, no records);
+* ``default``: everything on as shipped (task counts for ``ray_tasks``, task events);
+* ``counter``: the default, and every task also increments a ``Counter`` with one tag;
+* ``events-off``: ``EMBER_task_events_enabled=0`` (no task events; metrics as shipped);
+* ``events-on``: ``EMBER_task_events_enabled=1`` (the default; the pair's other half).
+
+Each round starts a fresh ``init(num_cpus=2)`` cluster per variant. Printed per
+variant: median tasks/s, and the median CPU seconds per 1000 tasks of the driver plus
+every process under it (steadier than throughput on a loaded machine); then the ratios
+``metrics: default/metrics-off`` and ``events: events-on/events-off`` of both figures
+when both halves ran (of the medians, and the median of each round's own ratio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import psutil
+
+import ember
+from ember._private.config import reset_config
+from ember.util.metrics import Counter
+
+#: Per variant: the environment it sets (every variant sets both knobs).
+VARIANTS: dict[str, dict[str, str]] = {
+    "metrics-off": {"EMBER_enable_metrics_collection": "0", "EMBER_task_events_enabled": "1"},
+    "default": {"EMBER_enable_metrics_collection": "1", "EMBER_task_events_enabled": "1"},
+    "counter": {"EMBER_enable_metrics_collection": "1", "EMBER_task_events_enabled": "1"},
+    "events-off": {"EMBER_enable_metrics_collection": "1", "EMBER_task_events_enabled": "0"},
+    "events-on": {"EMBER_enable_metrics_collection": "1", "EMBER_task_events_enabled": "1"},
+}
+#: Ratios printed when both variants ran: (name, numerator, denominator).
+PAIRS = (("metrics", "default", "metrics-off"), ("events", "events-on", "events-off"))
+
+
+@ember.remote
+def noop() -> None:
+    return None
+
+
+@ember.remote
+def counted() -> None:
+    Counter("bench_tasks", tag_keys=("kind",)).inc(tags={"kind": "noop"})
+
+
+def _cpu(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_variant(variant: str, seconds: float) -> tuple[float, float]:
+    os.environ.update(VARIANTS[variant])
+    reset_config()
+    ember.init(num_cpus=2, include_dashboard=False)
+    try:
+        fn = counted if variant == "counter" else noop
+        ember.get([fn.remote() for _ in range(2000)])  # warm up: workers started, functions exported
+        procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+        done, cpu0, start = 0, _cpu(procs), time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            ember.get([fn.remote() for _ in range(1000)])
+            done += 1000
+        elapsed, cpu = time.perf_counter() - start, _cpu(procs) - cpu0
+        return done / elapsed, 1000 * cpu / done
+    finally:
+        ember.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    args = parser.parse_args()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    results: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
+    for _ in range(args.rounds):
+        for variant in variants:
+            results[variant].append(run_variant(variant, args.seconds))
+    medians: dict[str, tuple[float, float]] = {}
+    for variant in variants:
+        rates = [r for r, _ in results[variant]]
+        cpus = [c for _, c in results[variant]]
+        medians[variant] = (statistics.median(rates), statistics.median(cpus))
+        print(f"{variant:12s} {medians[variant][0]:8.0f} tasks/s   {medians[variant][1]:6.3f} CPU s per 1000 tasks"
+              f"   (rounds: {', '.join(f'{r:.0f}' for r in rates)}; CPU: {', '.join(f'{c:.3f}' for c in cpus)})")
+    for name, top, bottom in PAIRS:
+        if top in medians and bottom in medians:
+            # Also the median of each round's own ratio: the two ran seconds apart, so a shared
+            # machine's slow and fast spells fall on both halves of a pair.
+            pairs = list(zip(results[top], results[bottom]))
+            rate_ratio = statistics.median(t[0] / b[0] for t, b in pairs)
+            cpu_ratio = statistics.median(t[1] / b[1] for t, b in pairs)
+            print(f"{name}: {top}/{bottom} throughput {medians[top][0] / medians[bottom][0]:.3f}, "
+                  f"CPU per task {medians[top][1] / medians[bottom][1]:.3f} (ratios of the medians); "
+                  f"median of the rounds' ratios: throughput {rate_ratio:.3f}, CPU per task {cpu_ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
