@@ -251,9 +251,9 @@ class TaskEventRecorder:
         tasks, runs = self._live_rows(self._last_batch)
         self._last_batch = now
         # Live rows first: the row of an execution that ended meanwhile must come after them.
-        queued_tasks, queued_runs = self._tasks, self._runs
-        tasks += [queued_tasks.popleft() for _ in range(len(queued_tasks))]
-        runs += [queued_runs.popleft() for _ in range(len(queued_runs))]
+        take_task, take_run = self._tasks.popleft, self._runs.popleft
+        tasks += [take_task() for _ in range(len(self._tasks))]
+        runs += [take_run() for _ in range(len(self._runs))]
         dropped, self._dropped = self._dropped, 0
         if not tasks and not runs and not dropped:
             return None
