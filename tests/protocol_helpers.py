@@ -16,6 +16,10 @@ def _sample(info: mi.Type) -> Any:
     """A valid value of a type, every optional field filled (so every field is exercised)."""
     if isinstance(info, mi.StructType):
         return info.cls(**{f.name: _sample(f.type) for f in info.fields})
+    if isinstance(info, mi.TypedDictType):
+        return {f.name: _sample(f.type) for f in info.fields}
+    if isinstance(info, mi.LiteralType):
+        return info.values[0]
     if isinstance(info, mi.UnionType):
         real = [t for t in info.types if not isinstance(t, mi.NoneType)]
         return _sample(real[0]) if real else None

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ember._private.config import config
 from ember.core.task_context import TaskContext, task_context_var
 from ember.core.task_state import TASK_TRANSITIONS, TaskEntry, TaskStatus
+from ember.protocol.core_worker import ActorCallSpec, ActorCreationPush, CallSpec
 
 if TYPE_CHECKING:
     from ember.core.links import ClusterLinks, ProcessInfo
@@ -127,7 +128,7 @@ class TaskEventRecorder:
             message = f"{reason} (its error could not be decoded here: {decode_error})"
         self._add([task_id, max(attempt - 1, 0), "FAILED", time.time(), {"error_type": etype, "error": message[-4000:]}])
 
-    def actor_constructed(self, task_id: bytes, spec: dict[str, Any], error: BaseException | None) -> None:
+    def actor_constructed(self, task_id: bytes, spec: ActorCreationPush, error: BaseException | None) -> None:
         """The actor's constructor (its creation task) returned or raised, in its worker."""
         if self.enabled:
             info: dict[str, Any] = {"type": ACTOR_CREATION_TASK, "actor": spec["actor_id"]}
@@ -135,7 +136,7 @@ class TaskEventRecorder:
                 info.update(error_type="TASK_EXECUTION_EXCEPTION", error=f"{type(error).__name__}: {error}")
             self._add([task_id, 0, "FAILED" if error is not None else "FINISHED", time.time(), info])
 
-    def actor_call(self, spec: dict[str, Any], state: str, info: dict[str, Any] | None = None) -> None:
+    def actor_call(self, spec: ActorCallSpec, state: str, info: dict[str, Any] | None = None) -> None:
         """An actor call's state as its caller sees it."""
         if not self.enabled:
             return
@@ -144,12 +145,12 @@ class TaskEventRecorder:
                     "actor": spec["aid"]}
         self._add([spec["tid"], 0, state, time.time(), info])
 
-    def execution_started(self, spec: dict[str, Any]) -> None:
+    def execution_started(self, spec: CallSpec, actor_id: bytes | None) -> None:
         if self.enabled:
             info = self._info
             self._add([spec["tid"], max(spec.get("attempt", 1) - 1, 0), "RUNNING", time.time(),
                        {"worker": info.worker_id, "node": info.node_id, "pid": self._pid,
-                        "name": spec["name"], "job": spec["job"], "actor": spec.get("aid")}])
+                        "name": spec["name"], "job": spec["job"], "actor": actor_id}])
 
     def execution_ended(self, task_id: bytes) -> None:
         if self.enabled:

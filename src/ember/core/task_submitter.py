@@ -36,7 +36,7 @@ from ember.exceptions import (
     RpcError,
     TaskUnschedulableError,
 )
-from ember.protocol.core_worker import Infeasible, WorkerOomKilled
+from ember.protocol.core_worker import Infeasible, PushReply, WorkerOomKilled
 from ember.rpc import Connection
 
 if TYPE_CHECKING:
@@ -375,7 +375,7 @@ class TaskSubmitter:
                 manager.worker_died(entry, WorkerDeath(lease.pid, lease.oom_detail, lease.node_death, exc,
                                                        lease.raylet.peername))
         else:
-            reply = fut.result()
+            reply: PushReply = fut.result()
             status = reply.get("s")
             if status == "ok":
                 manager.returned(entry, reply["r"])
