@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ember._private.state_filters import matches
+from ember.protocol.gcs import TaskListing, TaskSummary, TaskSummaryRow
 
 TERMINAL = frozenset(("FINISHED", "FAILED"))
 END = "END"
@@ -205,7 +206,7 @@ class TaskEventStore:
             self.dropped[job] = self.dropped.get(job, 0) + 1
 
     # ---------------------------------------------------------------- queries
-    def list(self, filters: list[tuple[str, str, str]], limit: int, detail: bool) -> dict[str, Any]:
+    def list(self, filters: list[tuple[str, str, str]], limit: int, detail: bool) -> TaskListing:
         """Newest first; filters apply before the limit; ``total`` counts every match."""
         fast = [(_FAST_KEYS[k], op, v) for k, op, v in filters if k in _FAST_KEYS]
         slow = [(k, op, v) for k, op, v in filters if k not in _FAST_KEYS]
@@ -227,9 +228,9 @@ class TaskEventStore:
             "stored": len(self.records),
         }
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> TaskSummary:
         """Ray's ``TaskSummaries``: counts by function and state (exact over what is kept)."""
-        summary: dict[str, dict[str, Any]] = {}
+        summary: dict[str, TaskSummaryRow] = {}
         total = actor_tasks = 0
         for rec in self.records.values():
             row = summary.get(rec.name)

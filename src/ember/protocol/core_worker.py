@@ -181,6 +181,31 @@ class TaskId(Message):
     task_id: bytes = msgspec.field(name="tid")
 
 
+class ReferenceRow(TypedDict):
+    """One object (or actor handle) a process references, for ``ember memory``."""
+
+    object_id: str
+    size: int
+    #: Ray's reference types: USED_BY_PENDING_TASK, CAPTURED_IN_OBJECT, PINNED_IN_MEMORY, ...
+    reference_type: str
+    owned: bool
+    local: int
+    submitted: int
+    borrowers: int
+    call_site: str
+
+
+class MemoryTable(TypedDict):
+    """``memory_table``: who this process is and every reference it holds."""
+
+    pid: int
+    worker_id: str
+    node_id: str
+    mode: str
+    ip: str
+    objects: list[ReferenceRow]
+
+
 METHODS = (
     Method("push_task", TaskSpec, PushReply),
     Method("create_actor", ActorCreationPush, PushReply),
@@ -193,7 +218,7 @@ METHODS = (
     Method("worker_oom_killed", WorkerOomKilled, oneway=True),
     Method("release_idle_leases", None, oneway=True),
     Method("pub", Publication, oneway=True),
-    Method("memory_table", None, Record),
+    Method("memory_table", None, MemoryTable),
     Method("owns_objects", None, bool),
     Method("ping", None, str),
     Method("add_borrowers", ObjectIds, list[bytes]),
@@ -208,5 +233,5 @@ METHODS = (
 register(Service.CORE_WORKER, METHODS)
 
 __all__ = ["ActorCallSpec", "ActorCreationPush", "CallSpec", "CancelOwnedTask", "CancelTask", "GeneratorItem",
-           "GeneratorMode", "Infeasible", "ObjectId", "ObjectIds", "Publication", "PushReply", "TaskId", "TaskSpec",
-           "WorkerOomKilled"]
+           "GeneratorMode", "Infeasible", "MemoryTable", "ObjectId", "ObjectIds", "Publication", "PushReply",
+           "ReferenceRow", "TaskId", "TaskSpec", "WorkerOomKilled"]
