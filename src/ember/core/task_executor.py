@@ -22,6 +22,7 @@ import sys
 import threading
 import traceback
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from ember._private import serialization
@@ -89,22 +90,20 @@ class TaskExecutor:
 
     # ================================================================ I/O loop side
     def push(self, kind: int, spec: PushedSpec) -> asyncio.Future[PushReply]:
-        fut: asyncio.Future[PushReply] = self.worker.loop.create_future()
-        if kind == CREATE_ACTOR:
-            ready: list[tuple[PushedSpec, asyncio.Future[PushReply]]] = [(spec, fut)]
-        else:
+        if kind != CREATE_ACTOR:
             call = cast(CallSpec, spec)
             # A resent push (a lost reply, a retrying client) gets the first one's answer: no second run.
             seen = self._seen.get(call["tid"])
             if seen is not None and seen[0] == call.get("attempt", 0):
                 return seen[1]
+        fut: asyncio.Future[PushReply] = self.worker.loop.create_future()
+        ready: Sequence[tuple[PushedSpec, asyncio.Future[PushReply]]] = [(spec, fut)]
+        if kind != CREATE_ACTOR:
             self._seen[call["tid"]] = (call.get("attempt", 0), fut)
             if len(self._seen) > 10000:
                 self._seen.pop(next(iter(self._seen)))
             if kind == ACTOR_CALL:
-                ready = list(self._in_caller_order(cast(ActorCallSpec, spec), fut))
-            else:
-                ready = [(spec, fut)]
+                ready = self._in_caller_order(cast(ActorCallSpec, spec), fut)
         actor = self.actor
         if kind == ACTOR_CALL and actor is not None and actor.accepts_direct_calls:
             for item_spec, item_fut in ready:
