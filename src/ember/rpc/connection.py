@@ -180,7 +180,7 @@ class Connection(asyncio.Protocol):
         if isinstance(message, framing.Reply):
             fut = self._pending.pop(message.msg_id, None)
             if fut is not None and not fut.done():
-                fut.set_result(framing.decode_value(message.payload))
+                fut.set_result(message.payload)
         elif isinstance(message, framing.Request):
             self._handle_request(message.msg_id, message.method, message.payload)
         elif isinstance(message, framing.Notify):

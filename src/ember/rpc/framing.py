@@ -10,10 +10,10 @@ Message bodies are msgpack arrays whose first element is the kind:
 The first frame on every connection is the hello, ``[HELLO_MAGIC, token,
 peer_info]``, answered with ``["OK", info]`` or ``["DENIED", reason]``.
 
-After the hello, a body is decoded as one of the four message structs below with its
-payload left as ``msgspec.Raw`` (undecoded bytes): the dispatcher decodes a request's
-payload straight into the method's declared type (``Method.decode_raw``), which costs
-less than decoding to plain values and converting them.
+After the hello, a body is decoded as one of the four message structs below; a request's or
+a notification's payload is left as ``msgspec.Raw`` (undecoded bytes) and the dispatcher
+decodes it straight into the method's declared type (``Method.decode_raw``), which costs less
+than decoding to plain values and converting them.
 
 ``FrameDecoder`` checks a frame's declared length against the limit before
 it buffers the frame, so a peer cannot make us allocate more than the limit.
@@ -62,7 +62,8 @@ class Request(msgspec.Struct, array_like=True, tag=REQUEST, forbid_unknown_field
 
 class Reply(msgspec.Struct, array_like=True, tag=REPLY, forbid_unknown_fields=True):
     msg_id: Any
-    payload: msgspec.Raw
+    #: Plain values, decoded with the frame: the caller reads them (replies are not re-checked).
+    payload: Any
 
 
 class Error(msgspec.Struct, array_like=True, tag=ERROR, forbid_unknown_fields=True):
@@ -87,11 +88,6 @@ def decode_message(body: bytes | bytearray | memoryview) -> Message:
         return _decode_message(body)
     except Exception as exc:  # malformed, truncated, unknown kind, wrong arity, too deep ...
         raise FrameError(f"not a valid message ({type(exc).__name__}: {exc})") from exc
-
-
-def decode_value(raw: msgspec.Raw) -> Any:
-    """A raw payload as plain values (a reply: its caller reads it)."""
-    return _decode(raw)
 
 
 def decode_body(body: bytes | bytearray | memoryview) -> Any:
