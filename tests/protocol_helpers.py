@@ -3,7 +3,9 @@ codec's unit tests, the fuzzer) and ``via_wire``, which calls a handler the way 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -16,6 +18,10 @@ def _sample(info: mi.Type) -> Any:
     """A valid value of a type, every optional field filled (so every field is exercised)."""
     if isinstance(info, mi.StructType):
         return info.cls(**{f.name: _sample(f.type) for f in info.fields})
+    if isinstance(info, mi.TypedDictType):
+        return {f.name: _sample(f.type) for f in info.fields}
+    if isinstance(info, mi.LiteralType):
+        return info.values[0]
     if isinstance(info, mi.UnionType):
         real = [t for t in info.types if not isinstance(t, mi.NoneType)]
         return _sample(real[0]) if real else None
@@ -46,7 +52,9 @@ def valid_payload(tp: Any) -> Any:
 class _ViaWire:
     """``handler.rpc_<name>(conn, payload)`` as a connection calls it: the payload decoded to its
     declared type first (``ProtocolError`` if it does not match), a struct reply turned into
-    the plain values the caller reads. Anything else is the handler object's own attribute."""
+    the plain values the caller reads, and the reply checked against its declared type (a
+    handler answering something else fails the test). Anything else is the handler object's own
+    attribute."""
 
     def __init__(self, handler: Any) -> None:
         self._handler = handler
@@ -61,20 +69,40 @@ class _ViaWire:
         def call(conn: Any, payload: Any = None) -> Any:
             result = fn(conn, method.decode(payload))
             if inspect.iscoroutine(result):
-                return _plain_later(result)
-            return _plain(result)
+                return _plain_later(result, method)
+            if isinstance(result, asyncio.Future):
+                result.add_done_callback(partial(_check_future, method))
+                return result
+            return _plain(result, method)
 
         return call
 
 
-def _plain(value: Any) -> Any:
+def check_reply(method: Any, value: Any) -> None:
+    """Fail unless ``value`` (plain values, as a caller reads it) is of ``method``'s declared reply type."""
+    if method.reply is None or method.oneway:
+        return
+    try:
+        msgspec.convert(value, method.reply)
+    except msgspec.ValidationError as exc:
+        raise AssertionError(f"{method.name} answered {value!r}, not its declared {method.reply}: {exc}") from None
+
+
+def _check_future(method: Any, fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        check_reply(method, _plain(fut.result(), None))
+
+
+def _plain(value: Any, method: Any) -> Any:
     if isinstance(value, msgspec.Struct):
-        return msgspec.to_builtins(value, builtin_types=(bytes, bytearray, memoryview))
+        value = msgspec.to_builtins(value, builtin_types=(bytes, bytearray, memoryview))
+    if method is not None:
+        check_reply(method, value)
     return value
 
 
-async def _plain_later(coro: Any) -> Any:
-    return _plain(await coro)
+async def _plain_later(coro: Any, method: Any) -> Any:
+    return _plain(await coro, method)
 
 
 def via_wire(handler: Any) -> Any:

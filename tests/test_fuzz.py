@@ -438,3 +438,48 @@ def test_unauthenticated_client_is_told_why_and_changes_nothing(ember_start):
     assert pid_alive(victim["pid"])
     assert victim["worker_id"] in {w["worker_id"] for w in worker.raylet_call("get_info", None)["workers"]}
     assert ember.get(add.remote(2, 3), timeout=30) == 5
+
+
+def _authenticated(address: tuple[str, int], token: str) -> socket.socket:
+    sock = socket.create_connection(address, timeout=10)
+    sock.sendall(_enc([HELLO_MAGIC, token, {"role": "test"}]))
+    return sock
+
+
+def test_a_malformed_task_spec_gets_a_protocol_error_naming_the_key(ember_start):
+    """A live worker answers pushes whose spec is of the wrong shape with PROTOCOL_ERROR naming
+    the key, runs none of them, and keeps running tasks."""
+    ember_start(num_cpus=1, log_to_driver=False)
+    assert ember.get(add.remote(1, 2), timeout=30) == 3
+    worker = runtime.core_worker()
+    target = next(t for t in _targets() if t.role == "worker")
+    spec = valid_payload(methods_of(Service.CORE_WORKER)["push_task"].request)
+    call = valid_payload(methods_of(Service.CORE_WORKER)["push_actor_task"].request)
+    bad = [
+        ("push_task", {**spec, "nret": "two"}, "`$.nret`"),
+        ("push_task", {k: v for k, v in spec.items() if k != "fid"}, "`fid`"),
+        ("push_task", {**spec, "args": [b"not an argument"]}, "`$.args[0]`"),
+        ("push_task", [spec], "push_task"),
+        ("push_actor_task", {**call, "aid": 5}, "`$.aid`"),
+        ("create_actor", {"actor_id": b"x"}, "create_actor"),
+    ]
+    sock = _authenticated(target.address, worker.token)
+    try:
+        sock.sendall(b"".join(_enc([REQUEST, i, name, payload]) for i, (name, payload, _) in enumerate(bad)))
+        decoder = framing.FrameDecoder(1 << 20)
+        answers: dict[int, Any] = {}
+        sock.settimeout(30)
+        while len(answers) < len(bad):
+            chunk = sock.recv(1 << 16)
+            assert chunk, "the worker closed the connection"
+            for body in decoder.feed(chunk):
+                message = framing.decode_body(body)
+                if message[0] == ERROR:
+                    answers[message[1]] = message
+    finally:
+        sock.close()
+    for i, (name, _, key) in enumerate(bad):
+        assert answers[i][2] == ErrorCode.PROTOCOL_ERROR, answers[i]
+        assert name in answers[i][3] and key in answers[i][3], answers[i]
+    assert pid_alive(target.pid)
+    assert ember.get([add.remote(i, 1) for i in range(5)], timeout=60) == [i + 1 for i in range(5)]

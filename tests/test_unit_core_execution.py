@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from protocol_helpers import via_wire
+from protocol_helpers import valid_payload, via_wire
 
 from ember._private import ids, serialization
 from ember._private.object_ref import ObjectRef
@@ -30,6 +30,7 @@ from ember.core.memory_store import INLINE
 from ember.core.task_executor import ACTOR_CALL, CREATE_ACTOR, TASK, _split_returns
 from ember.core.task_manager import ARG_PLASMA, ARG_REF, ARG_VALUE
 from ember.exceptions import RayTaskError, TaskCancelledError
+from ember.protocol.core_worker import ActorCreationPush, TaskSpec
 from tests.offline_core import OfflineCore
 
 CALLER = ["127.0.0.1", 46000, b"c" * 28]
@@ -272,12 +273,12 @@ def test_create_actor_is_refused_twice_and_by_a_driver(node: OfflineCore, tmp_pa
     assert executor is not None
     executor.actor = object()  # type: ignore[assignment]  # this worker hosts one already
     with pytest.raises(ValueError, match="cannot host an actor"):
-        via_wire(node.worker.handlers).rpc_create_actor(None, {})  # type: ignore[attr-defined]
+        via_wire(node.worker.handlers).rpc_create_actor(None, valid_payload(ActorCreationPush))  # type: ignore[attr-defined]
     executor.actor = None
     driver = OfflineCore(str(tmp_path / "driver"))
     try:
         with pytest.raises(ValueError, match="does not execute tasks"):
-            via_wire(driver.worker.handlers).rpc_push_task(None, {})  # type: ignore[attr-defined]
+            via_wire(driver.worker.handlers).rpc_push_task(None, valid_payload(TaskSpec))  # type: ignore[attr-defined]
     finally:
         driver.close()
         from ember._private import runtime

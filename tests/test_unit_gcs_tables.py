@@ -16,6 +16,7 @@ from protocol_helpers import via_wire
 from ember.gcs import persistence as db
 from ember.gcs.server import GcsServer
 from ember.gcs.storage import InMemoryStorage, SqliteStorage, open_storage
+from ember.protocol.gcs import NodeRecord
 
 NODE_A, NODE_B = b"A" * 28, b"B" * 28
 
@@ -120,6 +121,13 @@ def test_nodes_join_report_and_die(gcs: GcsServer) -> None:
     assert public[NODE_A.hex()]["DeathReason"] == "its node daemon was stopped"
     assert public[NODE_B.hex()]["DeathReason"] == "its node daemon disconnected"
     assert public[NODE_B.hex()]["Resources"] == {}
+    # ember.nodes() keys: Ray's, exactly the declared record's (a new key is a decision, not a drift)
+    assert list(public[NODE_A.hex()]) == [
+        "NodeID", "Alive", "NodeManagerAddress", "NodeManagerPort", "ObjectManagerPort", "NodeManagerHostname",
+        "Resources", "AvailableResources", "ObjectStoreCapacity", "ObjectStoreUsed", "ObjectStoreObjects",
+        "ObjectStoreSpilled", "ObjectStoreFallback", "ObjectStoreFallbackObjects", "ObjectStoreDir", "IsHead",
+        "MetricsExportPort", "DeathReason", "alive",
+    ] == list(NodeRecord.__annotations__)
     assert via_wire(gcs).rpc_get_node_addresses(a, None) == []
     with pytest.raises(ValueError, match="was declared dead"):
         via_wire(gcs).rpc_register_node(FakeConn(), node_info(NODE_A))  # type: ignore[arg-type]

@@ -17,7 +17,6 @@ from protocol_helpers import sample, valid_payload
 
 from ember.exceptions import ErrorCode, ProtocolError, RemoteError
 from ember.protocol import Method, Service, methods_of
-from ember.protocol.base import Record
 from ember.rpc import framing
 from ember.rpc.connection import Connection
 from ember.rpc.framing import ERROR, HELLO_MAGIC, NOTIFY, REPLY, REQUEST
@@ -35,6 +34,8 @@ SERVICE_NAMED_IN = {
 
 ALL_METHODS = [m for service in HANDLER_DIRS for m in methods_of(service).values()]
 STRUCT_REQUESTS = [m for m in ALL_METHODS if isinstance(m.request, type) and issubclass(m.request, msgspec.Struct)]
+#: The task specs: TypedDicts (they stay dicts, edited in place by the submitter).
+TYPED_DICT_REQUESTS = [m for m in ALL_METHODS if isinstance(mi.type_info(m.request), mi.TypedDictType)]
 
 
 def _wire(message: Any) -> Any:
@@ -49,6 +50,10 @@ def test_every_request_and_reply_round_trips_through_a_frame(method: Method) -> 
     _, msg_id, name, payload = _wire([REQUEST, 3, method.name, request])
     assert (msg_id, name) == (3, method.name)
     assert method.decode(payload) == request
+    # what a connection does: the payload left raw by the frame decoder, decoded straight into its type
+    message = framing.decode_message(framing.encode([REQUEST, 3, method.name, request])[4:])
+    assert isinstance(message, framing.Request) and (message.msg_id, message.method) == (3, method.name)
+    assert method.decode_raw(message.payload) == request
     if method.reply is not None:
         reply = sample(method.reply)
         assert msgspec.convert(_wire([REPLY, 3, reply])[2], method.reply) == reply
@@ -79,6 +84,19 @@ def test_too_deep_messages_are_frame_errors_both_ways() -> None:
         framing.encode([REQUEST, 1, "ping", deep])
     with pytest.raises(FrameError, match="RecursionError"):
         framing.decode_body(b"\x94\x00\x01\xa4ping" + b"\x91" * 100_000 + b"\x90")
+    with pytest.raises(FrameError, match="RecursionError"):  # a raw payload is still walked to its end
+        framing.decode_message(b"\x94\x00\x01\xa4ping" + b"\x91" * 100_000 + b"\x90")
+
+
+@pytest.mark.parametrize("body", [
+    [9, 1, "ping", None], [REQUEST, 1, 5, None], [REQUEST, 1], [NOTIFY, 5, 1], [], {"a": 1}, [REPLY],
+    [REQUEST, 1, "ping", None, "surplus"], "text", 3.5, [HELLO_MAGIC, "token", {}],
+], ids=repr)
+def test_a_message_of_no_known_kind_is_a_frame_error(body: Any) -> None:
+    from ember.exceptions import FrameError
+
+    with pytest.raises(FrameError, match="not a valid message"):
+        framing.decode_message(framing.encode(body)[4:])
 
 
 # ----------------------------------------------------------------------------- bad payloads
@@ -117,33 +135,76 @@ def test_bad_payloads_are_protocol_errors(method: Method) -> None:
     for field in info.fields:
         if field.required:
             missing = good[:-1] if info.array_like else {k: v for k, v in good.items() if k != field.encode_name}
-            with pytest.raises(ProtocolError, match=method.name):
-                method.decode(missing)
+            _refused(method, missing)
     # extra fields
-    extra = [*good, "surplus"] if info.array_like else {**good, "surplus_field": 1}
-    with pytest.raises(ProtocolError):
-        method.decode(extra)
+    _refused(method, [*good, "surplus"] if info.array_like else {**good, "surplus_field": 1})
     # not the right shape at all
     for shape in (None, 5, "text", b"bytes", 2.5, ([] if not info.array_like else {})):
-        with pytest.raises(ProtocolError):
-            method.decode(shape)
+        _refused(method, shape)
+    # the baseline arrives intact from the wire too
+    assert method.decode_raw(msgspec.msgpack.encode(good)) == method.decode(good)
 
 
 @pytest.mark.parametrize("method", [m for m in ALL_METHODS if m.request is None], ids=lambda m: m.name)
 def test_methods_without_a_payload_refuse_one(method: Method) -> None:
     assert method.decode(None) is None
+    assert method.decode_raw(msgspec.msgpack.encode(None)) is None
     for payload in ({}, [], 0, "x"):
         with pytest.raises(ProtocolError, match="takes no payload"):
             method.decode(payload)
+        with pytest.raises(ProtocolError, match=f"takes no payload, got {type(payload).__name__}"):
+            method.decode_raw(msgspec.msgpack.encode(payload))
 
 
-@pytest.mark.parametrize("method", [m for m in ALL_METHODS if m.request is Record], ids=lambda m: m.name)
-def test_opaque_map_requests_refuse_anything_but_a_map(method: Method) -> None:
-    spec = {"tid": b"t", "args": [[0, [b"x", []]]]}
-    assert method.decode(spec) is spec  # not copied: this is the task-push hot path
-    for payload in (None, [spec], b"map", 3):
-        with pytest.raises(ProtocolError, match="expected a map"):
-            method.decode(payload)
+def _refused(method: Method, payload: Any) -> str:
+    """The PROTOCOL_ERROR message for ``payload`` from the wire; refused from plain values too, at
+    the same place (the wording may differ: msgpack reads a ``str`` for ``bytes`` as base64)."""
+    with pytest.raises(ProtocolError, match=method.name) as plain:
+        method.decode(payload)
+    with pytest.raises(ProtocolError, match=method.name) as raw:
+        method.decode_raw(msgspec.msgpack.encode(payload))
+    where = [str(e.value).rpartition(" - at ") for e in (plain, raw)]
+    assert [w[2] if w[1] else "" for w in where] == [where[1][2] if where[1][1] else ""] * 2
+    return str(raw.value)
+
+
+@pytest.mark.parametrize("method", TYPED_DICT_REQUESTS, ids=lambda m: m.name)
+def test_task_specs_are_checked_key_by_key(method: Method) -> None:
+    """A spec pushed to a worker: every key of the wrong type and every missing required key is a
+    PROTOCOL_ERROR that names it; the executor only ever sees a spec of its declared shape."""
+    info = mi.type_info(method.request)
+    good = valid_payload(method.request)
+    assert method.decode_raw(msgspec.msgpack.encode(good)) == good
+    assert type(method.decode_raw(msgspec.msgpack.encode(good))) is dict  # still a dict: edited in place
+    for field in info.fields:
+        if isinstance(field.type, mi.AnyType):
+            continue
+        for wrong in WRONG_VALUES:
+            try:
+                method.decode({**good, field.encode_name: wrong})
+            except ProtocolError:
+                assert f"$.{field.encode_name}" in _refused(method, {**good, field.encode_name: wrong})
+                break
+        else:
+            raise AssertionError(f"{method.name}.{field.name} accepts anything")
+        if field.required:
+            missing = {k: v for k, v in good.items() if k != field.encode_name}
+            assert f"`{field.encode_name}`" in _refused(method, missing)
+    # keys it does not declare never reach the executor
+    assert method.decode_raw(msgspec.msgpack.encode({**good, "surplus_key": 1})) == good
+    for shape in (None, 5, "text", b"bytes", 2.5, [good]):
+        _refused(method, shape)
+
+
+def test_a_task_spec_names_the_bad_key() -> None:
+    push = methods_of(Service.CORE_WORKER)["push_task"]
+    spec = valid_payload(push.request)
+    assert "Expected `int`, got `str` - at `$.nret`" in _refused(push, {**spec, "nret": "one"})
+    assert "missing required field `fid`" in _refused(push, {k: v for k, v in spec.items() if k != "fid"})
+    assert "at `$.args[0]`" in _refused(push, {**spec, "args": [b"not an argument"]})
+    call = methods_of(Service.CORE_WORKER)["push_actor_task"]
+    assert "missing required field `aid`" in _refused(call, spec)  # a task's spec is not an actor call's
+    assert "`$.gen`" in _refused(call, {**valid_payload(call.request), "gen": "eager"})  # not a generator mode
 
 
 # ----------------------------------------------------------------------------- the dispatcher
@@ -183,11 +244,22 @@ class _Gcs:
         return "should not be reachable"
 
 
-@pytest.fixture
-def server() -> Any:
+class _Worker:
+    """A core worker's handler that records the specs pushed to it."""
+
+    protocol_service = Service.CORE_WORKER
+
+    def __init__(self) -> None:
+        self.received: list[Any] = []
+
+    def rpc_push_task(self, conn: Connection, spec: Any) -> dict[str, Any]:
+        self.received.append(spec)
+        return {"s": "ok", "r": []}
+
+
+def _exchange_with(handler: Any) -> Any:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    handler = _Gcs()
     conn = Connection("token", handler, is_server=True)
     transport = _Transport()
     conn.connection_made(transport)
@@ -200,10 +272,39 @@ def server() -> Any:
         decoder = framing.FrameDecoder(1 << 20)
         return [framing.decode_body(b) for chunk in transport.written for b in decoder.feed(chunk)]
 
+    def close() -> None:
+        conn.close()
+        loop.close()
+        asyncio.set_event_loop(None)
+
+    return conn, transport, exchange, close
+
+
+@pytest.fixture
+def server() -> Any:
+    handler = _Gcs()
+    conn, transport, exchange, close = _exchange_with(handler)
     yield handler, conn, transport, exchange
-    conn.close()
-    loop.close()
-    asyncio.set_event_loop(None)
+    close()
+
+
+def test_a_malformed_task_spec_gets_a_protocol_error_naming_the_key() -> None:
+    """A worker answers a bad push with PROTOCOL_ERROR (naming the key) and never runs it; the
+    next good push on the same connection is served."""
+    handler = _Worker()
+    conn, transport, exchange, close = _exchange_with(handler)
+    try:
+        spec = valid_payload(methods_of(Service.CORE_WORKER)["push_task"].request)
+        replies = exchange([REQUEST, 1, "push_task", {**spec, "rids": "not a list"}],
+                           [REQUEST, 2, "push_task", {k: v for k, v in spec.items() if k != "tid"}],
+                           [REQUEST, 3, "push_task", [spec]],
+                           [REQUEST, 4, "push_task", spec])
+        assert [r[:3] for r in replies[:3]] == [[ERROR, i, ErrorCode.PROTOCOL_ERROR] for i in (1, 2, 3)]
+        assert "$.rids" in replies[0][3] and "`tid`" in replies[1][3] and "push_task" in replies[2][3]
+        assert replies[3] == [REPLY, 4, {"s": "ok", "r": []}]
+        assert handler.received == [spec] and not conn.closed and not transport.closed
+    finally:
+        close()
 
 
 def test_a_handler_receives_its_typed_request(server: Any) -> None:

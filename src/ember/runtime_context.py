@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ember._private import ids, runtime
 
 if TYPE_CHECKING:
+    from ember.protocol.core_worker import ActorCreationPush
     from ember.runtime_env import RuntimeEnv
 
 #: A placement-group resource name: ``CPU_group_<index>_<pg hex>`` or ``CPU_group_<pg hex>``.
@@ -175,8 +176,9 @@ class RuntimeContext:
                 f"{what} is only available when the process is a worker. Current mode: {self._worker.mode}"
             )
 
-    def _actor_spec(self) -> dict[str, Any] | None:
-        return getattr(self._worker, "actor_spec", None)
+    def _actor_spec(self) -> ActorCreationPush | None:
+        spec: ActorCreationPush | None = getattr(self._worker, "actor_spec", None)
+        return spec
 
 
 def get_runtime_context() -> RuntimeContext:

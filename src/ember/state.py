@@ -10,11 +10,12 @@ from typing import Any
 
 from ember._private import runtime
 from ember.api.cluster_info import available_resources, cluster_resources, nodes
+from ember.protocol.gcs import ActorRecord
 
 _ACTOR_STATES = ("DEPENDENCIES_UNREADY", "PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD")
 
 
-def _actor_info(row: dict[str, Any]) -> dict[str, Any]:
+def _actor_info(row: ActorRecord) -> dict[str, Any]:
     address = row.get("address") or ["", 0]
     node_id = row.get("node_id") or b""
     return {
@@ -38,7 +39,7 @@ def actors(actor_id: str | None = None, job_id: Any = None, actor_state_name: st
     """
     if actor_state_name is not None and actor_state_name not in _ACTOR_STATES:
         raise ValueError(f"actor_state_name must be one of {list(_ACTOR_STATES)}, got {actor_state_name!r}")
-    rows = runtime.core_worker().gcs_call("list_actors", None)
+    rows: list[ActorRecord] = runtime.core_worker().gcs_call("list_actors", None)
     table = {row["actor_id"].hex(): _actor_info(row) for row in rows}
     if actor_id is not None:
         return table.get(actor_id, {})

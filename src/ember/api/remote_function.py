@@ -11,6 +11,7 @@ from ember._private.object_ref import ObjectRef
 from ember.api.options import TASK_DEFAULTS, task_resources, validate_task_options
 from ember.core.generator_stream import generator_mode, start_stream
 from ember.core.task_state import TaskEntry
+from ember.protocol.core_worker import TaskSpec
 from ember.util.scheduling_strategies import apply_placement_group, resolve_strategy
 
 
@@ -105,7 +106,7 @@ class RemoteFunction:
         resources, strategy = apply_placement_group(requested, strategy)
         env_key, env = worker.renv.effective(options.get("runtime_env"))
         address = worker.address
-        spec = {
+        spec: TaskSpec = {
             "tid": task_id,
             "job": worker.current_job_id,
             "fid": fid,

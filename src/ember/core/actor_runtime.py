@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ember._private.background import BackgroundTasks
 from ember._private.config import config
@@ -29,6 +29,7 @@ from ember._private.object_ref import ObjectRef
 from ember.core import metrics_recorder
 from ember.core.generator_stream import run_generator, run_generator_async
 from ember.core.task_executor import ActorExit, Cancelled, Item
+from ember.protocol.core_worker import ActorCallSpec, ActorCreationPush, CallSpec, PushReply
 
 if TYPE_CHECKING:
     from ember.core.task_executor import TaskExecutor
@@ -37,7 +38,7 @@ DEFAULT_GROUP = "_ember_default_group"
 
 
 class ActorRuntime:
-    def __init__(self, executor: TaskExecutor, spec: dict[str, Any]) -> None:
+    def __init__(self, executor: TaskExecutor, spec: ActorCreationPush) -> None:
         self.executor = executor
         self.worker = executor.worker
         self.spec = spec
@@ -55,11 +56,13 @@ class ActorRuntime:
         self._running_coroutines: dict[bytes, asyncio.Task[Any]] = {}
 
     # ================================================================ creation
-    def construct(self) -> dict[str, Any]:
+    def construct(self) -> PushReply:
         spec = self.spec
         worker = self.worker
         name = f"{spec['class_name']}.__init__"
-        call_spec = {"tid": spec["actor_id"] + b"\0" * 0, "job": spec["job"], "name": name}
+        # The constructor runs as the actor's creation task (its context, events and counts).
+        creation: CallSpec = {"tid": _creation_task_id(spec), "job": spec["job"], "name": name, "args": spec["args"],
+                              "kw": spec["kw"], "nret": 0, "rids": [], "owner": spec["owner"]}
         try:
             cls = worker.function_manager.load(spec["fid"], spec["job"])
             worker.actor_id = spec["actor_id"]
@@ -67,9 +70,9 @@ class ActorRuntime:
             worker.actor_spec = spec
             worker.assigned_resources = spec.get("res") or {}
             worker.set_gpu_ids(spec.get("gpus"))
-            worker.set_task_context({**call_spec, "tid": _creation_task_id(spec)})
+            worker.set_task_context(creation)
             self.executor.mark(spec["job"].hex(), spec["class_name"])
-            args, kwargs = self.executor.decode_args(spec)
+            args, kwargs = self.executor.decode_args(spec["args"], spec["kw"])
             if inspect.iscoroutinefunction(getattr(cls, "__init__", None)):
                 # ``async def __init__``: the constructor awaits on the actor's own event loop.
                 instance = cls.__new__(cls)
@@ -106,7 +109,7 @@ class ActorRuntime:
                 if item is None:
                     return
                 _, spec, fut = item
-                self.executor.reply(fut, self._invoke(spec))
+                self.executor.reply(fut, self._invoke(cast(ActorCallSpec, spec)))
         elif self.mode == "threaded":
             self._pools = {
                 group: concurrent.futures.ThreadPoolExecutor(size, thread_name_prefix=f"ember-actor-{group}")
@@ -138,9 +141,9 @@ class ActorRuntime:
             item = take_queued(False)
             if item is None:
                 return
-            self._dispatch(item[1], item[2])
+            self._dispatch(cast(ActorCallSpec, item[1]), item[2])
 
-    def submit(self, spec: dict[str, Any], fut: asyncio.Future[Any]) -> None:
+    def submit(self, spec: ActorCallSpec, fut: asyncio.Future[PushReply]) -> None:
         """From the I/O thread, once ``accepts_direct_calls`` is set."""
         if self.mode == "async":
             assert self.loop is not None
@@ -148,11 +151,11 @@ class ActorRuntime:
         else:
             self._dispatch(spec, fut)
 
-    def _group_of(self, spec: dict[str, Any]) -> str:
+    def _group_of(self, spec: ActorCallSpec) -> str:
         group = spec.get("cg") or self._method_groups.get(spec["m"]) or DEFAULT_GROUP
         return group if group in self._group_sizes else DEFAULT_GROUP
 
-    def _dispatch(self, spec: dict[str, Any], fut: asyncio.Future[Any]) -> None:
+    def _dispatch(self, spec: ActorCallSpec, fut: asyncio.Future[PushReply]) -> None:
         if self.mode == "async":
             assert self.loop is not None
             self._async_calls.spawn(self._invoke_async(spec, fut), spec["m"], loop=self.loop)
@@ -161,7 +164,7 @@ class ActorRuntime:
             pool.submit(lambda: self.executor.reply(fut, self._invoke(spec)))
 
     # ================================================================ one call
-    def _method(self, spec: dict[str, Any]) -> Any:
+    def _method(self, spec: ActorCallSpec) -> Any:
         name = spec["m"]
         if name == "__ray_ready__":
             return lambda: True
@@ -182,15 +185,15 @@ class ActorRuntime:
         if task is not None and self.loop is not None:
             self.loop.call_soon_threadsafe(task.cancel)
 
-    def _invoke(self, spec: dict[str, Any]) -> dict[str, Any]:
+    def _invoke(self, spec: ActorCallSpec) -> PushReply:
         if self.executor.was_cancelled(spec["tid"]):
             return {"s": "cancelled"}
         worker = self.worker
-        worker.set_task_context(spec)
+        worker.set_task_context(spec, spec["aid"])
         self.executor.mark(spec["job"].hex(), spec["name"])
         try:
             method = self._method(spec)
-            args, kwargs = self.executor.decode_args(spec)
+            args, kwargs = self.executor.decode_args(spec["args"], spec["kw"])
             result = method(*args, **kwargs)
             if inspect.isawaitable(result) and not isinstance(result, ObjectRef):
                 raise TypeError(f"{spec['name']} returned an awaitable in a synchronous actor")
@@ -209,7 +212,7 @@ class ActorRuntime:
         finally:
             worker.clear_task_context()
 
-    async def _invoke_async(self, spec: dict[str, Any], fut: asyncio.Future[Any]) -> None:
+    async def _invoke_async(self, spec: ActorCallSpec, fut: asyncio.Future[PushReply]) -> None:
         task_id = spec["tid"]
         if self.executor.was_cancelled(task_id):
             self.executor.reply(fut, {"s": "cancelled"})
@@ -224,14 +227,14 @@ class ActorRuntime:
         finally:
             self._running_coroutines.pop(task_id, None)
 
-    async def _run_async_call(self, spec: dict[str, Any], fut: asyncio.Future[Any]) -> None:
+    async def _run_async_call(self, spec: ActorCallSpec, fut: asyncio.Future[PushReply]) -> None:
         semaphore = self._semaphores[self._group_of(spec)]
         async with semaphore:
-            self.worker.set_task_context(spec)
+            self.worker.set_task_context(spec, spec["aid"])
             self.executor.mark(spec["job"].hex(), spec["name"])
             try:
                 method = self._method(spec)
-                args, kwargs = self.executor.decode_args(spec)
+                args, kwargs = self.executor.decode_args(spec["args"], spec["kw"])
                 result = method(*args, **kwargs)
                 if inspect.isawaitable(result) and not isinstance(result, ObjectRef):
                     result = await result
@@ -272,7 +275,7 @@ class ActorRuntime:
         worker.loop.call_soon_threadsafe(lambda: worker.background.spawn(finish(), "exit the actor", loop=worker.loop))
 
 
-def _creation_task_id(spec: dict[str, Any]) -> bytes:
+def _creation_task_id(spec: ActorCreationPush) -> bytes:
     actor_id: bytes = spec["actor_id"]
     job_id: bytes = spec["job"]
     return actor_id[:12] + job_id

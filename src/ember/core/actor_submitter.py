@@ -43,6 +43,7 @@ from ember.exceptions import (
     RuntimeEnvSetupError,
     TaskCancelledError,
 )
+from ember.protocol.core_worker import ActorCallSpec, PushReply
 from ember.rpc import Connection
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
 class ActorCall:
     __slots__ = ("spec", "return_ids", "retries_left", "arg_ids", "deps_pending", "done", "pushed_to", "lost_reason")
 
-    def __init__(self, spec: dict[str, Any], return_ids: list[bytes], retries: int, arg_ids: list[bytes]) -> None:
+    def __init__(self, spec: ActorCallSpec, return_ids: list[bytes], retries: int, arg_ids: list[bytes]) -> None:
         self.spec = spec
         self.return_ids = return_ids
         self.retries_left = retries
@@ -293,7 +294,7 @@ class ActorSubmitter:
             return  # the connection dropped: _connection_lost decides
         if client.in_flight.get(call.spec["tid"]) is call:
             del client.in_flight[call.spec["tid"]]
-        reply = fut.result()
+        reply: PushReply = fut.result()
         status = reply.get("s")
         if status == "ok":
             self._finish(call, reply["r"])

@@ -26,17 +26,17 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ember._private import ids, runtime
 from ember._private.object_ref import ObjectRef
-from ember.protocol.core_worker import GeneratorItem
+from ember.protocol.core_worker import CallSpec, GeneratorItem, GeneratorMode
 
 if TYPE_CHECKING:
     from ember.core.worker import CoreWorker
 
-STREAMING = "streaming"
-DYNAMIC = "dynamic"
+STREAMING: Final = "streaming"
+DYNAMIC: Final = "dynamic"
 GENERATOR_MODES = (STREAMING, DYNAMIC)
 
 
@@ -298,8 +298,10 @@ def wait_with_generators(worker: CoreWorker, items: list[Any], num_returns: int,
         worker.wait(pending, 1, remaining, True)
 
 
-def generator_mode(num_returns: Any) -> str | None:
-    return num_returns if num_returns in GENERATOR_MODES else None
+def generator_mode(num_returns: Any) -> GeneratorMode | None:
+    if num_returns == STREAMING:
+        return STREAMING
+    return DYNAMIC if num_returns == DYNAMIC else None
 
 
 # ==================================================================== the caller (owner)
@@ -336,22 +338,22 @@ def _check_iterable(result: Any, name: str) -> None:
         )
 
 
-async def _send_item(worker: CoreWorker, spec: dict[str, Any], index: int, ret: list[Any]) -> None:
+async def _send_item(worker: CoreWorker, spec: CallSpec, index: int, ret: list[Any]) -> None:
     conn = await worker.connect_to(spec["owner"])
     await conn.call("generator_item", {"tid": spec["tid"], "i": index, "r": ret}, None)
 
 
-def _encode_item(worker: CoreWorker, spec: dict[str, Any], index: int, value: Any) -> list[Any]:
+def _encode_item(worker: CoreWorker, spec: CallSpec, index: int, value: Any) -> list[Any]:
     return worker.objects.encode_return(item_id(spec["tid"], index), value, spec["owner"], spec["tid"])
 
 
-def _final_value(spec: dict[str, Any], count: int) -> Any:
+def _final_value(spec: CallSpec, count: int) -> Any:
     if spec["gen"] == DYNAMIC:
         return DynamicObjectRefGenerator([ObjectRef(item_id(spec["tid"], i), spec["owner"]) for i in range(count)])
     return None
 
 
-def _stop_if_cancelled(worker: CoreWorker, spec: dict[str, Any]) -> None:
+def _stop_if_cancelled(worker: CoreWorker, spec: CallSpec) -> None:
     """A cancelled generator sends nothing more (a sync actor's call is not interrupted, but
     its items stop here)."""
     executor = worker.executor
@@ -361,7 +363,7 @@ def _stop_if_cancelled(worker: CoreWorker, spec: dict[str, Any]) -> None:
         raise Cancelled()
 
 
-def run_generator(worker: CoreWorker, spec: dict[str, Any], result: Any) -> Any:
+def run_generator(worker: CoreWorker, spec: CallSpec, result: Any) -> Any:
     """In the executor (a user thread): send every item to the owner; the task's final value."""
     _check_iterable(result, spec["name"])
     assert worker.io is not None
@@ -373,7 +375,7 @@ def run_generator(worker: CoreWorker, spec: dict[str, Any], result: Any) -> Any:
     return _final_value(spec, count)
 
 
-async def run_generator_async(worker: CoreWorker, spec: dict[str, Any], result: Any) -> Any:
+async def run_generator_async(worker: CoreWorker, spec: CallSpec, result: Any) -> Any:
     """In an async actor: the same for an async (or plain) generator, without blocking its loop."""
     _check_iterable(result, spec["name"])
     count = 0

@@ -379,12 +379,12 @@ class OwnershipService:
 
 
     # ================================================================ introspection
-    def memory_table(self) -> dict[str, Any]:
+    def memory_table(self) -> msg.MemoryTable:
         """What this process references, for ``ember memory``."""
         counter = self.counter
         borrowers = counter.borrower_counts()
         contained: set[bytes] = {r._id for refs in self._contained.values() for r in refs}
-        rows = []
+        rows: list[msg.ReferenceRow] = []
         for oid, (local, submitted, owned) in counter.snapshot().items():
             if len(oid) == ids.UNIQUE_ID_LEN:
                 kind, size = "ACTOR_HANDLE", 0
@@ -412,7 +412,7 @@ class OwnershipService:
         return {"pid": os.getpid(), "worker_id": info.worker_id.hex(), "node_id": info.node_id.hex(),
                 "mode": info.mode, "ip": info.node_ip, "objects": rows}
 
-    def rpc_memory_table(self, conn: Connection | None, p: None) -> dict[str, Any]:
+    def rpc_memory_table(self, conn: Connection | None, p: None) -> msg.MemoryTable:
         return self.memory_table()
 
     def rpc_owns_objects(self, conn: Connection, p: None) -> bool:

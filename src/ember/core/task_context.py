@@ -12,6 +12,7 @@ import contextvars
 from typing import Any
 
 from ember._private import ids
+from ember.protocol.core_worker import CallSpec
 
 #: (task id, job id, task name) of the task running in this thread / coroutine.
 task_context_var: contextvars.ContextVar[tuple[bytes, bytes, str] | None] = contextvars.ContextVar(
@@ -34,7 +35,7 @@ class TaskContext:
         #: [placement group id, capture children] of the actor this worker hosts, or None.
         self.actor_placement_group: list[Any] | None = None
 
-    def enter(self, spec: dict[str, Any]) -> None:
+    def enter(self, spec: CallSpec) -> None:
         task_context_var.set((spec["tid"], spec["job"], spec["name"]))
         task_placement_group_var.set(spec.get("pg_group"))
 

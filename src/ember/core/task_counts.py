@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ember.core.task_state import TASK_TRANSITIONS, TaskEntry, TaskStatus
+from ember.protocol.core_worker import ActorCallSpec
 
 if TYPE_CHECKING:
     from ember.core.worker import CoreWorker
@@ -76,7 +77,7 @@ class TaskCounts:
         """A live state changed (an actor call queued or pushed): send the counts again."""
         self._on_change()
 
-    def actor_call_ended(self, spec: dict[str, Any], failed: bool) -> None:
+    def actor_call_ended(self, spec: ActorCallSpec, failed: bool) -> None:
         state = TaskStatus.FAILED if failed else TaskStatus.FINISHED
         self._add((spec["name"], state.value, "0", OWNER, spec["job"]), 1)
 
@@ -114,7 +115,7 @@ class NoTaskCounts:
     def changed(self) -> None:
         pass
 
-    def actor_call_ended(self, spec: dict[str, Any], failed: bool) -> None:
+    def actor_call_ended(self, spec: ActorCallSpec, failed: bool) -> None:
         pass
 
     def running(self, name: str, job: bytes, delta: int) -> None:

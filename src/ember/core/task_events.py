@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from ember._private.config import config
 from ember.core.task_context import TaskContext
 from ember.core.task_state import TaskEntry, TaskStatus
+from ember.protocol.core_worker import ActorCallSpec, ActorCreationPush, CallSpec
 from ember.protocol.gcs import TASK_KINDS, TASK_STATES, RunRow, TaskEventBatch, TaskRow, encode_rows
 
 if TYPE_CHECKING:
@@ -114,8 +115,8 @@ class TaskEventRecorder:
         self.live_tasks: Callable[[], Iterable[TaskEntry]] = _no_live_tasks
         #: Actor calls submitted here and not ended, by task id: [spec, code, time, code, time, ...].
         self._calls: dict[bytes, list[Any]] = {}
-        #: Executions running here, by task id: (spec, start time).
-        self._running: dict[bytes, tuple[dict[str, Any], float]] = {}
+        #: Executions running here, by task id: (spec, start time, actor id).
+        self._running: dict[bytes, tuple[CallSpec, float, bytes | None]] = {}
         #: Live tasks, calls and executions already reported, with what was reported (rebuilt per batch).
         self._reported: dict[bytes, int] = {}
         self._reported_runs: set[bytes] = set()
@@ -155,7 +156,7 @@ class TaskEventRecorder:
             self._add_task(self._task_row(entry, *describe_error(error, reason)))
 
     # ------------------------------------------------------------------ owner: actor calls
-    def actor_call(self, spec: dict[str, Any], state: str) -> None:
+    def actor_call(self, spec: ActorCallSpec, state: str) -> None:
         """An actor call's state as its caller sees it (on the I/O loop): queued, pushed or finished."""
         if not self.enabled:
             return
@@ -169,13 +170,13 @@ class TaskEventRecorder:
             if steps is not None:
                 steps += (code, time.time())
 
-    def actor_call_failed(self, spec: dict[str, Any], error: Any, reason: str) -> None:
+    def actor_call_failed(self, spec: ActorCallSpec, error: Any, reason: str) -> None:
         """The caller stored ``error`` as an actor call's result."""
         if self.enabled:
             self._add_task(self._call_row(spec, self._calls.pop(spec["tid"], None), _FAILED,
                                           *describe_error(error, reason)))
 
-    def _call_row(self, spec: dict[str, Any], steps: list[Any] | None, end: int | None,
+    def _call_row(self, spec: ActorCallSpec, steps: list[Any] | None, end: int | None,
                   error_type: str | None = None, error: str | None = None) -> TaskRow:
         steps = steps[1:] if steps is not None else []
         if end is not None:
@@ -184,7 +185,7 @@ class TaskEventRecorder:
                        spec["aid"], None, tuple(steps[0::2]), tuple(steps[1::2]), error_type, error)
 
     # ------------------------------------------------------------------ executor
-    def actor_constructed(self, task_id: bytes, spec: dict[str, Any], error: BaseException | None) -> None:
+    def actor_constructed(self, task_id: bytes, spec: ActorCreationPush, error: BaseException | None) -> None:
         """The actor's constructor (its creation task) returned or raised, in its worker."""
         if self.enabled:
             message = None if error is None else f"{type(error).__name__}: {error}"
@@ -194,10 +195,10 @@ class TaskEventRecorder:
                 None if error is None else "TASK_EXECUTION_EXCEPTION", message,
             ))
 
-    def execution_started(self, spec: dict[str, Any]) -> None:
+    def execution_started(self, spec: CallSpec, actor_id: bytes | None) -> None:
         """A task starts running in this thread (the hot path of every execution)."""
         if self.enabled:
-            self._running[spec["tid"]] = (spec, time.time())
+            self._running[spec["tid"]] = (spec, time.time(), actor_id)
 
     def execution_ended(self, task_id: bytes) -> None:
         if self.enabled:
@@ -209,10 +210,9 @@ class TaskEventRecorder:
                 runs.append(self._run_row(task_id, started, time.time()))
 
     @staticmethod
-    def _run_row(task_id: bytes, started: tuple[dict[str, Any], float], end: float | None) -> RunRow:
-        spec, start = started
-        return RunRow(task_id, max(spec.get("attempt", 1) - 1, 0), start, end, spec["name"], spec["job"],
-                      spec.get("aid"))
+    def _run_row(task_id: bytes, started: tuple[CallSpec, float, bytes | None], end: float | None) -> RunRow:
+        spec, start, actor_id = started
+        return RunRow(task_id, max(spec.get("attempt", 1) - 1, 0), start, end, spec["name"], spec["job"], actor_id)
 
     # ------------------------------------------------------------------ sending
     def _live_rows(self, since: float) -> tuple[list[TaskRow], list[RunRow]]:

@@ -22,11 +22,19 @@ import sys
 import threading
 import traceback
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from ember._private import serialization
 from ember.core.task_manager import ARG_PLASMA, ARG_REF, ARG_VALUE
 from ember.exceptions import RayTaskError
+from ember.protocol.core_worker import (
+    ActorCallSpec,
+    ActorCreationPush,
+    CallSpec,
+    PushReply,
+    TaskSpec,
+)
 
 if TYPE_CHECKING:
     from ember.core.actor_runtime import ActorRuntime
@@ -56,7 +64,9 @@ class ActorExit(BaseException):
     """Raised by ``exit_actor()``: end this actor once the current call has replied."""
 
 
-Item = tuple[int, dict[str, Any], "asyncio.Future[Any]"]
+#: Any pushed spec; its kind (TASK, CREATE_ACTOR, ACTOR_CALL) says which.
+PushedSpec = TaskSpec | ActorCallSpec | ActorCreationPush
+Item = tuple[int, PushedSpec, "asyncio.Future[PushReply]"]
 
 
 class TaskExecutor:
@@ -64,36 +74,40 @@ class TaskExecutor:
         self.worker = worker
         self._queue: deque[Item] = deque()
         self._cond = threading.Condition(threading.Lock())
-        self.running: dict[str, Any] | None = None
+        self.running: TaskSpec | None = None
         self._cancel_target: bytes | None = None
         self._last_marker: tuple[str, str] | None = None
         self._stopped = False
         self.actor: ActorRuntime | None = None
-        self._replies: deque[tuple[asyncio.Future[Any], dict[str, Any]]] = deque()
+        self._replies: deque[tuple[asyncio.Future[PushReply], PushReply]] = deque()
         self._reply_scheduled = False
         #: Recent pushes by task id: (attempt, future), to answer duplicates without running them again.
-        self._seen: dict[bytes, tuple[int, asyncio.Future[Any]]] = {}
+        self._seen: dict[bytes, tuple[int, asyncio.Future[PushReply]]] = {}
         self._expected_seq: dict[bytes, int] = {}
-        self._held_calls: dict[bytes, dict[int, tuple[dict[str, Any], asyncio.Future[Any]]]] = {}
+        self._held_calls: dict[bytes, dict[int, tuple[ActorCallSpec, asyncio.Future[PushReply]]]] = {}
         #: Tasks ``ember.cancel`` was called on while they ran (for ``RuntimeContext.is_canceled``).
         self._cancelled: dict[bytes, None] = {}
 
     # ================================================================ I/O loop side
-    def push(self, kind: int, spec: dict[str, Any]) -> asyncio.Future[Any]:
-        # A resent push (a lost reply, a retrying client) gets the first one's answer: no second run.
-        seen = self._seen.get(spec["tid"]) if kind != CREATE_ACTOR else None
-        if seen is not None and seen[0] == spec.get("attempt", 0):
-            return seen[1]
-        fut: asyncio.Future[Any] = self.worker.loop.create_future()
+    def push(self, kind: int, spec: PushedSpec) -> asyncio.Future[PushReply]:
         if kind != CREATE_ACTOR:
-            self._seen[spec["tid"]] = (spec.get("attempt", 0), fut)
+            call = cast(CallSpec, spec)
+            # A resent push (a lost reply, a retrying client) gets the first one's answer: no second run.
+            seen = self._seen.get(call["tid"])
+            if seen is not None and seen[0] == call.get("attempt", 0):
+                return seen[1]
+        fut: asyncio.Future[PushReply] = self.worker.loop.create_future()
+        ready: Sequence[tuple[PushedSpec, asyncio.Future[PushReply]]] = [(spec, fut)]
+        if kind != CREATE_ACTOR:
+            self._seen[call["tid"]] = (call.get("attempt", 0), fut)
             if len(self._seen) > 10000:
                 self._seen.pop(next(iter(self._seen)))
-        ready = self._in_caller_order(spec, fut) if kind == ACTOR_CALL else [(spec, fut)]
+            if kind == ACTOR_CALL:
+                ready = self._in_caller_order(cast(ActorCallSpec, spec), fut)
         actor = self.actor
         if kind == ACTOR_CALL and actor is not None and actor.accepts_direct_calls:
             for item_spec, item_fut in ready:
-                actor.submit(item_spec, item_fut)
+                actor.submit(cast(ActorCallSpec, item_spec), item_fut)
             return fut
         with self._cond:
             for item_spec, item_fut in ready:
@@ -101,7 +115,8 @@ class TaskExecutor:
             self._cond.notify()
         return fut
 
-    def _in_caller_order(self, spec: dict[str, Any], fut: asyncio.Future[Any]) -> list[tuple[dict[str, Any], asyncio.Future[Any]]]:
+    def _in_caller_order(self, spec: ActorCallSpec, fut: asyncio.Future[PushReply]
+                         ) -> list[tuple[ActorCallSpec, asyncio.Future[PushReply]]]:
         """Hold a call that overtook an earlier one from the same caller; release calls in sequence."""
         caller, seq = spec.get("caller"), spec.get("seq")
         if caller is None or seq is None:
@@ -129,7 +144,7 @@ class TaskExecutor:
             self._cancelled.pop(next(iter(self._cancelled)))
         with self._cond:
             for item in list(self._queue):
-                if item[1]["tid"] == task_id:
+                if item[0] != CREATE_ACTOR and cast(CallSpec, item[1])["tid"] == task_id:
                     self._queue.remove(item)
                     if not item[2].done():
                         item[2].set_result({"s": "cancelled"})
@@ -151,9 +166,10 @@ class TaskExecutor:
                 return
             kind, spec, fut = item
             if kind == TASK:
+                task = cast(TaskSpec, spec)
                 with self._cond:
-                    self.running = spec
-                reply = self.execute(spec)
+                    self.running = task
+                reply = self.execute(task)
                 with self._cond:
                     self.running = None
                     self._cancel_target = None
@@ -161,7 +177,7 @@ class TaskExecutor:
             elif kind == CREATE_ACTOR:
                 from ember.core.actor_runtime import ActorRuntime
 
-                runtime = ActorRuntime(self, spec)
+                runtime = ActorRuntime(self, cast(ActorCreationPush, spec))
                 reply = runtime.construct()
                 if reply["s"] == "ok":
                     self.actor = runtime
@@ -190,7 +206,7 @@ class TaskExecutor:
                 self._cond.wait()
             return self._queue.popleft()
 
-    def reply(self, fut: asyncio.Future[Any], reply: dict[str, Any]) -> None:
+    def reply(self, fut: asyncio.Future[PushReply], reply: PushReply) -> None:
         """Hand a reply to the I/O loop; replies made while it is busy share one wake-up."""
         self._replies.append((fut, reply))
         if not self._reply_scheduled:
@@ -238,7 +254,7 @@ class TaskExecutor:
             sys.stderr.flush()
 
     # ================================================================ running one task
-    def execute(self, spec: dict[str, Any]) -> dict[str, Any]:
+    def execute(self, spec: TaskSpec) -> PushReply:
         worker = self.worker
         name = spec["name"]
         try:
@@ -247,7 +263,7 @@ class TaskExecutor:
             worker.set_task_context(spec)
             worker.assigned_resources = spec.get("res") or {}
             self.mark(spec["job"].hex(), name)
-            args, kwargs = self.decode_args(spec)
+            args, kwargs = self.decode_args(spec["args"], spec["kw"])
             result = fn(*args, **kwargs)
             if spec.get("gen"):
                 from ember.core.generator_stream import run_generator
@@ -265,23 +281,23 @@ class TaskExecutor:
             sys.stdout.flush()
             sys.stderr.flush()
 
-    def decode_args(self, spec: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-        args = [self._decode_arg(a) for a in spec["args"]]
+    def decode_args(self, wire_args: list[list[Any]], kw_names: list[str]) -> tuple[list[Any], dict[str, Any]]:
+        """The arguments of a call in wire form (``args``, ``kw`` of its spec) as Python values."""
+        args = [self._decode_arg(a) for a in wire_args]
         self.worker.ownership.register_borrows()  # refs nested in the arguments
-        kw_names = spec.get("kw") or ()
         if not kw_names:
             return args, {}
         split = len(args) - len(kw_names)
         return args[:split], dict(zip(kw_names, args[split:]))
 
-    def encode_result(self, spec: dict[str, Any], result: Any) -> dict[str, Any]:
+    def encode_result(self, spec: CallSpec, result: Any) -> PushReply:
         values = _split_returns(result, spec["nret"], spec["name"])
         owner = spec["owner"]
         encode = self.worker.objects.encode_return
         task_id = spec["tid"]
         return {"s": "ok", "r": [encode(oid, value, owner, task_id) for oid, value in zip(spec["rids"], values)]}
 
-    def error_reply(self, name: str, exc: BaseException) -> dict[str, Any]:
+    def error_reply(self, name: str, exc: BaseException) -> PushReply:
         tb = exc.__traceback__
         # Drop Ember's own frames so the traceback starts in user code.
         while tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("ember.core"):
@@ -319,7 +335,7 @@ def _not_an_actor_error() -> list[Any]:
     return serialization.serialize_error(err).to_inline()
 
 
-def _resolve(fut: asyncio.Future[Any], reply: dict[str, Any]) -> None:
+def _resolve(fut: asyncio.Future[PushReply], reply: PushReply) -> None:
     if not fut.done():
         fut.set_result(reply)
 

@@ -13,6 +13,7 @@ import enum
 from typing import Any
 
 from ember._private.state_machine import History, TransitionTable
+from ember.protocol.core_worker import TaskSpec
 
 
 class TaskStatus(enum.Enum):
@@ -48,7 +49,7 @@ class TaskEntry:
         "resources", "attempt", "strategy", "pushes", "renv", "parent",
     )
 
-    def __init__(self, spec: dict[str, Any], name: str, return_ids: list[bytes], retries: int,
+    def __init__(self, spec: TaskSpec, name: str, return_ids: list[bytes], retries: int,
                  retry_exceptions: Any, arg_ids: list[bytes], sched_key: Any, resources: dict[str, float]) -> None:
         self.spec = spec
         self.name = name

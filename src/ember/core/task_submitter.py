@@ -36,7 +36,8 @@ from ember.exceptions import (
     RpcError,
     TaskUnschedulableError,
 )
-from ember.protocol.core_worker import Infeasible, WorkerOomKilled
+from ember.protocol.core_worker import Infeasible, PushReply, WorkerOomKilled
+from ember.protocol.raylet import LeaseReply
 from ember.rpc import Connection
 
 if TYPE_CHECKING:
@@ -271,7 +272,7 @@ class TaskSubmitter:
             else:
                 self._fail_class(cls, exc)
             return
-        grant = fut.result()
+        grant: LeaseReply = fut.result()
         if grant.get("spillback"):
             # Keep the request counted while we ask the node it named.
             target = grant["spillback"]["address"]
@@ -305,7 +306,7 @@ class TaskSubmitter:
         # would get the same spillback again, forever.
         self._request_lease(cls, task.result())
 
-    def _on_worker_connected(self, cls: SchedulingClass, grant: dict[str, Any], raylet: Connection, task: asyncio.Task[Connection]) -> None:
+    def _on_worker_connected(self, cls: SchedulingClass, grant: LeaseReply, raylet: Connection, task: asyncio.Task[Connection]) -> None:
         if task.cancelled() or task.exception() is not None:
             logger.warning("could not reach leased worker %s: %s", grant["address"], task.exception())
             raylet.notify("return_lease", {"lease_id": grant["lease_id"], "kill": True})
@@ -381,7 +382,7 @@ class TaskSubmitter:
                 manager.worker_died(entry, WorkerDeath(lease.pid, lease.oom_detail, lease.node_death, exc,
                                                        lease.raylet.peername))
         else:
-            reply = fut.result()
+            reply: PushReply = fut.result()
             status = reply.get("s")
             if status == "ok":
                 manager.returned(entry, reply["r"])

@@ -119,7 +119,7 @@ class CoreWorker:
         #: Generator tasks this process submitted whose items still stream in (task id -> StreamState).
         self.generators: dict[bytes, StreamState] = {}
         #: The creation spec of the actor this worker hosts (set when its constructor starts).
-        self.actor_spec: dict[str, Any] | None = None
+        self.actor_spec: msg.ActorCreationPush | None = None
         #: Lifetime of actors created without ``lifetime=`` (``JobConfig.default_actor_lifetime``).
         self.default_actor_lifetime = "non_detached"
         #: What the running task or the hosted actor holds (names as requested), for the runtime context.
@@ -335,10 +335,10 @@ class CoreWorker:
             self.gpu_ids = gpu_ids
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
 
-    def set_task_context(self, spec: dict[str, Any]) -> None:
+    def set_task_context(self, spec: msg.CallSpec, actor_id: bytes | None = None) -> None:
         self.context.enter(spec)
         self.task_counts.running(spec["name"], spec["job"], 1)
-        self.task_events.execution_started(spec)
+        self.task_events.execution_started(spec, actor_id)
 
     def clear_task_context(self) -> None:
         ctx = self.context.leave()
@@ -437,7 +437,7 @@ class CoreWorker:
         return_ids = [ids.return_object_id(task_id, i + 1) for i in range(nret)]
         wire_args, kw_names, arg_ids = self.objects.encode_args(args, kwargs, name)
         address = self.address
-        spec = {
+        spec: msg.ActorCallSpec = {
             "tid": task_id, "job": self.current_job_id, "aid": actor_id, "m": method,
             "args": wire_args, "kw": kw_names, "nret": nret, "rids": return_ids,
             "owner": address, "name": name,
@@ -479,17 +479,17 @@ class CoreWorker:
         self.links.run(forward())
 
     # ================================================================ RPC handlers
-    def rpc_push_task(self, conn: Connection, spec: msg.TaskSpec) -> Any:
+    def rpc_push_task(self, conn: Connection, spec: msg.TaskSpec) -> asyncio.Future[msg.PushReply]:
         if self.executor is None:
             raise ValueError("this process does not execute tasks")
         return self.executor.push(TASK, spec)
 
-    def rpc_create_actor(self, conn: Connection, spec: msg.TaskSpec) -> Any:
+    def rpc_create_actor(self, conn: Connection, spec: msg.ActorCreationPush) -> asyncio.Future[msg.PushReply]:
         if self.executor is None or self.executor.actor is not None:
             raise ValueError("this process cannot host an actor")
         return self.executor.push(CREATE_ACTOR, spec)
 
-    def rpc_push_actor_task(self, conn: Connection, spec: msg.TaskSpec) -> Any:
+    def rpc_push_actor_task(self, conn: Connection, spec: msg.ActorCallSpec) -> asyncio.Future[msg.PushReply]:
         if self.executor is None:
             raise ValueError("this process does not host an actor")
         return self.executor.push(ACTOR_CALL, spec)

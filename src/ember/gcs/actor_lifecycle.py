@@ -30,6 +30,8 @@ from typing import Any, Union
 from ember._private import resources as res
 from ember._private.state_machine import History, TransitionTable
 from ember.exceptions import InvariantViolation
+from ember.protocol.gcs import ActorRecord
+from ember.protocol.raylet import LeaseReply
 
 
 class ActorState(enum.Enum):
@@ -203,7 +205,7 @@ class ActorEntry:
     def transition(self, new: ActorState, reason: str) -> None:
         ACTOR_TRANSITIONS.move(self, new, reason)
 
-    def public(self) -> dict[str, Any]:
+    def public(self) -> ActorRecord:
         return {
             "actor_id": self.actor_id,
             "state": self.state.value,
@@ -375,7 +377,7 @@ class ActorLifecycle:
         return entry if entry.lease_request[1] == request_id else None
 
     # ============================================================ lease answers
-    def lease_granted(self, actor_id: bytes, request_id: bytes, grant: dict[str, Any]) -> None:
+    def lease_granted(self, actor_id: bytes, request_id: bytes, grant: LeaseReply) -> None:
         entry = self._current_request(actor_id, request_id)
         if entry is None:
             # Killed (or moved on) while the request waited: the grant won the race with the

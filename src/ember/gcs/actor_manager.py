@@ -36,6 +36,8 @@ from ember.gcs.actor_lifecycle import (
     Wake,
     WarnUnplaceable,
 )
+from ember.protocol.gcs import ActorRecord, ActorWaitReply
+from ember.protocol.raylet import LeaseReply
 from ember.rpc import connect
 
 if TYPE_CHECKING:
@@ -82,7 +84,7 @@ class ActorManager:
         self._apply()
         return reply
 
-    def get_named(self, name: str, namespace: str) -> dict[str, Any] | None:
+    def get_named(self, name: str, namespace: str) -> ActorRecord | None:
         entry = self.core.get_named(name, namespace)
         return entry.public() if entry is not None else None
 
@@ -173,7 +175,7 @@ class ActorManager:
         try:
             if node is None or not node.alive or node.conn is None:
                 raise ConnectionLost(f"node {action.node_id.hex()[:12]} is not connected")
-            grant = await node.conn.call("request_lease", action.request, timeout=None)
+            grant: LeaseReply = await node.conn.call("request_lease", action.request, timeout=None)
         except ConnectionLost:
             core.lease_failed(actor_id, request_id, LeaseFailure.NODE_LOST, "its node went away")
         except RemoteError as exc:
@@ -222,18 +224,26 @@ class ActorManager:
         self._apply()
 
     # ================================================================ waiting
-    async def wait(self, actor_id: bytes, after_incarnation: int) -> dict[str, Any]:
+    async def wait(self, actor_id: bytes, after_incarnation: int) -> ActorWaitReply:
         """Answer when the actor is ALIVE in a newer incarnation than ``after_incarnation``, or DEAD."""
         entry = self.core.actors.get(actor_id)
         if entry is None:
-            return {"state": "DEAD", "death_cause": "no such actor (it was never created in this cluster)"}
+            return _never_created(actor_id)
         while not (entry.dead or (entry.state is ActorState.ALIVE and entry.incarnation > after_incarnation)):
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(actor_id, []).append(fut)
             await fut
-        info = entry.public()
         node = self.gcs.nodes.get(entry.node_id) if entry.node_id is not None else None
         # Where the actor's node daemon listens: a caller frees there the results of calls the
         # actor may have stored before it died.
-        info["node_address"] = list(node.info["address"]) if node is not None else None
-        return info
+        return {**entry.public(), "node_address": list(node.info["address"]) if node is not None else None}
+
+
+def _never_created(actor_id: bytes) -> ActorWaitReply:
+    """``wait_actor``'s answer for an id this cluster never registered: DEAD, saying why."""
+    return {
+        "actor_id": actor_id, "state": "DEAD", "address": None, "incarnation": 0,
+        "death_cause": "no such actor (it was never created in this cluster)", "creation_error": None,
+        "error_type": "", "num_restarts": 0, "name": "", "namespace": "", "class_name": "", "pid": 0,
+        "node_id": None, "job_id": None, "detached": False, "meta": None, "node_address": None,
+    }

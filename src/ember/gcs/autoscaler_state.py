@@ -27,6 +27,7 @@ from ember._private import resources as res
 from ember._private.config import config
 from ember._private.placement_policy import place
 from ember.gcs.autoscaler_supervisor import AutoscalerSupervisor
+from ember.protocol.gcs import ClusterDemandReply, DemandNode, PendingGroup
 from ember.rpc import Connection
 
 logger = logging.getLogger(__name__)
@@ -90,22 +91,20 @@ class AutoscalerState:
             conn.notify("set_launchable", self.launchable)
 
     # ------------------------------------------------------------------- demand
-    def cluster_demand(self) -> dict[str, Any]:
-        nodes = []
+    def cluster_demand(self) -> ClusterDemandReply:
+        nodes: list[DemandNode] = []
         tasks: dict[str, list[Any]] = {}
         for entry in self.gcs.nodes.values():
             if not entry.alive:
                 continue
-            public = entry.to_public()
-            public["IdleSeconds"] = entry.idle_s
-            nodes.append(public)
+            nodes.append({**entry.to_public(), "IdleSeconds": entry.idle_s})
             for shape, count in entry.demand:
                 _count(tasks, shape, count)
         actors: dict[str, list[Any]] = {}
         for actor in self.gcs.actor_manager.actors.values():
             if actor.awaiting_node and actor.state.name in ("PENDING_CREATION", "RESTARTING"):
                 _count(actors, {k: float(v) for k, v in (actor.spec.get("place") or {}).items() if v}, 1)
-        groups = []
+        groups: list[PendingGroup] = []
         for pg in self.gcs.pg_manager.groups.values():
             if pg.state.name in ("PENDING", "RESCHEDULING"):
                 missing = [pg.bundles[i] for i, node in enumerate(pg.nodes) if node is None]

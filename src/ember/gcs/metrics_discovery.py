@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ scrape_configs:
 """
 
 
-def targets(nodes: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def targets(nodes: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The discovery list for these node records (``to_public`` rows); dead nodes are left out."""
     addresses = [
         f"{n['NodeManagerAddress']}:{n['MetricsExportPort']}"
@@ -44,7 +44,7 @@ def targets(nodes: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"labels": {"job": "ray"}, "targets": addresses}]
 
 
-def write_discovery(session_dir: str, nodes: Iterable[dict[str, Any]]) -> None:
+def write_discovery(session_dir: str, nodes: Iterable[Mapping[str, Any]]) -> None:
     path = os.path.join(session_dir, DISCOVERY_FILE)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:

@@ -10,12 +10,13 @@ Tables: ``meta`` (cluster id, job counter), ``nodes``, ``jobs``, ``actors``,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import msgpack
 
 
-def pack(record: dict[str, Any]) -> bytes:
+def pack(record: Mapping[str, Any]) -> bytes:
     return msgpack.packb(record, use_bin_type=True)
 
 

@@ -32,6 +32,7 @@ from ember._private.placement_policy import place
 from ember._private.state_machine import History, TransitionTable
 from ember.exceptions import InvariantViolation
 from ember.gcs.actor_lifecycle import NodeView
+from ember.protocol.gcs import PlacementGroupCreated, PlacementGroupRecord
 
 
 class PgState(enum.Enum):
@@ -182,7 +183,7 @@ class PgEntry:
     def transition(self, new: PgState, reason: str) -> None:
         PG_TRANSITIONS.move(self, new, reason)
 
-    def public(self) -> dict[str, Any]:
+    def public(self) -> PlacementGroupRecord:
         return {
             "placement_group_id": self.pg_id.hex(),
             "name": self.name,
@@ -215,7 +216,7 @@ class PlacementGroupLifecycle:
         return any(e.state in WAITING_STATES and e.round is None for e in self.groups.values())
 
     # ============================================================ requests
-    def create(self, spec: dict[str, Any]) -> dict[str, Any]:
+    def create(self, spec: dict[str, Any]) -> PlacementGroupCreated:
         if spec["pg_id"] in self.groups:
             return {"pg_id": spec["pg_id"]}  # a retried request
         entry = PgEntry(spec)

@@ -36,6 +36,7 @@ from ember.gcs.pg_lifecycle import (
     Wake,
     WarnUnplaceable,
 )
+from ember.protocol.gcs import PlacementGroupCreated, PlacementGroupRecord
 
 if TYPE_CHECKING:
     from ember.gcs.server import GcsServer
@@ -66,7 +67,7 @@ class PlacementGroupManager:
         self.core.restore(db.unpack(data) for _, data in self.gcs.storage.items("pgs"))
         self._apply()
 
-    def create(self, spec: dict[str, Any]) -> dict[str, Any]:
+    def create(self, spec: dict[str, Any]) -> PlacementGroupCreated:
         reply = self.core.create(spec)
         self._apply()
         return reply
@@ -85,11 +86,11 @@ class PlacementGroupManager:
         self.core.job_finished(job_id)
         self._apply()
 
-    def get_by_name(self, name: str, namespace: str) -> dict[str, Any] | None:
+    def get_by_name(self, name: str, namespace: str) -> PlacementGroupRecord | None:
         pg_id = self.core.named.get((namespace, name))
         return self.core.groups[pg_id].public() if pg_id is not None else None
 
-    def table(self) -> dict[str, dict[str, Any]]:
+    def table(self) -> dict[str, PlacementGroupRecord]:
         return {entry.pg_id.hex(): entry.public() for entry in self.core.groups.values()}
 
     async def wait_ready(self, pg_id: bytes) -> str:

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -59,7 +59,7 @@ class NodeEntry:
         #: An autoscaler is about to end it: no new work is sent there (see rpc_drain_node).
         self.draining = False
 
-    def to_public(self) -> dict[str, Any]:
+    def to_public(self) -> msg.NodeRecord:
         info = self.info
         return {
             "NodeID": info["node_id"].hex(),
@@ -115,7 +115,7 @@ class GcsServer:
         if not stored_id:
             self.storage.put("meta", b"cluster_id", self.cluster_id.encode())
         self.nodes: dict[bytes, NodeEntry] = {}
-        self.jobs: dict[bytes, dict[str, Any]] = {}
+        self.jobs: dict[bytes, msg.JobRecord] = {}
         self._job_conns: dict[bytes, Connection] = {}
         stored_next = self.storage.get("meta", b"next_job")
         self._next_job = int(stored_next) if stored_next else 1
@@ -156,15 +156,15 @@ class GcsServer:
             # A live node stays alive until it misses the heartbeat deadline: it should reconnect by then.
             self.nodes[info["node_id"]] = entry
         for _, data in self.storage.items("jobs"):
-            job = db.unpack(data)
+            job = cast(msg.JobRecord, db.unpack(data))  # as persist_job wrote it
             self.jobs[job["job_id"]] = job
         self.restarted = bool(nodes or self.jobs)
         if self.restarted:
             logger.info("restored %d nodes and %d jobs from storage", len(self.nodes), len(self.jobs))
             loop = asyncio.get_running_loop()
             grace = config().node_death_timeout_s
-            for job_id, job in self.jobs.items():
-                if job["status"] == "RUNNING":
+            for job_id, stored in self.jobs.items():
+                if stored["status"] == "RUNNING":
                     loop.call_later(grace, self._job_not_reattached, job_id)
         self.actor_manager.restore()
         self.pg_manager.restore()
@@ -174,7 +174,7 @@ class GcsServer:
             logger.info("the driver of job %s did not come back after the restart", job_id.hex())
             self._job_finished(job_id)
 
-    def persist_job(self, job: dict[str, Any]) -> None:
+    def persist_job(self, job: msg.JobRecord) -> None:
         self.storage.put("jobs", job["job_id"], db.pack(job))
 
     def persist_node(self, entry: NodeEntry) -> None:
@@ -301,7 +301,7 @@ class GcsServer:
             self.cluster_changed.notify()
         return self.rpc_get_node_addresses(conn, None)
 
-    def rpc_get_nodes(self, conn: Connection, p: None) -> list[dict[str, Any]]:
+    def rpc_get_nodes(self, conn: Connection, p: None) -> list[msg.NodeRecord]:
         return [entry.to_public() for entry in self.nodes.values()]
 
     def rpc_get_node_addresses(self, conn: Connection, p: None) -> list[list[Any]]:
@@ -329,7 +329,7 @@ class GcsServer:
         self._next_job += 1
         self.storage.put("meta", b"next_job", str(self._next_job).encode())
         namespace = p.namespace or f"anonymous-{job_id.hex()}"
-        entry = {
+        entry: msg.JobRecord = {
             "job_id": job_id,
             "namespace": namespace,
             "driver_pid": p.pid,
@@ -382,17 +382,17 @@ class GcsServer:
 
             package_gc.collect(self)
 
-    def rpc_get_jobs(self, conn: Connection, p: None) -> list[dict[str, Any]]:
+    def rpc_get_jobs(self, conn: Connection, p: None) -> list[msg.JobRecord]:
         return list(self.jobs.values())
 
     # --------------------------------------------------------------- actors
     def rpc_register_actor(self, conn: Connection, spec: msg.ActorCreationSpec) -> dict[str, Any]:
         return self.actor_manager.register(spec.record())
 
-    def rpc_get_named_actor(self, conn: Connection, p: msg.NamedLookup) -> dict[str, Any] | None:
+    def rpc_get_named_actor(self, conn: Connection, p: msg.NamedLookup) -> msg.ActorRecord | None:
         return self.actor_manager.get_named(p.name, p.namespace or "")
 
-    async def rpc_wait_actor(self, conn: Connection, p: msg.WaitActor) -> dict[str, Any]:
+    async def rpc_wait_actor(self, conn: Connection, p: msg.WaitActor) -> msg.ActorWaitReply:
         return await self.actor_manager.wait(p.actor_id, p.after)
 
     def rpc_kill_actor(self, conn: Connection, p: msg.KillActor) -> bool:
@@ -407,7 +407,7 @@ class GcsServer:
         self._oom_details[p.worker_id] = "it ran out of memory: " + p.detail
 
     # ------------------------------------------------------ placement groups
-    def rpc_create_placement_group(self, conn: Connection, spec: msg.CreatePlacementGroup) -> dict[str, Any]:
+    def rpc_create_placement_group(self, conn: Connection, spec: msg.CreatePlacementGroup) -> msg.PlacementGroupCreated:
         return self.pg_manager.create(msgspec.structs.asdict(spec))
 
     async def rpc_remove_placement_group(self, conn: Connection, p: msg.PlacementGroupId) -> bool:
@@ -416,16 +416,16 @@ class GcsServer:
     async def rpc_wait_placement_group(self, conn: Connection, p: msg.PlacementGroupId) -> str:
         return await self.pg_manager.wait_ready(p.pg_id)
 
-    def rpc_placement_group_table(self, conn: Connection, p: None) -> dict[str, Any]:
+    def rpc_placement_group_table(self, conn: Connection, p: None) -> dict[str, msg.PlacementGroupRecord]:
         return self.pg_manager.table()
 
-    def rpc_get_placement_group(self, conn: Connection, p: msg.NamedLookup) -> dict[str, Any] | None:
+    def rpc_get_placement_group(self, conn: Connection, p: msg.NamedLookup) -> msg.PlacementGroupRecord | None:
         return self.pg_manager.get_by_name(p.name, p.namespace or "")
 
     def rpc_infeasible(self, conn: Connection, p: msg.Infeasible) -> None:
         logger.warning("an actor cannot be placed: %s", p.message)
 
-    def rpc_list_actors(self, conn: Connection, p: None) -> list[dict[str, Any]]:
+    def rpc_list_actors(self, conn: Connection, p: None) -> list[msg.ActorRecord]:
         return [entry.public() for entry in self.actor_manager.actors.values()]
 
     def rpc_list_named_actors(self, conn: Connection, p: msg.ListNamedActors) -> list[msg.NamedActorRow]:
@@ -463,14 +463,14 @@ class GcsServer:
     def rpc_add_task_events(self, conn: Connection, batch: msg.TaskEventBatch) -> None:
         self.task_events.add_batch(batch)
 
-    def rpc_list_tasks(self, conn: Connection, p: msg.ListTasks) -> dict[str, Any]:
+    def rpc_list_tasks(self, conn: Connection, p: msg.ListTasks) -> msg.TaskListing:
         """``{filters: [[key, "="|"!=", value]], limit, detail}`` -> matches (newest first) and counts."""
         filters = check_filters(p.filters, TASK_FIELDS)
         if p.limit < 0:
             raise ValueError(f"limit must be >= 0, got {p.limit}")
         return self.task_events.list(filters, min(p.limit, config().state_api_max_limit), p.detail)
 
-    def rpc_summarize_tasks(self, conn: Connection, p: None) -> dict[str, Any]:
+    def rpc_summarize_tasks(self, conn: Connection, p: None) -> msg.TaskSummary:
         return self.task_events.summary()
 
     def rpc_task_counts_by_state(self, conn: Connection, p: None) -> dict[str, int]:
@@ -488,7 +488,7 @@ class GcsServer:
         ]
 
     # ----------------------------------------------------------- autoscaling
-    async def rpc_get_cluster_demand(self, conn: Connection, p: msg.ClusterDemand | None) -> dict[str, Any]:
+    async def rpc_get_cluster_demand(self, conn: Connection, p: msg.ClusterDemand | None) -> msg.ClusterDemandReply:
         """Live nodes (with ``IdleSeconds``), queued task/actor shapes, pending groups, requests.
 
         With ``{"wait_s": s}`` it first waits until a node reports new queued demand, or ``s``
@@ -525,7 +525,7 @@ class GcsServer:
             pid = (p.status or {}).get("pid")
             conn.add_close_callback(lambda c: self.autoscaler.autoscaler_gone(pid if isinstance(pid, int) else None))
 
-    def rpc_get_autoscaler_status(self, conn: Connection, p: None) -> dict[str, Any] | None:
+    def rpc_get_autoscaler_status(self, conn: Connection, p: None) -> msg.AutoscalerStatus | None:
         return self.autoscaler.status()
 
     # --------------------------------------------------------------- status

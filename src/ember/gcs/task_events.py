@@ -30,7 +30,10 @@ from ember.protocol.gcs import (
     TASK_STATES,
     RunRow,
     TaskEventBatch,
+    TaskListing,
     TaskRow,
+    TaskSummary,
+    TaskSummaryRow,
     run_rows,
     task_rows,
 )
@@ -329,7 +332,7 @@ class TaskEventStore:
             if task_id not in tasks:
                 yield TaskView(task_id, None, run)
 
-    def list(self, filters: list[tuple[str, str, str]], limit: int, detail: bool) -> dict[str, Any]:
+    def list(self, filters: list[tuple[str, str, str]], limit: int, detail: bool) -> TaskListing:
         """Newest first; filters apply before the limit; ``total`` counts every match."""
         fast = [(_FAST_KEYS[k], op, v) for k, op, v in filters if k in _FAST_KEYS]
         slow = [(k, op, v) for k, op, v in filters if k not in _FAST_KEYS]
@@ -351,9 +354,9 @@ class TaskEventStore:
             "num_filtered": total, "dropped": sum(self.dropped.values()), "stored": stored,
         }
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> TaskSummary:
         """Ray's ``TaskSummaries``: counts by function and state (exact over what is kept)."""
-        summary: dict[str, dict[str, Any]] = {}
+        summary: dict[str, TaskSummaryRow] = {}
         total = actor_tasks = 0
         for view in self.views():
             name = view.name

@@ -10,8 +10,9 @@ import msgspec
 WorkerAddress = tuple[str, int, bytes]
 #: ``[host, port]``: where a daemon listens.
 HostPort = tuple[str, int]
-#: An opaque map whose schema belongs to one component (a task spec, a runtime env, a
-#: node's public record): the protocol checks that it is a map, its owner reads it.
+#: An opaque map whose schema belongs to one component (an actor class's ``meta``, a runtime
+#: env, a task event's info, the autoscaler's status): the protocol checks that it is a map
+#: with string keys, its owner reads it. Everything else is a declared struct or TypedDict.
 Record = dict[str, Any]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 import msgspec
 
@@ -378,30 +378,190 @@ class ClusterInfo(Message):
     dashboard_url: str | None
 
 
+# ----------------------------------------------------------------- replies
+# The control service builds these as dicts and its callers read them as dicts (the state API,
+# the dashboard, the CLI, the autoscaler, ``ember.nodes()``); as ``TypedDict``s both sides' key
+# accesses are checked by mypy and the wire stays the maps the callers have always read.
+
+
+class NodeRecord(TypedDict):
+    """A node as ``ember.nodes()`` lists it: Ray's keys (``get_nodes``)."""
+
+    NodeID: str
+    Alive: bool
+    NodeManagerAddress: str
+    NodeManagerPort: int
+    ObjectManagerPort: int
+    NodeManagerHostname: str
+    Resources: dict[str, float]
+    AvailableResources: dict[str, float]
+    ObjectStoreCapacity: int
+    ObjectStoreUsed: int
+    ObjectStoreObjects: int
+    ObjectStoreSpilled: int
+    ObjectStoreFallback: int
+    ObjectStoreFallbackObjects: int
+    ObjectStoreDir: str
+    IsHead: bool
+    MetricsExportPort: int
+    DeathReason: str
+    alive: bool
+
+
+class DemandNode(NodeRecord):
+    """A live node in ``get_cluster_demand``: seconds it has had no work."""
+
+    IdleSeconds: float
+
+
+class JobRecord(TypedDict):
+    """A job (``get_jobs``), as stored."""
+
+    job_id: bytes
+    namespace: str
+    driver_pid: int | None
+    driver_address: list[Any] | None
+    start_time: float
+    end_time: float | None
+    #: RUNNING, then SUCCEEDED when its driver disconnects.
+    status: str
+    entrypoint: str
+    submission_id: str | None
+
+
+class ActorRecord(TypedDict):
+    """An actor's public state (``list_actors``, ``get_named_actor``)."""
+
+    actor_id: bytes
+    #: ``ActorState``: DEPENDENCIES_UNREADY ... ALIVE, RESTARTING, DEAD.
+    state: str
+    #: Its worker's ``[host, port, worker_id]`` while ALIVE.
+    address: list[Any] | None
+    incarnation: int
+    death_cause: str
+    #: The constructor's error (inline serialized) if ``__init__`` raised.
+    creation_error: list[Any] | None
+    error_type: str
+    num_restarts: int
+    name: str
+    namespace: str
+    class_name: str
+    pid: int
+    node_id: bytes | None
+    job_id: bytes | None
+    detached: bool
+    meta: Record | None
+
+
+class ActorWaitReply(ActorRecord):
+    """``wait_actor``: the actor once it is ALIVE in a newer incarnation, or DEAD; plus where its
+    node daemon listens (a caller frees there what a dead incarnation stored)."""
+
+    node_address: list[Any] | None
+
+
+class PlacementGroupCreated(TypedDict):
+    pg_id: bytes
+
+
+class PlacementGroupStats(TypedDict):
+    scheduling_state: str
+
+
+class PlacementGroupRecord(TypedDict):
+    """A placement group as Ray's ``placement_group_table()`` shows it."""
+
+    placement_group_id: str
+    name: str
+    bundles: dict[int, dict[str, float]]
+    bundles_to_node_id: dict[int, str]
+    strategy: str
+    state: str
+    stats: PlacementGroupStats
+    creator_job_id: str | None
+    is_detached: bool
+
+
+class TaskListing(TypedDict):
+    """``list_tasks``: the matching task records (newest first) and how many there were."""
+
+    result: list[Record]
+    total: int
+    num_after_truncation: int
+    num_filtered: int
+    #: Events the workers dropped (buffers full) and records kept.
+    dropped: int
+    stored: int
+
+
+class TaskSummaryRow(TypedDict):
+    func_or_class_name: str
+    type: str
+    state_counts: dict[str, int]
+
+
+class TaskSummary(TypedDict):
+    """``summarize_tasks``: Ray's ``TaskSummaries`` (counts by function and state)."""
+
+    summary: dict[str, TaskSummaryRow]
+    total_tasks: int
+    total_actor_tasks: int
+    total_actor_scheduled: int
+    summary_by: str
+    dropped: int
+
+
+class PendingGroup(TypedDict):
+    pg_id: str
+    strategy: str
+    #: The bundles not placed yet.
+    bundles: list[dict[str, float]]
+    name: str
+
+
+class ClusterDemandReply(TypedDict):
+    """``get_cluster_demand``: what the autoscaler decides from."""
+
+    nodes: list[DemandNode]
+    #: ``[shape, count]`` of queued lease requests and of actors waiting for a node.
+    tasks: list[list[Any]]
+    actors: list[list[Any]]
+    placement_groups: list[PendingGroup]
+    #: ``request_resources()`` bundles.
+    requested: list[dict[str, float]]
+    time: float
+
+
+#: ``get_autoscaler_status``: the autoscaler's last status document (its own schema,
+#: ``autoscaler/status.py``, opaque to the control service) with ``reported_at`` added; None
+#: before any autoscaler reported.
+AutoscalerStatus = Record
+
+
 METHODS = (
     Method("subscribe", Subscribe, bool),
     Method("publish", Publication, oneway=True),
     Method("register_node", RegisterNode, RegisterNodeReply),
     Method("unregister_node", NodeId, None),
     Method("report", LoadReport, list[NodeAddressRow]),
-    Method("get_nodes", None, list[Record]),
+    Method("get_nodes", None, list[NodeRecord]),
     Method("get_node_addresses", None, list[NodeAddressRow]),
     Method("register_job", RegisterJob, RegisterJobReply),
     Method("reattach_job", JobId, ClusterIdReply),
-    Method("get_jobs", None, list[Record]),
+    Method("get_jobs", None, list[JobRecord]),
     Method("register_actor", ActorCreationSpec, RegisterActorReply),
-    Method("get_named_actor", NamedLookup, Record | None),
-    Method("wait_actor", WaitActor, Record),
+    Method("get_named_actor", NamedLookup, ActorRecord | None),
+    Method("wait_actor", WaitActor, ActorWaitReply),
     Method("kill_actor", KillActor, bool),
     Method("worker_died", WorkerDied, oneway=True),
     Method("worker_oom_killed", WorkerOomKilled, oneway=True),
-    Method("create_placement_group", CreatePlacementGroup, Record),
+    Method("create_placement_group", CreatePlacementGroup, PlacementGroupCreated),
     Method("remove_placement_group", PlacementGroupId, bool),
     Method("wait_placement_group", PlacementGroupId, str),
-    Method("placement_group_table", None, dict[str, Record]),
-    Method("get_placement_group", NamedLookup, Record | None),
+    Method("placement_group_table", None, dict[str, PlacementGroupRecord]),
+    Method("get_placement_group", NamedLookup, PlacementGroupRecord | None),
     Method("infeasible", Infeasible, oneway=True),
-    Method("list_actors", None, list[Record]),
+    Method("list_actors", None, list[ActorRecord]),
     Method("list_named_actors", ListNamedActors, list[NamedActorRow]),
     Method("kv_put", KvPut, bool),
     Method("kv_get", KvKey, bytes | None),
@@ -409,15 +569,15 @@ METHODS = (
     Method("kv_keys", KvPrefix, list[bytes]),
     Method("kv_items", KvPrefix, list[tuple[bytes, bytes]]),
     Method("add_task_events", TaskEventBatch, oneway=True),
-    Method("list_tasks", ListTasks, Record),
-    Method("summarize_tasks", None, Record),
+    Method("list_tasks", ListTasks, TaskListing),
+    Method("summarize_tasks", None, TaskSummary),
     Method("task_counts_by_state", None, dict[str, int]),
     Method("task_executions", TaskExecutions, list[ExecutionRow]),
-    Method("get_cluster_demand", ClusterDemand | None, Record),
+    Method("get_cluster_demand", ClusterDemand | None, ClusterDemandReply),
     Method("request_resources", RequestResources, None),
     Method("drain_node", DrainNode, bool),
     Method("autoscaler_report", AutoscalerReport, None),
-    Method("get_autoscaler_status", None, Record | None),
+    Method("get_autoscaler_status", None, AutoscalerStatus | None),
     Method("cluster_info", None, ClusterInfo),
     Method("ping", None, str),
 )

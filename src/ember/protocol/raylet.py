@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from ember.protocol.base import HostPort, Message, Record, WorkerAddress
 from ember.protocol.gcs import Publication
@@ -164,8 +164,83 @@ class ReadLog(Message):
     max_bytes: int = 1 << 20
 
 
+# -------------------------------------------------------------------- replies
+# Replies are built as dicts by the node daemon and read as dicts by their callers; as
+# ``TypedDict``s both sides' key accesses are checked by mypy (``total=False``: a key some
+# answers leave out).
+
+
+class Spillback(TypedDict):
+    """Where to ask instead: that node's id and its daemon's ``[host, port]``."""
+
+    node_id: bytes
+    address: list[Any]
+
+
+class LeaseReply(TypedDict, total=False):
+    """``request_lease``'s answer: a grant (``lease_id`` ... ``gpu_ids``), ``spillback`` (ask that
+    node), or ``cancelled`` (the request was withdrawn)."""
+
+    lease_id: bytes
+    worker_id: bytes
+    #: The leased worker's ``[host, port, worker_id]``.
+    address: list[Any]
+    node_id: bytes
+    pid: int
+    gpu_ids: list[int]
+    spillback: Spillback
+    cancelled: bool
+
+
+class WorkerRow(TypedDict):
+    worker_id: bytes
+    pid: int
+    state: str
+    rss: int | None
+    #: Its stdout and stderr files' names under the session's ``logs/``.
+    log_files: list[str]
+
+
+class ProcessRow(TypedDict):
+    name: str
+    pid: int
+    rss: int | None
+
+
+class NodeIdentity(TypedDict):
+    """Who and where the node daemon is (``ClientInfo``'s fields)."""
+
+    node_id: bytes
+    raylet_address: HostPort
+    store_dir: str
+    session_dir: str
+    gcs_address: str
+    node_ip: str
+    resources: dict[str, float]
+
+
+class NodeInfo(NodeIdentity):
+    """``get_info``: the node daemon as a whole (the dashboard, ``ember status``, tests)."""
+
+    available: dict[str, float]
+    #: ``ObjectStore.stats()``: used, capacity, objects, spilled, fallback ... (bytes and counts).
+    store: dict[str, int]
+    workers: list[WorkerRow]
+    processes: list[ProcessRow]
+    #: ``_private.processes.host_memory()``: total and available bytes.
+    host_memory: dict[str, int]
+
+
+class LogChunk(TypedDict):
+    """``read_log``: ``data`` read from ``offset`` of a file now ``size`` bytes long."""
+
+    data: bytes
+    offset: int
+    size: int
+
+
 METHODS = (
-    Method("request_lease", RequestLease, Record),
+    Method("request_lease", RequestLease, LeaseReply),
     Method("prepare_runtime_env", RuntimeEnvRequest, oneway=True),
     Method("cancel_lease_request", LeaseRequestId, oneway=True),
     Method("return_lease", ReturnLease, oneway=True),
@@ -190,11 +265,11 @@ METHODS = (
     Method("commit_bundle", Bundle, bool),
     Method("remove_bundle", Bundle, bool),
     Method("kill_worker", WorkerId, bool),
-    Method("get_info", None, Record),
+    Method("get_info", None, NodeInfo),
     Method("task_counts", None, list[list[Any]]),
     Method("list_clients", None, list[WorkerAddress]),
     Method("list_logs", ListLogs | None, list[tuple[str, int]]),
-    Method("read_log", ReadLog, Record),
+    Method("read_log", ReadLog, LogChunk),
     Method("set_launchable", list[dict[str, float]] | None, oneway=True),
     Method("ping", None, str),
 )

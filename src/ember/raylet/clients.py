@@ -11,7 +11,7 @@ from ember.rpc import Connection
 
 
 class ClientRegistry:
-    def __init__(self, store: ObjectStore, client_info: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, store: ObjectStore, client_info: Callable[[], msg.NodeIdentity]) -> None:
         self.store = store
         self.client_info = client_info
         """What a newly registered client learns about this node."""
@@ -32,7 +32,7 @@ class ClientRegistry:
     def __contains__(self, client_id: object) -> bool:
         return client_id in self.clients
 
-    def rpc_register_client(self, conn: Connection, p: msg.RegisterClient) -> dict[str, Any]:
+    def rpc_register_client(self, conn: Connection, p: msg.RegisterClient) -> msg.NodeIdentity:
         conn.state["address"] = list(p.address) if p.address is not None else None
         conn.state["pid"] = p.pid
         self.add(p.client_id, conn, f"driver pid {p.pid if p.pid is not None else '?'}")

@@ -84,19 +84,19 @@ class LeaseService:
         self.fd_limit = fd_limit
         self._envs = AgentEnvironments(renv_agent)
         #: The reply each queued request is answered through.
-        self._replies: dict[LeaseRequest, asyncio.Future[Any]] = {}
+        self._replies: dict[LeaseRequest, asyncio.Future[msg.LeaseReply]] = {}
         #: Shapes of the node types an autoscaler can launch (None: no autoscaler); a request that
         #: fits one of them is waiting for a node, not infeasible.
         self.launchable: list[res.Resources] | None = None
 
     # ================================================================ RPC: leases
-    def rpc_request_lease(self, conn: Connection, p: msg.RequestLease) -> asyncio.Future[Any]:
+    def rpc_request_lease(self, conn: Connection, p: msg.RequestLease) -> asyncio.Future[msg.LeaseReply]:
         # A resent request (its reply was lost) gets the same answer, not a second lease.
-        seen: dict[Any, asyncio.Future[Any]] = conn.state.setdefault("lease_requests", {})
+        seen: dict[Any, asyncio.Future[msg.LeaseReply]] = conn.state.setdefault("lease_requests", {})
         request_id = p.request_id
         if request_id in seen:
             return seen[request_id]
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[msg.LeaseReply] = asyncio.get_running_loop().create_future()
         seen[request_id] = fut
         if len(seen) > SEEN_REQUESTS_PER_CONNECTION:
             seen.pop(next(iter(seen)))
@@ -118,16 +118,16 @@ class LeaseService:
         self.schedule()
         return fut
 
-    def _decide_elsewhere(self, request: res.Resources, p: msg.RequestLease) -> dict[str, Any] | None:
+    def _decide_elsewhere(self, request: res.Resources, p: msg.RequestLease) -> msg.LeaseReply | None:
         """The answer for a request that should not wait here (a spillback), or None; raises if it cannot run."""
         prefer = p.prefer
         target = self.view.nodes.get(prefer) if prefer and prefer != self.node.node_id and not p.strategy else None
         if target is not None and target.alive and res.fits(request, target.available):
             # The task's large arguments live there: run it next to them.
-            return {"spillback": {"node_id": target.node_id, "address": target.address}}
+            return {"spillback": {"node_id": target.node_id, "address": list(target.address)}}
         decision = self.view.decide(request, p.strategy, self._local_view())
         if decision.kind == policy.SPILLBACK and decision.node_id is not None:
-            return {"spillback": {"node_id": decision.node_id, "address": self.view.nodes[decision.node_id].address}}
+            return {"spillback": {"node_id": decision.node_id, "address": list(self.view.nodes[decision.node_id].address)}}
         if decision.kind == policy.UNSCHEDULABLE:
             raise expected(TaskUnschedulableError(decision.reason))
         return None
@@ -228,7 +228,7 @@ class LeaseService:
         elif isinstance(action, Abandoned):
             fut.cancel()
         else:
-            fut.set_result({"spillback": {"node_id": action.node_id, "address": action.address}})
+            fut.set_result({"spillback": {"node_id": action.node_id, "address": list(action.address)}})
 
     def _granted(self, grant: Grant) -> None:
         lease, worker = grant.lease, grant.lease.worker
@@ -249,7 +249,7 @@ class LeaseService:
         fut.set_result({
             "lease_id": lease.lease_id,
             "worker_id": worker.worker_id,
-            "address": worker.address,
+            "address": list(worker.address or ()),
             "node_id": self.node.node_id,
             "pid": worker.pid,
             "gpu_ids": lease.gpu_ids,

@@ -11,6 +11,8 @@ import fnmatch
 import os
 from typing import Any
 
+from ember.protocol.raylet import LogChunk
+
 #: Largest chunk one read returns.
 MAX_READ_BYTES = 4 * 1024 * 1024
 
@@ -46,7 +48,7 @@ def list_files(logs_dir: str, glob: str | None = None) -> list[list[Any]]:
     return out
 
 
-def read(logs_dir: str, name: str, offset: int, max_bytes: int) -> dict[str, Any]:
+def read(logs_dir: str, name: str, offset: int, max_bytes: int) -> LogChunk:
     """Bytes ``[offset, offset + max_bytes)`` of a log file (``offset < 0``: from the end) and its size."""
     path = safe_path(logs_dir, name)
     max_bytes = max(0, min(int(max_bytes), MAX_READ_BYTES))

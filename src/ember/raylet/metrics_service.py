@@ -22,6 +22,7 @@ from ember._private.config import config
 from ember._private.version import __version__
 from ember.exceptions import ConnectionLost, RemoteError
 from ember.protocol import raylet as msg
+from ember.protocol.gcs import ActorRecord
 from ember.raylet import metric_families, system_metrics
 from ember.raylet.clients import ClientRegistry
 from ember.raylet.control_link import ControlServiceLink
@@ -129,12 +130,12 @@ class MetricsService:
         """The node's and its processes' CPU and memory (in a thread: it reads /proc)."""
         return self._os_sampler.node(self._node_labels) + self._os_sampler.components(components, labels)
 
-    async def _gcs_actors(self) -> list[dict[str, Any]] | None:
+    async def _gcs_actors(self) -> list[ActorRecord] | None:
         """The control service's actor table (head node; None when it does not answer)."""
         if not self.link.connected:
             return None
         try:
-            actors: list[dict[str, Any]] = await self.link.call("list_actors", None, config().metrics_gcs_timeout_s)
+            actors: list[ActorRecord] = await self.link.call("list_actors", None, config().metrics_gcs_timeout_s)
             return actors
         except (ConnectionLost, RemoteError, asyncio.TimeoutError) as exc:
             logger.debug("no actor counts for this scrape: %s", exc)

@@ -204,10 +204,10 @@ class Raylet:
             "metrics_export_port": self.metrics.port,
         }
 
-    def client_info(self) -> dict[str, Any]:
+    def client_info(self) -> msg.NodeIdentity:
         return {
             "node_id": self.node.node_id,
-            "raylet_address": self.node.address,
+            "raylet_address": (self.node.address[0], self.node.address[1]),
             "store_dir": self.store.directory,
             "session_dir": self.opts.session_dir,
             "gcs_address": self.opts.gcs_address,
@@ -228,11 +228,8 @@ class Raylet:
         self._schedule()
 
     # ================================================================ RPC: the node as a whole
-    def rpc_get_info(self, conn: Connection, p: None) -> dict[str, Any]:
-        info = self.client_info()
-        info["available"] = res.to_float(self.table.available)
-        info["store"] = self.store.stats()
-        info["workers"] = [
+    def rpc_get_info(self, conn: Connection, p: None) -> msg.NodeInfo:
+        workers: list[msg.WorkerRow] = [
             {
                 "worker_id": w.worker_id, "pid": w.pid, "state": w.state.value,
                 "rss": resident_bytes(w.pid),
@@ -242,11 +239,14 @@ class Raylet:
         ]
         # For the dashboard: this node's own processes and its host's memory.
         zygote = getattr(getattr(self.pool.launcher, "proc", None), "pid", None)
-        info["processes"] = [
-            {"name": "node daemon", "pid": os.getpid(), "rss": resident_bytes(os.getpid())},
-        ] + ([{"name": "fork server", "pid": zygote, "rss": resident_bytes(zygote)}] if zygote else [])
-        info["host_memory"] = host_memory()
-        return info
+        processes: list[msg.ProcessRow] = [{"name": "node daemon", "pid": os.getpid(), "rss": resident_bytes(os.getpid())}]
+        if zygote:
+            processes.append({"name": "fork server", "pid": zygote, "rss": resident_bytes(zygote)})
+        return {
+            **self.client_info(),
+            "available": res.to_float(self.table.available), "store": self.store.stats(), "workers": workers,
+            "processes": processes, "host_memory": host_memory(),
+        }
 
     def rpc_task_counts(self, conn: Connection, p: None) -> list[list[Any]]:
         """Tasks by name, state and job as this node's processes last reported them (``ray_tasks``):
@@ -257,7 +257,7 @@ class Raylet:
         """This node's log files ``[[name, size], ...]`` (``glob`` filters names)."""
         return log_files.list_files(self.workers.pool.logs_dir, p.glob if p is not None else None)
 
-    def rpc_read_log(self, conn: Connection, p: msg.ReadLog) -> dict[str, Any]:
+    def rpc_read_log(self, conn: Connection, p: msg.ReadLog) -> msg.LogChunk:
         """A chunk of one log file (``name``, ``offset``, ``max_bytes``); names outside logs/ are refused."""
         return log_files.read(self.workers.pool.logs_dir, p.name, p.offset, p.max_bytes)
 

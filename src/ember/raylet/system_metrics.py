@@ -14,6 +14,7 @@ from collections import Counter as _Tally
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ember.protocol.gcs import ActorRecord
 from ember.raylet.metric_families import Family, gauge
 
 MB = 1e6
@@ -134,7 +135,7 @@ class OsSampler:
         ]
 
 
-def actors(rows: list[dict[str, Any]], labels: dict[str, str]) -> Family:
+def actors(rows: list[ActorRecord], labels: dict[str, str]) -> Family:
     """``ray_actors{Name, State, Source="gcs"}`` from the control service's actor table."""
     tally = _Tally((row.get("class_name") or "", row["state"]) for row in rows)
     names = ("Name", "State", "Source", "Component", *labels)

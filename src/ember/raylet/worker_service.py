@@ -14,7 +14,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
 
 from ember._private.config import config
 from ember.protocol import raylet as msg
@@ -105,7 +104,7 @@ class WorkerService:
         self.pool.kill(worker, reason)
 
     # ------------------------------------------------------------ registration and death
-    def rpc_register_worker(self, conn: Connection, p: msg.RegisterWorker) -> dict[str, Any]:
+    def rpc_register_worker(self, conn: Connection, p: msg.RegisterWorker) -> msg.NodeIdentity:
         handle = self.pool.register(conn, p.worker_id, list(p.address))
         if handle is None:
             raise ValueError("unknown worker id; this worker was not started by this node daemon")

@@ -28,6 +28,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from ember._private.config import config
 from ember.exceptions import (
     AuthenticationError,
@@ -114,11 +116,10 @@ class Connection(asyncio.Protocol):
             for body in frames:
                 if self.closed:
                     return
-                message = framing.decode_body(body)
                 if self._authenticated:
-                    self._dispatch(message)
+                    self._dispatch(framing.decode_message(body))
                 else:
-                    self._handshake(message)
+                    self._handshake(framing.decode_body(body))
         except FrameError as exc:
             self._reject(str(exc))
         except Exception as exc:  # never let one peer's bytes take the process down
@@ -175,24 +176,19 @@ class Connection(asyncio.Protocol):
         self.close(reason)
 
     # ----------------------------------------------------------------- dispatch
-    def _dispatch(self, message: Any) -> None:
-        if not isinstance(message, list) or not message:
-            raise FrameError("a message must be a non-empty array")
-        kind = message[0]
-        if kind == REPLY and len(message) == 3:
-            fut = self._pending.pop(message[1], None)
+    def _dispatch(self, message: framing.Message) -> None:
+        if isinstance(message, framing.Reply):
+            fut = self._pending.pop(message.msg_id, None)
             if fut is not None and not fut.done():
-                fut.set_result(message[2])
-        elif kind == REQUEST and len(message) == 4 and isinstance(message[2], str):
-            self._handle_request(message[1], message[2], message[3])
-        elif kind == NOTIFY and len(message) == 3 and isinstance(message[1], str):
-            self._handle_notify(message[1], message[2])
-        elif kind == ERROR and len(message) == 4:
-            fut = self._pending.pop(message[1], None)
-            if fut is not None and not fut.done():
-                fut.set_exception(RemoteError(ErrorCode.from_wire(message[2]), str(message[3])))
+                fut.set_result(message.payload)
+        elif isinstance(message, framing.Request):
+            self._handle_request(message.msg_id, message.method, message.payload)
+        elif isinstance(message, framing.Notify):
+            self._handle_notify(message.method, message.payload)
         else:
-            raise FrameError(f"unknown message kind {kind!r}")
+            fut = self._pending.pop(message.msg_id, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(RemoteError(ErrorCode.from_wire(message.code), str(message.message)))
 
     def _lookup(self, method: str) -> tuple[Any, Method] | None:
         """The handler's function for ``method`` and its registered type (None: no such method)."""
@@ -202,14 +198,14 @@ class Connection(asyncio.Protocol):
         fn = getattr(self.handler, "rpc_" + method, None)
         return None if fn is None else (fn, spec)
 
-    def _handle_request(self, msg_id: Any, method: str, payload: Any) -> None:
+    def _handle_request(self, msg_id: Any, method: str, raw: msgspec.Raw) -> None:
         found = self._lookup(method)
         if found is None:
             self._send_error(msg_id, ErrorCode.NO_SUCH_METHOD, f"no such method: {method!r}")
             return
         fn, spec = found
         try:
-            payload = spec.decode(payload)
+            payload = spec.decode_raw(raw)
         except ProtocolError as exc:
             self._send_error(msg_id, ErrorCode.PROTOCOL_ERROR, str(exc))
             return
@@ -251,14 +247,14 @@ class Connection(asyncio.Protocol):
     def _send_error(self, msg_id: Any, code: ErrorCode, message: str) -> None:
         self.send([ERROR, msg_id, int(code), message])
 
-    def _handle_notify(self, method: str, payload: Any) -> None:
+    def _handle_notify(self, method: str, raw: msgspec.Raw) -> None:
         found = self._lookup(method)
         if found is None:
             logger.warning("ignoring notification %r from %s: no such method", method, self.peername)
             return
         fn, spec = found
         try:
-            payload = spec.decode(payload)
+            payload = spec.decode_raw(raw)
         except ProtocolError as exc:
             logger.warning("ignoring notification from %s: %s", self.peername, exc)
             return

@@ -10,6 +10,11 @@ Message bodies are msgpack arrays whose first element is the kind:
 The first frame on every connection is the hello, ``[HELLO_MAGIC, token,
 peer_info]``, answered with ``["OK", info]`` or ``["DENIED", reason]``.
 
+After the hello, a body is decoded as one of the four message structs below; a request's or
+a notification's payload is left as ``msgspec.Raw`` (undecoded bytes) and the dispatcher
+decodes it straight into the method's declared type (``Method.decode_raw``), which costs less
+than decoding to plain values and converting them.
+
 ``FrameDecoder`` checks a frame's declared length against the limit before
 it buffers the frame, so a peer cannot make us allocate more than the limit.
 """
@@ -47,6 +52,42 @@ def encode(message: Any) -> bytes:
     except RecursionError:
         raise FrameError("a message nested too deeply to encode") from None
     return len(body).to_bytes(_HEADER, "big") + body
+
+
+class Request(msgspec.Struct, array_like=True, tag=REQUEST, forbid_unknown_fields=True):
+    msg_id: Any
+    method: str
+    payload: msgspec.Raw
+
+
+class Reply(msgspec.Struct, array_like=True, tag=REPLY, forbid_unknown_fields=True):
+    msg_id: Any
+    #: Plain values, decoded with the frame: the caller reads them (replies are not re-checked).
+    payload: Any
+
+
+class Error(msgspec.Struct, array_like=True, tag=ERROR, forbid_unknown_fields=True):
+    msg_id: Any
+    code: Any
+    message: Any
+
+
+class Notify(msgspec.Struct, array_like=True, tag=NOTIFY, forbid_unknown_fields=True):
+    method: str
+    payload: msgspec.Raw
+
+
+Message = Request | Reply | Error | Notify
+_decode_message = msgspec.msgpack.Decoder(Message).decode
+
+
+def decode_message(body: bytes | bytearray | memoryview) -> Message:
+    """An authenticated frame's body as its message, the payload still raw; ``FrameError`` if
+    it is not one of the four kinds with the right arity and types."""
+    try:
+        return _decode_message(body)
+    except Exception as exc:  # malformed, truncated, unknown kind, wrong arity, too deep ...
+        raise FrameError(f"not a valid message ({type(exc).__name__}: {exc})") from exc
 
 
 def decode_body(body: bytes | bytearray | memoryview) -> Any:

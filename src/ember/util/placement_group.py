@@ -16,6 +16,7 @@ from ember._private import ids, runtime
 from ember._private.ids import BaseID
 from ember._private.object_ref import ObjectRef
 from ember._private.placement_policy import BUNDLE_RESOURCE, STRATEGIES
+from ember.protocol.gcs import PlacementGroupRecord
 
 
 class PlacementGroupID(BaseID):
@@ -150,11 +151,11 @@ def get_placement_group(placement_group_name: str) -> PlacementGroup:
 
 def placement_group_table(placement_group: PlacementGroup | None = None) -> dict[str, Any]:
     """State of one group, or of every group keyed by id (hex)."""
-    table: dict[str, Any] = runtime.core_worker().gcs_call("placement_group_table", None)
+    table: dict[str, PlacementGroupRecord] = runtime.core_worker().gcs_call("placement_group_table", None)
     if placement_group is None:
         return table
-    group: dict[str, Any] = table.get(placement_group.id.hex(), {})
-    return group
+    group = table.get(placement_group.id.hex())
+    return dict(group) if group is not None else {}
 
 
 def get_current_placement_group() -> PlacementGroup | None:

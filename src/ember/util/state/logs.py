@@ -12,6 +12,7 @@ from collections.abc import Generator
 from typing import Any
 
 from ember._private.config import config
+from ember.protocol.raylet import LogChunk
 from ember.util.state.common import DEFAULT_RPC_TIMEOUT
 from ember.util.state.sources import StateSource, list_resource
 
@@ -104,8 +105,8 @@ async def resolve_file(src: StateSource, *, node_id: str | None = None, node_ip:
     raise ValueError(f"no worker with pid {pid} on node {node['NodeID'][:12]}")
 
 
-async def read_chunk(src: StateSource, node: dict[str, Any], name: str, offset: int, max_bytes: int = CHUNK_BYTES) -> dict[str, Any]:
-    chunk: dict[str, Any] = await node_call(src, node, "read_log", {"name": name, "offset": offset, "max_bytes": max_bytes})
+async def read_chunk(src: StateSource, node: dict[str, Any], name: str, offset: int, max_bytes: int = CHUNK_BYTES) -> LogChunk:
+    chunk: LogChunk = await node_call(src, node, "read_log", {"name": name, "offset": offset, "max_bytes": max_bytes})
     return chunk
 
 
