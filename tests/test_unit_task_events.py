@@ -235,12 +235,12 @@ def test_a_live_task_is_sent_once_its_state_is_older_than_the_last_batch():
 def test_an_execution_is_sent_running_while_long_then_with_its_end():
     recorder = _recorder()
     spec = {"tid": _tid(1), "name": "f", "job": b"\x01", "attempt": 2}
-    recorder.execution_started(spec)
+    recorder.execution_started(spec, b"a" * 16)
     assert recorder.take_batch() is None
     batch = recorder.take_batch()
     _, (live,) = _rows(batch)
     assert batch is not None and (batch.worker, batch.pid) == (b"w" * 16, os.getpid())
-    assert (live.attempt, live.end) == (1, None)
+    assert (live.attempt, live.end, live.actor) == (1, None, b"a" * 16)
     recorder.execution_ended(_tid(1))
     _, (ended,) = _rows(recorder.take_batch())
     assert ended.start == live.start and ended.end is not None and ended.end >= ended.start
@@ -263,7 +263,7 @@ def test_a_full_buffer_drops_the_oldest_rows_and_counts_them(ember_env):
     ember_env(task_events_buffer_size=3)
     recorder = _recorder()
     for i in range(5):
-        recorder.execution_started({"tid": _tid(i), "name": "f", "job": b"\x01"})
+        recorder.execution_started({"tid": _tid(i), "name": "f", "job": b"\x01"}, None)
         recorder.execution_ended(_tid(i))
     batch = recorder.take_batch()
     assert batch is not None and batch.dropped == 2
