@@ -7,6 +7,7 @@ processes' worth of state, and the task manager's invariants after each step.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -354,6 +355,41 @@ def test_a_spread_lease_whose_task_was_cancelled_runs_an_unasked_task_or_goes_ba
             worker.get(cancelled[1], 0)
     assert worker.submitter.num_pending() == 0
     _validate(core)
+
+
+def test_late_frees_and_lease_replies_while_shutting_down_are_quiet(core: OfflineCore, caplog: Any) -> None:
+    # Shutdown cancels the background tasks first; replies and dropped refs that arrive after
+    # that (results of tasks still running, grants of requests still out) are dropped with a
+    # debug line: no error, no "Exception in callback" from the loop.
+    worker = core.worker
+    loop_errors: list[dict[str, Any]] = []
+    core.loop.set_exception_handler(lambda loop, context: loop_errors.append(context))
+    far_node = ["127.0.0.1", 40001]
+    stored, (far_value,) = _task(core, name="stored far")
+    core.settle()
+    _, peer = _grant(core)
+    _spec, reply = peer.take("push_task")
+    reply.set_result({"s": "ok", "r": [[1, [b"F" * 28, BIG, far_node], []]]})
+    core.settle()
+    tasks = [_task(core, name="late", strategy=strategy)[0] for strategy in (None, "SPREAD", "SPREAD")]
+    core.settle()
+    requests = [core.raylet.take("request_lease") for _ in range(2)]
+    worker.background.cancel_all()  # as CoreWorker.shutdown does before the loop stops
+    with caplog.at_level(logging.DEBUG):
+        del far_value  # its copy on the other node is freed by a late flush
+        core.settle()
+        (_, granted), (_, spilled) = requests
+        granted.set_result({"address": ["127.0.0.1", 41001, b"x" * 28], "lease_id": b"late", "worker_id": b"W" * 28})
+        spilled.set_result({"spillback": {"node_id": b"F" * 28, "address": far_node}})
+        core.settle()
+    assert not loop_errors, loop_errors
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    dropped = " ".join(r.getMessage() for r in caplog.records if "dropped the late" in r.getMessage())
+    assert "free remote copies" in dropped and "connect to a leased worker" in dropped and "connect after spillback" in dropped
+    assert {"lease_id": b"late"} in core.raylet.notified("return_lease")
+    assert all(not t.done for t in tasks)  # left for the process's exit, not failed by a late event
+    worker.submitter.manager.fail_all(iter(tasks), RuntimeError("test over"))
+    core.settle()
 
 
 def test_unschedulable_lease_request_fails_the_queued_tasks(core: OfflineCore) -> None:

@@ -23,6 +23,7 @@ from collections import deque
 from typing import Any
 
 from ember._private.config import config
+from ember._private.waiting import wait_event
 from ember.autoscaler import scaling
 from ember.autoscaler.cluster_config import ClusterConfig
 from ember.autoscaler.node_provider import (
@@ -107,10 +108,7 @@ class Autoscaler:
                 logger.exception("autoscaler update failed")
                 self.event("update_failed", f"{type(exc).__name__}: {exc}", logging.WARNING)
                 pause = interval
-            try:
-                await asyncio.wait_for(stop.wait(), pause)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(stop, pause)
 
     async def update(self, wait_s: float = 0.0) -> scaling.Decision:
         """One decision; first waits up to ``wait_s`` for new demand (the control service wakes it)."""

@@ -319,7 +319,13 @@ class TaskSubmitter:
         if grant.get("spillback"):
             # Keep the request counted while we ask the node it named.
             target = grant["spillback"]["address"]
-            task = self.background.spawn(self.links.connect_to(target), "connect after spillback", loop=self.links.loop)
+            task = self.background.spawn_if_open(self.links.connect_to(target), "connect after spillback",
+                                                 loop=self.links.loop)
+            if task is None:  # the process is shutting down: nothing more runs
+                cls.pending_requests.discard(request_id)
+                cls.claims.pop(request_id, None)
+                self._request_class.pop(request_id, None)
+                return
             task.add_done_callback(partial(self._on_spillback_connected, cls, request_id))
             return
         cls.pending_requests.discard(request_id)
@@ -332,8 +338,12 @@ class TaskSubmitter:
             cls.infeasible_timer.cancel()
             cls.infeasible_timer = None
         cls.infeasible = ""
-        task = self.background.spawn(self.links.connect_to(grant["address"]), "connect to a leased worker",
-                                            loop=self.links.loop)
+        task = self.background.spawn_if_open(self.links.connect_to(grant["address"]), "connect to a leased worker",
+                                             loop=self.links.loop)
+        if task is None:  # the process is shutting down: the lease ends with its connection to the node
+            cls.claims.pop(request_id, None)
+            raylet.notify("return_lease", {"lease_id": grant["lease_id"]})
+            return
         task.add_done_callback(partial(self._on_worker_connected, cls, grant, raylet, request_id))
 
     def _on_spillback_connected(self, cls: SchedulingClass, request_id: int, task: asyncio.Task[Connection]) -> None:
@@ -357,7 +367,10 @@ class TaskSubmitter:
     def _on_worker_connected(self, cls: SchedulingClass, grant: dict[str, Any], raylet: Connection, request_id: int,
                              task: asyncio.Task[Connection]) -> None:
         claim = cls.claims.pop(request_id, None)
-        if task.cancelled() or task.exception() is not None:
+        if task.cancelled():  # the process is shutting down (its background tasks were cancelled)
+            raylet.notify("return_lease", {"lease_id": grant["lease_id"]})
+            return
+        if task.exception() is not None:
             logger.warning("could not reach leased worker %s: %s", grant["address"], task.exception())
             raylet.notify("return_lease", {"lease_id": grant["lease_id"], "kill": True})
             self._dispatch(cls)

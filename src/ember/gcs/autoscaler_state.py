@@ -20,6 +20,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from ember._private.waiting import wait_event
 from ember.rpc import Connection
 
 if TYPE_CHECKING:
@@ -68,11 +69,7 @@ class AutoscalerState:
 
     async def wait_for_demand(self, wait_s: float) -> None:
         """Until a node reports new queued demand, or ``wait_s`` seconds (the autoscaler's period)."""
-        if not self.demand_changed.is_set():
-            try:
-                await asyncio.wait_for(self.demand_changed.wait(), wait_s)
-            except asyncio.TimeoutError:
-                pass
+        await wait_event(self.demand_changed, wait_s)
         self.demand_changed.clear()
 
     def on_node_registered(self, conn: Connection) -> None:
