@@ -299,6 +299,33 @@ def test_worker_dies_before_reply_the_task_is_retried_on_a_new_lease(core: Offli
         worker.get([ref], 0)
 
 
+def test_an_idle_lease_is_kept_while_its_class_has_tasks_waiting(core: OfflineCore) -> None:
+    # Tasks wait behind a running one on the first lease; the second lease went idle and is about
+    # to take them (steal). A node daemon asking for idle leases back must not get it: the class's
+    # own queued request would take the CPU again, possibly as a worker started since.
+    worker = core.worker
+    depth = worker.submitter._depth
+    tasks = [_task(core, name=f"t{i}") for i in range(depth + 1)]
+    core.settle()
+    _, first = _grant(core, 41000)
+    pushed = [first.take("push_task") for _ in range(depth)]
+    _, second = _grant(core, 41001)
+    _spec, reply = second.take("push_task")
+    reply.set_result(_ok("last"))
+    core.settle()
+    assert first.notified("steal_tasks")  # the idle second lease is about to take them
+    worker.submitter.release_idle_leases()
+    assert core.raylet.notified("return_lease") == []
+    for index, (_spec, running) in enumerate(pushed):
+        running.set_result(_ok(index))
+        core.settle()
+    assert worker.get([ref for _, (ref,) in tasks], 0) == [*range(depth), "last"]
+    worker.submitter.release_idle_leases()  # nothing waits any more: both go back
+    assert sorted(p["lease_id"] for p in core.raylet.notified("return_lease")) == [
+        b"L" + bytes([41000 % 256]), b"L" + bytes([41001 % 256])]
+    _validate(core)
+
+
 def test_a_spread_task_runs_on_the_lease_requested_for_it(core: OfflineCore) -> None:
     # Each SPREAD task gets a request of its own (the node daemon places each one), and the lease
     # that comes back runs that task, whichever lease comes first: the local node's fast grants

@@ -406,9 +406,18 @@ class TaskSubmitter:
         lease.raylet.notify("return_lease", {"lease_id": lease.lease_id})
 
     def release_idle_leases(self) -> None:
+        """A node daemon has requests waiting: give back the idle leases nothing is waiting for.
+
+        A class with tasks waiting (queued, or behind a running task on another of its
+        leases: ``_steal`` moves those to the idle worker) keeps its idle lease. Giving it back
+        would only let the class's own queued request take it again, possibly as another
+        worker, one started after the tasks were submitted (and the CPU would sit idle between).
+        """
         for cls in self.classes.values():
+            if self._demand(cls):
+                continue
             for lease in list(cls.leases):
-                if lease.in_flight == 0 and not cls.queue:
+                if lease.in_flight == 0:
                     if lease.idle_timer is not None:
                         lease.idle_timer.cancel()
                     self._return_lease(cls, lease)
