@@ -4,7 +4,8 @@ What a first-time user meets before their first result: the README's set-up
 commands, ``ember --version``, ``ember microbenchmark --filter`` with a typo, the
 Ray comparison without Ray, a failed ``ember start``, and the logs of a normal
 run (no WARNING for a node stopped on purpose, no "killed by signal 9" for an
-idle worker the node daemon retired).
+idle worker the node daemon retired), and a shutdown while frees, lease requests and
+calls are in flight (no error, warning or traceback from the driver or any daemon).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import re
 import socket
 import subprocess
 import sys
+import textwrap
 
 import pytest
-from cli_cluster import cli_env, ember_cli, session_dirs
+from cli_cluster import cli_env, ember_cli, end_everything, session_dirs
 
 import ember
 from ember._private import runtime
@@ -146,6 +148,81 @@ def test_normal_run_logs_no_warning_and_no_signal_9(ember_start, monkeypatch):
     assert " WARNING " not in logs and " ERROR " not in logs, logs
     assert "signal 9" not in logs, logs
     assert "is dead: its node daemon was stopped" in logs
+
+
+# Right before shutdown: values dropped while tasks still make them (frees in flight, to this
+# node and, in a cluster, to the other one), tasks of many shapes and SPREAD tasks (lease
+# requests and spillbacks in flight), actor calls in flight. The driver logs at INFO with the
+# level in each line, so any warning of the runtime's own shows.
+BUSY_SHUTDOWN_DRIVER = """
+    import logging, sys
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s driver %(name)s: %(message)s")
+    import numpy as np
+    import ember
+    from ember.cluster_utils import Cluster
+
+    @ember.remote
+    def make(i):
+        return np.full(300 * 1024, i, dtype=np.uint32)  # 1.2 MiB: in the object store
+
+    @ember.remote
+    def tiny(i):
+        return i
+
+    @ember.remote
+    class Echo:
+        def f(self, x):
+            return x
+
+    cluster = None
+    if {multinode}:
+        cluster = Cluster(initialize_head=False, shutdown_at_exit=False)
+        cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20)
+        cluster.add_node(num_cpus=2, object_store_memory=100 * 2**20, resources={{"far": 10}})
+        cluster.connect()
+        far = [make.options(resources={{"far": 0.1}}).remote(i) for i in range(20)]
+    else:
+        ember.init(num_cpus=2, object_store_memory=100 * 2**20)
+        far = []
+    try:
+        near = [make.remote(i) for i in range(20)]
+        echo = Echo.remote()
+        assert ember.get(echo.f.remote(0)) == 0
+        ember.get(near[:2] + far[:2])
+        pending = [tiny.options(num_cpus=0.01 * (k + 1)).remote(k) for k in range(10)]
+        spread = [tiny.options(scheduling_strategy="SPREAD").remote(k) for k in range(10)]
+        calls = [echo.f.remote(k) for k in range(10)]
+        puts = [ember.put(np.ones(300 * 1024, dtype=np.uint32)) for _ in range(5)]
+        del near, far, puts
+        ember.shutdown()
+    finally:
+        if cluster is not None:
+            cluster.shutdown()
+    print("clean exit")
+"""
+
+NOISE = re.compile(r"Traceback|Exception in callback| WARNING | ERROR |CRITICAL")
+
+
+@pytest.mark.parametrize("multinode", [False, True], ids=["init", "cluster"])
+def test_shutdown_with_frees_and_leases_in_flight_is_quiet(tmp_path, multinode):
+    tmpdir = str(tmp_path / "ember_tmp")
+    env = cli_env(tmpdir)
+    code = textwrap.dedent(BUSY_SHUTDOWN_DRIVER).format(multinode=multinode)
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        out, err = proc.communicate(timeout=180)
+    finally:
+        end_everything(tmpdir, [proc])
+    assert proc.returncode == 0 and "clean exit" in out, out + err
+    assert not NOISE.search(err), err
+    (session_dir,) = session_dirs(tmpdir)
+    for path in sorted(glob.glob(os.path.join(session_dir, "logs", "*"))):
+        if path.endswith((".log", ".err")):
+            text = _read(path)
+            assert not NOISE.search(text), f"{os.path.basename(path)}:\n{text}"
 
 
 # ----------------------------------------------------------------------------- quiet pytest

@@ -7,6 +7,7 @@ processes' worth of state, and the task manager's invariants after each step.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -46,7 +47,7 @@ def core(tmp_path: Any) -> Iterator[OfflineCore]:
 
 
 def _task(core: OfflineCore, args: tuple[Any, ...] = (), retries: int = 0, name: str = "f",
-          nret: int = 1, parent: bytes | None = None) -> tuple[TaskEntry, list[ObjectRef]]:
+          nret: int = 1, parent: bytes | None = None, strategy: Any = None) -> tuple[TaskEntry, list[ObjectRef]]:
     """What ``f.remote(*args)`` hands the core worker."""
     worker = core.worker
     task_id = ids.new_task_id(worker.current_job_id)
@@ -57,15 +58,16 @@ def _task(core: OfflineCore, args: tuple[Any, ...] = (), retries: int = 0, name:
     for rid in return_ids:
         worker.reference_counter.add_owned(rid, worker.address)
     refs = [ObjectRef(rid, worker.address) for rid in return_ids]
-    entry = TaskEntry(spec, name, return_ids, retries, False, arg_ids, (("CPU", 1.0),), {"CPU": 1.0})
+    entry = TaskEntry(spec, name, return_ids, retries, False, arg_ids, (("CPU", 1.0), strategy), {"CPU": 1.0})
     entry.parent = parent
+    entry.strategy = strategy
     worker.submit_task(entry)
     return entry, refs
 
 
-def _grant(core: OfflineCore, port: int = 41000, pid: int = 77) -> Any:
-    """Answer the pending lease request with a worker at ``port``."""
-    payload, fut = core.raylet.take("request_lease")
+def _grant(core: OfflineCore, port: int = 41000, pid: int = 77, request: Any = None) -> Any:
+    """Answer the pending lease request (the oldest, or ``request``: (payload, future)) with a worker at ``port``."""
+    payload, fut = request or core.raylet.take("request_lease")
     peer = core.peer(port)
     fut.set_result({"address": ["127.0.0.1", port, b"x" * 28], "lease_id": b"L" + bytes([port % 256]),
                     "worker_id": b"W" * 28, "pid": pid})
@@ -295,6 +297,126 @@ def test_worker_dies_before_reply_the_task_is_retried_on_a_new_lease(core: Offli
     _validate(core)
     with pytest.raises(WorkerCrashedError, match="pid=12"):
         worker.get([ref], 0)
+
+
+def test_an_idle_lease_is_kept_while_its_class_has_tasks_waiting(core: OfflineCore) -> None:
+    # Tasks wait behind a running one on the first lease; the second lease went idle and is about
+    # to take them (steal). A node daemon asking for idle leases back must not get it: the class's
+    # own queued request would take the CPU again, possibly as a worker started since.
+    worker = core.worker
+    depth = worker.submitter._depth
+    tasks = [_task(core, name=f"t{i}") for i in range(depth + 1)]
+    core.settle()
+    _, first = _grant(core, 41000)
+    pushed = [first.take("push_task") for _ in range(depth)]
+    _, second = _grant(core, 41001)
+    _spec, reply = second.take("push_task")
+    reply.set_result(_ok("last"))
+    core.settle()
+    assert first.notified("steal_tasks")  # the idle second lease is about to take them
+    worker.submitter.release_idle_leases()
+    assert core.raylet.notified("return_lease") == []
+    for index, (_spec, running) in enumerate(pushed):
+        running.set_result(_ok(index))
+        core.settle()
+    assert worker.get([ref for _, (ref,) in tasks], 0) == [*range(depth), "last"]
+    worker.submitter.release_idle_leases()  # nothing waits any more: both go back
+    assert sorted(p["lease_id"] for p in core.raylet.notified("return_lease")) == [
+        b"L" + bytes([41000 % 256]), b"L" + bytes([41001 % 256])]
+    _validate(core)
+
+
+def test_a_spread_task_runs_on_the_lease_requested_for_it(core: OfflineCore) -> None:
+    # Each SPREAD task gets a request of its own (the node daemon places each one), and the lease
+    # that comes back runs that task, whichever lease comes first: the local node's fast grants
+    # must not run every task.
+    worker = core.worker
+    tasks = [_task(core, name=f"t{i}", strategy="SPREAD") for i in range(3)]
+    core.settle()
+    requests = [core.raylet.take("request_lease") for _ in tasks]
+    assert not [w for w in core.raylet.waiting if w[0] == "request_lease"]
+    for index in (2, 0, 1):
+        _, peer = _grant(core, 41000 + index, request=requests[index])
+        spec, reply = peer.take("push_task")
+        assert spec["tid"] == tasks[index][0].spec["tid"]
+        assert not [w for w in peer.waiting if w[0] == "push_task"]
+        reply.set_result(_ok(index))
+        core.settle()
+        assert peer.notified("return_lease") == [] and core.raylet.notified("return_lease")[-1]["lease_id"] == bytes(
+            [ord("L"), (41000 + index) % 256])
+    assert worker.get([ref for _, (ref,) in tasks], 0) == [0, 1, 2]
+    _validate(core)
+
+
+def test_a_spread_lease_whose_task_was_cancelled_runs_an_unasked_task_or_goes_back(core: OfflineCore) -> None:
+    worker = core.worker
+    limit = worker.submitter._max_requests
+    tasks = [_task(core, name=f"t{i}", strategy="SPREAD") for i in range(limit + 1)]
+    core.settle()
+    requests = [core.raylet.take("request_lease") for _ in range(limit)]
+    assert not [w for w in core.raylet.waiting if w[0] == "request_lease"]  # the last task waits for a slot
+    worker.cancel(tasks[0][1][0], force=False)
+    core.settle()
+    # The lease asked for the cancelled task runs the one no request was made for yet.
+    _, peer = _grant(core, 41000, request=requests[0])
+    spec, reply = peer.take("push_task")
+    assert spec["tid"] == tasks[limit][0].spec["tid"]
+    reply.set_result(_ok("last"))
+    core.settle()
+    # With every queued task asked for, such a lease goes straight back (it must not hold a CPU
+    # another task's request may be waiting for).
+    worker.cancel(tasks[1][1][0], force=False)
+    core.settle()
+    _, idle_peer = _grant(core, 41001, request=requests[1])
+    assert not idle_peer.waiting
+    assert core.raylet.notified("return_lease")[-1]["lease_id"] == b"L" + bytes([41001 % 256])
+    for index in range(2, limit):
+        _, peer = _grant(core, 41000 + index, request=requests[index])
+        spec, reply = peer.take("push_task")
+        assert spec["tid"] == tasks[index][0].spec["tid"]
+        reply.set_result(_ok(index))
+        core.settle()
+    assert worker.get([ref for _, (ref,) in tasks[2:]], 0) == [*range(2, limit), "last"]
+    for cancelled in tasks[:2]:
+        with pytest.raises(TaskCancelledError):
+            worker.get(cancelled[1], 0)
+    assert worker.submitter.num_pending() == 0
+    _validate(core)
+
+
+def test_late_frees_and_lease_replies_while_shutting_down_are_quiet(core: OfflineCore, caplog: Any) -> None:
+    # Shutdown cancels the background tasks first; replies and dropped refs that arrive after
+    # that (results of tasks still running, grants of requests still out) are dropped with a
+    # debug line: no error, no "Exception in callback" from the loop.
+    worker = core.worker
+    loop_errors: list[dict[str, Any]] = []
+    core.loop.set_exception_handler(lambda loop, context: loop_errors.append(context))
+    far_node = ["127.0.0.1", 40001]
+    stored, (far_value,) = _task(core, name="stored far")
+    core.settle()
+    _, peer = _grant(core)
+    _spec, reply = peer.take("push_task")
+    reply.set_result({"s": "ok", "r": [[1, [b"F" * 28, BIG, far_node], []]]})
+    core.settle()
+    tasks = [_task(core, name="late", strategy=strategy)[0] for strategy in (None, "SPREAD", "SPREAD")]
+    core.settle()
+    requests = [core.raylet.take("request_lease") for _ in range(2)]
+    worker.background.cancel_all()  # as CoreWorker.shutdown does before the loop stops
+    with caplog.at_level(logging.DEBUG):
+        del far_value  # its copy on the other node is freed by a late flush
+        core.settle()
+        (_, granted), (_, spilled) = requests
+        granted.set_result({"address": ["127.0.0.1", 41001, b"x" * 28], "lease_id": b"late", "worker_id": b"W" * 28})
+        spilled.set_result({"spillback": {"node_id": b"F" * 28, "address": far_node}})
+        core.settle()
+    assert not loop_errors, loop_errors
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    dropped = " ".join(r.getMessage() for r in caplog.records if "dropped the late" in r.getMessage())
+    assert "free remote copies" in dropped and "connect to a leased worker" in dropped and "connect after spillback" in dropped
+    assert {"lease_id": b"late"} in core.raylet.notified("return_lease")
+    assert all(not t.done for t in tasks)  # left for the process's exit, not failed by a late event
+    worker.submitter.manager.fail_all(iter(tasks), RuntimeError("test over"))
+    core.settle()
 
 
 def test_unschedulable_lease_request_fails_the_queued_tasks(core: OfflineCore) -> None:

@@ -67,6 +67,18 @@ def test_spread_round_robins_over_nodes_with_room():
     assert picks == [A, B, A, B]  # C has no room now
 
 
+def test_spread_owes_nothing_to_a_node_that_had_no_room():
+    # C was full for a while: A and B took turns. Once C has room again the next requests go
+    # round all three, not all to C until it has caught up with A and B.
+    state = policy.PolicyState(rng=random.Random(0))
+    busy = [node(A, {"CPU": 9}), node(B, {"CPU": 9}), node(C, {"CPU": 2}, {"CPU": 2})]
+    for _ in range(6):
+        decide({"CPU": 1}, busy, "SPREAD", state=state)
+    free = [node(A, {"CPU": 9}), node(B, {"CPU": 9}), node(C, {"CPU": 2})]
+    picks = [decide({"CPU": 1}, free, "SPREAD", state=state).node_id for _ in range(6)]
+    assert sorted(picks[:3]) == [A, B, C] and sorted(picks[3:]) == [A, B, C], picks
+
+
 def test_spread_falls_back_to_feasible_nodes_when_none_has_room():
     state = policy.PolicyState(rng=random.Random(0))
     nodes = [node(A, {"CPU": 1}, {"CPU": 1}), node(B, {"CPU": 1}, {"CPU": 1})]

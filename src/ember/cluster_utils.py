@@ -18,7 +18,7 @@ from typing import Any
 
 from ember._private import node as node_mod
 from ember._private.processes import stop_pid
-from ember.rpc.sync_client import gcs_request, wait_for_nodes
+from ember.rpc.sync_client import live_nodes, wait_for_nodes
 
 #: Ray's flag for platforms where several node daemons cannot run on one machine.
 cluster_not_supported = os.name == "nt"
@@ -150,11 +150,14 @@ class Cluster:
         expected = len(self.list_all_nodes())
         deadline = time.monotonic() + timeout
         while True:
-            alive = [n for n in gcs_request(self.address, self.token, "get_nodes") if n["Alive"]]
-            if len(alive) == expected:
+            # A control service that does not answer yet is starting (slow on a loaded machine):
+            # asked again until the deadline, like a node that has not registered yet.
+            alive = live_nodes(self.address, self.token, deadline)
+            if alive is not None and len(alive) == expected:
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(alive)} nodes alive, expected {expected}")
+                seen = "the control service did not answer" if alive is None else f"{len(alive)} nodes alive"
+                raise TimeoutError(f"{seen}, expected {expected} within {timeout:g}s")
             time.sleep(0.05)
 
     def shutdown(self) -> None:

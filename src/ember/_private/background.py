@@ -37,14 +37,16 @@ class BackgroundTasks:
         task.add_done_callback(self._finished)
         return task
 
-    def spawn_if_open(self, coro: Coroutine[Any, Any, T], name: str = "") -> asyncio.Task[T] | None:
+    def spawn_if_open(self, coro: Coroutine[Any, Any, T], name: str = "",
+                      loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Task[T] | None:
         """As :meth:`spawn`, but a late event after shutdown (a connection closing as the process
-        stops) is dropped quietly with a debug line instead of raising; returns None then."""
+        stops, a reply or a dropped ref that arrives while it closes) is dropped quietly with a
+        debug line instead of raising; returns None then."""
         if self._closed:
             coro.close()
             logger.debug("%s is shut down; dropped the late %s", self.owner, name or coro)
             return None
-        return self.spawn(coro, name)
+        return self.spawn(coro, name, loop)
 
     @property
     def closed(self) -> bool:

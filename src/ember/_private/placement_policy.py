@@ -8,9 +8,14 @@ free resources (fixed point, see ``_private.resources``).
 * PACK:          one node if possible, else as few nodes as possible.
 * STRICT_SPREAD: every bundle on a different node.
 * SPREAD:        different nodes where possible, sharing only when needed.
+
+``round_robin`` is the SPREAD choice of a node for one task or actor (node daemons, the
+control service's actor placement).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from ember._private import resources as res
 
@@ -18,6 +23,21 @@ STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 #: Reserved (as in Ray): the marker resource of placed bundles (``bundle_group_*``); neither a
 #: bundle nor a task may name it.
 BUNDLE_RESOURCE = "bundle"
+
+
+def round_robin(candidates: Iterable[bytes], last: bytes | None) -> bytes:
+    """SPREAD's choice among ``candidates`` (not empty): the first node id after ``last``, wrapping.
+
+    Only the last pick is remembered, never a count per node: a node that had no room (or had
+    not joined yet) for a while is not owed the picks it missed, so the next burst of requests
+    is spread over every candidate instead of all going to it until it catches up.
+    """
+    ordered = sorted(candidates)
+    if last is not None:
+        for node_id in ordered:
+            if node_id > last:
+                return node_id
+    return ordered[0]
 
 
 def _total(bundles: list[res.Resources]) -> res.Resources:

@@ -23,6 +23,7 @@ from collections import deque
 from typing import Any
 
 from ember._private.config import config
+from ember._private.waiting import wait_event
 from ember.autoscaler import scaling
 from ember.autoscaler.cluster_config import ClusterConfig
 from ember.autoscaler.node_provider import (
@@ -110,10 +111,7 @@ class Autoscaler:
                 logger.exception("autoscaler update failed")
                 self.event("update_failed", f"{type(exc).__name__}: {exc}", logging.WARNING)
                 pause = interval
-            try:
-                await asyncio.wait_for(stop.wait(), pause)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(stop, pause)
 
     async def _adopt(self) -> None:
         """Take over from an earlier autoscaler of this cluster (one that died and is restarted):

@@ -179,7 +179,7 @@ class ActorSubmitter:
             return
         if not client.polling and client.state != ActorView.DEAD:
             client.polling = True
-            self.background.spawn(self._poll(client), "wait for an actor", loop=self.links.loop)
+            self.background.spawn_if_open(self._poll(client), "wait for an actor", loop=self.links.loop)
 
     async def _poll(self, client: ActorClient) -> None:
         try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ember._private.config import config
+from ember._private.waiting import wait_event
 from ember.exceptions import ConnectionLost
 from ember.rpc import Connection, EventLoopThread, connect
 
@@ -118,10 +119,8 @@ class ClusterLinks:
             if up is None or not up.is_set():
                 if up is None:
                     raise ConnectionLost("not connected to the control service")
-                try:
-                    await asyncio.wait_for(up.wait(), wait)
-                except asyncio.TimeoutError:
-                    raise ConnectionLost(f"the control service has been unreachable for {wait:g}s") from None
+                if not await wait_event(up, wait):
+                    raise ConnectionLost(f"the control service has been unreachable for {wait:g}s")
             conn = self.gcs
             if conn is None:
                 await asyncio.sleep(0)

@@ -352,6 +352,7 @@ class ObjectAccess:
                 entry = (INLINE, serialization.serialize_error(exc).to_inline())
             self.ownership.store_owned_result(object_id, entry)
 
-        self.links.loop.call_soon_threadsafe(lambda: self.background.spawn(run(), "store an awaited result", loop=self.links.loop))
+        self.links.loop.call_soon_threadsafe(
+            lambda: self.background.spawn_if_open(run(), "store an awaited result", loop=self.links.loop))
         return ref
 

@@ -132,7 +132,8 @@ class OwnershipService:
     def _flush_unborrows(self) -> None:
         pending, self._pending_unborrows = self._pending_unborrows, []
         for owner, object_ids in _by_address(pending):
-            self.background.spawn(self._unborrow(owner, object_ids), "unborrow", loop=self.links.loop)
+            # Late (the process is shutting down): the owner drops a gone borrower's borrows itself.
+            self.background.spawn_if_open(self._unborrow(owner, object_ids), "unborrow", loop=self.links.loop)
 
     async def _unborrow(self, owner: Any, object_ids: list[bytes]) -> None:
         try:
@@ -152,7 +153,7 @@ class OwnershipService:
             return
         self.counter.mark_registered(oid for oid, _ in new)
         if self.links.in_loop_thread():
-            self.background.spawn(self._register(new), "register as borrower", loop=self.links.loop)
+            self.background.spawn_if_open(self._register(new), "register as borrower", loop=self.links.loop)
         elif self.links.io is not None:
             self.links.run(self._register(new))
 
@@ -200,7 +201,9 @@ class OwnershipService:
         new = self.counter.take_new_borrows()
         if new:
             self.counter.mark_registered(oid for oid, _ in new)
-            self._registrations.setdefault(task_id, []).append(self.background.spawn(self._register(new), "register as borrower", loop=self.links.loop))
+            task = self.background.spawn_if_open(self._register(new), "register as borrower", loop=self.links.loop)
+            if task is not None:
+                self._registrations.setdefault(task_id, []).append(task)
 
     def hold_nested(self, object_id: bytes, nested: list[Any]) -> None:
         """Keep refs contained in a stored value alive while it lives."""
@@ -249,7 +252,9 @@ class OwnershipService:
                 if self.links.raylet_connected:
                     self.links.raylet.notify("free_objects", {"object_ids": object_ids})
             else:
-                self.background.spawn(self._free_remote(list(address[:2]), object_ids), "free remote copies", loop=self.links.loop)
+                # Late (the process is shutting down): that node frees a gone owner's objects itself.
+                self.background.spawn_if_open(self._free_remote(list(address[:2]), object_ids), "free remote copies",
+                                              loop=self.links.loop)
 
     async def _free_remote(self, address: list[Any], object_ids: list[bytes]) -> None:
         try:
@@ -282,7 +287,8 @@ class OwnershipService:
             self.store_owned_result(oid, entry)
         if nested_any and sender is not None:
             # Our holds are in place (registrations are ordered before this on each owner's connection).
-            self.background.spawn(self._release_handoff_after_registration(sender, task_id), "release handoff", loop=self.links.loop)
+            self.background.spawn_if_open(self._release_handoff_after_registration(sender, task_id), "release handoff",
+                                          loop=self.links.loop)
 
     async def _release_handoff_after_registration(self, sender: Connection, task_id: bytes) -> None:
         pending = self._registrations.pop(task_id, [])
@@ -299,7 +305,7 @@ class OwnershipService:
         store = self.store
         if recover and not self.info.owns(owner) and not self.counter.is_owned(object_id):
             store.on_ready(object_id, callback)
-            self.background.spawn(self._recover_then_fetch(object_id, owner), "recover then fetch", loop=self.links.loop)
+            self.background.spawn_if_open(self._recover_then_fetch(object_id, owner), "recover then fetch", loop=self.links.loop)
             return
         if store.contains(object_id) or self.counter.is_owned(object_id) or self.info.owns(owner):
             store.on_ready(object_id, callback)
@@ -331,8 +337,8 @@ class OwnershipService:
     def start_fetch(self, object_id: bytes, owner: Any) -> None:
         if object_id in self._fetching or self.store.contains(object_id):
             return
-        self._fetching.add(object_id)
-        self.background.spawn(self._fetch(object_id, owner), "fetch from owner", loop=self.links.loop)
+        if self.background.spawn_if_open(self._fetch(object_id, owner), "fetch from owner", loop=self.links.loop):
+            self._fetching.add(object_id)
 
     async def _fetch(self, object_id: bytes, owner: Any) -> None:
         try:

@@ -26,7 +26,7 @@ from ember.core.links import ClusterLinks, ProcessInfo
 from ember.core.memory_store import Entry, MemoryStore
 from ember.core.ownership_protocol import OwnershipService
 from ember.core.task_manager import ARG_PLASMA, ARG_REF, ARG_VALUE, TaskManager, WorkerDeath
-from ember.core.task_state import TaskEntry
+from ember.core.task_state import TaskEntry, TaskStatus
 from ember.exceptions import (
     ConnectionLost,
     ErrorCode,
@@ -70,7 +70,8 @@ class LeaseState:
 
 
 class SchedulingClass:
-    __slots__ = ("key", "resources", "queue", "leases", "pending_requests", "infeasible", "infeasible_timer", "strategy", "renv")
+    __slots__ = ("key", "resources", "queue", "leases", "pending_requests", "infeasible", "infeasible_timer", "strategy", "renv",
+                 "claims")
 
     def __init__(self, key: Any, resources: dict[str, float], strategy: Any = None, renv: list[Any] | None = None) -> None:
         self.strategy = strategy
@@ -81,6 +82,11 @@ class SchedulingClass:
         self.queue: deque[TaskEntry] = deque()
         self.leases: list[LeaseState] = []
         self.pending_requests: set[int] = set()
+        #: SPREAD only: lease request id -> the queued task it was asked for, from the request until
+        #: its lease is connected (or the request ends). The policy decides where each request goes,
+        #: so a claimed task runs on its own request's lease only: otherwise the leases that come
+        #: back first (the local node's) would run every task and SPREAD would not spread.
+        self.claims: dict[int, TaskEntry] = {}
         self.infeasible = ""
         self.infeasible_timer: asyncio.TimerHandle | None = None
 
@@ -166,9 +172,11 @@ class TaskSubmitter:
 
     # ============================================================== dispatch
     def _dispatch(self, cls: SchedulingClass) -> None:
+        if cls.strategy == "SPREAD":
+            self._dispatch_spread(cls)
+            return
         queue = cls.queue
-        # SPREAD wants one placement decision per task: no pipelining onto a lease.
-        depth = 1 if cls.strategy == "SPREAD" else self._depth
+        depth = self._depth
         while queue:
             lease = None
             for candidate in cls.leases:
@@ -194,6 +202,43 @@ class TaskSubmitter:
                     lease.idle_timer = self.links.loop.call_later(
                         self._idle_timeout, self._return_lease, cls, lease
                     )
+
+    def _dispatch_spread(self, cls: SchedulingClass) -> None:
+        """SPREAD wants one placement decision per task: one lease request per task, no pipelining.
+
+        Each queued task without a request gets one (within ``max_pending_lease_requests``); a
+        lease runs the task it was requested for (``_on_worker_connected``) and goes back after
+        it. A lease whose task ended before the lease arrived takes a task nobody asked for yet,
+        or goes back at once (it must not hold a CPU a claimed task's request waits for).
+        """
+        queue = cls.queue
+        while queue and queue[0].done:
+            queue.popleft()
+        claimed = {id(entry) for entry in cls.claims.values()}
+        for lease in list(cls.leases):
+            if lease.in_flight or lease.dead:
+                continue
+            entry = self._take_unclaimed(queue, claimed)
+            if entry is None:
+                self._give_back(cls, lease)
+            else:
+                self._push(entry, lease)
+        if len(cls.pending_requests) < self._max_requests:
+            for entry in queue:
+                if len(cls.pending_requests) >= self._max_requests:
+                    break
+                if id(entry) not in claimed and not entry.done:
+                    claimed.add(id(entry))
+                    self._request_lease(cls, for_task=entry)
+
+    @staticmethod
+    def _take_unclaimed(queue: deque[TaskEntry], claimed: set[int]) -> TaskEntry | None:
+        """Remove and return the first queued task no lease request was made for."""
+        for entry in queue:
+            if id(entry) not in claimed and not entry.done:
+                queue.remove(entry)
+                return entry
+        return None
 
     @staticmethod
     def _demand(cls: SchedulingClass) -> int:
@@ -225,11 +270,14 @@ class TaskSubmitter:
         fut.add_done_callback(partial(self._on_reply, entry, lease))
 
     # ================================================================ leases
-    def _request_lease(self, cls: SchedulingClass, raylet: Connection | None = None, request_id: int | None = None) -> None:
-        if request_id is None:
-            request_id = next(self._request_ids)
+    def _request_lease(self, cls: SchedulingClass, raylet: Connection | None = None,
+                       for_task: TaskEntry | None = None) -> None:
+        """Ask ``raylet`` (the local node daemon by default) for a lease; SPREAD: for task ``for_task``."""
+        request_id = next(self._request_ids)
         raylet = raylet or self.links.raylet
         cls.pending_requests.add(request_id)
+        if for_task is not None:
+            cls.claims[request_id] = for_task
         self._request_class[request_id] = cls
         request = {
             "request_id": request_id, "resources": cls.resources, "strategy": cls.strategy,
@@ -260,10 +308,12 @@ class TaskSubmitter:
     def _on_lease_reply(self, cls: SchedulingClass, request_id: int, raylet: Connection, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled():
             cls.pending_requests.discard(request_id)
+            cls.claims.pop(request_id, None)
             return
         exc = fut.exception()
         if exc is not None:
             cls.pending_requests.discard(request_id)
+            cls.claims.pop(request_id, None)
             self._request_class.pop(request_id, None)
             if isinstance(exc, RemoteError) and exc.code in (ErrorCode.TASK_UNSCHEDULABLE, ErrorCode.RUNTIME_ENV_SETUP_FAILED):
                 self._fail_class(cls, exc.to_exception())
@@ -276,38 +326,58 @@ class TaskSubmitter:
         if grant.get("spillback"):
             # Keep the request counted while we ask the node it named.
             target = grant["spillback"]["address"]
-            task = self.background.spawn(self.links.connect_to(target), "connect after spillback", loop=self.links.loop)
+            task = self.background.spawn_if_open(self.links.connect_to(target), "connect after spillback",
+                                                 loop=self.links.loop)
+            if task is None:  # the process is shutting down: nothing more runs
+                cls.pending_requests.discard(request_id)
+                cls.claims.pop(request_id, None)
+                self._request_class.pop(request_id, None)
+                return
             task.add_done_callback(partial(self._on_spillback_connected, cls, request_id))
             return
         cls.pending_requests.discard(request_id)
         self._request_class.pop(request_id, None)
         if grant.get("cancelled"):
+            cls.claims.pop(request_id, None)
             self._dispatch(cls)
             return
         if cls.infeasible_timer is not None:
             cls.infeasible_timer.cancel()
             cls.infeasible_timer = None
         cls.infeasible = ""
-        task = self.background.spawn(self.links.connect_to(grant["address"]), "connect to a leased worker",
-                                            loop=self.links.loop)
-        task.add_done_callback(partial(self._on_worker_connected, cls, grant, raylet))
+        task = self.background.spawn_if_open(self.links.connect_to(grant["address"]), "connect to a leased worker",
+                                             loop=self.links.loop)
+        if task is None:  # the process is shutting down: the lease ends with its connection to the node
+            cls.claims.pop(request_id, None)
+            raylet.notify("return_lease", {"lease_id": grant["lease_id"]})
+            return
+        task.add_done_callback(partial(self._on_worker_connected, cls, grant, raylet, request_id))
 
     def _on_spillback_connected(self, cls: SchedulingClass, request_id: int, task: asyncio.Task[Connection]) -> None:
         cls.pending_requests.discard(request_id)
+        self._request_class.pop(request_id, None)
+        claim = cls.claims.pop(request_id, None)
         if task.cancelled() or task.exception() is not None:
-            self._request_class.pop(request_id, None)
             self._dispatch(cls)
             return
-        self._request_class.pop(request_id, None)
-        if not self._demand(cls):
+        if cls.strategy == "SPREAD":
+            if claim is None or claim.state is not TaskStatus.PENDING_NODE_ASSIGNMENT:
+                self._dispatch(cls)  # its task ended meanwhile: the others get requests of their own
+                return
+        elif not self._demand(cls):
             return
         # A new request id: node daemons answer a repeated id with their first answer (that is how a
         # resent request is told apart), so a request spilled back to a node that saw it before
         # would get the same spillback again, forever.
-        self._request_lease(cls, task.result())
+        self._request_lease(cls, task.result(), for_task=claim)
 
-    def _on_worker_connected(self, cls: SchedulingClass, grant: LeaseReply, raylet: Connection, task: asyncio.Task[Connection]) -> None:
-        if task.cancelled() or task.exception() is not None:
+    def _on_worker_connected(self, cls: SchedulingClass, grant: LeaseReply, raylet: Connection, request_id: int,
+                             task: asyncio.Task[Connection]) -> None:
+        claim = cls.claims.pop(request_id, None)
+        if task.cancelled():  # the process is shutting down (its background tasks were cancelled)
+            raylet.notify("return_lease", {"lease_id": grant["lease_id"]})
+            return
+        if task.exception() is not None:
             logger.warning("could not reach leased worker %s: %s", grant["address"], task.exception())
             raylet.notify("return_lease", {"lease_id": grant["lease_id"], "kill": True})
             self._dispatch(cls)
@@ -317,6 +387,11 @@ class TaskSubmitter:
         lease.gpu_ids = grant.get("gpu_ids") or []
         cls.leases.append(lease)
         conn.add_close_callback(lambda c: self._lease_lost(cls, lease))
+        if claim is not None and claim.state is TaskStatus.PENDING_NODE_ASSIGNMENT and claim in cls.queue:
+            # SPREAD: the lease was placed for this task (only its own lease pushes a claimed task;
+            # claims are taken from the front of the queue, so the search is short).
+            cls.queue.remove(claim)
+            self._push(claim, lease)
         self._dispatch(cls)
 
     def _return_lease(self, cls: SchedulingClass, lease: LeaseState) -> None:
@@ -327,10 +402,29 @@ class TaskSubmitter:
         cls.leases.remove(lease)
         lease.raylet.notify("return_lease", {"lease_id": lease.lease_id})
 
+    def _give_back(self, cls: SchedulingClass, lease: LeaseState) -> None:
+        """Return a lease now (a SPREAD lease serves one task)."""
+        if lease.idle_timer is not None:
+            lease.idle_timer.cancel()
+            lease.idle_timer = None
+        lease.dead = True
+        if lease in cls.leases:
+            cls.leases.remove(lease)
+        lease.raylet.notify("return_lease", {"lease_id": lease.lease_id})
+
     def release_idle_leases(self) -> None:
+        """A node daemon has requests waiting: give back the idle leases nothing is waiting for.
+
+        A class with tasks waiting (queued, or behind a running task on another of its
+        leases: ``_steal`` moves those to the idle worker) keeps its idle lease. Giving it back
+        would only let the class's own queued request take it again, possibly as another
+        worker, one started after the tasks were submitted (and the CPU would sit idle between).
+        """
         for cls in self.classes.values():
+            if self._demand(cls):
+                continue
             for lease in list(cls.leases):
-                if lease.in_flight == 0 and not cls.queue:
+                if lease.in_flight == 0:
                     if lease.idle_timer is not None:
                         lease.idle_timer.cancel()
                     self._return_lease(cls, lease)
@@ -368,11 +462,7 @@ class TaskSubmitter:
         lease.stealing = False
         cls = self.classes[entry.sched_key]
         if cls.strategy == "SPREAD" and lease.in_flight == 0 and not lease.dead:
-            # One placement decision per task: never reuse a SPREAD lease.
-            lease.dead = True
-            if lease in cls.leases:
-                cls.leases.remove(lease)
-            lease.raylet.notify("return_lease", {"lease_id": lease.lease_id})
+            self._give_back(cls, lease)  # one placement decision per task: never reuse a SPREAD lease
         manager = self.manager
         exc = None if fut.cancelled() else fut.exception()
         if fut.cancelled() or exc is not None:

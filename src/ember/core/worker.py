@@ -227,7 +227,7 @@ class CoreWorker:
         if self.mode == WORKER:
             # A worker may start while the control service restarts: connect in the background;
             # calls that need it (gcs_request) wait for it.
-            self.background.spawn(self._reconnect_gcs(), "connect to the control service", loop=self.loop)
+            self.background.spawn(self._reconnect_gcs(first=True), "connect to the control service", loop=self.loop)
             return
         gcs = links.gcs = await connect(self.gcs_address, self.token, self.handlers, info={"role": self.mode})
         if self.mode == DRIVER:
@@ -256,8 +256,10 @@ class CoreWorker:
         logger.warning("lost the connection to the control service (%s); reconnecting", conn.close_reason)
         self.background.spawn(self._reconnect_gcs(), "reconnect to the control service", loop=self.loop)
 
-    async def _reconnect_gcs(self) -> None:
-        """Wait out a control-service restart: reconnect, re-attach our job, re-subscribe."""
+    async def _reconnect_gcs(self, first: bool = False) -> None:
+        """Wait out a control-service restart: reconnect, re-attach our job, re-subscribe.
+
+        ``first``: a worker's first connection (made in the background), not a reconnection."""
         loop = asyncio.get_running_loop()
         cfg = config()
         timeout = cfg.gcs_reconnect_timeout_s
@@ -282,7 +284,10 @@ class CoreWorker:
             conn.add_close_callback(self._gcs_lost)
             assert self.links.gcs_up is not None
             self.links.gcs_up.set()
-            logger.info("reconnected to the control service")
+            if first:
+                logger.debug("connected to the control service")
+            else:
+                logger.info("reconnected to the control service")
             return
 
     async def gcs_request(self, method: str, payload: Any, timeout: float | None = -1.0) -> Any:

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Union
 
 from ember._private import resources as res
+from ember._private.placement_policy import round_robin
 from ember._private.state_machine import History, TransitionTable
 from ember.exceptions import InvariantViolation
 from ember.protocol.gcs import ActorRecord
@@ -240,8 +241,8 @@ class ActorLifecycle:
         self.by_worker: dict[bytes, bytes] = {}
         #: Pending actors by stage (dicts as ordered sets: placement goes first come, first served).
         self.queues: dict[Stage, dict[bytes, None]] = {stage: {} for stage in Stage}
-        #: SPREAD actors placed per node (round robin across the nodes that can host them).
-        self._spread_picks: dict[bytes, int] = {}
+        #: The node of the last SPREAD actor (round robin across the nodes that can host them).
+        self._spread_last: bytes | None = None
         self._nonce = request_nonce
         self._actions: list[Action] = []
 
@@ -347,10 +348,9 @@ class ActorLifecycle:
             # Spread actors here, where every node is known: a node daemon's view of the
             # cluster lags joins, so round robin there can miss a node that just joined.
             ready = [n for n in feasible if res.fits(need, res.to_fixed(n.available))]
-            picks = self._spread_picks
-            choice = min(ready or feasible, key=lambda n: (picks.get(n.node_id, 0), n.node_id))
-            picks[choice.node_id] = picks.get(choice.node_id, 0) + 1
-            return choice.node_id
+            node_id = round_robin((n.node_id for n in ready or feasible), self._spread_last)
+            self._spread_last = node_id
+            return node_id
         return feasible[0].node_id
 
     def _request_lease(self, entry: ActorEntry, node_id: bytes, spilled: bool) -> None:

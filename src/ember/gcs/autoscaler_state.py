@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ember._private import resources as res
 from ember._private.config import config
 from ember._private.placement_policy import place
+from ember._private.waiting import wait_event
 from ember.gcs.autoscaler_supervisor import AutoscalerSupervisor
 from ember.protocol.gcs import ClusterDemandReply, DemandNode, PendingGroup
 from ember.rpc import Connection
@@ -79,11 +80,7 @@ class AutoscalerState:
 
     async def wait_for_demand(self, wait_s: float) -> None:
         """Until a node reports new queued demand, or ``wait_s`` seconds (the autoscaler's period)."""
-        if not self.demand_changed.is_set():
-            try:
-                await asyncio.wait_for(self.demand_changed.wait(), wait_s)
-            except asyncio.TimeoutError:
-                pass
+        await wait_event(self.demand_changed, wait_s)
         self.demand_changed.clear()
 
     def on_node_registered(self, conn: Connection) -> None:

@@ -17,7 +17,8 @@ import msgpack
 
 
 def pack(record: Mapping[str, Any]) -> bytes:
-    return msgpack.packb(record, use_bin_type=True)
+    packed: bytes = msgpack.packb(record, use_bin_type=True)
+    return packed
 
 
 def unpack(data: bytes) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from ember._private import ids
 from ember._private.background import BackgroundTasks
 from ember._private.config import config
 from ember._private.state_filters import check_filters
+from ember._private.waiting import wait_event
 from ember.gcs import metrics_discovery
 from ember.gcs import persistence as db
 from ember.gcs.actor_manager import ActorManager
@@ -96,10 +97,7 @@ class ChangeSignal:
 
     async def wait(self, timeout: float) -> None:
         """Until the next change, or ``timeout`` seconds (a backstop: the caller looks again anyway)."""
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+        await wait_event(self._event, timeout)
 
 
 class GcsServer:

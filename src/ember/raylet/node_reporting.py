@@ -16,6 +16,7 @@ from typing import Any
 
 from ember._private import resources as res
 from ember._private.config import config
+from ember._private.waiting import wait_event
 from ember.raylet.cluster_view import ClusterView
 from ember.raylet.control_link import ControlServiceLink
 from ember.raylet.demand import IdleClock, queued_demand
@@ -94,8 +95,5 @@ class NodeReporter:
                     self._on_view()
                 except Exception as exc:  # a slow or restarting control service: try again next period
                     logger.debug("resource report failed: %s", exc)
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), period)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._wakeup, period)
             self._wakeup.clear()

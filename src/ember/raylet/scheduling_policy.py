@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ember._private import resources as res
+from ember._private.placement_policy import round_robin
 
 LOCAL = "local"
 SPILLBACK = "spillback"
@@ -65,7 +66,8 @@ class Decision:
 
 @dataclass
 class PolicyState:
-    spread_picks: dict[bytes, int] = field(default_factory=dict)
+    #: The node of the last SPREAD decision (the round robin goes on from there).
+    spread_last: bytes | None = None
     rng: random.Random = field(default_factory=random.Random)
 
 
@@ -93,12 +95,11 @@ def decide(
     ready = [n for n in feasible if res.fits(request, n.available)]
     local = nodes.get(local_id)
     if strategy == "SPREAD":
-        # The node this policy has sent the fewest SPREAD requests to (round robin that
-        # stays fair while the set of nodes with free resources changes).
-        picks = state.spread_picks
-        choice = min(ready or feasible, key=lambda n: (picks.get(n.node_id, 0), n.node_id))
-        picks[choice.node_id] = picks.get(choice.node_id, 0) + 1
-        return Decision(LOCAL if choice.node_id == local_id else SPILLBACK, choice.node_id)
+        # The next node after the last pick, among those with room now (round robin over a
+        # set that changes as nodes fill up, join and leave).
+        node_id = round_robin((n.node_id for n in ready or feasible), state.spread_last)
+        state.spread_last = node_id
+        return Decision(LOCAL if node_id == local_id else SPILLBACK, node_id)
     if local is not None and local in ready and local.utilization() < cfg.spread_threshold:
         return Decision(LOCAL, local_id)
     if ready:

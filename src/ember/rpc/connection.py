@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 
 from ember._private.config import config
+from ember._private.waiting import result_within
 from ember.exceptions import (
     AuthenticationError,
     ConnectionLost,
@@ -366,7 +367,7 @@ class Connection(asyncio.Protocol):
         if timeout is None:
             return await fut
         try:
-            return await asyncio.wait_for(fut, timeout)
+            return await result_within(fut, timeout)
         except asyncio.TimeoutError as exc:
             raise ConnectionLost(f"{method} to {self.peername} got no reply within {timeout}s") from exc
 
@@ -464,7 +465,7 @@ async def connect(
                 host=address[0],
                 port=address[1],
             )
-            await asyncio.wait_for(conn.ready, max(0.1, deadline - loop.time()))
+            await result_within(conn.ready, max(0.1, deadline - loop.time()))
             return conn
         except AuthenticationError:
             raise
