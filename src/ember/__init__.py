@@ -11,20 +11,64 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
-from ember import actor, exceptions, runtime_env
-from ember._private.ids import JobID, NodeID, TaskID, WorkerID
-from ember._private.object_ref import ObjectRef
 from ember._private.version import __version__ as __version__
-from ember.api.actor import ActorClass, get_actor, kill, method
-from ember.api.cluster_info import available_resources, cluster_resources, nodes
-from ember.api.init import init, is_initialized, shutdown
-from ember.api.objects import cancel, get, put, wait
-from ember.api.remote_function import RemoteFunction
-from ember.core.generator_stream import DynamicObjectRefGenerator, ObjectRefGenerator
-from ember.runtime_context import get_runtime_context
+
+if TYPE_CHECKING:
+    from ember import actor, exceptions, runtime_env
+    from ember._private.ids import JobID, NodeID, TaskID, WorkerID
+    from ember._private.object_ref import ObjectRef
+    from ember.api.actor import ActorClass, get_actor, kill, method
+    from ember.api.cluster_info import available_resources, cluster_resources, nodes
+    from ember.api.init import init, is_initialized, shutdown
+    from ember.api.objects import cancel, get, put, wait
+    from ember.api.remote_function import RemoteFunction
+    from ember.core.generator_stream import DynamicObjectRefGenerator, ObjectRefGenerator
+    from ember.runtime_context import get_runtime_context
+
+#: The public names and the module each comes from, imported on first use (PEP 562): the node
+#: daemon, the control service and the HTTP server import ``ember.<their package>``, which runs
+#: this file, and need none of the driver's API (~60 ms and ~2 MiB each at start-up).
+_LAZY: dict[str, str] = {
+    "JobID": "ember._private.ids", "NodeID": "ember._private.ids", "TaskID": "ember._private.ids",
+    "WorkerID": "ember._private.ids",
+    "ObjectRef": "ember._private.object_ref",
+    "ActorClass": "ember.api.actor", "get_actor": "ember.api.actor", "kill": "ember.api.actor",
+    "method": "ember.api.actor",
+    "available_resources": "ember.api.cluster_info", "cluster_resources": "ember.api.cluster_info",
+    "nodes": "ember.api.cluster_info",
+    "init": "ember.api.init", "is_initialized": "ember.api.init", "shutdown": "ember.api.init",
+    "cancel": "ember.api.objects", "get": "ember.api.objects", "put": "ember.api.objects",
+    "wait": "ember.api.objects",
+    "RemoteFunction": "ember.api.remote_function",
+    "DynamicObjectRefGenerator": "ember.core.generator_stream",
+    "ObjectRefGenerator": "ember.core.generator_stream",
+    "get_runtime_context": "ember.runtime_context",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+    elif not name.startswith("__"):
+        try:  # a submodule used as an attribute (``ember.actor``, ``ember.util``, ...)
+            value = importlib.import_module(f"ember.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"ember.{name}":
+                raise
+            raise AttributeError(f"module 'ember' has no attribute {name!r}") from None
+    else:
+        raise AttributeError(f"module 'ember' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:
@@ -64,6 +108,9 @@ def remote(*args: Any, **kwargs: Any) -> Any:
 
 
 def _make_remote(target: Any, options: dict[str, Any]) -> Any:
+    from ember.api.actor import ActorClass
+    from ember.api.remote_function import RemoteFunction
+
     if isinstance(target, type):
         from ember.api.options import validate_actor_options
 
