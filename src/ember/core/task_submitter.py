@@ -245,9 +245,14 @@ class TaskSubmitter:
         """Tasks that want a worker: queued ones, and those waiting behind a running task on a lease,
         less the idle leases (they are taking those back: ``_steal``; asking for more leases
         meanwhile would queue demand an autoscaler launches a node for)."""
-        live = [l for l in cls.leases if not l.dead]
-        behind = sum(max(0, l.in_flight - 1) for l in live)
-        idle = sum(1 for l in live if l.in_flight == 0)
+        behind = idle = 0
+        for lease in cls.leases:  # one pass, no list: this runs on every dispatch
+            if lease.dead:
+                continue
+            if lease.in_flight:
+                behind += lease.in_flight - 1
+            else:
+                idle += 1
         return len(cls.queue) + max(0, behind - idle)
 
     def _steal(self, cls: SchedulingClass) -> None:
