@@ -223,9 +223,8 @@ class TaskEventStore:
         #: Kept tasks per job.
         self._kept: dict[bytes, int] = {}
         self.dropped: dict[bytes, int] = {}
-        #: One copy of each host (shared by every execution of a worker).
-        self._hosts: dict[Host, Host] = {}
-        #: One copy of each repeated value of the rows (names, jobs, parents, resources): see _share_values.
+        #: One copy of each repeated value of the rows (names, jobs, parents, resources, hosts):
+        #: see _share_values.
         self._shared: dict[Any, Any] = {}
 
     # ---------------------------------------------------------------- intake
@@ -242,9 +241,7 @@ class TaskEventStore:
         if runs:
             self._share_values(runs)
             key: Host = (batch.worker, batch.node, batch.pid)
-            if len(self._hosts) > 100_000:
-                self._hosts.clear()
-            self._add_runs(runs, self._hosts.setdefault(key, key))
+            self._add_runs(runs, self._shared.setdefault(key, key))
 
     def _share_values(self, rows: list[TaskRow] | list[RunRow]) -> None:
         """Rows of one function repeat its name, job, parent and resources: keep one copy of each
