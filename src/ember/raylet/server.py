@@ -183,9 +183,7 @@ class Raylet:
         await self.link.leave()
 
     async def _housekeeping_loop(self) -> None:
-        # Checked as well as cancelled: on Python < 3.12, asyncio.wait_for can swallow a
-        # cancellation that arrives as its reply does (a worker's owns_objects answer at shutdown).
-        while not self.node.stopping:
+        while True:
             await asyncio.sleep(config().worker_reap_period_s)
             self.objects.close_idle_owner_watches()
             await self.workers.housekeeping()

@@ -170,7 +170,7 @@ class WorkerService:
         for worker in sorted(idle, key=lambda w: w.idle_since):
             if (surplus <= 0 and not worker.env_key) or now - worker.idle_since <= timeout:
                 continue
-            if await self._owns_objects(worker) or self.node.stopping:
+            if await self._owns_objects(worker):
                 continue
             if worker.state is WorkerState.IDLE:
                 self.pool.kill(worker, f"idle for over {timeout:g}s beyond the pool's size")
@@ -190,8 +190,8 @@ class WorkerService:
             if (worker.state is not WorkerState.IDLE or worker.forked or worker.env_key or worker.killed
                     or now - worker.idle_since <= timeout):
                 continue
-            if await self._owns_objects(worker) or self.node.stopping:
-                return
+            if await self._owns_objects(worker):
+                continue
             if worker.state is WorkerState.IDLE:
                 # Its death refills the prestarted pool, with a fork (worker_died).
                 self.pool.kill(worker, "replaced by a forked worker, which shares the fork server's memory")
