@@ -7,10 +7,18 @@ records what was sent to it.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+from protocol_helpers import via_wire
+
+from ember.raylet.server import Raylet, RayletOptions
 from ember.raylet.worker_pool import WorkerHandle, WorkerPool
+
+NODE = b"n" * 28
 
 _pids = itertools.count(100000)
 
@@ -90,3 +98,41 @@ def start_idle_worker(pool: WorkerPool, env_key: str = "") -> WorkerHandle:
     registered = pool.register(FakeConn(f"worker {handle.pid}"), handle.worker_id, ["127.0.0.1", handle.pid])  # type: ignore[arg-type]
     assert registered is handle
     return handle
+
+
+def make_raylet(tmp: Path, resources: dict[str, float] | None = None) -> Raylet:
+    opts = RayletOptions(
+        session_dir=str(tmp), gcs_address="127.0.0.1:1", resources=resources or {"CPU": 2},
+        store_capacity=1000, store_dir=str(tmp / "store"), node_id=NODE,
+    )
+    raylet = Raylet(opts, "secret")
+    raylet.pool.launcher = FakeLauncher()
+    raylet.node.address = ["127.0.0.1", 4321]
+    return raylet
+
+
+def run(tmp: Path, scenario: Callable[[Raylet], Awaitable[None]], resources: dict[str, float] | None = None) -> None:
+    async def main() -> None:
+        raylet = make_raylet(tmp, resources)
+        try:
+            await scenario(raylet)
+        finally:
+            await raylet.stop()
+        raylet.table.validate()
+
+    asyncio.run(main())
+
+
+def register(raylet: Raylet, worker_index: int = -1) -> FakeConn:
+    """The newest started worker connects back and registers."""
+    handle = list(raylet.pool.workers.values())[worker_index]
+    conn = FakeConn(f"worker {handle.pid}")
+    info = via_wire(raylet.handlers).rpc_register_worker(conn, {"worker_id": handle.worker_id, "address": ["127.0.0.1", handle.pid, handle.worker_id]})  # type: ignore[attr-defined]
+    assert info["node_id"] == NODE and info["resources"]["CPU"] == 2.0
+    return conn
+
+
+async def settle() -> None:
+    """Let callbacks scheduled with call_soon run (a reply's done callback)."""
+    for _ in range(3):
+        await asyncio.sleep(0)

@@ -16,3 +16,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 python3 -m pip install -q -e '.[test]'
+# Write Ember's bytecode cache: an editable install has none, and where PYTHONDONTWRITEBYTECODE
+# is set every daemon and worker would compile Ember's modules from source at each start.
+python3 -m compileall -q src/ember >/dev/null

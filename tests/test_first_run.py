@@ -63,6 +63,21 @@ def test_microbenchmark_filter_without_a_match_says_so_and_fails(tmp_path):
     assert session_dirs(str(tmp_path)) == []  # no cluster was started for nothing
 
 
+def test_a_missing_bytecode_cache_is_named_by_the_start_up_benchmark(tmp_path, monkeypatch):
+    """Start-up measured without Ember's bytecode cache says so, with the command that writes it."""
+    import importlib.util
+
+    import ember.core.worker  # noqa: F401  (the module it probes, imported before sys.flags is replaced)
+    from ember.bench import microbenchmark
+
+    monkeypatch.setattr(sys, "flags", type("Flags", (), {"dont_write_bytecode": True})())
+    monkeypatch.setattr(importlib.util, "cache_from_source", lambda source: str(tmp_path / "missing.pyc"))
+    note = microbenchmark.missing_bytecode_cache()
+    assert "no bytecode cache" in note and "python3 -m compileall -q" in note and note.rstrip().endswith("writes it")
+    monkeypatch.setattr(importlib.util, "cache_from_source", lambda source: __file__)  # a file that exists
+    assert microbenchmark.missing_bytecode_cache() == ""
+
+
 @pytest.mark.parametrize("ray_python", ["/nonexistent/bin/python", sys.executable])
 def test_compare_with_ray_without_ray_is_one_line(tmp_path, ray_python):
     script = os.path.join(ROOT, "benchmarks", "compare_with_ray.py")

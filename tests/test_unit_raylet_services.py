@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from protocol_helpers import via_wire
-from raylet_fakes import FakeConn, FakeLauncher
+from raylet_fakes import NODE, FakeConn, register, run, settle
 
 from ember.exceptions import (
     ActorUnschedulableError,
@@ -27,56 +26,17 @@ from ember.exceptions import (
 from ember.protocol import Service
 from ember.raylet.lease_table import NeedWorkers
 from ember.raylet.scheduling_policy import NodeView
-from ember.raylet.server import Raylet, RayletOptions
+from ember.raylet.server import Raylet
 from ember.raylet.worker_pool import WorkerState
 from ember.raylet.worker_service import death_detail
 from ember.rpc.handlers import RpcHandlers
 
-NODE = b"n" * 28
 OTHER = b"o" * 28
 OWNER = b"w" * 20
 
 
 def oid(n: int) -> bytes:
     return n.to_bytes(20, "big")
-
-
-def make_raylet(tmp: Path, resources: dict[str, float] | None = None) -> Raylet:
-    opts = RayletOptions(
-        session_dir=str(tmp), gcs_address="127.0.0.1:1", resources=resources or {"CPU": 2},
-        store_capacity=1000, store_dir=str(tmp / "store"), node_id=NODE,
-    )
-    raylet = Raylet(opts, "secret")
-    raylet.pool.launcher = FakeLauncher()
-    raylet.node.address = ["127.0.0.1", 4321]
-    return raylet
-
-
-def run(tmp: Path, scenario: Callable[[Raylet], Awaitable[None]], resources: dict[str, float] | None = None) -> None:
-    async def main() -> None:
-        raylet = make_raylet(tmp, resources)
-        try:
-            await scenario(raylet)
-        finally:
-            await raylet.stop()
-        raylet.table.validate()
-
-    asyncio.run(main())
-
-
-def register(raylet: Raylet, worker_index: int = -1) -> FakeConn:
-    """The newest started worker connects back and registers."""
-    handle = list(raylet.pool.workers.values())[worker_index]
-    conn = FakeConn(f"worker {handle.pid}")
-    info = via_wire(raylet.handlers).rpc_register_worker(conn, {"worker_id": handle.worker_id, "address": ["127.0.0.1", handle.pid, handle.worker_id]})  # type: ignore[attr-defined]
-    assert info["node_id"] == NODE and info["resources"]["CPU"] == 2.0
-    return conn
-
-
-async def settle() -> None:
-    """Let callbacks scheduled with call_soon run (a reply's done callback)."""
-    for _ in range(3):
-        await asyncio.sleep(0)
 
 
 # ---------------------------------------------------------------------------- leases end to end

@@ -94,7 +94,7 @@ def test_the_task_worker_cap_ignores_blocked_actor_and_evicted_workers(pool: Wor
     pool.validate()
 
 
-def test_launch_ready_bounds_concurrent_starts_and_fresh_interpreters(pool: WorkerPool) -> None:
+def test_launch_ready_bounds_concurrent_starts_and_waits_for_the_fork_server(pool: WorkerPool) -> None:
     pool.startup_concurrency = 2
     pool.start_worker()
     pool.validate()
@@ -106,10 +106,12 @@ def test_launch_ready_bounds_concurrent_starts_and_fresh_interpreters(pool: Work
     warming = FakeLauncher()
     warming.ready = False
     pool.launcher = warming
-    pool.spawn_budget = 2
-    assert not pool.launch_ready(), "while the fork server warms up, fresh interpreters are limited"
-    pool.spawn_budget = 3
-    assert pool.launch_ready()
+    assert not pool.launch_ready(), "no worker starts while the fork server warms up"
+    warming.ready = True
+    assert pool.launch_ready(), "its ready line releases them"
+    warming.ready = False
+    warming.dead = True
+    assert pool.launch_ready(), "a fork server that died warming up: fresh interpreters start"
 
 
 def test_death_reaping_and_failed_starts(pool: WorkerPool) -> None:

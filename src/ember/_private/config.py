@@ -220,6 +220,10 @@ class Config:
     worker_query_timeout_s: float = 5.0
     #: Seconds the fork server has to hand back a new worker's pid.
     fork_server_launch_timeout_s: float = 10.0
+    #: Seconds the fork server has to import the worker runtime at a node's start. Workers wait
+    #: for it (a fresh interpreter would import the same on the same cores); past this, it is
+    #: ended and workers start as fresh interpreters.
+    fork_server_ready_timeout_s: float = 30.0
     #: Seconds a holder has to prepare an object for a pull.
     object_transfer_prepare_timeout_s: float = 120.0
     #: Socket timeout of one transfer stream (no byte for this long: the stream fails).

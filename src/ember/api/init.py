@@ -7,13 +7,14 @@ import logging
 import os
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ember._private import runtime, session
 from ember._private.node import NodeProcesses, start_head
 from ember._private.processes import raise_fd_limit
-from ember.core import metrics_recorder
-from ember.core.worker import DRIVER, CoreWorker
+
+if TYPE_CHECKING:
+    from ember.core.worker import CoreWorker
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +175,11 @@ def init(
                 # Other nodes' workers call this driver (the owner of its objects): listen on
                 # the address that reaches the cluster, not on 127.0.0.1.
                 node_ip = _local_ip_towards(gcs_address)
+        # Imported only now: a local cluster's daemons start up while this driver loads its
+        # runtime (~85 ms), instead of after it.
+        from ember.core import metrics_recorder
+        from ember.core.worker import DRIVER, CoreWorker
+
         worker = CoreWorker(
             DRIVER, gcs_address=gcs_address, raylet_address=raylet_address, token=token,
             node_ip=node_ip, namespace=namespace, log_to_driver=log_to_driver,

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
+from typing import TYPE_CHECKING
 
-from ember._private import session
-from ember.raylet.server import Raylet, RayletOptions
-from ember.rpc.daemon import run_daemon, setup_logging
+from ember._private import ids
+from ember._private.config import config
+from ember.raylet.worker_launcher import ZygoteLauncher
+
+if TYPE_CHECKING:
+    import asyncio
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +33,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics-export-port", type=int, default=0)
     parser.add_argument("--metrics-listen-fd", type=int, default=-1)
     args = parser.parse_args(argv)
+    node_id = bytes.fromhex(args.node_id) if args.node_id else ids.random_unique_id()
+    fork_server = None
+    if config().use_fork_server:
+        # First, before this process imports its own modules: the fork server imports the
+        # worker runtime meanwhile, so the first worker can fork as soon as we listen.
+        fork_server = ZygoteLauncher(os.path.join(args.session_dir, "logs", f"zygote-{node_id.hex()[:12]}.log"))
+    # The rest of this process's modules (asyncio, the RPC layer, the node's services).
+    from ember._private import session
+    from ember.raylet.server import Raylet, RayletOptions
+    from ember.rpc.daemon import run_daemon, setup_logging
+
     setup_logging("raylet")
     token = session.read_token(args.session_dir)
     opts = RayletOptions(
@@ -41,10 +55,11 @@ def main(argv: list[str] | None = None) -> None:
         resources=json.loads(args.resources),
         store_capacity=args.object_store_memory,
         store_dir=args.store_dir,
-        node_id=bytes.fromhex(args.node_id) if args.node_id else None,
+        node_id=node_id,
         is_head=args.head,
         metrics_export_port=args.metrics_export_port,
         metrics_listen_fd=args.metrics_listen_fd,
+        fork_server=fork_server,
     )
 
     async def serve(stop: asyncio.Event) -> None:

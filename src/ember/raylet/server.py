@@ -46,6 +46,7 @@ from ember.raylet.object_store import ObjectStore
 from ember.raylet.object_transfer import TransferServer
 from ember.raylet.runtime_env_agent import RuntimeEnvAgent
 from ember.raylet.spilling import Spiller
+from ember.raylet.worker_launcher import ZygoteLauncher
 from ember.raylet.worker_pool import WorkerPool
 from ember.raylet.worker_service import WorkerService
 from ember.rpc import Connection, start_server
@@ -69,6 +70,8 @@ class RayletOptions:
         self.is_head: bool = kw.get("is_head", False)
         self.metrics_export_port: int = kw.get("metrics_export_port") or 0
         self.metrics_listen_fd: int = kw.get("metrics_listen_fd", -1)
+        #: The fork server, when ``main`` started it already (``None``: the node starts one).
+        self.fork_server: ZygoteLauncher | None = kw.get("fork_server")
 
 
 class Raylet:
@@ -160,7 +163,7 @@ class Raylet:
             "EMBER_STORE_DIR": opts.store_dir,
             "EMBER_TOKEN": node.token,
             "EMBER_RAYLET_PID": str(os.getpid()),
-        })
+        }, fork_server=opts.fork_server)
         await self.link.join()
         for loop_coro, name in ((self.reporter.run(), "load reports"), (self.workers.log_loop(), "log tailing"),
                                 (self._housekeeping_loop(), "worker reaping"),

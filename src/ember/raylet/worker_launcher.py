@@ -117,7 +117,7 @@ class ZygoteLauncher:
         timeout = config().fork_server_launch_timeout_s if timeout is None else timeout
         self.read_available()
         if not self.ready:
-            # Still importing: a fresh interpreter now beats waiting for the fork server.
+            # Still importing (the pool waits for it; only a direct caller gets here).
             return self._fallback.launch(worker_id_hex, out_path, err_path, env, cwd, sys_path)
         request = {"worker_id": worker_id_hex, "out": out_path, "err": err_path, "env": env, "cwd": cwd, "sys_path": sys_path or []}
         assert self.proc.stdin is not None
@@ -167,6 +167,13 @@ class ZygoteLauncher:
                 self.exit_codes[int(message["exited"])] = int(message["code"])
             elif "pid" in message:
                 self._pids[str(message["worker_id"])] = int(message["pid"])
+
+    def kill(self) -> None:
+        """End it now (it never got ready); its forks, if any, go with it (parent-death signal)."""
+        self.dead = True
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def stop(self) -> None:
         if self.proc.poll() is None:

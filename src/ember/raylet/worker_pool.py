@@ -94,8 +94,6 @@ class WorkerPool:
         self.max_workers = max_workers
         self.workers: dict[bytes, WorkerHandle] = {}
         self.idle: list[WorkerHandle] = []
-        #: Fresh interpreters that may be starting at once while the fork server warms up.
-        self.spawn_budget = 2
         #: Workers that may be starting (forked, not yet registered) at once.
         self.startup_concurrency = 8
         #: Runtime envs whose workers exited before registering: env key -> their stderr files.
@@ -141,9 +139,8 @@ class WorkerPool:
         At most ``startup_concurrency`` start at once (as Ray's
         ``maximum_startup_concurrency``): on a small machine a burst of a thousand
         actors would otherwise fork a thousand interpreters that fight for the
-        CPUs, and starve this daemon's own loop. While the fork server warms up (a
-        few hundred ms after the node starts), workers start as fresh interpreters,
-        but only ``spawn_budget`` at a time: they cost twice the memory of a fork.
+        CPUs, and starve this daemon's own loop. None starts while the fork server
+        warms up: its "ready" line (or its death) schedules again.
         """
         starting = [w for w in self.workers.values() if w.state is WorkerState.STARTING]
         if len(starting) >= self.startup_concurrency:
@@ -152,9 +149,7 @@ class WorkerPool:
         if getattr(launcher, "ready", True) or getattr(launcher, "dead", False):
             return True
         launcher.read_available()
-        if launcher.ready:
-            return True
-        return sum(1 for w in starting if not w.forked) < self.spawn_budget
+        return bool(launcher.ready or launcher.dead)
 
     # -------------------------------------------------------------- starting
     def start_worker(self, env_key: str = "", ctx: ProcessContext | None = None, env_wire: dict[str, Any] | None = None) -> WorkerHandle:

@@ -24,7 +24,7 @@ from ember.raylet.log_monitor import LogMonitor
 from ember.raylet.node import NodeContext
 from ember.raylet.object_store import ObjectStore
 from ember.raylet.runtime_env_agent import RuntimeEnvAgent
-from ember.raylet.worker_launcher import ZygoteLauncher
+from ember.raylet.worker_launcher import SpawnLauncher, ZygoteLauncher
 from ember.raylet.worker_pool import WorkerHandle, WorkerPool, WorkerState
 from ember.rpc import Connection
 
@@ -62,17 +62,32 @@ class WorkerService:
                                       idle_period_s=cfg.log_poll_idle_period_s)
 
     # ------------------------------------------------------------ start/stop
-    def start(self, worker_env: dict[str, str]) -> None:
-        """Start the fork server (if used) and the prestarted workers."""
+    def start(self, worker_env: dict[str, str], fork_server: ZygoteLauncher | None = None) -> None:
+        """Adopt the fork server (``main`` starts it before this process's own imports, so the
+        two warm up together; one is started here otherwise) and start the prestarted workers.
+
+        The prestarted workers are forks: they start once the fork server is ready. Fresh
+        interpreters started meanwhile would import the same runtime again on the same
+        cores and be ready no sooner (the fork server has a head start on any lease).
+        """
         self.pool.env = worker_env
         cfg = config()
-        if cfg.use_fork_server:
-            launcher = ZygoteLauncher(os.path.join(self.pool.logs_dir, f"zygote-{self.node.short_id}.log"))
-            self.pool.launcher = launcher
+        if fork_server is None and cfg.use_fork_server:
+            fork_server = ZygoteLauncher(os.path.join(self.pool.logs_dir, f"zygote-{self.node.short_id}.log"))
+        if fork_server is not None:
+            self.pool.launcher = fork_server
+            loop = asyncio.get_running_loop()
             # Its "ready" line releases the workers that waited for it (see WorkerPool.launch_ready).
-            asyncio.get_running_loop().add_reader(launcher.output_fd, self._on_fork_server_output, launcher)
-        self.pool.spawn_budget = max(2, self.prestart)
-        for _ in range(self.prestart):
+            loop.add_reader(fork_server.output_fd, self._on_fork_server_output, fork_server)
+            loop.call_later(cfg.fork_server_ready_timeout_s, self._fork_server_overdue, fork_server)
+        self._fill_prestarted()
+
+    def _fill_prestarted(self) -> None:
+        """Start default workers until ``prestart`` of them are alive (once workers can start)."""
+        if self.node.stopping or not self.pool.launch_ready():
+            return
+        missing = self.prestart - sum(1 for w in self.pool.alive() if not w.env_key)
+        for _ in range(max(0, missing)):
             self.start_worker()
 
     def _on_fork_server_output(self, launcher: ZygoteLauncher) -> None:
@@ -80,8 +95,30 @@ class WorkerService:
         launcher.read_available()
         if launcher.dead or launcher is not self.pool.launcher:
             asyncio.get_running_loop().remove_reader(launcher.output_fd)
-        if launcher.ready and not was_ready:
+        if launcher is not self.pool.launcher or was_ready:
+            return
+        if launcher.ready:
+            self._fill_prestarted()
             self._on_change()
+        elif launcher.dead:
+            self._without_fork_server(f"the fork server exited before it was ready (see its log in {self.pool.logs_dir})")
+
+    def _fork_server_overdue(self, launcher: ZygoteLauncher) -> None:
+        """The fork server did not get ready in time: end it and start fresh interpreters."""
+        if launcher.ready or launcher.dead or launcher is not self.pool.launcher:
+            return
+        asyncio.get_running_loop().remove_reader(launcher.output_fd)
+        launcher.kill()
+        self._without_fork_server(
+            f"the fork server was not ready after {config().fork_server_ready_timeout_s:g}s "
+            f"(see its log in {self.pool.logs_dir})"
+        )
+
+    def _without_fork_server(self, reason: str) -> None:
+        logger.warning("%s; starting workers as new interpreters", reason)
+        self.pool.launcher = SpawnLauncher()
+        self._fill_prestarted()
+        self._on_change()
 
     def stop(self) -> None:
         launcher = self.pool.launcher
@@ -135,9 +172,7 @@ class WorkerService:
             logger.debug("worker %s ended while the node stops", worker.label)
             return
         self.node.background.spawn_if_open(self._report_death(worker), "report a worker death")
-        # Keep the prestarted pool at its size.
-        if sum(1 for w in self.pool.alive() if not w.env_key) < self.prestart:
-            self.start_worker()
+        self._fill_prestarted()
         self._on_change()
 
     async def _report_death(self, worker: WorkerHandle) -> None:
@@ -155,7 +190,6 @@ class WorkerService:
         before = len(self.pool.workers)
         self.pool.reap()
         await self._kill_surplus_idle()
-        await self._replace_a_spawned_idle_worker()
         self.fail_envs_whose_workers_crash()
         self.renv_agent.collect({w.env_key for w in self.pool.alive()})
         if len(self.pool.workers) != before:
@@ -175,27 +209,6 @@ class WorkerService:
             if worker.state is WorkerState.IDLE:
                 self.pool.kill(worker, f"idle for over {timeout:g}s beyond the pool's size")
                 surplus -= 0 if worker.env_key else 1
-
-    async def _replace_a_spawned_idle_worker(self) -> None:
-        """Replace one idle default worker that started as a fresh interpreter (before the fork
-        server was ready: the prestarted ones, the first task's) by a fork, once it has been idle
-        ``idle_worker_kill_s``. A fork shares the runtime's pages with the fork server, a fresh
-        interpreter holds its own copy: about 7 MiB of an idle cluster's memory per worker."""
-        launcher = self.pool.launcher
-        if not getattr(launcher, "ready", False) or getattr(launcher, "dead", False):
-            return
-        timeout = config().idle_worker_kill_s
-        now = time.monotonic()
-        for worker in self.pool.alive():
-            if (worker.state is not WorkerState.IDLE or worker.forked or worker.env_key or worker.killed
-                    or now - worker.idle_since <= timeout):
-                continue
-            if await self._owns_objects(worker):
-                continue
-            if worker.state is WorkerState.IDLE:
-                # Its death refills the prestarted pool, with a fork (worker_died).
-                self.pool.kill(worker, "replaced by a forked worker, which shares the fork server's memory")
-            return
 
     async def _owns_objects(self, worker: WorkerHandle) -> bool:
         """Whether an idle worker owns objects still referenced elsewhere (a task put a value and
