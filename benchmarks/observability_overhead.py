@@ -52,15 +52,37 @@ def counted() -> None:
     Counter("bench_tasks", tag_keys=("kind",)).inc(tags={"kind": "noop"})
 
 
-def _cpu(procs: list[psutil.Process]) -> float:
-    total = 0.0
+def _role(proc: psutil.Process, driver: int) -> str:
+    """driver, gcs, raylet or workers (forks of the fork server share its command line)."""
+    if proc.pid == driver:
+        return "driver"
+    try:
+        cmdline = " ".join(proc.cmdline())
+    except psutil.Error:
+        return "workers"
+    for role in ("gcs", "raylet"):
+        if cmdline.endswith(f"ember.{role}") or f"-m ember.{role} " in cmdline:
+            return role
+    return "workers"
+
+
+def _cpu(procs: list[psutil.Process]) -> dict[str, float]:
+    """CPU seconds so far per role (and ``total``)."""
+    driver = psutil.Process().pid
+    totals = {"total": 0.0}
     for proc in procs:
         try:
             times = proc.cpu_times()
-            total += times.user + times.system
         except psutil.Error:
-            pass
-    return total
+            continue
+        role = _role(proc, driver)
+        totals[role] = totals.get(role, 0.0) + times.user + times.system
+        totals["total"] += times.user + times.system
+    return totals
+
+
+#: Per variant, per round: microseconds of CPU per task of each role.
+BY_ROLE: dict[str, list[dict[str, float]]] = {}
 
 
 def run_variant(variant: str, seconds: float) -> tuple[float, float]:
@@ -75,8 +97,10 @@ def run_variant(variant: str, seconds: float) -> tuple[float, float]:
         while time.perf_counter() - start < seconds:
             ember.get([fn.remote() for _ in range(1000)])
             done += 1000
-        elapsed, cpu = time.perf_counter() - start, _cpu(procs) - cpu0
-        return done / elapsed, 1000 * cpu / done
+        elapsed, cpu1 = time.perf_counter() - start, _cpu(procs)
+        BY_ROLE.setdefault(variant, []).append(
+            {role: 1e6 * (cpu1[role] - cpu0.get(role, 0.0)) / done for role in cpu1})
+        return done / elapsed, 1000 * (cpu1["total"] - cpu0["total"]) / done
     finally:
         ember.shutdown()
 
@@ -113,6 +137,11 @@ def main() -> None:
             print(f"{name}: {top}/{bottom} throughput {medians[top][0] / medians[bottom][0]:.3f}, "
                   f"CPU per task {medians[top][1] / medians[bottom][1]:.3f} (ratios of the medians); "
                   f"median of the rounds' ratios: throughput {rate_ratio:.3f}, CPU per task {cpu_ratio:.3f}")
+    roles = ("driver", "gcs", "raylet", "workers")
+    print("median CPU µs per task by process: " + "  ".join(
+        f"{variant}: " + ", ".join(
+            f"{role} {statistics.median(r.get(role, 0.0) for r in BY_ROLE[variant]):.1f}" for role in roles)
+        for variant in variants))
 
 
 if __name__ == "__main__":

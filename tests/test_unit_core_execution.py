@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -80,9 +81,12 @@ def test_execute_returns_values_and_sets_the_task_context(node: OfflineCore, cap
         return a + b, a * b
 
     spec = _spec(node, _register(node, fn), 3, 4, nret=2)
+    before = time.time()
     reply = node.worker.executor.execute(spec)  # type: ignore[union-attr]
     assert reply["s"] == "ok" and [_value(r) for r in reply["r"]] == [7, 12]
     assert seen == [(spec["tid"], "fn")]
+    start, end = reply["t"]  # when it ran, for the owner's task event
+    assert before <= start <= end <= time.time()
     assert node.worker.current_task_id is None
     assert f":ember_task:{node.worker.job_id.hex()}:fn" in capsys.readouterr().out
 
@@ -125,7 +129,7 @@ def test_a_stored_argument_whose_copy_is_gone_replies_arg_lost(node: OfflineCore
     missing = ids.put_object_id(ids.new_task_id(node.worker.job_id))
     spec["args"] = [[ARG_PLASMA, missing, CALLER, [node.worker.node_id, 100, [*node.worker.raylet_location]]]]
     reply = node.worker.executor.execute(spec)  # type: ignore[union-attr]
-    assert reply == {"s": "arg_lost", "oid": missing, "owner": CALLER}
+    assert {k: v for k, v in reply.items() if k != "t"} == {"s": "arg_lost", "oid": missing, "owner": CALLER}
 
 
 def test_a_stored_argument_is_read_from_the_store(node: OfflineCore) -> None:

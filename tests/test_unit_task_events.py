@@ -4,6 +4,7 @@ and one process's recorder (rows from task histories, live tasks, executions, dr
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -35,11 +36,14 @@ _HISTORY: dict[tuple[int, int], list[tuple[str, float]]] = {}
 
 
 def _owner_row(store: TaskEventStore, i: int, state: str, ts: float, job: bytes = b"\x01",
-               error_type: str | None = None, error: str | None = None) -> None:
+               error_type: str | None = None, error: str | None = None,
+               ran: tuple[float, float] | None = None, pid: int = 0) -> None:
     steps = _HISTORY.setdefault((id(store), i), [])
     steps.append((state, ts))
     row = TaskRow(_tid(i), 0, "f", job, None, 0, None, None,
                   tuple(TASK_STATES.index(s) for s, _ in steps), tuple(t for _, t in steps), error_type, error)
+    if ran is not None:  # the reply told the owner when the execution ran, on the lease's worker
+        row.start, row.end, row.worker, row.node, row.pid = ran[0], ran[1], b"w" * 16, b"n" * 16, pid
     store.add_batch(TaskEventBatch(job=job, tasks=encode_rows([row])))
 
 
@@ -47,12 +51,13 @@ def _submit(store: TaskEventStore, i: int, job: bytes = b"\x01") -> None:
     _owner_row(store, i, "PENDING_ARGS_AVAIL", 1.0 + i, job)
 
 
-def _state(store: TaskEventStore, i: int, state: str, ts: float, **error: str) -> None:
-    _owner_row(store, i, state, ts, **error)
+def _state(store: TaskEventStore, i: int, state: str, ts: float, **extra: Any) -> None:
+    _owner_row(store, i, state, ts, **extra)
 
 
-def _run(store: TaskEventStore, i: int, start: float, end: float | None, pid: int) -> None:
-    run = RunRow(_tid(i), 0, start, end, "f", b"\x01", None)
+def _run(store: TaskEventStore, i: int, start: float, pid: int) -> None:
+    """A worker's row of an execution still running after a batch period."""
+    run = RunRow(_tid(i), 0, start, "f", b"\x01", None)
     store.add_batch(TaskEventBatch(job=b"\x01", runs=encode_rows([run]), worker=b"w" * 16, node=b"n" * 16, pid=pid))
 
 
@@ -60,15 +65,37 @@ def test_owner_and_executor_views_merge():
     store = TaskEventStore(100)
     _submit(store, 1)
     _state(store, 1, "SUBMITTED_TO_WORKER", 2.0)
-    _run(store, 1, 2.5, None, 42)
+    _run(store, 1, 2.5, 42)
     row = store.list([], 10, True)["result"][0]
     assert (row["state"], row["worker_pid"], row["node_id"]) == ("RUNNING", 42, (b"n" * 16).hex())
-    # The owner's FINISHED can arrive before the worker's last batch: terminal wins.
-    _state(store, 1, "FINISHED", 3.0)
-    _run(store, 1, 2.5, 2.9, 42)
+    # The owner's FINISHED row carries the execution's end (its reply said): it supersedes the live row.
+    _state(store, 1, "FINISHED", 3.0, ran=(2.5, 2.9), pid=42)
     row = store.list([], 10, True)["result"][0]
     assert row["state"] == "FINISHED" and row["start_time_ms"] == 2500.0 and row["end_time_ms"] == 2900.0
+    assert (row["worker_pid"], row["worker_id"]) == (42, (b"w" * 16).hex())
     assert [e["state"] for e in row["events"]] == ["PENDING_ARGS_AVAIL", "SUBMITTED_TO_WORKER", "RUNNING", "FINISHED"]
+    _run(store, 1, 2.5, 42)  # a worker's batch that left before the end: changes nothing
+    assert store.list([], 10, True)["result"][0]["end_time_ms"] == 2900.0
+
+
+def test_a_short_task_is_known_from_its_owners_row_alone():
+    store = TaskEventStore(100)
+    _submit(store, 1)
+    _state(store, 1, "FINISHED", 3.0, ran=(2.5, 2.9), pid=42)
+    (row,) = store.list([], 10, True)["result"]
+    assert (row["state"], row["worker_pid"], row["node_id"]) == ("FINISHED", 42, (b"n" * 16).hex())
+    assert (row["start_time_ms"], row["end_time_ms"]) == (2500.0, 2900.0)
+    (run,) = store.executions()
+    assert (run.start, run.end, run.pid) == (2.5, 2.9, 42)
+
+
+def test_a_retry_running_now_is_newer_than_the_owners_last_execution():
+    store = TaskEventStore(100)
+    _submit(store, 1)
+    _state(store, 1, "PENDING_NODE_ASSIGNMENT", 3.0, ran=(2.5, 2.9), pid=42)  # failed, retried
+    _run(store, 1, 3.5, 43)  # the retry has run for a while on another worker
+    (row,) = store.list([], 10, True)["result"]
+    assert (row["state"], row["worker_pid"], row["start_time_ms"], row["end_time_ms"]) == ("RUNNING", 43, 3500.0, None)
 
 
 def test_failure_keeps_its_error_type_and_message():
@@ -131,7 +158,7 @@ def test_matching_is_textual_and_case_insensitive():
 def test_batches_from_owner_and_worker_arrive_in_any_order():
     store = TaskEventStore(100)
     _submit(store, 1)
-    _run(store, 1, 3.0, None, 7)
+    _run(store, 1, 3.0, 7)
     _state(store, 1, "SUBMITTED_TO_WORKER", 2.0)  # the owner's batch came later
     assert store.list([], 1, False)["result"][0]["state"] == "RUNNING"
 
@@ -147,17 +174,26 @@ def test_a_long_history_keeps_the_steps_its_owner_forgot():
     assert row["state"] == "FINISHED" and row["attempt_number"] == 1
 
 
-def test_a_still_running_row_never_undoes_an_ended_execution():
+def test_an_older_execution_never_replaces_a_newer_one():
     store = TaskEventStore(100)
     _submit(store, 1)
-    _run(store, 1, 2.5, 2.9, 42)
-    _run(store, 1, 2.5, None, 42)  # a stale "still running" row (another batch's order)
-    assert store.list([], 1, True)["result"][0]["end_time_ms"] == 2900.0
+    _run(store, 1, 3.5, 43)
+    _run(store, 1, 2.5, 42)  # the first attempt's worker's batch came late
+    assert store.list([], 1, True)["result"][0]["worker_pid"] == 43
+
+
+def test_a_pushed_task_shows_its_worker_before_it_is_known_to_run():
+    store = TaskEventStore(100)
+    _submit(store, 1)
+    row = TaskRow(_tid(1), 0, "f", b"\x01", None, 0, None, None, (0, 2), (1.0, 2.0), worker=b"w" * 16, node=b"n" * 16, pid=5)
+    store.add_batch(TaskEventBatch(job=b"\x01", tasks=encode_rows([row])))
+    (view,) = store.list([], 1, True)["result"]
+    assert (view["state"], view["worker_pid"], view["start_time_ms"]) == ("SUBMITTED_TO_WORKER", 5, None)
 
 
 def test_an_execution_whose_owner_row_has_not_come_is_listed_running():
     store = TaskEventStore(100)
-    _run(store, 7, 2.5, None, 9)
+    _run(store, 7, 2.5, 9)
     (row,) = store.list([("state", "=", "RUNNING")], 10, False)["result"]
     assert (row["task_id"], row["name"], row["worker_pid"]) == (_tid(7).hex(), "f", 9)
     assert store.summary()["summary"]["f"]["state_counts"] == {"RUNNING": 1}
@@ -203,16 +239,25 @@ def _rows(batch: TaskEventBatch | None) -> tuple[list[TaskRow], list[RunRow]]:
     return task_rows(batch), run_rows(batch)
 
 
+class _Lease:
+    worker_id = b"x" * 16
+    node_id = b"y" * 16
+    pid = 77
+
+
 def test_the_owner_sends_one_row_per_task_built_from_its_history():
     recorder = _recorder()
     entry = _entry()
     entry.transition(TaskStatus.PENDING_NODE_ASSIGNMENT, "queued")
     entry.transition(TaskStatus.SUBMITTED_TO_WORKER, "pushed")
     entry.attempt = 1
+    entry.lease = _Lease()
+    entry.ran = [5.0, 6.0]  # what the reply said
     entry.transition(TaskStatus.FINISHED, "returned")
     recorder.task_finished(entry)
     (row,), runs = _rows(recorder.take_batch())
     assert runs == [] and (row.task_id, row.name, row.parent, row.resources) == (_tid(1), "f", b"d" * 16, {"CPU": 1.0})
+    assert (row.start, row.end, row.worker, row.node, row.pid) == (5.0, 6.0, b"x" * 16, b"y" * 16, 77)
     assert [TASK_STATES[c] for c in row.states] == [s.value for _, _, s, _ in entry.history.steps]
     assert row.times == tuple(at for at, _, _, _ in entry.history.steps)
     assert recorder.take_batch() is None
@@ -232,7 +277,7 @@ def test_a_live_task_is_sent_once_its_state_is_older_than_the_last_batch():
     assert [TASK_STATES[c] for c in row.states] == ["PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT"]
 
 
-def test_an_execution_is_sent_running_while_long_then_with_its_end():
+def test_an_execution_is_sent_running_only_while_long_and_its_end_goes_in_the_reply():
     recorder = _recorder()
     spec = {"tid": _tid(1), "name": "f", "job": b"\x01", "attempt": 2}
     recorder.execution_started(spec, b"a" * 16)
@@ -240,10 +285,13 @@ def test_an_execution_is_sent_running_while_long_then_with_its_end():
     batch = recorder.take_batch()
     _, (live,) = _rows(batch)
     assert batch is not None and (batch.worker, batch.pid) == (b"w" * 16, os.getpid())
-    assert (live.attempt, live.end, live.actor) == (1, None, b"a" * 16)
-    recorder.execution_ended(_tid(1))
-    _, (ended,) = _rows(recorder.take_batch())
-    assert ended.start == live.start and ended.end is not None and ended.end >= ended.start
+    assert (live.attempt, live.actor) == (1, b"a" * 16)
+    start, end = recorder.execution_ended(_tid(1)) or (None, None)
+    assert start == live.start and end is not None and end >= start
+    assert recorder.take_batch() is None, "the owner reports the end, with the task"
+    recorder.execution_started({"tid": _tid(2), "name": "f", "job": b"\x01"}, None)
+    assert recorder.execution_ended(_tid(2)) is not None
+    assert recorder.take_batch() is None, "a short execution costs its worker no row"
 
 
 def test_actor_calls_and_failures_are_rows_too():
@@ -252,19 +300,33 @@ def test_actor_calls_and_failures_are_rows_too():
     recorder.actor_call(spec, "PENDING_ARGS_AVAIL")
     recorder.actor_call(spec, "SUBMITTED_TO_WORKER")
     error = serialization.serialize_error(KeyError("lost key")).to_inline()
-    recorder.actor_call_failed(spec, (INLINE, error), "failed")
+    recorder.actor_call_failed(spec, (INLINE, error), "failed", [3.0, 4.0], (b"x" * 16, b"y" * 16, 9))
     (row,), _ = _rows(recorder.take_batch())
     assert [TASK_STATES[c] for c in row.states] == ["PENDING_ARGS_AVAIL", "SUBMITTED_TO_WORKER", "FAILED"]
     assert (row.kind, row.actor, row.error_type) == (1, b"a" * 16, "TASK_EXECUTION_EXCEPTION")
     assert "lost key" in (row.error or "")
+    assert (row.start, row.end, row.pid) == (3.0, 4.0, 9)
 
 
 def test_a_full_buffer_drops_the_oldest_rows_and_counts_them(ember_env):
     ember_env(task_events_buffer_size=3)
     recorder = _recorder()
     for i in range(5):
-        recorder.execution_started({"tid": _tid(i), "name": "f", "job": b"\x01"}, None)
-        recorder.execution_ended(_tid(i))
+        entry = _entry("f" * (i + 1))
+        entry.transition(TaskStatus.FAILED, "cancelled")
+        recorder.task_finished(entry)
     batch = recorder.take_batch()
     assert batch is not None and batch.dropped == 2
-    assert [run.task_id for run in run_rows(batch)] == [_tid(2), _tid(3), _tid(4)]
+    assert [row.task_id for row in task_rows(batch)] == [_tid(3), _tid(4), _tid(5)]
+
+
+def test_repeated_values_are_kept_once():
+    store = TaskEventStore(100)
+    for i in range(2):  # two batches: decoding made new objects for each row
+        row = TaskRow(_tid(i), 0, "f", b"\x01", b"p" * 16, 0, None, {"CPU": 1.0}, (0,), (1.0,),
+                      worker=b"w" * 16, node=b"n" * 16, pid=3)
+        store.add_batch(TaskEventBatch(job=b"\x01", tasks=encode_rows([row, row])))
+    kept = list(store.tasks.values())
+    assert len(kept) == 2
+    for field in ("name", "job", "parent", "resources", "worker", "node"):
+        assert getattr(kept[0], field) is getattr(kept[1], field), field

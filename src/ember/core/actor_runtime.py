@@ -188,8 +188,17 @@ class ActorRuntime:
     def _invoke(self, spec: ActorCallSpec) -> PushReply:
         if self.executor.was_cancelled(spec["tid"]):
             return {"s": "cancelled"}
+        self.worker.set_task_context(spec, spec["aid"])
+        try:
+            reply = self._call(spec)
+        finally:
+            ran = self.worker.clear_task_context()
+        if ran is not None:
+            reply["t"] = ran
+        return reply
+
+    def _call(self, spec: ActorCallSpec) -> PushReply:
         worker = self.worker
-        worker.set_task_context(spec, spec["aid"])
         self.executor.mark(spec["job"].hex(), spec["name"])
         try:
             method = self._method(spec)
@@ -209,8 +218,6 @@ class ActorRuntime:
             return {"s": "exit"}
         except Exception as exc:
             return self.executor.error_reply(spec["name"], exc)
-        finally:
-            worker.clear_task_context()
 
     async def _invoke_async(self, spec: ActorCallSpec, fut: asyncio.Future[PushReply]) -> None:
         task_id = spec["tid"]
@@ -247,7 +254,9 @@ class ActorRuntime:
             except Exception as exc:
                 reply = self.executor.error_reply(spec["name"], exc)
             finally:
-                self.worker.clear_task_context()
+                ran = self.worker.clear_task_context()
+        if ran is not None:
+            reply["t"] = ran
         self.executor.reply(fut, reply)
 
     # ================================================================ exit

@@ -105,6 +105,8 @@ class ActorClient:
         self.next_seq = 0
         #: The actor's node daemon, [host, port] (None until known).
         self.node_address: list[Any] | None = None
+        #: Where the actor runs: (worker id, node id, pid) of its current incarnation (task events).
+        self.host: tuple[bytes, bytes, int] | None = None
         #: (seq, task id) of pushed calls, a min-heap; entries no longer in flight are
         #: dropped when they reach the top (see ``oldest_in_flight``).
         self.in_flight_seqs: list[tuple[int, bytes]] = []
@@ -190,6 +192,8 @@ class ActorSubmitter:
                 conn = await self.links.connect_to(info["address"])
                 client.incarnation = info["incarnation"]
                 client.node_address = info.get("node_address")
+                address, node_id = info["address"], info.get("node_id")
+                client.host = (address[2], node_id, info.get("pid", 0)) if len(address or ()) > 2 and node_id else None
                 client.conn = conn
                 client.transition(ActorView.ALIVE, f"incarnation {client.incarnation}")
                 conn.add_close_callback(partial(self._connection_lost, client, info["incarnation"]))
@@ -297,9 +301,9 @@ class ActorSubmitter:
         reply: PushReply = fut.result()
         status = reply.get("s")
         if status == "ok":
-            self._finish(call, reply["r"])
+            self._finish(call, reply["r"], reply.get("t"), client.host)
         elif status == "err":
-            self._store(call, (INLINE, reply["e"]))
+            self._store(call, (INLINE, reply["e"]), reply.get("t"), client.host)
         elif status == "cancelled":
             self._fail(call, TaskCancelledError(call.spec["tid"].hex()))
         elif status == "exit":
@@ -329,18 +333,20 @@ class ActorSubmitter:
         return False
 
     # ================================================================ results
-    def _finish(self, call: ActorCall, returns: list[Any]) -> None:
+    def _finish(self, call: ActorCall, returns: list[Any], ran: list[float] | None = None,
+                host: tuple[bytes, bytes, int] | None = None) -> None:
         call.done = True
         self.counts.actor_call_ended(call.spec, failed=False)
-        self.events.actor_call(call.spec, "FINISHED")
+        self.events.actor_call(call.spec, "FINISHED", ran, host)
         self._release(call)
         client = self.clients.get(call.spec["aid"])
         self.ownership.store_results(call.spec["tid"], call.return_ids, returns, client.conn if client else None)
 
-    def _store(self, call: ActorCall, entry: Entry) -> None:
+    def _store(self, call: ActorCall, entry: Entry, ran: list[float] | None = None,
+               host: tuple[bytes, bytes, int] | None = None) -> None:
         call.done = True
         self.counts.actor_call_ended(call.spec, failed=True)
-        self.events.actor_call_failed(call.spec, entry, "failed")
+        self.events.actor_call_failed(call.spec, entry, "failed", ran, host)
         self._release(call)
         for oid in call.return_ids:
             self.ownership.store_owned_result(oid, entry)

@@ -5,9 +5,12 @@ As *owner* a process reports each task it submitted as one ``TaskRow``: its stat
 ``FINISHED``, ``FAILED`` with the error's type and message) with the time each began.
 The row is built when the task ends, from the history its ``TaskEntry`` keeps anyway
 (``_private/state_machine.py``): nothing is recorded per transition. Actor calls, which
-have no entry, note their few steps in a list here. As *executor* a process reports
-each execution as one ``RunRow`` (start and end times; the batch says which worker,
-node and pid), built when the execution ends from the start time noted when it began.
+have no entry, note their few steps in a list here. An execution's start and end
+times ride back to the owner in the task's reply (``PushReply.t``), and the owner's row
+carries them with where the task ran (the lease's worker, node and pid): a short task
+costs its worker nothing here and the control service one row. As *executor* a process
+notes when each execution began, and reports an execution still running after a batch
+period as a ``RunRow`` (the batch says which worker, node and pid).
 
 Tasks still live are reported from the batch itself: every
 ``task_events_report_period_s`` the I/O loop walks the live tasks (the submitter's,
@@ -96,6 +99,17 @@ def _no_live_tasks() -> Iterable[TaskEntry]:
     return ()
 
 
+#: Where an execution ran: (worker id, node id, pid).
+Host = tuple[bytes, bytes, int]
+
+
+def _set_run(row: TaskRow, ran: list[float] | None, host: Host | None) -> None:
+    if host is not None:
+        row.worker, row.node, row.pid = host
+        if ran:
+            row.start, row.end = ran[0], ran[1]
+
+
 class TaskEventRecorder:
     def __init__(self, info: ProcessInfo, context: TaskContext, links: ClusterLinks) -> None:
         cfg = config()
@@ -107,7 +121,6 @@ class TaskEventRecorder:
         self._limit = max(1, cfg.task_events_buffer_size)
         #: Rows waiting for the next batch (appended on any thread, taken on the I/O loop).
         self._tasks: deque[TaskRow] = deque(maxlen=self._limit)
-        self._runs: deque[RunRow] = deque(maxlen=self._limit)
         self._dropped = 0
         self._pid = os.getpid()
         #: The tasks this process submitted and that have not ended (set by the core worker:
@@ -139,11 +152,18 @@ class TaskEventRecorder:
         for at, _old, new, _reason in entry.history.steps:  # a plain loop: cheaper than comprehensions here
             codes.append(STATE_CODES[new._value_])
             times.append(at)
-        return TaskRow(
+        row = TaskRow(
             spec["tid"], entry.attempt - 1 if entry.attempt else 0, entry.name, spec["job"],
             entry.parent or self._context.driver_task_id, NORMAL_TASK, None, spec.get("res"),
             tuple(codes), tuple(times), error_type, error,
         )
+        lease = entry.lease
+        if lease is not None:
+            row.worker, row.node, row.pid = lease.worker_id, lease.node_id, lease.pid
+            ran = entry.ran
+            if ran:
+                row.start, row.end = ran[0], ran[1]
+        return row
 
     def task_finished(self, entry: TaskEntry) -> None:
         """The owner stored a task's results (on the I/O loop)."""
@@ -156,25 +176,32 @@ class TaskEventRecorder:
             self._add_task(self._task_row(entry, *describe_error(error, reason)))
 
     # ------------------------------------------------------------------ owner: actor calls
-    def actor_call(self, spec: ActorCallSpec, state: str) -> None:
-        """An actor call's state as its caller sees it (on the I/O loop): queued, pushed or finished."""
+    def actor_call(self, spec: ActorCallSpec, state: str, ran: list[float] | None = None,
+                   host: Host | None = None) -> None:
+        """An actor call's state as its caller sees it (on the I/O loop): queued, pushed or
+        finished (``ran``: the execution's start and end from the reply; ``host``: the actor's
+        worker id, node id and pid)."""
         if not self.enabled:
             return
         code = STATE_CODES[state]
         if code == _PENDING_ARGS:
             self._calls[spec["tid"]] = [spec, code, time.time()]
         elif code == _FINISHED:
-            self._add_task(self._call_row(spec, self._calls.pop(spec["tid"], None), code))
+            row = self._call_row(spec, self._calls.pop(spec["tid"], None), code)
+            _set_run(row, ran, host)
+            self._add_task(row)
         else:
             steps = self._calls.get(spec["tid"])
             if steps is not None:
                 steps += (code, time.time())
 
-    def actor_call_failed(self, spec: ActorCallSpec, error: Any, reason: str) -> None:
+    def actor_call_failed(self, spec: ActorCallSpec, error: Any, reason: str, ran: list[float] | None = None,
+                          host: Host | None = None) -> None:
         """The caller stored ``error`` as an actor call's result."""
         if self.enabled:
-            self._add_task(self._call_row(spec, self._calls.pop(spec["tid"], None), _FAILED,
-                                          *describe_error(error, reason)))
+            row = self._call_row(spec, self._calls.pop(spec["tid"], None), _FAILED, *describe_error(error, reason))
+            _set_run(row, ran, host)
+            self._add_task(row)
 
     def _call_row(self, spec: ActorCallSpec, steps: list[Any] | None, end: int | None,
                   error_type: str | None = None, error: str | None = None) -> TaskRow:
@@ -186,33 +213,38 @@ class TaskEventRecorder:
 
     # ------------------------------------------------------------------ executor
     def actor_constructed(self, task_id: bytes, spec: ActorCreationPush, error: BaseException | None) -> None:
-        """The actor's constructor (its creation task) returned or raised, in its worker."""
+        """The actor's constructor (its creation task) returned or raised, in its worker (while
+        its execution is still noted as running here)."""
         if self.enabled:
             message = None if error is None else f"{type(error).__name__}: {error}"
-            self._add_task(TaskRow(
+            now = time.time()
+            row = TaskRow(
                 task_id, 0, "", spec["job"], None, ACTOR_CREATION_TASK, spec["actor_id"], None,
-                (_FINISHED if error is None else _FAILED,), (time.time(),),
+                (_FINISHED if error is None else _FAILED,), (now,),
                 None if error is None else "TASK_EXECUTION_EXCEPTION", message,
-            ))
+            )
+            started = self._running.get(task_id)
+            info = self._info
+            _set_run(row, [started[1], now] if started else None, (info.worker_id, info.node_id, self._pid))
+            self._add_task(row)
 
     def execution_started(self, spec: CallSpec, actor_id: bytes | None) -> None:
         """A task starts running in this thread (the hot path of every execution)."""
         if self.enabled:
             self._running[spec["tid"]] = (spec, time.time(), actor_id)
 
-    def execution_ended(self, task_id: bytes) -> None:
+    def execution_ended(self, task_id: bytes) -> list[float] | None:
+        """The execution's ``[start, end]``, for its reply (None with events off)."""
         if self.enabled:
             started = self._running.pop(task_id, None)
             if started is not None:
-                runs = self._runs
-                if len(runs) == self._limit:
-                    self._dropped += 1
-                runs.append(self._run_row(task_id, started, time.time()))
+                return [started[1], time.time()]
+        return None
 
     @staticmethod
-    def _run_row(task_id: bytes, started: tuple[CallSpec, float, bytes | None], end: float | None) -> RunRow:
+    def _run_row(task_id: bytes, started: tuple[CallSpec, float, bytes | None]) -> RunRow:
         spec, start, actor_id = started
-        return RunRow(task_id, max(spec.get("attempt", 1) - 1, 0), start, end, spec["name"], spec["job"], actor_id)
+        return RunRow(task_id, max(spec.get("attempt", 1) - 1, 0), start, spec["name"], spec["job"], actor_id)
 
     # ------------------------------------------------------------------ sending
     def _live_rows(self, since: float) -> tuple[list[TaskRow], list[RunRow]]:
@@ -241,7 +273,7 @@ class TaskEventRecorder:
             if started[1] < since:
                 running.add(task_id)
                 if task_id not in self._reported_runs:
-                    runs.append(self._run_row(task_id, started, None))
+                    runs.append(self._run_row(task_id, started))
         self._reported_runs = running
         return tasks, runs
 
@@ -250,10 +282,9 @@ class TaskEventRecorder:
         now = time.time()
         tasks, runs = self._live_rows(self._last_batch)
         self._last_batch = now
-        # Live rows first: the row of an execution that ended meanwhile must come after them.
-        take_task, take_run = self._tasks.popleft, self._runs.popleft
+        # Live rows first: the row of a task that ended meanwhile must come after them.
+        take_task = self._tasks.popleft
         tasks += [take_task() for _ in range(len(self._tasks))]
-        runs += [take_run() for _ in range(len(self._runs))]
         dropped, self._dropped = self._dropped, 0
         if not tasks and not runs and not dropped:
             return None

@@ -255,6 +255,17 @@ class TaskExecutor:
 
     # ================================================================ running one task
     def execute(self, spec: TaskSpec) -> PushReply:
+        try:
+            reply = self._execute(spec)
+        finally:
+            ran = self.worker.clear_task_context()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        if ran is not None:
+            reply["t"] = ran
+        return reply
+
+    def _execute(self, spec: TaskSpec) -> PushReply:
         worker = self.worker
         name = spec["name"]
         try:
@@ -276,10 +287,6 @@ class TaskExecutor:
             return {"s": "arg_lost", "oid": lost.object_id, "owner": lost.owner}
         except Exception as exc:
             return self.error_reply(name, exc)
-        finally:
-            worker.clear_task_context()
-            sys.stdout.flush()
-            sys.stderr.flush()
 
     def decode_args(self, wire_args: list[list[Any]], kw_names: list[str]) -> tuple[list[Any], dict[str, Any]]:
         """The arguments of a call in wire form (``args``, ``kw`` of its spec) as Python values."""

@@ -166,6 +166,7 @@ class TaskManager:
         """The shell sent the task to a leased worker."""
         entry.transition(TaskStatus.SUBMITTED_TO_WORKER, f"pushed to worker pid {pid}")
         entry.lease = lease
+        entry.ran = None
         entry.attempt += 1
         entry.pushes += 1
         entry.spec["attempt"] = entry.pushes

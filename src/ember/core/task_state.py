@@ -46,7 +46,7 @@ class TaskEntry:
     __slots__ = (
         "spec", "name", "return_ids", "retries_left", "retry_exceptions", "arg_ids",
         "deps_pending", "state", "history", "lease", "cancelled", "force_cancel", "sched_key",
-        "resources", "attempt", "strategy", "pushes", "renv", "parent",
+        "resources", "attempt", "strategy", "pushes", "renv", "parent", "ran",
     )
 
     def __init__(self, spec: TaskSpec, name: str, return_ids: list[bytes], retries: int,
@@ -74,6 +74,8 @@ class TaskEntry:
         self.renv: list[Any] | None = None
         #: The task that submitted this one (None: the driver); ``cancel(recursive=True)`` of it reaches this.
         self.parent: bytes | None = None
+        #: The latest execution's ``[start, end]`` as its reply said (task events).
+        self.ran: list[float] | None = None
         TASK_TRANSITIONS.start(self, TaskStatus.PENDING_ARGS_AVAIL, "submitted")
 
     @property

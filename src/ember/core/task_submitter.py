@@ -49,10 +49,14 @@ __all__ = ["ARG_PLASMA", "ARG_REF", "ARG_VALUE", "LeaseState", "SchedulingClass"
 
 
 class LeaseState:
-    __slots__ = ("lease_id", "worker_id", "conn", "in_flight", "idle_timer", "dead", "pid", "raylet", "stealing", "node_death", "oom_detail", "gpu_ids")
+    __slots__ = ("lease_id", "worker_id", "conn", "in_flight", "idle_timer", "dead", "pid", "raylet", "stealing", "node_death", "oom_detail", "gpu_ids",
+                 "node_id")
 
-    def __init__(self, lease_id: bytes, worker_id: bytes, conn: Connection, pid: int, raylet: Connection) -> None:
+    def __init__(self, lease_id: bytes, worker_id: bytes, conn: Connection, pid: int, raylet: Connection,
+                 node_id: bytes | None = None) -> None:
         self.raylet = raylet
+        #: The node of the leased worker.
+        self.node_id = node_id
         #: A steal request is out: its queued tasks are on their way back.
         self.stealing = False
         #: Set when the control service declared this lease's node dead: (node id, address, reason).
@@ -388,7 +392,7 @@ class TaskSubmitter:
             self._dispatch(cls)
             return
         conn = task.result()
-        lease = LeaseState(grant["lease_id"], grant["worker_id"], conn, grant.get("pid", 0), raylet)
+        lease = LeaseState(grant["lease_id"], grant["worker_id"], conn, grant.get("pid", 0), raylet, grant.get("node_id"))
         lease.gpu_ids = grant.get("gpu_ids") or []
         cls.leases.append(lease)
         conn.add_close_callback(lambda c: self._lease_lost(cls, lease))
@@ -479,6 +483,7 @@ class TaskSubmitter:
         else:
             reply: PushReply = fut.result()
             status = reply.get("s")
+            entry.ran = reply.get("t")
             if status == "ok":
                 manager.returned(entry, reply["r"])
             elif status == "err":

@@ -345,11 +345,13 @@ class CoreWorker:
         self.task_counts.running(spec["name"], spec["job"], 1)
         self.task_events.execution_started(spec, actor_id)
 
-    def clear_task_context(self) -> None:
+    def clear_task_context(self) -> list[float] | None:
+        """Leave the running task; its execution's ``[start, end]`` for the reply (task events on)."""
         ctx = self.context.leave()
-        if ctx is not None:
-            self.task_counts.running(ctx[2], ctx[1], -1)
-            self.task_events.execution_ended(ctx[0])
+        if ctx is None:
+            return None
+        self.task_counts.running(ctx[2], ctx[1], -1)
+        return self.task_events.execution_ended(ctx[0])
 
     @property
     def actor_placement_group(self) -> list[Any] | None:

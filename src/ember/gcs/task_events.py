@@ -1,15 +1,18 @@
 """The task-event aggregator: what the state API says about tasks (``list_tasks``, summaries, timeline).
 
 Processes send batches of rows (``core/task_events.py``, ``protocol/gcs.py``): a task's
-owner sends one ``TaskRow`` (its states with their times, the result's error), the
-worker that ran it one ``RunRow`` per execution (start, end; the batch says which
-worker, node and pid). Intake keeps the rows as received, the latest of each kind per
-task, filed in bulk (one dict update per batch): every task of the cluster passes
-through here, so no per-task object is built and nothing is merged on the way in.
-A query assembles a ``TaskView`` per task from its rows (``TaskView.public``): the
-state is the owner's once terminal; else ``RUNNING`` if the latest execution started
-after the owner's latest state, else the owner's. Rows are ``gc=False`` structs, so
-the many kept cost the garbage collector nothing.
+owner sends one ``TaskRow`` (its states with their times, the result's error, and the
+latest execution's start, end, worker, node and pid, which the reply told it); a
+worker sends a ``RunRow`` only for an execution still running after a batch period
+(the batch says which worker, node and pid). Intake keeps the rows as received, the
+latest of each kind per task, filed in bulk (one dict update per batch): every task of
+the cluster passes through here, so no per-task object is built and nothing is merged
+on the way in. A query assembles a ``TaskView`` per task from its rows
+(``TaskView.public``): the latest execution is the owner's or the worker's, whichever
+started later (the owner's when the same); the state is the owner's once terminal,
+else ``RUNNING`` if that execution started after the owner's latest state, else the
+owner's. Rows are ``gc=False`` structs, so the many kept cost the garbage collector
+nothing.
 
 Retention is bounded per job (``task_events_max_tasks_per_job``): beyond it the oldest
 *finished* tasks of that job are dropped first, live ones only when the job has no
@@ -49,26 +52,37 @@ Host = tuple[bytes | None, bytes | None, int | None]
 Run = tuple[RunRow, Host]
 
 
-def _state_of(owner: TaskRow | None, run: RunRow | None) -> str:
+def _state_of(owner: TaskRow | None, start: float | None) -> str:
     if owner is not None and owner.states:
         last = owner.states[-1]
-        if last in _TERMINAL_CODES or run is None or run.start < owner.times[-1]:
+        if last in _TERMINAL_CODES or start is None or start < owner.times[-1]:
             return TASK_STATES[last]
         return RUNNING
-    return RUNNING if run is not None else "PENDING_ARGS_AVAIL"
+    return RUNNING if start is not None else "PENDING_ARGS_AVAIL"
 
 
 class TaskView:
     """One task as the state API shows it, assembled from its rows when asked."""
 
-    __slots__ = ("task_id", "owner", "run", "host", "state")
+    __slots__ = ("task_id", "owner", "run", "host", "start", "run_end", "state")
 
     def __init__(self, task_id: bytes, owner: TaskRow | None, run: Run | None) -> None:
         self.task_id = task_id
         self.owner = owner
-        self.run: RunRow | None = run[0] if run is not None else None
-        self.host: Host | None = run[1] if run is not None else None
-        self.state = _state_of(owner, self.run)
+        #: The worker's row of an execution still running (None: none, or the owner's is newer).
+        self.run: RunRow | None = None
+        self.host: Host | None = None
+        self.start: float | None = None
+        self.run_end: float | None = None
+        if run is not None:
+            self.run, self.host, self.start = run[0], run[1], run[0].start
+        if owner is not None and owner.worker is not None:
+            if owner.start is not None and (self.start is None or owner.start >= self.start):
+                self.run, self.start, self.run_end = None, owner.start, owner.end
+                self.host = (owner.worker, owner.node, owner.pid)
+            elif self.start is None:
+                self.host = (owner.worker, owner.node, owner.pid)  # pushed, not (known to have) run
+        self.state = _state_of(owner, self.start)
 
     @property
     def job_id(self) -> bytes:
@@ -126,26 +140,21 @@ class TaskView:
         return owner.error if owner is not None and self.state != "FINISHED" else None
 
     @property
-    def start(self) -> float | None:
-        return self.run.start if self.run is not None else None
-
-    @property
     def end(self) -> float | None:
         """When the latest execution ended; for a task whose worker never said (it died), when it ended."""
-        run = self.run
-        if run is None:
+        if self.start is None:
             return None
-        if run.end is None and self.state in TERMINAL and self.owner is not None:
+        if self.run_end is None and self.state in TERMINAL and self.owner is not None:
             return self.owner.times[-1]
-        return run.end
+        return self.run_end
 
     def steps(self) -> list[tuple[str, float]]:
         """Every state with its start time, oldest first (the owner's and the latest execution's)."""
-        owner, run = self.owner, self.run
+        owner, start = self.owner, self.start
         steps = [(TASK_STATES[c], t) for c, t in zip(owner.states, owner.times)] if owner is not None else []
-        if run is not None:
-            at = bisect.bisect_right([t for _, t in steps], run.start)
-            steps.insert(at, (RUNNING, run.start))
+        if start is not None:
+            at = bisect.bisect_right([t for _, t in steps], start)
+            steps.insert(at, (RUNNING, start))
         return steps
 
     def public(self, detail: bool) -> dict[str, Any]:
@@ -244,20 +253,40 @@ class TaskEventStore:
             self._add_runs(runs, self._shared.setdefault(key, key))
 
     def _share_values(self, rows: list[TaskRow] | list[RunRow]) -> None:
-        """Rows of one function repeat its name, job, parent and resources: keep one copy of each
-        (decoding makes a new object per row; shared, a retained task costs ~40% less)."""
+        """Rows of one function repeat its name, job, parent, resources and (per worker) host:
+        keep one copy of each (decoding makes a new object per row; shared, a retained task
+        costs ~40% less). Neighbouring rows mostly repeat the previous row's values, so each
+        is first compared with that (cheaper than hashing it again)."""
         shared = self._shared
         if len(shared) > 100_000:
             shared.clear()
-        for row in rows:
-            row.name = shared.setdefault(row.name, row.name)
-            row.job = shared.setdefault(row.job, row.job)
-            if isinstance(row, TaskRow):
-                if row.parent is not None:
-                    row.parent = shared.setdefault(row.parent, row.parent)
-                if row.resources:
-                    key = tuple(row.resources.items())
-                    row.resources = shared.setdefault(key, row.resources)
+        share = shared.setdefault
+        name: Any = None
+        job: Any = None
+        if isinstance(rows[0], RunRow):
+            for run in rows:
+                run.name = name = name if run.name == name else share(run.name, run.name)
+                run.job = job = job if run.job == job else share(run.job, run.job)
+            return
+        parent: Any = None
+        worker: Any = None
+        node: Any = None
+        resources: Any = None
+        for row in rows:  # one plain loop, no helper calls: this runs for every task of the cluster
+            row.name = name = name if row.name == name else share(row.name, row.name)
+            row.job = job = job if row.job == job else share(row.job, row.job)
+            value = row.parent
+            if value is not None:
+                row.parent = parent = parent if value == parent else share(value, value)
+            value = row.worker
+            if value is not None:
+                row.worker = worker = worker if value == worker else share(value, value)
+                value = row.node
+                if value is not None:
+                    row.node = node = node if value == node else share(value, value)
+            needs = row.resources
+            if needs:
+                row.resources = resources = resources if needs == resources else share(tuple(needs.items()), needs)
 
     def _add_tasks(self, rows: list[TaskRow]) -> None:
         tasks = self.tasks
@@ -292,9 +321,8 @@ class TaskEventStore:
         stored = self.runs
         incoming = {run.task_id: (run, host) for run in runs}
         for task_id in incoming.keys() & stored.keys():
-            old, new = stored[task_id][0], incoming[task_id][0]
-            if new.attempt < old.attempt or (new.attempt == old.attempt and new.end is None and old.end is not None):
-                incoming[task_id] = stored[task_id]  # an older execution, or the "still running" row of one that ended
+            if incoming[task_id][0].start < stored[task_id][0].start:
+                incoming[task_id] = stored[task_id]  # an older execution (batches of two workers crossed)
         stored.update(incoming)
         # Executions whose owner row never comes (its owner died, or records nothing) are bounded too.
         if len(stored) > len(self.tasks) + max(self.max_per_job, 1024):
@@ -397,5 +425,8 @@ class TaskEventStore:
 
     def executions(self) -> builtins.list[TaskView]:  # `list` here is the method above
         """Tasks that ran or run (for the timeline)."""
-        tasks = self.tasks
-        return [TaskView(task_id, tasks.get(task_id), run) for task_id, run in self.runs.items()]
+        tasks, runs = self.tasks, self.runs
+        out = [TaskView(task_id, row, runs.get(task_id)) for task_id, row in tasks.items()
+               if row.start is not None or task_id in runs]
+        out += self._orphans()
+        return [view for view in out if view.start is not None]

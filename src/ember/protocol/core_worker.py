@@ -136,6 +136,9 @@ class PushReply(_ReplyStatus, total=False):
     #: arg_lost: the argument whose stored copy is gone, and its owner (the submitter recovers it).
     oid: bytes
     owner: list[Any]
+    #: When the execution started and ended (wall-clock seconds; with task events on): the
+    #: owner reports them with the task, so the worker sends no event of its own.
+    t: list[float]
 
 
 class GeneratorItem(Message):

@@ -257,13 +257,16 @@ StateCode = Annotated[int, msgspec.Meta(ge=0, lt=len(TASK_STATES))]
 KindCode = Annotated[int, msgspec.Meta(ge=0, lt=len(TASK_KINDS))]
 
 
-class TaskRow(msgspec.Struct, array_like=True, gc=False):
+class TaskRow(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
     """What a task's owner knows of it, one row per task (sent again only if it changed).
 
     ``states[i]`` (an index into ``TASK_STATES``) was entered at ``times[i]`` (seconds),
     oldest first; the last is the task's state as its owner sees it. A row replaces the
-    task's previous one: it carries every step the owner still remembers. ``gc=False``:
-    the control service keeps many of these and none can be part of a cycle.
+    task's previous one: it carries every step the owner still remembers. ``start`` and
+    ``end`` are the latest execution's, as its worker's reply told the owner, and
+    ``worker``/``node``/``pid`` where it ran (known from the lease once the task was
+    pushed). ``gc=False``: the control service keeps many of these and none can be part
+    of a cycle.
     """
 
     task_id: bytes
@@ -278,16 +281,21 @@ class TaskRow(msgspec.Struct, array_like=True, gc=False):
     times: tuple[float, ...]
     error_type: str | None = None
     error: str | None = None
+    start: float | None = None
+    end: float | None = None
+    worker: bytes | None = None
+    node: bytes | None = None
+    pid: int | None = None
 
 
 class RunRow(msgspec.Struct, array_like=True, gc=False):
-    """One execution of a task in the reporting worker (the batch says which worker):
-    started at ``start``, ended at ``end`` (None: still running)."""
+    """An execution still running in the reporting worker after a batch period (the batch says
+    which worker): started at ``start``. An execution's end reaches the control service in its
+    owner's ``TaskRow`` (the reply carries it), so short ones send no ``RunRow``."""
 
     task_id: bytes
     attempt: int
     start: float
-    end: float | None
     name: str
     job: bytes
     actor: bytes | None
