@@ -14,7 +14,9 @@ Each round starts a fresh ``init(num_cpus=2)`` cluster per variant. Printed per
 variant: median tasks/s, and the median CPU seconds per 1000 tasks of the driver plus
 every process under it (steadier than throughput on a loaded machine); then the ratios
 ``metrics: default/metrics-off`` and ``events: events-on/events-off`` of both figures
-when both halves ran (of the medians, and the median of each round's own ratio).
+when both halves ran (of the medians, and the median of each round's own ratio); then
+the median CPU microseconds per task of each kind of process (driver, control service,
+node daemon, workers) per variant: where a cost lands.
 """
 
 from __future__ import annotations
