@@ -1,13 +1,13 @@
 """Workers wait for the fork server while it warms up, and start as fresh interpreters when it
 dies or is overdue: the node daemon's worker service with a fork server that is not ready yet.
 
-No process starts: the fork server is a stand-in whose "output" is a pipe the test writes to.
+No process starts: the fork server is a stand-in whose "output" is a socket the test writes to.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +29,17 @@ class WarmingForkServer:
         self.ready = False
         self.dead = False
         self.killed = False
-        self.output_fd, self._write_fd = os.pipe()
+        self._reader, self._writer = socket.socketpair()
+        self.output_fd = self._reader.fileno()
         self.launched: list[str] = []
 
     def announce(self, *, ready: bool = False, dead: bool = False) -> None:
         self._next = (ready, dead)
-        os.write(self._write_fd, b"\n")
+        self._writer.send(b"\n")
 
     def read_available(self) -> None:
         if hasattr(self, "_next"):
-            os.read(self.output_fd, 1)
+            self._reader.recv(1)
             self.ready, self.dead = self._next
             del self._next
 
@@ -54,8 +55,8 @@ class WarmingForkServer:
         self.dead = True
 
     def close(self) -> None:
-        os.close(self.output_fd)
-        os.close(self._write_fd)
+        self._reader.close()
+        self._writer.close()
 
 
 async def _until(condition: Any) -> None:
