@@ -107,13 +107,61 @@ def run_variant(variant: str, seconds: float) -> tuple[float, float]:
         ember.shutdown()
 
 
+@ember.remote
+def _record_events(on: bool) -> int:
+    from ember._private import runtime
+
+    runtime.core_worker().task_events.enabled = on
+    return os.getpid()
+
+
+def _set_recording(on: bool) -> None:
+    """Task events on or off in this driver and in the workers its tasks run on (a burst of
+    tasks reaches every worker the driver holds a lease on; idle ones run nothing anyway)."""
+    from ember._private import runtime
+
+    runtime.core_worker().task_events.enabled = on
+    ember.get([_record_events.remote(on) for _ in range(2000)])
+
+
+def run_in_place(rounds: int, seconds: float) -> None:
+    """One cluster; task events switched off and on in every process in turn, ``rounds`` times.
+
+    Less noise than a fresh cluster per variant: the same processes, warm, seconds apart.
+    """
+    results: dict[str, list[tuple[float, float]]] = {"events-off": [], "events-on": []}
+    ember.init(num_cpus=2, include_dashboard=False)
+    try:
+        ember.get([noop.remote() for _ in range(2000)])
+        for _ in range(rounds):
+            for variant in results:
+                _set_recording(variant == "events-on")
+                procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+                done, cpu0, start = 0, _cpu(procs), time.perf_counter()
+                while time.perf_counter() - start < seconds:
+                    ember.get([noop.remote() for _ in range(1000)])
+                    done += 1000
+                elapsed, cpu1 = time.perf_counter() - start, _cpu(procs)
+                BY_ROLE.setdefault(variant, []).append(
+                    {role: 1e6 * (cpu1[role] - cpu0.get(role, 0.0)) / done for role in cpu1})
+                results[variant].append((done / elapsed, 1000 * (cpu1["total"] - cpu0["total"]) / done))
+    finally:
+        ember.shutdown()
+    report(results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    parser.add_argument("--in-place", action="store_true",
+                        help="events-off/events-on only, in one cluster: recording switched in every process")
     args = parser.parse_args()
+    if args.in_place:
+        run_in_place(args.rounds, args.seconds)
+        return
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -122,6 +170,12 @@ def main() -> None:
     for _ in range(args.rounds):
         for variant in variants:
             results[variant].append(run_variant(variant, args.seconds))
+    report(results)
+
+
+def report(results: dict[str, list[tuple[float, float]]]) -> None:
+    """Medians per variant, the pairs' ratios, and CPU per task by kind of process."""
+    variants = list(results)
     medians: dict[str, tuple[float, float]] = {}
     for variant in variants:
         rates = [r for r, _ in results[variant]]
