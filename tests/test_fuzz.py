@@ -33,6 +33,7 @@ import ember
 from ember._private import runtime
 from ember._private.config import config
 from ember._private.processes import pid_alive
+from ember._private.test_utils import wait_for_condition
 from ember.exceptions import ErrorCode, FrameError
 from ember.protocol import Service, methods_of
 from ember.rpc import framing
@@ -420,8 +421,9 @@ def _send_unauthenticated(address: tuple[str, int], messages: list[Any]) -> list
 def test_unauthenticated_client_is_told_why_and_changes_nothing(ember_start):
     ember_start(num_cpus=1)
     worker = runtime.core_worker()
-    info = worker.raylet_call("get_info", None)
-    victim = info["workers"][0]
+    # The prestarted workers are forks: they start once the fork server is ready, soon after init.
+    wait_for_condition(lambda: bool(worker.raylet_call("get_info", None)["workers"]), timeout=30)
+    victim = worker.raylet_call("get_info", None)["workers"][0]
     gcs = parse_address(worker.gcs_address)
     raylet = parse_address(worker.raylet_address)
 
