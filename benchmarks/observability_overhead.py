@@ -25,6 +25,7 @@ import argparse
 import os
 import statistics
 import time
+from typing import Any
 
 import psutil
 
@@ -87,6 +88,19 @@ def _cpu(procs: list[psutil.Process]) -> dict[str, float]:
 BY_ROLE: dict[str, list[dict[str, float]]] = {}
 
 
+def _measure(variant: str, fn: Any, seconds: float) -> tuple[float, float]:
+    """Run 1000 tasks of ``fn`` at a time for ``seconds``: tasks/s and CPU seconds per 1000 tasks
+    of the driver and every process under it (each role's share goes to ``BY_ROLE``)."""
+    procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+    done, cpu0, start = 0, _cpu(procs), time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        ember.get([fn.remote() for _ in range(1000)])
+        done += 1000
+    elapsed, cpu1 = time.perf_counter() - start, _cpu(procs)
+    BY_ROLE.setdefault(variant, []).append({role: 1e6 * (cpu1[role] - cpu0.get(role, 0.0)) / done for role in cpu1})
+    return done / elapsed, 1000 * (cpu1["total"] - cpu0["total"]) / done
+
+
 def run_variant(variant: str, seconds: float) -> tuple[float, float]:
     os.environ.update(VARIANTS[variant])
     reset_config()
@@ -94,15 +108,7 @@ def run_variant(variant: str, seconds: float) -> tuple[float, float]:
     try:
         fn = counted if variant == "counter" else noop
         ember.get([fn.remote() for _ in range(2000)])  # warm up: workers started, functions exported
-        procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
-        done, cpu0, start = 0, _cpu(procs), time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            ember.get([fn.remote() for _ in range(1000)])
-            done += 1000
-        elapsed, cpu1 = time.perf_counter() - start, _cpu(procs)
-        BY_ROLE.setdefault(variant, []).append(
-            {role: 1e6 * (cpu1[role] - cpu0.get(role, 0.0)) / done for role in cpu1})
-        return done / elapsed, 1000 * (cpu1["total"] - cpu0["total"]) / done
+        return _measure(variant, fn, seconds)
     finally:
         ember.shutdown()
 
@@ -136,15 +142,7 @@ def run_in_place(rounds: int, seconds: float) -> None:
         for _ in range(rounds):
             for variant in results:
                 _set_recording(variant == "events-on")
-                procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
-                done, cpu0, start = 0, _cpu(procs), time.perf_counter()
-                while time.perf_counter() - start < seconds:
-                    ember.get([noop.remote() for _ in range(1000)])
-                    done += 1000
-                elapsed, cpu1 = time.perf_counter() - start, _cpu(procs)
-                BY_ROLE.setdefault(variant, []).append(
-                    {role: 1e6 * (cpu1[role] - cpu0.get(role, 0.0)) / done for role in cpu1})
-                results[variant].append((done / elapsed, 1000 * (cpu1["total"] - cpu0["total"]) / done))
+                results[variant].append(_measure(variant, noop, seconds))
     finally:
         ember.shutdown()
     report(results)

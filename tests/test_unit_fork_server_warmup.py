@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,13 @@ class WarmingForkServer:
         self._writer.close()
 
 
+@pytest.fixture
+def server() -> Iterator[WarmingForkServer]:
+    warming = WarmingForkServer()
+    yield warming
+    warming.close()
+
+
 async def _until(condition: Any) -> None:
     """Run the loop until ``condition()`` (the pipe's reader callback runs on a loop turn)."""
     for _ in range(1000):
@@ -68,8 +76,7 @@ async def _until(condition: Any) -> None:
     raise AssertionError("condition not reached")
 
 
-def test_workers_wait_for_the_fork_server_then_start_as_forks(tmp_path: Path) -> None:
-    server = WarmingForkServer()
+def test_workers_wait_for_the_fork_server_then_start_as_forks(tmp_path: Path, server: WarmingForkServer) -> None:
 
     async def scenario(raylet: Raylet) -> None:
         raylet.workers.start(WORKER_ENV, fork_server=server)
@@ -87,10 +94,7 @@ def test_workers_wait_for_the_fork_server_then_start_as_forks(tmp_path: Path) ->
         assert reply.result()["worker_id"] in raylet.pool.workers
         raylet.table.validate()
 
-    try:
-        run(tmp_path, scenario)
-    finally:
-        server.close()
+    run(tmp_path, scenario)
 
 
 def _fresh_interpreters(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -106,9 +110,8 @@ def _fresh_interpreters(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_a_fork_server_that_dies_warming_up_leaves_fresh_interpreters(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, server: WarmingForkServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = WarmingForkServer()
     fresh = _fresh_interpreters(monkeypatch)
 
     async def scenario(raylet: Raylet) -> None:
@@ -122,18 +125,14 @@ def test_a_fork_server_that_dies_warming_up_leaves_fresh_interpreters(
         await _until(reply.done)
         raylet.table.validate()
 
-    try:
-        with caplog.at_level(logging.WARNING):
-            run(tmp_path, scenario)
-    finally:
-        server.close()
+    with caplog.at_level(logging.WARNING):
+        run(tmp_path, scenario)
     assert "the fork server exited before it was ready" in caplog.text
 
 
 def test_an_overdue_fork_server_is_ended_and_workers_start_fresh(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, server: WarmingForkServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = WarmingForkServer()
     fresh = _fresh_interpreters(monkeypatch)
 
     async def scenario(raylet: Raylet) -> None:
@@ -145,16 +144,12 @@ def test_an_overdue_fork_server_is_ended_and_workers_start_fresh(
         raylet.workers._fork_server_overdue(server)  # a second firing: nothing more
         assert len(fresh) == 2
 
-    try:
-        with caplog.at_level(logging.WARNING):
-            run(tmp_path, scenario)
-    finally:
-        server.close()
+    with caplog.at_level(logging.WARNING):
+        run(tmp_path, scenario)
     assert "the fork server was not ready after 30s" in caplog.text
 
 
-def test_a_ready_fork_server_is_not_overdue(tmp_path: Path) -> None:
-    server = WarmingForkServer()
+def test_a_ready_fork_server_is_not_overdue(tmp_path: Path, server: WarmingForkServer) -> None:
 
     async def scenario(raylet: Raylet) -> None:
         raylet.workers.start(WORKER_ENV, fork_server=server)
@@ -163,7 +158,4 @@ def test_a_ready_fork_server_is_not_overdue(tmp_path: Path) -> None:
         raylet.workers._fork_server_overdue(server)
         assert not server.killed and raylet.pool.launcher is server
 
-    try:
-        run(tmp_path, scenario)
-    finally:
-        server.close()
+    run(tmp_path, scenario)

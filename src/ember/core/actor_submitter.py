@@ -48,7 +48,7 @@ from ember.rpc import Connection
 
 if TYPE_CHECKING:
     from ember.core.task_counts import NoTaskCounts, TaskCounts
-    from ember.core.task_events import TaskEventRecorder
+    from ember.core.task_events import Host, TaskEventRecorder
 
 
 class ActorCall:
@@ -106,7 +106,7 @@ class ActorClient:
         #: The actor's node daemon, [host, port] (None until known).
         self.node_address: list[Any] | None = None
         #: Where the actor runs: (worker id, node id, pid) of its current incarnation (task events).
-        self.host: tuple[bytes, bytes, int] | None = None
+        self.host: Host | None = None
         #: (seq, task id) of pushed calls, a min-heap; entries no longer in flight are
         #: dropped when they reach the top (see ``oldest_in_flight``).
         self.in_flight_seqs: list[tuple[int, bytes]] = []
@@ -334,7 +334,7 @@ class ActorSubmitter:
 
     # ================================================================ results
     def _finish(self, call: ActorCall, returns: list[Any], ran: list[float] | None = None,
-                host: tuple[bytes, bytes, int] | None = None) -> None:
+                host: Host | None = None) -> None:
         call.done = True
         self.counts.actor_call_ended(call.spec, failed=False)
         self.events.actor_call(call.spec, "FINISHED", ran, host)
@@ -343,7 +343,7 @@ class ActorSubmitter:
         self.ownership.store_results(call.spec["tid"], call.return_ids, returns, client.conn if client else None)
 
     def _store(self, call: ActorCall, entry: Entry, ran: list[float] | None = None,
-               host: tuple[bytes, bytes, int] | None = None) -> None:
+               host: Host | None = None) -> None:
         call.done = True
         self.counts.actor_call_ended(call.spec, failed=True)
         self.events.actor_call_failed(call.spec, entry, "failed", ran, host)

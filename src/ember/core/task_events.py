@@ -104,6 +104,7 @@ Host = tuple[bytes, bytes, int]
 
 
 def _set_run(row: TaskRow, ran: list[float] | None, host: Host | None) -> None:
+    """Where the task's latest execution ran and, if its reply said, when (``[start, end]``)."""
     if host is not None:
         row.worker, row.node, row.pid = host
         if ran:
@@ -159,10 +160,7 @@ class TaskEventRecorder:
         )
         lease = entry.lease
         if lease is not None:
-            row.worker, row.node, row.pid = lease.worker_id, lease.node_id, lease.pid
-            ran = entry.ran
-            if ran:
-                row.start, row.end = ran[0], ran[1]
+            _set_run(row, entry.ran, (lease.worker_id, lease.node_id, lease.pid))
         return row
 
     def task_finished(self, entry: TaskEntry) -> None:
