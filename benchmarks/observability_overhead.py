@@ -1,6 +1,7 @@
 """What metrics and task events cost on "tasks async" (submit 1000 no-op tasks, get them; repeat).
 
     python3 benchmarks/observability_overhead.py [--rounds 3] [--seconds 3] [--variants events-off,events-on]
+    python3 benchmarks/observability_overhead.py --in-place [--calibrate] --rounds 20 --seconds 1.5
 
 Variants, alternated in one run so a shared machine's noise falls on all:
 
@@ -42,7 +43,8 @@ VARIANTS: dict[str, dict[str, str]] = {
     "events-on": {"EMBER_enable_metrics_collection": "1", "EMBER_task_events_enabled": "1"},
 }
 #: Ratios printed when both variants ran: (name, numerator, denominator).
-PAIRS = (("metrics", "default", "metrics-off"), ("events", "events-on", "events-off"))
+PAIRS = (("metrics", "default", "metrics-off"), ("events", "events-on", "events-off"),
+         ("noise", "events-off-again", "events-off"))
 
 
 @ember.remote
@@ -130,17 +132,22 @@ def _set_recording(on: bool) -> None:
     ember.get([_record_events.remote(on) for _ in range(2000)])
 
 
-def run_in_place(rounds: int, seconds: float) -> None:
+def run_in_place(rounds: int, seconds: float, calibrate: bool) -> None:
     """One cluster; task events switched off and on in every process in turn, ``rounds`` times.
 
     Less noise than a fresh cluster per variant: the same processes, warm, seconds apart.
+    Every other round runs the variants in reverse order, so a trend within rounds falls on
+    both. ``calibrate``: also a second events-off each round (``events-off-again``), whose
+    ratio to the first shows what noise alone does to the pair.
     """
     results: dict[str, list[tuple[float, float]]] = {"events-off": [], "events-on": []}
+    if calibrate:
+        results["events-off-again"] = []
     ember.init(num_cpus=2, include_dashboard=False)
     try:
         ember.get([noop.remote() for _ in range(2000)])
-        for _ in range(rounds):
-            for variant in results:
+        for i in range(rounds):
+            for variant in list(results)[::1 if i % 2 == 0 else -1]:
                 _set_recording(variant == "events-on")
                 results[variant].append(_measure(variant, noop, seconds))
     finally:
@@ -156,9 +163,11 @@ def main() -> None:
                         help=f"comma-separated, from: {', '.join(VARIANTS)}")
     parser.add_argument("--in-place", action="store_true",
                         help="events-off/events-on only, in one cluster: recording switched in every process")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="with --in-place: also an events-off-again each round (the noise floor)")
     args = parser.parse_args()
     if args.in_place:
-        run_in_place(args.rounds, args.seconds)
+        run_in_place(args.rounds, args.seconds, args.calibrate)
         return
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -169,6 +178,14 @@ def main() -> None:
         for variant in variants:
             results[variant].append(run_variant(variant, args.seconds))
     report(results)
+
+
+def _spread(values: list[float]) -> str:
+    """Median and interquartile range."""
+    if len(values) < 4:
+        return f"{statistics.median(values):.3f}"
+    q1, median, q3 = statistics.quantiles(values, n=4)
+    return f"{median:.3f} (middle half {q1:.3f}-{q3:.3f})"
 
 
 def report(results: dict[str, list[tuple[float, float]]]) -> None:
@@ -186,11 +203,11 @@ def report(results: dict[str, list[tuple[float, float]]]) -> None:
             # Also the median of each round's own ratio: the two ran seconds apart, so a shared
             # machine's slow and fast spells fall on both halves of a pair.
             pairs = list(zip(results[top], results[bottom]))
-            rate_ratio = statistics.median(t[0] / b[0] for t, b in pairs)
-            cpu_ratio = statistics.median(t[1] / b[1] for t, b in pairs)
+            rates = [t[0] / b[0] for t, b in pairs]
+            cpus = [t[1] / b[1] for t, b in pairs]
             print(f"{name}: {top}/{bottom} throughput {medians[top][0] / medians[bottom][0]:.3f}, "
                   f"CPU per task {medians[top][1] / medians[bottom][1]:.3f} (ratios of the medians); "
-                  f"median of the rounds' ratios: throughput {rate_ratio:.3f}, CPU per task {cpu_ratio:.3f}")
+                  f"the rounds' ratios: throughput {_spread(rates)}, CPU per task {_spread(cpus)}")
     roles = ("driver", "gcs", "raylet", "workers")
     print("median CPU µs per task by process: " + "  ".join(
         f"{variant}: " + ", ".join(

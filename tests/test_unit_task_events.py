@@ -18,10 +18,12 @@ from ember.exceptions import ProtocolError
 from ember.gcs.task_events import TASK_FIELDS, TaskEventStore
 from ember.protocol.gcs import (
     TASK_STATES,
+    EndedRows,
     RunRow,
     TaskEventBatch,
     TaskRow,
     encode_rows,
+    ended_rows,
     run_rows,
     task_rows,
 )
@@ -44,7 +46,10 @@ def _owner_row(store: TaskEventStore, i: int, state: str, ts: float, job: bytes 
                   tuple(TASK_STATES.index(s) for s, _ in steps), tuple(t for _, t in steps), error_type, error)
     if ran is not None:  # the reply told the owner when the execution ran, on the lease's worker
         row.start, row.end, row.worker, row.node, row.pid = ran[0], ran[1], b"w" * 16, b"n" * 16, pid
-    store.add_batch(TaskEventBatch(job=job, tasks=encode_rows([row])))
+    if state in ("FINISHED", "FAILED"):  # the row of a task that ended: kept encoded
+        store.add_batch(TaskEventBatch(job=job, ended=[EndedRows(job, 1, encode_rows([row]))]))
+    else:
+        store.add_batch(TaskEventBatch(job=job, tasks=encode_rows([row])))
 
 
 def _submit(store: TaskEventStore, i: int, job: bytes = b"\x01") -> None:
@@ -217,6 +222,71 @@ def test_malformed_rows_are_protocol_errors():
     assert store.list([], 10, False)["stored"] == 0
 
 
+
+def _ended(i: int, job: bytes = b"\x01", state: str = "FINISHED", pid: int | None = None) -> TaskRow:
+    row = TaskRow(_tid(i), 0, "f", job, None, 0, None, None, (0, TASK_STATES.index(state)), (1.0 + i, 2.0 + i))
+    if pid is not None:
+        row.start, row.end, row.worker, row.node, row.pid = 1.5 + i, 1.9 + i, b"w" * 16, b"n" * 16, pid
+    return row
+
+
+def _chunk(rows: list[TaskRow], job: bytes = b"\x01") -> EndedRows:
+    return EndedRows(job, len(rows), encode_rows(rows))
+
+
+def test_ended_rows_are_kept_encoded_and_supersede_live_rows():
+    store = TaskEventStore(100)
+    for i in range(3):
+        _submit(store, i)
+    store.add_batch(TaskEventBatch(job=b"\x01", ended=[_chunk([_ended(0), _ended(1, state="FAILED")])]))
+    assert set(store.tasks) == {_tid(2)}, "the live rows of the tasks that ended are gone"
+    (chunk,) = store.ended[b"\x01"]
+    assert isinstance(chunk.chunk.rows, bytes) and chunk.kept == 2
+    listed = store.list([], 10, False)
+    assert listed["stored"] == 3 and listed["dropped"] == 0
+    assert [(r["task_id"], r["state"]) for r in listed["result"]] == [
+        (_tid(2).hex(), "PENDING_ARGS_AVAIL"), (_tid(1).hex(), "FAILED"), (_tid(0).hex(), "FINISHED")]
+    assert store.counts_by_state() == {"PENDING_ARGS_AVAIL": 1, "FAILED": 1, "FINISHED": 1}
+
+
+def test_retention_cuts_into_ended_chunks_and_forgets_their_executions():
+    store = TaskEventStore(5)
+    _run(store, 0, 1.2, 9)  # a long execution: the worker's row came before the owner's
+    store.add_batch(TaskEventBatch(job=b"\x01", ended=[_chunk([_ended(i, pid=9) for i in range(4)])]))
+    store.add_batch(TaskEventBatch(job=b"\x01", ended=[_chunk([_ended(i) for i in range(4, 7)])]))
+    listed = store.list([], 100, False)
+    assert listed["stored"] == 5 and listed["dropped"] == 2
+    assert [r["task_id"] for r in listed["result"]] == [_tid(i).hex() for i in (6, 5, 4, 3, 2)]
+    assert store.runs == {}, "the dropped task's execution row went with it (not listed as an orphan)"
+    # Another job's tasks count against that job only.
+    store.add_batch(TaskEventBatch(job=b"\x02", ended=[_chunk([_ended(9, job=b"\x02")], job=b"\x02")]))
+    assert store.list([("job_id", "=", "02")], 10, False)["total"] == 1
+    assert store.list([], 10, False)["stored"] == 6
+
+
+def test_an_execution_known_only_from_its_worker_is_listed_first():
+    store = TaskEventStore(100)
+    store.add_batch(TaskEventBatch(job=b"\x01", ended=[_chunk([_ended(i) for i in range(50)])]))
+    _run(store, 99, 3.0, 9)
+    (first,) = store.list([], 1, False)["result"]
+    assert (first["task_id"], first["state"]) == (_tid(99).hex(), "RUNNING")
+
+
+def test_ended_rows_that_lie_about_their_count_are_refused_and_undecodable_ones_dropped_when_read(caplog):
+    store = TaskEventStore(100)
+    with pytest.raises(ProtocolError, match="ended rows"):
+        store.add_batch(TaskEventBatch(job=b"\x01", ended=[EndedRows(b"\x01", 50, b"\x91\x01")]))
+    with pytest.raises(ProtocolError, match="ended rows"):
+        store.add_batch(TaskEventBatch(job=b"\x01", ended=[EndedRows(b"\x01", 0, encode_rows([]))]))
+    assert store.list([], 10, False)["stored"] == 0 and store.list([], 10, False)["dropped"] == 0
+    store.add_batch(TaskEventBatch(job=b"\x01", ended=[_chunk([_ended(1)])]))
+    store.add_batch(TaskEventBatch(job=b"\x01", ended=[EndedRows(b"\x01", 2, b"\x92\xc1\xc1")]))
+    with caplog.at_level("WARNING", logger="ember.gcs.task_events"):
+        listed = store.list([], 10, False)
+    assert [r["task_id"] for r in listed["result"]] == [_tid(1).hex()]
+    assert listed["dropped"] == 2 and "unreadable" in caplog.text
+    assert store.list([], 10, False)["stored"] == 1
+
 # ------------------------------------------------------------------ the recorder of one process
 class _Info:
     worker_id = b"w" * 16
@@ -235,8 +305,9 @@ def _entry(name: str = "f") -> TaskEntry:
 
 
 def _rows(batch: TaskEventBatch | None) -> tuple[list[TaskRow], list[RunRow]]:
+    """The batch's task rows (live, then ended) and execution rows."""
     assert batch is not None
-    return task_rows(batch), run_rows(batch)
+    return task_rows(batch) + [row for chunk in batch.ended for row in ended_rows(chunk)], run_rows(batch)
 
 
 class _Lease:
@@ -317,7 +388,7 @@ def test_a_full_buffer_drops_the_oldest_rows_and_counts_them(ember_env):
         recorder.task_finished(entry)
     batch = recorder.take_batch()
     assert batch is not None and batch.dropped == 2
-    assert [row.task_id for row in task_rows(batch)] == [_tid(3), _tid(4), _tid(5)]
+    assert [row.task_id for row in _rows(batch)[0]] == [_tid(3), _tid(4), _tid(5)]
 
 
 def test_repeated_values_are_kept_once():
@@ -330,3 +401,37 @@ def test_repeated_values_are_kept_once():
     assert len(kept) == 2
     for field in ("name", "job", "parent", "resources", "worker", "node"):
         assert getattr(kept[0], field) is getattr(kept[1], field), field
+
+
+def test_ended_rows_go_encoded_by_job_and_a_forgotten_history_goes_to_be_merged():
+    recorder = _recorder()
+    for name, job in (("f", b"\x01"), ("ff", b"\x02"), ("fff", b"\x01")):
+        entry = _entry(name)
+        entry.spec["job"] = job
+        entry.transition(TaskStatus.FAILED, "cancelled")
+        recorder.task_finished(entry)
+    long = _entry("g" * 9)
+    long.transition(TaskStatus.PENDING_NODE_ASSIGNMENT, "queued")
+    for _ in range(10):  # more steps than a task's history keeps
+        long.transition(TaskStatus.SUBMITTED_TO_WORKER, "pushed")
+        long.transition(TaskStatus.PENDING_NODE_ASSIGNMENT, "retried")
+    long.transition(TaskStatus.FAILED, "cancelled")
+    recorder.task_finished(long)
+    batch = recorder.take_batch()
+    assert batch is not None
+    assert [row.task_id for row in task_rows(batch)] == [_tid(9)], "decoded on arrival, to be merged"
+    by_job = {chunk.job: [row.task_id for row in ended_rows(chunk)] for chunk in batch.ended}
+    assert by_job == {b"\x01": [_tid(1), _tid(3)], b"\x02": [_tid(2)]}
+    assert [chunk.count for chunk in batch.ended] == [len(by_job[chunk.job]) for chunk in batch.ended]
+
+
+def test_a_task_that_finished_in_four_steps_went_straight_through():
+    """The owner's row takes this for granted (``_STRAIGHT_CODES``): check it against the table."""
+    from ember.core.task_state import TASK_TRANSITIONS
+
+    paths = [[TaskStatus.PENDING_ARGS_AVAIL]]
+    for _ in range(3):
+        paths = [path + [new] for path in paths for (old, new) in TASK_TRANSITIONS.edges if old is path[-1]]
+    assert [path for path in paths if path[-1] is TaskStatus.FINISHED] == [[
+        TaskStatus.PENDING_ARGS_AVAIL, TaskStatus.PENDING_NODE_ASSIGNMENT, TaskStatus.SUBMITTED_TO_WORKER,
+        TaskStatus.FINISHED]]

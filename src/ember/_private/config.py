@@ -129,13 +129,18 @@ class Config:
     #: First delay before retrying a task the memory monitor ended (doubles per retry).
     oom_retry_backoff_s: float = 0.5
 
+    # --- processes ------------------------------------------------------------
+    #: The youngest generation's threshold of Python's garbage collector in Ember's processes
+    #: and in a connected driver (Python's is 700; 0: leave Python's): see _private/collector.py.
+    gc_young_threshold: int = 20_000
+
     # --- task events (state API, timeline) ----------------------------------
     #: Record every task's state transitions for the state API (``ember list tasks``).
     task_events_enabled: bool = True
     #: Seconds between two batches of task events a process sends to the control service.
     task_events_report_period_s: float = 0.5
-    #: Task rows (of each kind: owned tasks, executions) a process keeps while the control service
-    #: cannot take them; beyond, the oldest are dropped and counted.
+    #: Task rows (of each kind: ended tasks of each job, others) a process keeps while the control
+    #: service cannot take them; beyond, the oldest are dropped and counted.
     task_events_buffer_size: int = 100_000
     #: Tasks the control service keeps per job; beyond, finished ones are dropped first (counted).
     task_events_max_tasks_per_job: int = 100_000

@@ -9,7 +9,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ember._private import runtime, session
+from ember._private import collector, runtime, session
 from ember._private.node import NodeProcesses, start_head
 from ember._private.processes import raise_fd_limit
 
@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 _lock = threading.RLock()
 _local_nodes: NodeProcesses | None = None
 _atexit_registered = False
+#: The driver's garbage-collector thresholds before ``init`` raised them (see _private/collector.py).
+_gc_before: collector.Thresholds | None = None
 
 
 class RayContext(dict):  # type: ignore[type-arg]
@@ -200,6 +202,8 @@ def init(
                 _local_nodes = None
             raise
         runtime.set_core_worker(worker)
+        global _gc_before
+        _gc_before = collector.raise_young_threshold()
         metrics_recorder.kick_if_used()
         if _local_nodes is not None:
             _local_nodes.start_deferred_dashboard()
@@ -338,12 +342,14 @@ def _context_info() -> dict[str, Any]:
 
 def shutdown(_exiting_interpreter: bool = False) -> None:
     """Disconnect this driver and stop every process ``init`` started."""
-    global _local_nodes
+    global _local_nodes, _gc_before
     with _lock:
         worker = runtime.core_worker_or_none()
         if worker is not None:
             runtime.set_core_worker(None)
             worker.shutdown()
+            collector.restore_threshold(_gc_before)
+            _gc_before = None
         if _local_nodes is not None:
             nodes, _local_nodes = _local_nodes, None
             nodes.stop()

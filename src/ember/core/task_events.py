@@ -17,8 +17,9 @@ Tasks still live are reported from the batch itself: every
 the actor calls', the executions running here) and adds a row for each one whose
 state is older than the previous batch and not yet reported, so a task that ends
 within a period is sent once, and a long one shows up within two periods. The
-batch goes as one ``add_task_events`` notification; ``gcs/task_events.py`` merges
-owner and executor rows. While the control service is unreachable, rows wait here,
+batch goes as one ``add_task_events`` notification: live rows first, then the rows of
+tasks that ended, encoded by job (``EndedRows``, which the control service keeps
+encoded until asked); ``gcs/task_events.py`` merges owner and executor rows. While the control service is unreachable, rows wait here,
 up to ``task_events_buffer_size`` of each kind; older ones are dropped and the count
 is sent with the next batch.
 """
@@ -30,14 +31,22 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ember._private.config import config
 from ember.core.task_context import TaskContext
 from ember.core.task_state import TaskEntry, TaskStatus
 from ember.protocol.core_worker import ActorCallSpec, ActorCreationPush, CallSpec
-from ember.protocol.gcs import TASK_KINDS, TASK_STATES, RunRow, TaskEventBatch, TaskRow, encode_rows
+from ember.protocol.gcs import (
+    TASK_KINDS,
+    TASK_STATES,
+    EndedRows,
+    RunRow,
+    TaskEventBatch,
+    TaskRow,
+    encode_rows,
+)
 
 if TYPE_CHECKING:
     from ember.core.links import ClusterLinks, ProcessInfo
@@ -102,6 +111,18 @@ def _no_live_tasks() -> Iterable[TaskEntry]:
 #: Where an execution ran: (worker id, node id, pid).
 Host = tuple[bytes, bytes, int]
 
+#: A ``TaskRow`` as a tuple of its fields in order (the trailing ones may be left out): the
+#: owner builds one for every task it owns, and a tuple costs half a ``TaskRow`` to build and
+#: to free, and encodes to the same array.
+OwnerRow = tuple[Any, ...]
+Row = TaskRow | OwnerRow
+#: The states of a task that finished in four steps: it can only have gone straight through
+#: (``task_state.py``'s transitions; a test checks it), so its row needs no per-step lookups.
+_STRAIGHT_CODES = tuple(STATE_CODES[s] for s in (
+    "PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER", "FINISHED"))
+_FINISHED_STATUS = TaskStatus.FINISHED
+_NOT_RUN = (None, None)
+
 
 def _set_run(row: TaskRow, ran: list[float] | None, host: Host | None) -> None:
     """Where the task's latest execution ran and, if its reply said, when (``[start, end]``)."""
@@ -109,6 +130,12 @@ def _set_run(row: TaskRow, ran: list[float] | None, host: Host | None) -> None:
         row.worker, row.node, row.pid = host
         if ran:
             row.start, row.end = ran[0], ran[1]
+
+
+def _drain(rows: deque[Row]) -> list[Row]:
+    """Take what ``rows`` holds now (other threads may append meanwhile)."""
+    take = rows.popleft
+    return [take() for _ in range(len(rows))]
 
 
 class TaskEventRecorder:
@@ -120,8 +147,11 @@ class TaskEventRecorder:
         self.enabled = cfg.task_events_enabled
         self._period = cfg.task_events_report_period_s
         self._limit = max(1, cfg.task_events_buffer_size)
-        #: Rows waiting for the next batch (appended on any thread, taken on the I/O loop).
-        self._tasks: deque[TaskRow] = deque(maxlen=self._limit)
+        #: Rows of tasks that ended, by job, waiting for the next batch (appended on any thread,
+        #: taken on the I/O loop); ``_merged``: those whose owner forgot their oldest steps (the
+        #: control service merges them with the task's earlier row).
+        self._ended: dict[bytes, deque[Row]] = {}
+        self._merged: deque[Row] = deque(maxlen=self._limit)
         self._dropped = 0
         self._pid = os.getpid()
         #: The tasks this process submitted and that have not ended (set by the core worker:
@@ -140,38 +170,47 @@ class TaskEventRecorder:
         self.live_tasks = _no_live_tasks
 
     # ------------------------------------------------------------------ owner: tasks
-    def _add_task(self, row: TaskRow) -> None:
-        tasks = self._tasks
-        if len(tasks) == self._limit:
+    def _add_task(self, row: Row, job: bytes, merged: bool = False) -> None:
+        """A task's last row (it ended); ``merged``: its history lost its oldest steps."""
+        if merged:
+            rows = self._merged
+        else:
+            by_job = self._ended.get(job)  # a deque per job: kept, as another thread may hold it
+            rows = by_job if by_job is not None else self._ended.setdefault(job, deque(maxlen=self._limit))
+        if len(rows) == self._limit:
             self._dropped += 1
-        tasks.append(row)
+        rows.append(row)
 
-    def _task_row(self, entry: TaskEntry, error_type: str | None = None, error: str | None = None) -> TaskRow:
+    def _task_row(self, entry: TaskEntry, error_type: str | None = None, error: str | None = None) -> OwnerRow:
+        """The row of a task this process owns (runs for every task: see ``OwnerRow``)."""
         spec = entry.spec
-        codes: list[int] = []
-        times: list[float] = []
-        for at, _old, new, _reason in entry.history.steps:  # a plain loop: cheaper than comprehensions here
-            codes.append(STATE_CODES[new._value_])
-            times.append(at)
-        row = TaskRow(
-            spec["tid"], entry.attempt - 1 if entry.attempt else 0, entry.name, spec["job"],
-            entry.parent or self._context.driver_task_id, NORMAL_TASK, None, spec.get("res"),
-            tuple(codes), tuple(times), error_type, error,
-        )
+        steps = entry.history.steps
+        if len(steps) == 4 and steps[3][2] is _FINISHED_STATUS:
+            codes: Sequence[int] = _STRAIGHT_CODES
+            times = [steps[0][0], steps[1][0], steps[2][0], steps[3][0]]
+        else:
+            codes = [STATE_CODES[step[2]._value_] for step in steps]
+            times = [step[0] for step in steps]
         lease = entry.lease
-        if lease is not None:
-            _set_run(row, entry.ran, (lease.worker_id, lease.node_id, lease.pid))
-        return row
+        if lease is None:
+            return (spec["tid"], entry.attempt - 1 if entry.attempt else 0, entry.name, spec["job"],
+                    entry.parent or self._context.driver_task_id, NORMAL_TASK, None, spec.get("res"),
+                    codes, times, error_type, error)
+        ran = entry.ran or _NOT_RUN
+        return (spec["tid"], entry.attempt - 1 if entry.attempt else 0, entry.name, spec["job"],
+                entry.parent or self._context.driver_task_id, NORMAL_TASK, None, spec.get("res"),
+                codes, times, error_type, error, ran[0], ran[1], lease.worker_id, lease.node_id, lease.pid)
 
     def task_finished(self, entry: TaskEntry) -> None:
         """The owner stored a task's results (on the I/O loop)."""
         if self.enabled:
-            self._add_task(self._task_row(entry))
+            self._add_task(self._task_row(entry), entry.spec["job"], entry.history.dropped > 0)
 
     def task_failed(self, entry: TaskEntry, error: Any, reason: str) -> None:
         """The owner stored ``error`` (a memory-store entry ``(kind, data)``) as a task's result."""
         if self.enabled:
-            self._add_task(self._task_row(entry, *describe_error(error, reason)))
+            self._add_task(self._task_row(entry, *describe_error(error, reason)), entry.spec["job"],
+                           entry.history.dropped > 0)
 
     # ------------------------------------------------------------------ owner: actor calls
     def actor_call(self, spec: ActorCallSpec, state: str, ran: list[float] | None = None,
@@ -187,7 +226,7 @@ class TaskEventRecorder:
         elif code == _FINISHED:
             row = self._call_row(spec, self._calls.pop(spec["tid"], None), code)
             _set_run(row, ran, host)
-            self._add_task(row)
+            self._add_task(row, row.job)
         else:
             steps = self._calls.get(spec["tid"])
             if steps is not None:
@@ -199,7 +238,7 @@ class TaskEventRecorder:
         if self.enabled:
             row = self._call_row(spec, self._calls.pop(spec["tid"], None), _FAILED, *describe_error(error, reason))
             _set_run(row, ran, host)
-            self._add_task(row)
+            self._add_task(row, row.job)
 
     def _call_row(self, spec: ActorCallSpec, steps: list[Any] | None, end: int | None,
                   error_type: str | None = None, error: str | None = None) -> TaskRow:
@@ -224,7 +263,7 @@ class TaskEventRecorder:
             started = self._running.get(task_id)
             info = self._info
             _set_run(row, [started[1], now] if started else None, (info.worker_id, info.node_id, self._pid))
-            self._add_task(row)
+            self._add_task(row, row.job)
 
     def execution_started(self, spec: CallSpec, actor_id: bytes | None) -> None:
         """A task starts running in this thread (the hot path of every execution)."""
@@ -245,9 +284,9 @@ class TaskEventRecorder:
         return RunRow(task_id, max(spec.get("attempt", 1) - 1, 0), start, spec["name"], spec["job"], actor_id)
 
     # ------------------------------------------------------------------ sending
-    def _live_rows(self, since: float) -> tuple[list[TaskRow], list[RunRow]]:
+    def _live_rows(self, since: float) -> tuple[list[Row], list[RunRow]]:
         """Rows of live tasks whose state began before ``since`` and was not reported yet."""
-        tasks: list[TaskRow] = []
+        tasks: list[Row] = []
         reported: dict[bytes, int] = {}
         previous = self._reported
         for entry in self.live_tasks():
@@ -280,15 +319,19 @@ class TaskEventRecorder:
         now = time.time()
         tasks, runs = self._live_rows(self._last_batch)
         self._last_batch = now
-        # Live rows first: the row of a task that ended meanwhile must come after them.
-        take_task = self._tasks.popleft
-        tasks += [take_task() for _ in range(len(self._tasks))]
+        tasks += _drain(self._merged)
+        ended: list[EndedRows] = []
+        for job, rows in list(self._ended.items()):
+            if rows:
+                taken = _drain(rows)
+                ended.append(EndedRows(job, len(taken), encode_rows(taken)))
         dropped, self._dropped = self._dropped, 0
-        if not tasks and not runs and not dropped:
+        if not tasks and not runs and not ended and not dropped:
             return None
         info = self._info
         return TaskEventBatch(
-            tasks=encode_rows(tasks) if tasks else b"", runs=encode_rows(runs) if runs else b"", dropped=dropped, job=self._context.current_job_id,
+            tasks=encode_rows(tasks) if tasks else b"", runs=encode_rows(runs) if runs else b"",
+            ended=ended, dropped=dropped, job=self._context.current_job_id,
             worker=info.worker_id if runs else None, node=info.node_id if runs else None,
             pid=self._pid if runs else None,
         )

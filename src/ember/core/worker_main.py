@@ -13,7 +13,10 @@ def main() -> None:
     from ember.core.worker import WORKER, CoreWorker
 
     set_parent_death_signal()
+    from ember._private.collector import raise_young_threshold
     from ember._private.processes import raise_oom_score
+
+    raise_young_threshold()
 
     raise_oom_score()
     if os.getppid() != int(os.environ.get("EMBER_RAYLET_PID", os.getppid())):

@@ -4,42 +4,56 @@ Processes send batches of rows (``core/task_events.py``, ``protocol/gcs.py``): a
 owner sends one ``TaskRow`` (its states with their times, the result's error, and the
 latest execution's start, end, worker, node and pid, which the reply told it); a
 worker sends a ``RunRow`` only for an execution still running after a batch period
-(the batch says which worker, node and pid). Intake keeps the rows as received, the
-latest of each kind per task, filed in bulk (one dict update per batch): every task of
-the cluster passes through here, so no per-task object is built and nothing is merged
-on the way in. A query assembles a ``TaskView`` per task from its rows
-(``TaskView.public``): the latest execution is the owner's or the worker's, whichever
-started later (the owner's when the same); the state is the owner's once terminal,
-else ``RUNNING`` if that execution started after the owner's latest state, else the
-owner's. Rows are ``gc=False`` structs, so the many kept cost the garbage collector
-nothing.
+(the batch says which worker, node and pid).
+
+Every task of the cluster passes through here, nearly always as the one row its owner
+sends when it ends. Those rows come encoded, by job (``EndedRows``), and are *kept
+encoded*: intake files the bytes and counts them, and a query decodes them. Most are
+dropped by retention without ever being read, so decoding them as they came would be
+most of this service's work under load. Rows of live tasks (and the rare ended one
+whose owner forgot its oldest steps) are decoded as they come into ``tasks``, the latest
+per task; an ended task's row supersedes its live one (its chunk's task ids are read
+then, only if live rows are kept). Decoded rows are ``gc=False`` structs sharing their
+repeated values, so the many kept cost the garbage collector nothing.
+
+A query assembles a ``TaskView`` per task from its rows (``TaskView.public``): the
+latest execution is the owner's or the worker's, whichever started later (the owner's
+when the same); the state is the owner's once terminal, else ``RUNNING`` if that
+execution started after the owner's latest state, else the owner's.
 
 Retention is bounded per job (``task_events_max_tasks_per_job``): beyond it the oldest
-*finished* tasks of that job are dropped first, live ones only when the job has no
-finished task left. Every drop (here, or in a process whose buffer overflowed) is
-counted per job and returned with every query, so truncation is never silent.
+*ended* tasks of that job are dropped first, live ones only when the job has no ended
+task left. Every drop (here, or in a process whose buffer overflowed) is counted per
+job and returned with every query, so truncation is never silent.
 """
-
 from __future__ import annotations
 
 import bisect
 import builtins
+import logging
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from ember._private.state_filters import matches
+from ember.exceptions import ProtocolError
 from ember.protocol.gcs import (
     TASK_KINDS,
     TASK_STATES,
+    EndedRows,
     RunRow,
     TaskEventBatch,
     TaskListing,
     TaskRow,
     TaskSummary,
     TaskSummaryRow,
+    ended_rows,
+    ended_task_ids,
     run_rows,
     task_rows,
 )
+
+logger = logging.getLogger(__name__)
 
 TERMINAL = frozenset(("FINISHED", "FAILED"))
 RUNNING = "RUNNING"
@@ -222,31 +236,56 @@ _FAST_KEYS: dict[str, Callable[[TaskView], Any]] = {
 TASK_FIELDS = frozenset(TaskView(b"", None, None).public(detail=True))
 
 
+class _Ended:
+    """Rows of ended tasks of one job as one process sent them (``EndedRows``), kept encoded; the
+    first ``skip`` were dropped by retention."""
+
+    __slots__ = ("seq", "chunk", "skip")
+
+    def __init__(self, seq: int, chunk: EndedRows) -> None:
+        self.seq = seq
+        self.chunk = chunk
+        self.skip = 0
+
+    @property
+    def kept(self) -> int:
+        return self.chunk.count - self.skip
+
+
 class TaskEventStore:
     def __init__(self, max_tasks_per_job: int) -> None:
         self.max_per_job = max_tasks_per_job
-        #: The latest owner row of every kept task, all jobs, in the order tasks were first reported.
+        #: The latest decoded owner row of kept tasks (live ones, and ended ones whose owner forgot
+        #: their oldest steps), all jobs, in the order tasks were first reported.
         self.tasks: dict[bytes, TaskRow] = {}
+        #: Rows of ended tasks, kept encoded, per job, oldest first.
+        self.ended: dict[bytes, deque[_Ended]] = {}
+        self._seq = 0
         #: The latest execution of every task that ran (also of tasks whose owner row has not come).
         self.runs: dict[bytes, Run] = {}
         #: Kept tasks per job.
         self._kept: dict[bytes, int] = {}
         self.dropped: dict[bytes, int] = {}
-        #: One copy of each repeated value of the rows (names, jobs, parents, resources, hosts):
-        #: see _share_values.
+        #: One copy of each repeated value of the decoded rows (names, jobs, parents, resources,
+        #: hosts): see _share_values.
         self._shared: dict[Any, Any] = {}
 
     # ---------------------------------------------------------------- intake
     def add_batch(self, batch: TaskEventBatch) -> None:
         """One process's rows, and how many it dropped (``ProtocolError``: its rows are malformed)."""
         job = batch.job or b""
+        for chunk in batch.ended:
+            if not 0 < chunk.count <= len(chunk.rows):
+                raise ProtocolError(f"bad add_task_events ended rows: {chunk.count} rows in {len(chunk.rows)} bytes")
+        rows = task_rows(batch)
+        runs = run_rows(batch)
         if batch.dropped:
             self.dropped[job] = self.dropped.get(job, 0) + batch.dropped
-        rows = task_rows(batch)
         if rows:
             self._share_values(rows)
             self._add_tasks(rows)
-        runs = run_rows(batch)
+        for chunk in batch.ended:  # after the live rows: these tasks ended since
+            self._add_ended(chunk)
         if runs:
             self._share_values(runs)
             key: Host = (batch.worker, batch.node, batch.pid)
@@ -272,7 +311,7 @@ class TaskEventStore:
         worker: Any = None
         node: Any = None
         resources: Any = None
-        for row in rows:  # one plain loop, no helper calls: this runs for every task of the cluster
+        for row in rows:  # one plain loop, no helper calls: this runs for every row decoded here
             row.name = name = name if row.name == name else share(row.name, row.name)
             row.job = job = job if row.job == job else share(row.job, row.job)
             value = row.parent
@@ -312,10 +351,27 @@ class TaskEventStore:
             for row in tasks.values():
                 if row.job in counts:
                     counts[row.job] += 1
+            for chunks in (self.ended.get(job, ()) for job in counts):
+                for ended in chunks:
+                    counts[ended.chunk.job] += ended.kept
             kept.update(counts)
         for job in jobs:
-            if kept[job] > self.max_per_job:
-                self._evict(job, kept[job] - self.max_per_job)
+            self._enforce_limit(job)
+
+    def _add_ended(self, chunk: EndedRows) -> None:
+        """Rows of tasks that ended: kept as they came. Decoded rows of the same tasks (sent while
+        they were live) are superseded: only then are the chunk's task ids read."""
+        tasks, kept = self.tasks, self._kept
+        if tasks:
+            for task_id in ended_task_ids(chunk):
+                row = tasks.pop(task_id, None)
+                if row is not None:
+                    kept[row.job] -= 1
+        self._seq += 1
+        job = chunk.job
+        self.ended.setdefault(job, deque()).append(_Ended(self._seq, chunk))
+        kept[job] = kept.get(job, 0) + chunk.count
+        self._enforce_limit(job)
 
     def _add_runs(self, runs: list[RunRow], host: Host) -> None:
         stored = self.runs
@@ -325,18 +381,60 @@ class TaskEventStore:
                 incoming[task_id] = stored[task_id]  # an older execution (batches of two workers crossed)
         stored.update(incoming)
         # Executions whose owner row never comes (its owner died, or records nothing) are bounded too.
-        if len(stored) > len(self.tasks) + max(self.max_per_job, 1024):
+        if len(stored) > sum(self._kept.values()) + max(self.max_per_job, 1024):
             self._drop_orphan_runs()
 
     def _drop_orphan_runs(self) -> None:
-        tasks, stored = self.tasks, self.runs
-        excess = len(stored) - len(tasks) - self.max_per_job // 2
-        for task_id in [t for t in stored if t not in tasks][:max(excess, 0)]:
+        """Drop executions of tasks not kept (rare: reads every kept task's id)."""
+        stored = self.runs
+        kept_ids = set(self.tasks)
+        for chunks in self.ended.values():
+            for ended in chunks:
+                kept_ids.update(self._ended_ids(ended))
+        excess = len(stored) - len(kept_ids) - self.max_per_job // 2
+        for task_id in [t for t in stored if t not in kept_ids][:max(excess, 0)]:
             run = stored.pop(task_id)[0]
             self.dropped[run.job] = self.dropped.get(run.job, 0) + 1
 
+    def _enforce_limit(self, job: bytes) -> None:
+        """Keep at most ``max_per_job`` tasks of ``job``: the oldest ended ones go first, then the
+        oldest live ones; each is counted as dropped."""
+        excess = self._kept[job] - self.max_per_job
+        if excess <= 0:
+            return
+        chunks = self.ended.get(job)
+        gone = 0
+        while chunks and gone < excess:
+            oldest = chunks[0]
+            take = min(oldest.kept, excess - gone)
+            self._forget_runs(self._ended_ids(oldest)[:take])
+            oldest.skip += take
+            gone += take
+            if not oldest.kept:
+                chunks.popleft()
+        if gone:
+            self._kept[job] -= gone
+            self.dropped[job] = self.dropped.get(job, 0) + gone
+        if excess > gone:
+            self._evict(job, excess - gone)
+
+    def _ended_ids(self, ended: _Ended) -> list[bytes]:
+        """The task ids of a chunk's kept rows (none read unless some execution rows are kept)."""
+        if not self.runs:
+            return []
+        try:
+            return ended_task_ids(ended.chunk)[ended.skip:]
+        except ProtocolError as exc:
+            logger.warning("task events of job %s are unreadable: %s", ended.chunk.job.hex(), exc)
+            return []
+
+    def _forget_runs(self, task_ids: list[bytes]) -> None:
+        runs = self.runs
+        for task_id in task_ids:
+            runs.pop(task_id, None)
+
     def _evict(self, job: bytes, count: int) -> None:
-        """Drop ``count`` tasks of ``job``: the oldest finished first, then the oldest live."""
+        """Drop ``count`` decoded tasks of ``job``: the oldest finished first, then the oldest live."""
         tasks = self.tasks
         victims: list[bytes] = []
         live: list[bytes] = []
@@ -352,30 +450,53 @@ class TaskEventStore:
             elif len(live) < count:
                 live.append(task_id)
         victims += live[:count - len(victims)]
-        runs = self.runs
         for task_id in victims:
             del tasks[task_id]
-            runs.pop(task_id, None)
+        self._forget_runs(victims)
         self._kept[job] -= len(victims)
         self.dropped[job] = self.dropped.get(job, 0) + len(victims)
 
     # ---------------------------------------------------------------- queries
-    def views(self, newest_first: bool = False) -> Iterator[TaskView]:
-        """Every kept task in the order first reported (tasks known only from an execution last)."""
-        tasks, runs = self.tasks, self.runs
-        if newest_first:
-            yield from self._orphans()
-        for task_id, row in reversed(tasks.items()) if newest_first else tasks.items():
-            yield TaskView(task_id, row, runs.get(task_id))
-        if not newest_first:
-            yield from self._orphans()
+    def _ended_rows(self) -> Iterator[TaskRow]:
+        """Every kept row of an ended task, newest first. A chunk that cannot be decoded (a bug in
+        the process that sent it) is dropped, logged and counted."""
+        chunks = sorted((ended for chunks in self.ended.values() for ended in chunks),
+                        key=lambda ended: ended.seq, reverse=True)
+        for ended in chunks:
+            chunk = ended.chunk
+            try:
+                rows = ended_rows(chunk)
+            except ProtocolError as exc:
+                logger.warning("task events of job %s are unreadable, %d rows dropped: %s",
+                               chunk.job.hex(), ended.kept, exc)
+                self.ended[chunk.job].remove(ended)
+                self._kept[chunk.job] -= ended.kept
+                self.dropped[chunk.job] = self.dropped.get(chunk.job, 0) + ended.kept
+                continue
+            yield from reversed(rows[ended.skip:])
 
-    def _orphans(self) -> Iterator[TaskView]:
-        """Tasks known only from an execution (their owner row has not come, or never will)."""
-        tasks = self.tasks
-        for task_id, run in self.runs.items():
-            if task_id not in tasks:
-                yield TaskView(task_id, None, run)
+    def views(self) -> Iterator[TaskView]:
+        """Every kept task, newest first: tasks known only from an execution (their owner's row
+        has not come, or never will), decoded rows (live tasks: newer than any ended row of
+        theirs), then ended ones."""
+        tasks, runs = self.tasks, self.runs
+        orphans = [task_id for task_id in runs if task_id not in tasks]
+        if orphans:
+            ended: set[bytes] = set()
+            for chunks in self.ended.values():
+                for chunk in chunks:
+                    ended.update(self._ended_ids(chunk))
+            orphans = [task_id for task_id in orphans if task_id not in ended]
+        for task_id in reversed(orphans):
+            yield TaskView(task_id, None, runs[task_id])
+        for task_id, row in reversed(tasks.items()):
+            yield TaskView(task_id, row, runs.get(task_id))
+        seen = set(tasks)
+        for row in self._ended_rows():
+            task_id = row.task_id
+            if task_id not in seen:  # else an older row of a task run again (lineage reconstruction)
+                seen.add(task_id)
+                yield TaskView(task_id, row, runs.get(task_id))
 
     def list(self, filters: list[tuple[str, str, str]], limit: int, detail: bool) -> TaskListing:
         """Newest first; filters apply before the limit; ``total`` counts every match."""
@@ -383,7 +504,7 @@ class TaskEventStore:
         slow = [(k, op, v) for k, op, v in filters if k not in _FAST_KEYS]
         result: list[dict[str, Any]] = []
         total = stored = 0
-        for view in self.views(newest_first=True):
+        for view in self.views():
             stored += 1
             if not all(matches(get(view), op, v) for get, op, v in fast):
                 continue
@@ -425,8 +546,4 @@ class TaskEventStore:
 
     def executions(self) -> builtins.list[TaskView]:  # `list` here is the method above
         """Tasks that ran or run (for the timeline)."""
-        tasks, runs = self.tasks, self.runs
-        out = [TaskView(task_id, row, runs.get(task_id)) for task_id, row in tasks.items()
-               if row.start is not None or task_id in runs]
-        out += self._orphans()
-        return [view for view in out if view.start is not None]
+        return [view for view in self.views() if view.start is not None]

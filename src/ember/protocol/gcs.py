@@ -301,17 +301,31 @@ class RunRow(msgspec.Struct, array_like=True, gc=False):
     actor: bytes | None
 
 
+class EndedRows(msgspec.Struct, array_like=True, gc=False):
+    """The rows of tasks of one job that ended (``count`` of them, ``rows``: the msgpack encoding of
+    ``list[TaskRow]``). The control service keeps them as received and decodes them only when
+    asked about tasks (``ended_rows``): nearly every row it ever gets is one of these, and most are
+    dropped by retention without ever being read."""
+
+    job: bytes
+    count: int
+    rows: bytes
+
+
 class TaskEventBatch(Message):
     """What one process saw of tasks since its last batch (``core/task_events.py``): rows of the
     tasks it owns, and of the executions it ran (``worker``/``node``/``pid``: where they ran).
 
     ``tasks`` and ``runs`` are the msgpack encodings of ``list[TaskRow]`` and ``list[RunRow]``
-    (``encode_rows``; read them with ``task_rows`` and ``run_rows``): the control service
-    decodes them straight into their types, without first building a plain list per row,
-    which would cost more than the rest of its work on them."""
+    (``encode_rows``; read them with ``task_rows`` and ``run_rows``): rows of live tasks (and of
+    ended ones whose owner forgot their oldest steps), which the control service decodes as they
+    come, straight into their types. ``ended`` holds the rows of tasks that ended, by job, which
+    it keeps encoded. Within a batch, ``tasks`` come before ``ended``: a task that ended since
+    its live row was sent is in ``ended``."""
 
     tasks: bytes = b""
     runs: bytes = b""
+    ended: list[EndedRows] = []
     worker: bytes | None = None
     node: bytes | None = None
     pid: int | None = None
@@ -322,6 +336,15 @@ class TaskEventBatch(Message):
 encode_rows = msgspec.msgpack.Encoder().encode
 _decode_task_rows = msgspec.msgpack.Decoder(list[TaskRow]).decode
 _decode_run_rows = msgspec.msgpack.Decoder(list[RunRow]).decode
+
+
+class _TaskId(msgspec.Struct, array_like=True, gc=False):
+    """A ``TaskRow``'s first field alone (decoding skips the others without building them)."""
+
+    task_id: bytes
+
+
+_decode_task_ids = msgspec.msgpack.Decoder(list[_TaskId]).decode
 
 
 def task_rows(batch: TaskEventBatch) -> list[TaskRow]:
@@ -338,6 +361,22 @@ def run_rows(batch: TaskEventBatch) -> list[RunRow]:
         return _decode_run_rows(batch.runs) if batch.runs else []
     except msgspec.DecodeError as exc:
         raise ProtocolError(f"bad add_task_events run rows: {exc}") from None
+
+
+def ended_rows(chunk: EndedRows) -> list[TaskRow]:
+    """The rows of an ``EndedRows``; ``ProtocolError`` if they are not ``TaskRow`` arrays."""
+    try:
+        return _decode_task_rows(chunk.rows)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"bad add_task_events ended rows: {exc}") from None
+
+
+def ended_task_ids(chunk: EndedRows) -> list[bytes]:
+    """The task ids of an ``EndedRows``' rows, in order (about a fifth of the cost of ``ended_rows``)."""
+    try:
+        return [row.task_id for row in _decode_task_ids(chunk.rows)]
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"bad add_task_events ended rows: {exc}") from None
 
 
 class ListTasks(Message):

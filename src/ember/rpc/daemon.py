@@ -24,8 +24,10 @@ def setup_logging(name: str) -> None:
 
 def run_daemon(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run ``main(stop_event)`` on a fresh loop until SIGTERM/SIGINT or the parent dies."""
+    from ember._private.collector import raise_young_threshold
     from ember.rpc.loop_thread import new_event_loop
 
+    raise_young_threshold()
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     stop = asyncio.Event()
