@@ -286,6 +286,39 @@ def test_ended_rows_that_lie_about_their_count_are_refused_and_undecodable_ones_
     assert [r["task_id"] for r in listed["result"]] == [_tid(1).hex()]
     assert listed["dropped"] == 2 and "unreadable" in caplog.text
     assert store.list([], 10, False)["stored"] == 1
+    _submit(store, 2)  # with live rows kept, a chunk's task ids are read as it comes: refused then
+    with pytest.raises(ProtocolError, match="ended rows"):
+        store.add_batch(TaskEventBatch(job=b"\x01", ended=[EndedRows(b"\x01", 2, b"\x92\xc1\xc1")]))
+    assert store.list([], 10, False)["stored"] == 2
+
+
+def test_queries_that_no_ended_row_can_match_read_no_chunk():
+    store = TaskEventStore(100)
+    store.add_batch(TaskEventBatch(job=b"\x01", ended=[_chunk([_ended(i) for i in range(2, 5)])]))
+    store.add_batch(TaskEventBatch(job=b"\x01", ended=[EndedRows(b"\x01", 2, b"\x92\xc1\xc1")]))  # unreadable
+    _submit(store, 1)
+    _run(store, 1, 2.5, 9)
+    running = store.list([("state", "=", "running")], 10, False)
+    assert [r["task_id"] for r in running["result"]] == [_tid(1).hex()]
+    assert running["stored"] == 6 and running["dropped"] == 0, "the unreadable chunk was not read"
+    assert store.list([("job_id", "=", "02")], 10, False) | {"result": []} == {
+        "result": [], "total": 0, "num_after_truncation": 0, "num_filtered": 0, "dropped": 0, "stored": 6}
+    assert store.list([("state", "=", "FINISHED")], 10, False)["total"] == 3  # read: now dropped, counted
+    assert store.list([], 10, False)["dropped"] == 2
+
+
+def test_executions_since_a_time_skip_chunks_that_came_well_before_it():
+    store = TaskEventStore(100)
+    rows = [_ended(i, pid=9) for i in range(3)]
+    for row in rows:
+        row.start, row.end = 999.0, 1001.0
+    store.add_batch(TaskEventBatch(job=b"\x01", ended=[_chunk(rows)]))
+    assert len(store.executions()) == 3
+    (chunk,) = store.ended[b"\x01"]
+    chunk.received = 1000.0
+    assert len(store.executions(since=1000.0)) == 3, "within the clocks' allowance"
+    assert store.executions(since=2000.0) == []
+    assert len(store.executions(since=0.0, job=b"\x01")) == 3 and store.executions(job=b"\x02") == []
 
 # ------------------------------------------------------------------ the recorder of one process
 class _Info:

@@ -477,12 +477,9 @@ class GcsServer:
     def rpc_task_executions(self, conn: Connection, p: msg.TaskExecutions) -> list[list[Any]]:
         """Recorded executions still running or ended after ``since`` (seconds; optional ``job_id``):
         ``[task_id, name, job_id, node_id, worker_id, pid, start_s, end_s, state]``."""
-        since = p.since or 0.0
-        job = p.job_id
         return [
             [r.task_id, r.name, r.job_id, r.node, r.worker, r.pid, r.start, r.end, r.state]
-            for r in self.task_events.executions()
-            if (r.end is None or r.end >= since) and (job is None or r.job_id == job)
+            for r in self.task_events.executions(p.since or 0.0, p.job_id)
         ]
 
     # ----------------------------------------------------------- autoscaling

@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 import builtins
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -56,6 +57,8 @@ from ember.protocol.gcs import (
 logger = logging.getLogger(__name__)
 
 TERMINAL = frozenset(("FINISHED", "FAILED"))
+#: How far the clocks of the hosts whose workers report end times may run ahead of this one's.
+CLOCK_SKEW_ALLOWANCE_S = 300.0
 RUNNING = "RUNNING"
 _TERMINAL_CODES = frozenset(TASK_STATES.index(s) for s in TERMINAL)
 _ACTOR_TASK = "ACTOR_TASK"
@@ -232,6 +235,19 @@ _FAST_KEYS: dict[str, Callable[[TaskView], Any]] = {
     "parent_task_id": lambda r: _hex(r.parent),
 }
 
+def _unmatched_chunks(filters: list[tuple[str, str, str]]) -> Callable[[_Ended], bool] | None:
+    """Which chunks of ended tasks no row of can match ``filters``, as far as is known without
+    decoding them: every row's state is FINISHED or FAILED, and its job the chunk's. So the
+    query the state API exists for, the running tasks among many finished, reads no chunk."""
+    states = [value for key, op, value in filters if key == "state" and op == "="]
+    if any(not any(matches(state, "=", value) for state in TERMINAL) for value in states):
+        return lambda ended: True
+    jobs = [value for key, op, value in filters if key == "job_id" and op == "="]
+    if jobs:
+        return lambda ended: not all(matches(ended.chunk.job.hex(), "=", value) for value in jobs)
+    return None
+
+
 #: Every filterable key (Ray's ``TaskState`` fields).
 TASK_FIELDS = frozenset(TaskView(b"", None, None).public(detail=True))
 
@@ -240,12 +256,14 @@ class _Ended:
     """Rows of ended tasks of one job as one process sent them (``EndedRows``), kept encoded; the
     first ``skip`` were dropped by retention."""
 
-    __slots__ = ("seq", "chunk", "skip")
+    __slots__ = ("seq", "chunk", "skip", "received")
 
     def __init__(self, seq: int, chunk: EndedRows) -> None:
         self.seq = seq
         self.chunk = chunk
         self.skip = 0
+        #: When it came (this host's clock): its tasks had ended by then.
+        self.received = time.time()
 
     @property
     def kept(self) -> int:
@@ -457,12 +475,15 @@ class TaskEventStore:
         self.dropped[job] = self.dropped.get(job, 0) + len(victims)
 
     # ---------------------------------------------------------------- queries
-    def _ended_rows(self) -> Iterator[TaskRow]:
-        """Every kept row of an ended task, newest first. A chunk that cannot be decoded (a bug in
-        the process that sent it) is dropped, logged and counted."""
+    def _ended_rows(self, skip: Callable[[_Ended], bool] | None = None) -> Iterator[TaskRow]:
+        """Every kept row of an ended task, newest first, but those of chunks ``skip`` says no row
+        of could match. A chunk that cannot be decoded (a bug in the process that sent it) is
+        dropped, logged and counted."""
         chunks = sorted((ended for chunks in self.ended.values() for ended in chunks),
                         key=lambda ended: ended.seq, reverse=True)
         for ended in chunks:
+            if skip is not None and skip(ended):
+                continue
             chunk = ended.chunk
             try:
                 rows = ended_rows(chunk)
@@ -475,10 +496,17 @@ class TaskEventStore:
                 continue
             yield from reversed(rows[ended.skip:])
 
-    def views(self) -> Iterator[TaskView]:
+    def views(self, skip: Callable[[_Ended], bool] | None = None) -> Iterator[TaskView]:
         """Every kept task, newest first: tasks known only from an execution (their owner's row
         has not come, or never will), decoded rows (live tasks: newer than any ended row of
-        theirs), then ended ones."""
+        theirs), then ended ones (but those of the chunks ``skip`` rules out)."""
+        runs = self.runs
+        for item in self._kept_tasks(skip):
+            yield item if isinstance(item, TaskView) else TaskView(item.task_id, item, runs.get(item.task_id))
+
+    def _kept_tasks(self, skip: Callable[[_Ended], bool] | None = None) -> Iterator[TaskView | TaskRow]:
+        """``views``, but an ended task's row as it is when it alone says what is known of the task
+        (no execution row kept for it): its state is its last, its host and times its own."""
         tasks, runs = self.tasks, self.runs
         orphans = [task_id for task_id in runs if task_id not in tasks]
         if orphans:
@@ -492,11 +520,16 @@ class TaskEventStore:
         for task_id, row in reversed(tasks.items()):
             yield TaskView(task_id, row, runs.get(task_id))
         seen = set(tasks)
-        for row in self._ended_rows():
+        terminal = _TERMINAL_CODES
+        for row in self._ended_rows(skip):
             task_id = row.task_id
-            if task_id not in seen:  # else an older row of a task run again (lineage reconstruction)
-                seen.add(task_id)
+            if task_id in seen:  # an older row of a task run again (lineage reconstruction)
+                continue
+            seen.add(task_id)
+            if task_id in runs or not row.states or row.states[-1] not in terminal:
                 yield TaskView(task_id, row, runs.get(task_id))
+            else:
+                yield row
 
     def list(self, filters: list[tuple[str, str, str]], limit: int, detail: bool) -> TaskListing:
         """Newest first; filters apply before the limit; ``total`` counts every match."""
@@ -504,7 +537,10 @@ class TaskEventStore:
         slow = [(k, op, v) for k, op, v in filters if k not in _FAST_KEYS]
         result: list[dict[str, Any]] = []
         total = stored = 0
-        for view in self.views():
+        skip = _unmatched_chunks(filters)
+        if skip is not None:
+            stored = sum(ended.kept for chunks in self.ended.values() for ended in chunks if skip(ended))
+        for view in self.views(skip):
             stored += 1
             if not all(matches(get(view), op, v) for get, op, v in fast):
                 continue
@@ -524,14 +560,12 @@ class TaskEventStore:
         """Ray's ``TaskSummaries``: counts by function and state (exact over what is kept)."""
         summary: dict[str, TaskSummaryRow] = {}
         total = actor_tasks = 0
-        for view in self.views():
-            name = view.name
+        for name, kind, state in self._facts():
             row = summary.get(name)
-            kind = view.type
             if row is None:
                 row = summary[name] = {"func_or_class_name": name, "type": kind, "state_counts": {}}
             counts = row["state_counts"]
-            counts[view.state] = counts.get(view.state, 0) + 1
+            counts[state] = counts.get(state, 0) + 1
             total += 1
             if kind == _ACTOR_TASK:
                 actor_tasks += 1
@@ -540,10 +574,29 @@ class TaskEventStore:
 
     def counts_by_state(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for view in self.views():
-            out[view.state] = out.get(view.state, 0) + 1
+        for _name, _kind, state in self._facts():
+            out[state] = out.get(state, 0) + 1
         return out
 
-    def executions(self) -> builtins.list[TaskView]:  # `list` here is the method above
-        """Tasks that ran or run (for the timeline)."""
-        return [view for view in self.views() if view.start is not None]
+    def _facts(self) -> Iterator[tuple[str, str, str]]:
+        """Name, type and state of every kept task (read straight off an ended task's row when it
+        alone is known: a ``TaskView`` would cost more than the rest of a summary)."""
+        states, kinds = TASK_STATES, TASK_KINDS
+        for item in self._kept_tasks():
+            if isinstance(item, TaskView):
+                yield item.name, item.type, item.state
+            else:
+                kind = kinds[item.kind]
+                yield item.name, _ACTOR_TASK if kind == "NORMAL_TASK" and item.actor else kind, states[item.states[-1]]
+
+    def executions(self, since: float = 0.0, job: bytes | None = None) -> builtins.list[TaskView]:  # `list`: the method above
+        """Tasks that ran or run, still running or ended after ``since`` (seconds), of ``job`` if
+        given (the timeline, and the web UI's task stream, which asks for the last minute often):
+        chunks that came before ``since`` (less an allowance for clocks) are not read."""
+        cutoff = since - CLOCK_SKEW_ALLOWANCE_S
+
+        def skip(ended: _Ended) -> bool:
+            return ended.received < cutoff or (job is not None and ended.chunk.job != job)
+
+        return [view for view in self.views(skip) if view.start is not None
+                and (view.end is None or view.end >= since) and (job is None or view.job_id == job)]
