@@ -251,13 +251,16 @@ def test_ended_rows_are_kept_encoded_and_supersede_live_rows():
 
 def test_retention_cuts_into_ended_chunks_and_forgets_their_executions():
     store = TaskEventStore(5)
-    _run(store, 0, 1.2, 9)  # a long execution: the worker's row came before the owner's
+    for i in range(4):  # long executions: the worker's rows came before the owner's
+        _run(store, i, 1.2 + i, 9)
     store.add_batch(TaskEventBatch(job=b"\x01", ended=[_chunk([_ended(i, pid=9) for i in range(4)])]))
     store.add_batch(TaskEventBatch(job=b"\x01", ended=[_chunk([_ended(i) for i in range(4, 7)])]))
     listed = store.list([], 100, False)
     assert listed["stored"] == 5 and listed["dropped"] == 2
     assert [r["task_id"] for r in listed["result"]] == [_tid(i).hex() for i in (6, 5, 4, 3, 2)]
-    assert store.runs == {}, "the dropped task's execution row went with it (not listed as an orphan)"
+    assert set(store.runs) == {_tid(2), _tid(3)}, "the dropped tasks' execution rows went with them"
+    store.add_batch(TaskEventBatch(job=b"\x01", ended=[_chunk([_ended(7)])]))
+    assert set(store.runs) == {_tid(3)} and store.list([], 100, False)["dropped"] == 3
     # Another job's tasks count against that job only.
     store.add_batch(TaskEventBatch(job=b"\x02", ended=[_chunk([_ended(9, job=b"\x02")], job=b"\x02")]))
     assert store.list([("job_id", "=", "02")], 10, False)["total"] == 1

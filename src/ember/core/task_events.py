@@ -19,9 +19,9 @@ state is older than the previous batch and not yet reported, so a task that ends
 within a period is sent once, and a long one shows up within two periods. The
 batch goes as one ``add_task_events`` notification: live rows first, then the rows of
 tasks that ended, encoded by job (``EndedRows``, which the control service keeps
-encoded until asked); ``gcs/task_events.py`` merges owner and executor rows. While the control service is unreachable, rows wait here,
-up to ``task_events_buffer_size`` of each kind; older ones are dropped and the count
-is sent with the next batch.
+encoded until asked); ``gcs/task_events.py`` merges owner and executor rows. While
+the control service is unreachable, rows wait here, up to ``task_events_buffer_size``
+of each kind; older ones are dropped and the count is sent with the next batch.
 """
 
 from __future__ import annotations
@@ -193,13 +193,13 @@ class TaskEventRecorder:
             times = [step[0] for step in steps]
         lease = entry.lease
         if lease is None:
-            return (spec["tid"], entry.attempt - 1 if entry.attempt else 0, entry.name, spec["job"],
-                    entry.parent or self._context.driver_task_id, NORMAL_TASK, None, spec.get("res"),
-                    codes, times, error_type, error)
-        ran = entry.ran or _NOT_RUN
+            start = end = worker = node = pid = None
+        else:  # pushed: where it ran, and when if the reply said
+            start, end = entry.ran or _NOT_RUN
+            worker, node, pid = lease.worker_id, lease.node_id, lease.pid
         return (spec["tid"], entry.attempt - 1 if entry.attempt else 0, entry.name, spec["job"],
                 entry.parent or self._context.driver_task_id, NORMAL_TASK, None, spec.get("res"),
-                codes, times, error_type, error, ran[0], ran[1], lease.worker_id, lease.node_id, lease.pid)
+                codes, times, error_type, error, start, end, worker, node, pid)
 
     def task_finished(self, entry: TaskEntry) -> None:
         """The owner stored a task's results (on the I/O loop)."""

@@ -256,12 +256,15 @@ class _Ended:
     """Rows of ended tasks of one job as one process sent them (``EndedRows``), kept encoded; the
     first ``skip`` were dropped by retention."""
 
-    __slots__ = ("seq", "chunk", "skip", "received")
+    __slots__ = ("seq", "chunk", "skip", "received", "ids")
 
     def __init__(self, seq: int, chunk: EndedRows) -> None:
         self.seq = seq
         self.chunk = chunk
         self.skip = 0
+        #: Its rows' task ids, once retention started dropping them while executions are kept
+        #: (so that each drop does not read them again).
+        self.ids: list[bytes] | None = None
         #: When it came (this host's clock): its tasks had ended by then.
         self.received = time.time()
 
@@ -425,7 +428,10 @@ class TaskEventStore:
         while chunks and gone < excess:
             oldest = chunks[0]
             take = min(oldest.kept, excess - gone)
-            self._forget_runs(self._ended_ids(oldest)[:take])
+            if self.runs:
+                if oldest.ids is None:
+                    oldest.ids = [b""] * oldest.skip + self._ended_ids(oldest)
+                self._forget_runs(oldest.ids[oldest.skip:oldest.skip + take])
             oldest.skip += take
             gone += take
             if not oldest.kept:
