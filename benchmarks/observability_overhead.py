@@ -3,7 +3,7 @@
     python3 benchmarks/observability_overhead.py [--rounds 3] [--seconds 3] [--variants events-off,events-on]
     python3 benchmarks/observability_overhead.py --in-place [--calibrate] --rounds 20 --seconds 1.5
 
-Variants, alternated in one run so a shared machine's noise falls on all:
+Variants, alternated in one run (in reverse order every other round) so a shared machine's noise falls on all:
 
 * ``metrics-off``: ``EMBER_enable_metrics_collection=0`` (no task counts, no records);
 * ``default``: everything on as shipped (task counts for ``ray_tasks``, task events);
@@ -132,12 +132,17 @@ def _set_recording(on: bool) -> None:
     ember.get([_record_events.remote(on) for _ in range(2000)])
 
 
+def _in_turn(variants: list[str], round_index: int) -> list[str]:
+    """The variants in the order of this round: reversed every other round, so that a trend
+    within rounds (a machine warming up, a neighbour's job) falls on all of them alike."""
+    return variants if round_index % 2 == 0 else variants[::-1]
+
+
 def run_in_place(rounds: int, seconds: float, calibrate: bool) -> None:
     """One cluster; task events switched off and on in every process in turn, ``rounds`` times.
 
     Less noise than a fresh cluster per variant: the same processes, warm, seconds apart.
-    Every other round runs the variants in reverse order, so a trend within rounds falls on
-    both. ``calibrate``: also a second events-off each round (``events-off-again``), whose
+    ``calibrate``: also a second events-off each round (``events-off-again``), whose
     ratio to the first shows what noise alone does to the pair.
     """
     results: dict[str, list[tuple[float, float]]] = {"events-off": [], "events-on": []}
@@ -147,7 +152,7 @@ def run_in_place(rounds: int, seconds: float, calibrate: bool) -> None:
     try:
         ember.get([noop.remote() for _ in range(2000)])
         for i in range(rounds):
-            for variant in list(results)[::1 if i % 2 == 0 else -1]:
+            for variant in _in_turn(list(results), i):
                 _set_recording(variant == "events-on")
                 results[variant].append(_measure(variant, noop, seconds))
     finally:
@@ -174,8 +179,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     results: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
-    for _ in range(args.rounds):
-        for variant in variants:
+    for i in range(args.rounds):
+        for variant in _in_turn(variants, i):
             results[variant].append(run_variant(variant, args.seconds))
     report(results)
 

@@ -262,8 +262,8 @@ class _Ended:
         self.seq = seq
         self.chunk = chunk
         self.skip = 0
-        #: Its rows' task ids, once retention started dropping them while executions are kept
-        #: (so that each drop does not read them again).
+        #: Its rows' task ids (all, the dropped ones too), once retention started dropping them
+        #: while executions are kept: each drop then does not read them again.
         self.ids: list[bytes] | None = None
         #: When it came (this host's clock): its tasks had ended by then.
         self.received = time.time()
@@ -408,10 +408,8 @@ class TaskEventStore:
     def _drop_orphan_runs(self) -> None:
         """Drop executions of tasks not kept (rare: reads every kept task's id)."""
         stored = self.runs
-        kept_ids = set(self.tasks)
-        for chunks in self.ended.values():
-            for ended in chunks:
-                kept_ids.update(self._ended_ids(ended))
+        kept_ids = self._ended_task_ids()
+        kept_ids.update(self.tasks)
         excess = len(stored) - len(kept_ids) - self.max_per_job // 2
         for task_id in [t for t in stored if t not in kept_ids][:max(excess, 0)]:
             run = stored.pop(task_id)[0]
@@ -430,7 +428,7 @@ class TaskEventStore:
             take = min(oldest.kept, excess - gone)
             if self.runs:
                 if oldest.ids is None:
-                    oldest.ids = [b""] * oldest.skip + self._ended_ids(oldest)
+                    oldest.ids = self._chunk_ids(oldest)
                 self._forget_runs(oldest.ids[oldest.skip:oldest.skip + take])
             oldest.skip += take
             gone += take
@@ -442,15 +440,23 @@ class TaskEventStore:
         if excess > gone:
             self._evict(job, excess - gone)
 
-    def _ended_ids(self, ended: _Ended) -> list[bytes]:
-        """The task ids of a chunk's kept rows (none read unless some execution rows are kept)."""
-        if not self.runs:
-            return []
+    @staticmethod
+    def _chunk_ids(ended: _Ended) -> list[bytes]:
+        """The task ids of all a chunk's rows, the dropped ones too (none if it is unreadable:
+        a query drops it, and counts it)."""
         try:
-            return ended_task_ids(ended.chunk)[ended.skip:]
+            return ended_task_ids(ended.chunk)
         except ProtocolError as exc:
             logger.warning("task events of job %s are unreadable: %s", ended.chunk.job.hex(), exc)
             return []
+
+    def _ended_task_ids(self) -> set[bytes]:
+        """The ids of every kept ended task (reads every chunk's ids)."""
+        ids: set[bytes] = set()
+        for chunks in self.ended.values():
+            for ended in chunks:
+                ids.update(self._chunk_ids(ended)[ended.skip:])
+        return ids
 
     def _forget_runs(self, task_ids: list[bytes]) -> None:
         runs = self.runs
@@ -516,10 +522,7 @@ class TaskEventStore:
         tasks, runs = self.tasks, self.runs
         orphans = [task_id for task_id in runs if task_id not in tasks]
         if orphans:
-            ended: set[bytes] = set()
-            for chunks in self.ended.values():
-                for chunk in chunks:
-                    ended.update(self._ended_ids(chunk))
+            ended = self._ended_task_ids()
             orphans = [task_id for task_id in orphans if task_id not in ended]
         for task_id in reversed(orphans):
             yield TaskView(task_id, None, runs[task_id])

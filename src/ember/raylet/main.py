@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from ember._private import ids
 from ember._private.config import config
-from ember.raylet.worker_launcher import ZygoteLauncher
+from ember.raylet.worker_launcher import ZygoteLauncher, fork_server_log
 
 if TYPE_CHECKING:
     import asyncio
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     if config().use_fork_server:
         # First, before this process imports its own modules: the fork server imports the
         # worker runtime meanwhile, so the first worker can fork as soon as we listen.
-        fork_server = ZygoteLauncher(os.path.join(args.session_dir, "logs", f"zygote-{node_id.hex()[:12]}.log"))
+        fork_server = ZygoteLauncher(fork_server_log(os.path.join(args.session_dir, "logs"), node_id))
     # The rest of this process's modules (asyncio, the RPC layer, the node's services).
     from ember._private import session
     from ember.raylet.server import Raylet, RayletOptions

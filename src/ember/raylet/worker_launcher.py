@@ -92,6 +92,11 @@ class SpawnLauncher:
         pass
 
 
+def fork_server_log(logs_dir: str, node_id: bytes) -> str:
+    """Where a node's fork server writes its output (its errors while warming up among them)."""
+    return os.path.join(logs_dir, f"zygote-{node_id.hex()[:12]}.log")
+
+
 class ZygoteLauncher:
     def __init__(self, log_path: str) -> None:
         env = dict(os.environ)

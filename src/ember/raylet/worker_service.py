@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 
@@ -24,7 +23,7 @@ from ember.raylet.log_monitor import LogMonitor
 from ember.raylet.node import NodeContext
 from ember.raylet.object_store import ObjectStore
 from ember.raylet.runtime_env_agent import RuntimeEnvAgent
-from ember.raylet.worker_launcher import SpawnLauncher, ZygoteLauncher
+from ember.raylet.worker_launcher import SpawnLauncher, ZygoteLauncher, fork_server_log
 from ember.raylet.worker_pool import WorkerHandle, WorkerPool, WorkerState
 from ember.rpc import Connection
 
@@ -73,7 +72,7 @@ class WorkerService:
         self.pool.env = worker_env
         cfg = config()
         if fork_server is None and cfg.use_fork_server:
-            fork_server = ZygoteLauncher(os.path.join(self.pool.logs_dir, f"zygote-{self.node.short_id}.log"))
+            fork_server = ZygoteLauncher(fork_server_log(self.pool.logs_dir, self.node.node_id))
         if fork_server is not None:
             self.pool.launcher = fork_server
             loop = asyncio.get_running_loop()
